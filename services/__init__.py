@@ -1,0 +1,1 @@
+"""Tera: an OpenAI-compatible LLM gateway (edge -> router -> engine)."""

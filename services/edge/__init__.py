@@ -1,0 +1,1 @@
+"""The edge: OpenAI-compatible HTTP (JSON and SSE) in front of the router's gRPC API."""

@@ -1,0 +1,65 @@
+"""Builds the edge's aiohttp application and runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.edge import middleware
+from services.edge.chat.serving import ChatServing
+from services.edge.completions.serving import CompletionServing
+from services.edge.config import EdgeConfig
+from services.edge.engine_client import EngineClient
+from services.edge.models.serving import ModelsServing
+from services.edge.routes import CHAT, COMPLETIONS, MODELS, add_routes
+
+log = logging.getLogger("tera.edge")
+
+
+def create_app(config: EdgeConfig) -> web.Application:
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[middleware.errors, middleware.auth(config)],
+    )
+
+    async def engine_client(app: web.Application) -> AsyncIterator[None]:
+        client = EngineClient(config.router, models_cache_s=config.models_cache_s)
+        app[CHAT] = ChatServing(config, client)
+        app[COMPLETIONS] = CompletionServing(config, client)
+        app[MODELS] = ModelsServing(client)
+        yield
+        await client.close()
+
+    app.cleanup_ctx.append(engine_client)
+    add_routes(app)
+    return app
+
+
+async def serve(config: EdgeConfig, stop: asyncio.Event) -> None:
+    # handler_cancellation: a client that goes away cancels its handler at once, and
+    # with it the upstream call and the engine's work.
+    runner = web.AppRunner(create_app(config), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    if config.auth_enabled:
+        log.info(
+            "edge listening on http://%s:%d/v1 (%d API keys)",
+            config.host,
+            config.port,
+            len(config.api_keys),
+        )
+    else:
+        log.warning(
+            "edge listening on http://%s:%d/v1 with no API keys: loopback only",
+            config.host,
+            config.port,
+        )
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        log.info("edge stopped")

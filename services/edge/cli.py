@@ -1,0 +1,45 @@
+"""Command line of the edge process. API keys come from TERA_API_KEYS (comma-separated)
+or the config file, never from flags, so they stay out of `ps` output."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from services.common.aio import run
+from services.common.logs import setup_logging
+from services.edge.app import serve
+from services.edge.config import EdgeConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tera edge", description="Run the OpenAI-compatible edge.")
+    p.add_argument("--config", type=Path, help="YAML file with EdgeConfig fields")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--router", help="router (or engine) address host:port")
+    p.add_argument("--coalesce-window-ms", type=int)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> EdgeConfig:
+    data: dict = yaml.safe_load(args.config.read_text()) if args.config else {}
+    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    env_keys = [k.strip() for k in os.environ.get("TERA_API_KEYS", "").split(",") if k.strip()]
+    if env_keys:
+        overrides["api_keys"] = env_keys
+    return EdgeConfig.model_validate({**data, **overrides})
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging("edge")
+    try:
+        config = config_from_args(build_parser().parse_args(argv))
+    except ValidationError as exc:
+        sys.exit(f"tera edge: invalid configuration: {exc}")
+    run(lambda stop: serve(config, stop))

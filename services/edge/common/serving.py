@@ -1,0 +1,107 @@
+"""What chat and completions serving share: limits, routing keys, streams, usage."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from services.edge.config import EdgeConfig
+from services.edge.engine_client import EngineClient
+from services.edge.errors import OpenAIError, bad_request
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+
+SESSION_HEADER = "X-Session-Id"
+
+FINISH_REASONS = {
+    pb.FINISH_REASON_UNSPECIFIED: None,
+    pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
+    pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
+    pb.FINISH_REASON_ABORT: "abort",
+}
+# finish_reason of a choice whose stream broke: anything but "stop", so that no client
+# mistakes a truncated answer for a complete one.
+FAILED = "error"
+
+
+@dataclass
+class RequestContext:
+    http: web.Request
+    request_id: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def from_http(cls, http: web.Request) -> RequestContext:
+        return cls(http=http, request_id=http.get("request_id") or uuid.uuid4().hex)
+
+
+class GenerationServing:
+    def __init__(self, config: EdgeConfig, client: EngineClient) -> None:
+        self.config = config
+        self.client = client
+
+    def check_limits(self, n: int | None, max_tokens: int | None) -> None:
+        if n is not None and n > self.config.max_n:
+            raise bad_request(f"n must be at most {self.config.max_n}", param="n")
+        limit = self.config.max_tokens_limit
+        if limit is not None and max_tokens is not None and max_tokens > limit:
+            raise bad_request(f"max_tokens must be at most {limit}", param="max_tokens")
+
+    def routing_key(self, http: web.Request, user: str | None, prompt_text: str) -> str | None:
+        """Session header, then `user`, then a hash of the prompt's first characters."""
+        explicit = http.headers.get(SESSION_HEADER) or user
+        if explicit:
+            return explicit
+        k = self.config.affinity_prefix_chars
+        if not k or not prompt_text:
+            return None
+        return hashlib.blake2b(prompt_text[:k].encode(), digest_size=8).hexdigest()
+
+    def stream(
+        self, request: pb.GenerateRequest, routing_key: str | None
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        if self.config.coalesce_window_ms and not request.coalesce_window_ms:
+            request.coalesce_window_ms = self.config.coalesce_window_ms
+        return self.client.generate(
+            request,
+            routing_key=routing_key,
+            timeout_s=self.config.request_timeout_s,
+            idle_timeout_s=self.config.stream_idle_timeout_s,
+        )
+
+
+async def first_message(
+    stream: AsyncIterator[pb.GenerateResponse],
+) -> pb.GenerateResponse | None:
+    """Waits for the first message, so errors before it get a proper HTTP status."""
+    return await anext(stream, None)
+
+
+def usage_json(usage: pb.Usage) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+    if usage.reasoning_tokens:
+        body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return body
+
+
+def add_usage(total: pb.Usage, part: pb.Usage) -> None:
+    total.prompt_tokens += part.prompt_tokens
+    total.completion_tokens += part.completion_tokens
+    total.cached_tokens += part.cached_tokens
+    total.reasoning_tokens += part.reasoning_tokens
+
+
+def error_event(exc: OpenAIError) -> dict[str, Any]:
+    return exc.body()

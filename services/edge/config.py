@@ -1,0 +1,49 @@
+"""Edge settings."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+
+
+class EdgeConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    router: str = "127.0.0.1:50051"
+    # Bearer keys accepted. None configured: no auth, and loopback-only binding.
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_n: int = Field(16, ge=1)
+    # Upper bound on max_tokens / max_completion_tokens (None: the model's context).
+    max_tokens_limit: int | None = Field(None, ge=1)
+    # Whole-request deadline, propagated through router to engine.
+    request_timeout_s: float = Field(600.0, gt=0)
+    # A stream with no message for this long is ended with an error.
+    stream_idle_timeout_s: float = Field(60.0, gt=0)
+    coalesce_window_ms: int = Field(0, ge=0, le=10)
+    # Characters of the prompt hashed into the routing key when no session is given.
+    affinity_prefix_chars: int = Field(256, ge=0)
+    models_cache_s: float = Field(2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _refuse_open_bind_without_keys(self) -> EdgeConfig:
+        if not self.api_keys and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to listen on {self.host} without API keys: set TERA_API_KEYS "
+                "(or api_keys in the config), or bind to 127.0.0.1"
+            )
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,86 @@
+"""The edge's gRPC client to the router (or straight to an engine: same contract)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.common import metadata
+from services.edge.errors import OpenAIError, from_grpc
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class StreamIdle(Exception):
+    """The upstream sent nothing for longer than the idle timeout."""
+
+
+class EngineClient:
+    def __init__(self, target: str, *, models_cache_s: float = 2.0) -> None:
+        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.EngineStub(self.channel)
+        self._models_cache_s = models_cache_s
+        self._models: list[pb.ModelInfo] = []
+        self._models_at = float("-inf")
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def list_models(self) -> list[pb.ModelInfo]:
+        if time.monotonic() - self._models_at > self._models_cache_s:
+            try:
+                response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                raise from_grpc(exc) from exc
+            self._models = list(response.models)
+            self._models_at = time.monotonic()
+        return self._models
+
+    async def generate(
+        self,
+        request: pb.GenerateRequest,
+        *,
+        routing_key: str | None,
+        timeout_s: float,
+        idle_timeout_s: float,
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """Yields the stream's messages; failures arrive as OpenAIError.
+
+        Closing the iterator early (client gone) cancels the call, and with it the
+        request on the engine that holds it.
+        """
+        md: list[tuple[str, str]] = [(metadata.MODEL, request.model)]
+        if routing_key:
+            md.append((metadata.ROUTING_KEY, routing_key))
+        call = self._stub.Generate(request, metadata=md, timeout=timeout_s)
+        committed = False
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(call.read(), idle_timeout_s)
+                except TimeoutError:
+                    raise OpenAIError(
+                        504,
+                        f"The model sent nothing for {idle_timeout_s:.0f} s.",
+                        type="timeout",
+                        code="stream_idle_timeout",
+                    ) from None
+                if message is grpc.aio.EOF:
+                    return
+                committed = True
+                yield message  # type: ignore[misc]
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, committed=committed) from exc
+        finally:
+            call.cancel()

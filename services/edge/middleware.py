@@ -1,0 +1,102 @@
+"""Cross-cutting HTTP concerns: request ids, auth, and one error shape for everything."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from services.edge.config import EdgeConfig
+from services.edge.errors import OpenAIError, from_validation_error
+
+log = logging.getLogger("tera.edge")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Paths that answer without a key (probes, metrics).
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    supplied = request.headers.get("X-Request-Id", "")
+    request["request_id"] = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    try:
+        return await handler(request)
+    except OpenAIError as exc:
+        return _error_response(exc, request)
+    except ValidationError as exc:
+        return _error_response(from_validation_error(exc), request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error_response(_from_http_exception(exc, request), request)
+    except (ConnectionResetError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error_response(
+            OpenAIError(
+                500, "The server had an error processing your request.", type="server_error"
+            ),
+            request,
+        )
+
+
+def _from_http_exception(exc: web.HTTPException, request: web.Request) -> OpenAIError:
+    if exc.status == 404:
+        return OpenAIError(
+            404,
+            f"Tera does not offer {request.method} {request.path}.",
+            code="unknown_url",
+        )
+    if exc.status == 405:
+        return OpenAIError(
+            405, f"{request.method} is not allowed on {request.path}.", code="method_not_allowed"
+        )
+    if exc.status == 413:
+        return OpenAIError(413, "The request body is too large.", code="request_too_large")
+    return OpenAIError(exc.status, exc.reason or "request failed")
+
+
+def _error_response(exc: OpenAIError, request: web.Request) -> web.Response:
+    headers = {**exc.headers, "X-Request-Id": request["request_id"]}
+    return web.Response(
+        status=exc.status, body=exc.json_bytes(), content_type="application/json", headers=headers
+    )
+
+
+def auth(config: EdgeConfig) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    keys = [k.get_secret_value().encode() for k in config.api_keys]
+
+    @web.middleware
+    async def check_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if keys and request.path not in PUBLIC_PATHS:
+            _authenticate(request.headers.get("Authorization", ""), keys)
+        return await handler(request)
+
+    return check_key
+
+
+def _authenticate(header: str, keys: list[bytes]) -> None:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise OpenAIError(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an "
+            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            code="missing_api_key",
+        )
+    supplied = token.strip().encode()
+    # Compare against every key, always, so timing says nothing about which matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(supplied, key)
+    if not matched:
+        raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key")

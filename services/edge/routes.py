@@ -1,0 +1,86 @@
+"""HTTP routes: parse, hand to the serving object, return. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from services.edge.chat.protocol import ChatCompletionRequest
+from services.edge.chat.serving import ChatServing
+from services.edge.common.serving import RequestContext
+from services.edge.completions.protocol import CompletionRequest
+from services.edge.completions.serving import CompletionServing
+from services.edge.errors import OpenAIError, bad_request
+from services.edge.models.serving import ModelsServing
+
+CHAT = web.AppKey("chat", ChatServing)
+COMPLETIONS = web.AppKey("completions", CompletionServing)
+MODELS = web.AppKey("models", ModelsServing)
+
+# Endpoints of OpenAI's API that Tera does not offer: a clear 404 says so.
+NOT_OFFERED = (
+    "/v1/embeddings",
+    "/v1/images/{tail:.*}",
+    "/v1/moderations",
+    "/v1/fine_tuning/{tail:.*}",
+    "/v1/files{tail:.*}",
+    "/v1/batches{tail:.*}",
+    "/v1/assistants{tail:.*}",
+    "/v1/threads{tail:.*}",
+    "/v1/responses{tail:.*}",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise bad_request(
+            "We could not parse the JSON body of your request. (HINT: This likely means "
+            "you aren't using your HTTP library correctly.)",
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body = ChatCompletionRequest.model_validate(await read_json(request))
+    return await request.app[CHAT].create(RequestContext.from_http(request), body)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    body = CompletionRequest.model_validate(await read_json(request))
+    return await request.app[COMPLETIONS].create(RequestContext.from_http(request), body)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[MODELS].list())
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[MODELS].retrieve(request.match_info["model"]))
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def not_offered(request: web.Request) -> web.Response:
+    raise OpenAIError(404, f"Tera does not offer {request.path}.", code="unknown_url")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", retrieve_model)
+    app.router.add_get("/health", health)
+    for path in NOT_OFFERED:
+        app.router.add_route("*", path, not_offered)

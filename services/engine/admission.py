@@ -1,0 +1,47 @@
+"""Bounded admission and drain: the engine refuses work it cannot hold."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import grpc
+
+from services.engine.errors import EngineError
+
+
+class Admission:
+    def __init__(self, max_in_flight: int) -> None:
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        if self.draining:
+            raise EngineError(grpc.StatusCode.UNAVAILABLE, "the engine is draining")
+        if self.in_flight >= self.max_in_flight:
+            raise EngineError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the engine is at its limit of {self.max_in_flight} concurrent requests",
+            )
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stops admitting; True if every in-flight call finished within the grace period."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        except TimeoutError:
+            return False
+        return True

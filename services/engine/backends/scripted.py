@@ -1,0 +1,99 @@
+"""A stand-in model with scripted behaviour, for fault tests and the relay benchmark.
+
+It speaks the real engine contract through the real servicer; only the tokens are fake:
+choice i emits "tok0 tok1 ..." at a configured rate, and can fail, hang or start slowly
+on cue, as a real replica might.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.engine.backends.base import Backend, BackendLoad
+from services.engine.config import EngineConfig
+from services.engine.errors import EngineError
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+
+
+class ScriptedBackend(Backend):
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._script = config.scripted
+        self._running = 0
+        self._requests_seen = 0
+        self._created = int(time.time())
+
+    async def start(self) -> None:
+        await asyncio.sleep(self._script.startup_delay_s)
+
+    async def stop(self) -> None:
+        pass
+
+    def models(self) -> list[pb.ModelInfo]:
+        return [
+            pb.ModelInfo(
+                id=self._config.model_id,
+                kind=pb.MODEL_KIND_CHAT,
+                max_context_length=self._config.max_context_length,
+                created=self._created,
+                owned_by="tera",
+            )
+        ]
+
+    def load(self) -> BackendLoad:
+        return BackendLoad(running=self._running)
+
+    async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+        self._requests_seen += 1
+        self._running += 1
+        try:
+            async for response in self._script_stream(request):
+                yield response
+        finally:
+            self._running -= 1
+
+    async def _script_stream(
+        self, request: pb.GenerateRequest
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        script = self._script
+        if script.hang:
+            await asyncio.Event().wait()
+        if script.fail_before_first or self._requests_seen <= script.fail_first_requests:
+            raise EngineError(grpc.StatusCode.INTERNAL, "scripted failure before first token")
+        s = request.sampling
+        max_tokens = s.max_tokens if s.HasField("max_tokens") else script.default_max_tokens
+        n = s.n or 1
+        interval = 1.0 / script.tokens_per_second if script.tokens_per_second > 0 else 0.0
+        for i in range(max_tokens):
+            if script.fail_after_tokens is not None and i >= script.fail_after_tokens:
+                raise EngineError(grpc.StatusCode.INTERNAL, f"scripted failure after {i} tokens")
+            last = i == max_tokens - 1
+            response = pb.GenerateResponse(
+                choices=[
+                    pb.ChoiceDelta(
+                        index=c,
+                        text=f"tok{i} ",
+                        num_tokens=1,
+                        finish_reason=pb.FINISH_REASON_LENGTH if last else 0,
+                    )
+                    for c in range(n)
+                ]
+            )
+            if last:
+                response.usage.CopyFrom(
+                    pb.Usage(
+                        prompt_tokens=_prompt_tokens(request), completion_tokens=n * max_tokens
+                    )
+                )
+            yield response
+            await asyncio.sleep(interval)
+
+
+def _prompt_tokens(request: pb.GenerateRequest) -> int:
+    if request.WhichOneof("input") == "chat":
+        return sum(len((m.content or "").split()) + 4 for m in request.chat.messages)
+    return len(request.prompt.text.split()) or len(request.prompt.token_ids.ids)

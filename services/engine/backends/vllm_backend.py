@@ -1,0 +1,233 @@
+"""Hosts a model in vLLM's AsyncLLM (CPU build here, CUDA build on GPUs)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError, VLLMValidationError
+from vllm.renderers.inputs.preprocess import parse_model_prompt
+from vllm.renderers.params import ChatParams, TokenizeParams
+from vllm.sampling_params import SamplingParams
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+from services.engine.backends.base import Backend, BackendLoad
+from services.engine.backends.vllm_inputs import (
+    chat_messages,
+    check_context,
+    sampling_params,
+    template_kwargs,
+)
+from services.engine.backends.vllm_outputs import OutputTranslator
+from services.engine.config import EngineConfig
+from services.engine.errors import EngineError, invalid_argument
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+
+log = logging.getLogger("tera.engine.vllm")
+
+WARMUP_PROMPT = "Hello"
+
+
+class _SchedulerSnapshot:
+    """Keeps the latest scheduler figures vLLM reports each step (for GetLoad)."""
+
+    def __init__(self) -> None:
+        self.load = BackendLoad()
+
+    def factory(self, vllm_config: Any, engine_index: int = 0) -> StatLoggerBase:
+        snapshot = self
+
+        class _Logger(StatLoggerBase):
+            def __init__(self, *_: Any) -> None:
+                pass
+
+            def record(
+                self,
+                scheduler_stats: Any,
+                iteration_stats: Any,
+                mm_cache_stats: Any = None,
+                engine_idx: int = 0,
+            ) -> None:
+                if scheduler_stats is not None:
+                    snapshot.load = BackendLoad(
+                        running=scheduler_stats.num_running_reqs,
+                        waiting=scheduler_stats.num_waiting_reqs,
+                        kv_cache_usage=scheduler_stats.kv_cache_usage,
+                    )
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return _Logger(vllm_config, engine_index)
+
+
+def engine_args(config: EngineConfig) -> AsyncEngineArgs:
+    opts = config.vllm
+    optional = {
+        "max_num_seqs": opts.max_num_seqs,
+        "enable_prefix_caching": opts.enable_prefix_caching,
+        "quantization": opts.quantization,
+    }
+    return AsyncEngineArgs(
+        model=str(config.model_dir),
+        served_model_name=[config.model_id],
+        dtype=opts.dtype,
+        max_model_len=opts.max_model_len,
+        enforce_eager=opts.enforce_eager,
+        gpu_memory_utilization=opts.gpu_memory_utilization,
+        tensor_parallel_size=opts.tensor_parallel_size,
+        pipeline_parallel_size=opts.pipeline_parallel_size,
+        **{k: v for k, v in optional.items() if v is not None},
+    )
+
+
+class VllmBackend(Backend):
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self._engine: AsyncLLM | None = None
+        self._scheduler = _SchedulerSnapshot()
+        self._defaults: dict[str, Any] = {}
+        self._max_model_len = config.max_context_length
+        self._chat_template = config.chat_template.read_text() if config.chat_template else None
+        self._created = int(time.time())
+
+    async def start(self) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._config.vllm.cpu_kv_cache_gib))
+        started = time.monotonic()
+        # Loading takes tens of seconds: off the event loop, so health checks and
+        # signals are answered meanwhile.
+        self._engine = await asyncio.to_thread(
+            AsyncLLM.from_engine_args,
+            engine_args(self._config),
+            stat_loggers=[self._scheduler.factory],
+        )
+        self._max_model_len = self._engine.model_config.max_model_len
+        self._defaults = self._engine.model_config.get_diff_sampling_param()
+        await self._warm_up()
+        log.info(
+            "vLLM ready in %.1f s (max_model_len=%d, defaults=%s)",
+            time.monotonic() - started,
+            self._max_model_len,
+            self._defaults,
+        )
+
+    async def _warm_up(self) -> None:
+        """One short generation, so the first real request pays no compilation."""
+        engine = self._require_engine()
+        (prompt,) = await engine.renderer.render_cmpl_async(
+            [parse_model_prompt(engine.model_config, WARMUP_PROMPT)]
+        )
+        params = SamplingParams(max_tokens=4, temperature=0)
+        async for _ in engine.generate(prompt, params, f"warmup-{uuid.uuid4().hex}"):
+            pass
+
+    async def stop(self) -> None:
+        if self._engine is not None:
+            await asyncio.to_thread(self._engine.shutdown)
+            self._engine = None
+
+    def models(self) -> list[pb.ModelInfo]:
+        return [
+            pb.ModelInfo(
+                id=self._config.model_id,
+                kind=pb.MODEL_KIND_CHAT,
+                max_context_length=self._max_model_len,
+                created=self._created,
+                owned_by="tera",
+            )
+        ]
+
+    def load(self) -> BackendLoad:
+        return self._scheduler.load
+
+    def _require_engine(self) -> AsyncLLM:
+        if self._engine is None:
+            raise EngineError(grpc.StatusCode.UNAVAILABLE, "the model is not loaded")
+        return self._engine
+
+    async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+        engine = self._require_engine()
+        prompt, prompt_len, echo_text = await self._render(engine, request)
+        requested = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else None
+        prompt_param = "messages" if request.WhichOneof("input") == "chat" else "prompt"
+        max_tokens = check_context(
+            prompt_len, requested, self._max_model_len, prompt_param=prompt_param
+        )
+        try:
+            params = sampling_params(request, max_tokens=max_tokens, defaults=self._defaults)
+        except ValueError as exc:
+            raise invalid_argument(str(exc)) from exc
+        translator = OutputTranslator(
+            top_logprobs=request.output.top_logprobs if request.output.logprobs else None,
+            echo_text=echo_text,
+        )
+        # Request ids must be unique inside vLLM; a retried call may reuse the caller's id.
+        vllm_id = f"{request.request_id or 'req'}-{uuid.uuid4().hex[:8]}"
+        try:
+            async for out in engine.generate(prompt, params, vllm_id):
+                yield translator.translate(out)
+        except (VLLMValidationError, VLLMClientError, ValueError) as exc:
+            raise invalid_argument(str(exc)) from exc
+        except EngineDeadError as exc:
+            raise EngineError(grpc.StatusCode.INTERNAL, f"the engine died: {exc}") from exc
+
+    async def _render(
+        self, engine: AsyncLLM, request: pb.GenerateRequest
+    ) -> tuple[Any, int, str | None]:
+        """Returns the engine input, its token count, and the text to echo (completions)."""
+        try:
+            if request.WhichOneof("input") == "chat":
+                params = ChatParams(
+                    chat_template=self._chat_template,
+                    chat_template_kwargs={
+                        "add_generation_prompt": True,
+                        **template_kwargs(request.chat),
+                    },
+                )
+                _, (prompt,) = await engine.renderer.render_chat_async(
+                    [chat_messages(request.chat)], params, self._tok_params(engine, chat=True)
+                )
+                echo = None
+            else:
+                prompt, echo = await self._render_completion(engine, request.prompt)
+                echo = echo if request.output.echo else None
+        except EngineError:
+            raise
+        except (VLLMClientError, ValueError, TypeError, KeyError) as exc:
+            raise invalid_argument(f"could not render the prompt: {exc}") from exc
+        return prompt, len(prompt["prompt_token_ids"]), echo
+
+    async def _render_completion(self, engine: AsyncLLM, p: pb.PromptInput) -> tuple[Any, str]:
+        if p.WhichOneof("prompt") == "token_ids":
+            ids = list(p.token_ids.ids)
+            vocab = engine.model_config.get_vocab_size()
+            if any(i >= vocab for i in ids):
+                raise invalid_argument(
+                    f"token ids must be below the vocabulary size {vocab}", param="prompt"
+                )
+            text = engine.get_tokenizer().decode(ids)
+            raw: Any = {"prompt_token_ids": ids}
+        else:
+            text = p.text
+            raw = parse_model_prompt(engine.model_config, text)
+        (prompt,) = await engine.renderer.render_cmpl_async(
+            [raw], self._tok_params(engine, chat=False)
+        )
+        return prompt, text
+
+    @staticmethod
+    def _tok_params(engine: AsyncLLM, *, chat: bool) -> TokenizeParams:
+        """vLLM's defaults minus its length check: check_context words that error itself."""
+        renderer = engine.renderer
+        base = renderer.default_chat_tok_params if chat else renderer.default_cmpl_tok_params
+        return dataclasses.replace(base, max_total_tokens=None)

@@ -1,0 +1,53 @@
+"""Command line of the engine process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from services.common.aio import run
+from services.common.logs import setup_logging
+from services.engine.config import EngineConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tera engine", description="Run one engine process.")
+    p.add_argument("--config", type=Path, help="YAML file with EngineConfig fields")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--backend", choices=["vllm", "scripted", "piper"])
+    p.add_argument("--model-id")
+    p.add_argument("--model-dir", type=Path)
+    p.add_argument("--max-in-flight", type=int)
+    p.add_argument("--drain-grace-s", type=float)
+    p.add_argument("--coalesce-window-ms", dest="default_coalesce_window_ms", type=int)
+    p.add_argument("--tool-call-parser")
+    p.add_argument("--reasoning-parser")
+    p.add_argument("--chat-template", type=Path)
+    p.add_argument(
+        "--vllm", type=json.loads, help='vLLM options as JSON, e.g. {"dtype": "bfloat16"}'
+    )
+    p.add_argument("--scripted", type=json.loads, help="stand-in behaviour as JSON")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    data: dict = yaml.safe_load(args.config.read_text()) if args.config else {}
+    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    for section in ("vllm", "scripted"):
+        if section in overrides:
+            data[section] = {**data.get(section, {}), **overrides.pop(section)}
+    return EngineConfig.model_validate({**data, **overrides})
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = config_from_args(build_parser().parse_args(argv))
+    setup_logging("engine")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from services.engine.server import serve  # after logging: backends import heavy modules
+
+    run(lambda stop: serve(config, stop))

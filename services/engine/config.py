@@ -1,0 +1,67 @@
+"""Engine settings: one typed object, filled from flags (and later a catalog file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+BackendName = Literal["vllm", "scripted", "piper"]
+
+
+class VllmOptions(BaseModel):
+    """Passed through to vLLM's AsyncEngineArgs; the ones that matter on GPUs too."""
+
+    dtype: str = "bfloat16"
+    max_model_len: int | None = 2048
+    enforce_eager: bool = True
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    max_num_seqs: int | None = None
+    enable_prefix_caching: bool | None = None
+    quantization: str | None = None
+    # CPU only: GiB of RAM for the KV cache (VLLM_CPU_KVCACHE_SPACE).
+    cpu_kv_cache_gib: int = 1
+
+
+class ScriptedOptions(BaseModel):
+    """Behaviour of the stand-in backend used by fault tests and the relay benchmark."""
+
+    tokens_per_second: float = 0  # 0: as fast as the loop allows
+    fail_before_first: bool = False
+    fail_first_requests: int = 0  # the first N requests fail before their first token
+    fail_after_tokens: int | None = None
+    hang: bool = False
+    startup_delay_s: float = 0
+    default_max_tokens: int = 16
+
+
+class EngineConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 50061
+    backend: BackendName = "vllm"
+    model_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model_dir: Path | None = None
+    max_context_length: int = 2048
+    # Admission: Generate calls beyond this are refused with RESOURCE_EXHAUSTED.
+    max_in_flight: int = Field(256, ge=1)
+    # On SIGTERM: how long in-flight streams may run before the engine exits anyway.
+    drain_grace_s: float = Field(30.0, ge=0)
+    default_coalesce_window_ms: int = Field(0, ge=0, le=10)
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    chat_template: Path | None = None
+    vllm: VllmOptions = Field(default_factory=VllmOptions)
+    scripted: ScriptedOptions = Field(default_factory=ScriptedOptions)
+
+    @model_validator(mode="after")
+    def _model_dir_for_vllm(self) -> EngineConfig:
+        if self.backend == "vllm" and self.model_dir is None:
+            raise ValueError("the vllm backend needs model_dir")
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"

@@ -1,0 +1,78 @@
+"""The tera.v1.Engine servicer: admission, coalescing and error mapping around a backend."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from services.common import metadata
+from services.engine.admission import Admission
+from services.engine.backends.base import Backend
+from services.engine.coalesce import coalesce
+from services.engine.errors import EngineError
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
+
+log = logging.getLogger("tera.engine")
+
+
+class EngineServicer(pb_grpc.EngineServicer):
+    def __init__(self, backend: Backend, admission: Admission, *, coalesce_ms: int) -> None:
+        self._backend = backend
+        self._admission = admission
+        self._default_coalesce_ms = coalesce_ms
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        window_ms = request.coalesce_window_ms or self._default_coalesce_ms
+        stream = self._admitted(lambda: self._backend.generate(request))
+        async for message in _abort_on_error(coalesce(stream, window_ms / 1000), context):
+            yield message
+
+    async def Synthesize(
+        self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SynthesizeResponse]:
+        stream = self._admitted(lambda: self._backend.synthesize(request))
+        async for message in _abort_on_error(stream, context):
+            yield message
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=self._backend.models())
+
+    async def GetLoad(
+        self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LoadReport:
+        load = self._backend.load()
+        return pb.LoadReport(
+            in_flight=self._admission.in_flight,
+            running=load.running,
+            waiting=load.waiting,
+            kv_cache_usage=load.kv_cache_usage,
+            max_in_flight=self._admission.max_in_flight,
+        )
+
+    async def _admitted(self, start: Callable[[], AsyncIterator[Any]]) -> AsyncIterator[Any]:
+        with self._admission.admit():
+            async for message in start():
+                yield message
+
+
+async def _abort_on_error(
+    stream: AsyncIterator[Any], context: grpc.aio.ServicerContext
+) -> AsyncIterator[Any]:
+    """Ends the call with the error's status code; unexpected errors become INTERNAL."""
+    try:
+        async for message in stream:
+            yield message
+    except EngineError as exc:
+        trailing = ((metadata.ERROR_PARAM, exc.param),) if exc.param else ()
+        await context.abort(exc.code, exc.message, trailing_metadata=trailing)
+    except Exception as exc:
+        log.exception("request failed")
+        await context.abort(grpc.StatusCode.INTERNAL, f"engine error: {exc}")

@@ -1,0 +1,56 @@
+"""Outlier ejection per replica: closed -> open (ejected, growing backoff) -> half-open."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from services.router.config import BreakerConfig
+
+
+@dataclass
+class CircuitBreaker:
+    config: BreakerConfig
+    consecutive_failures: int = 0
+    ejections: int = 0
+    ejected_until: float = 0.0
+    # Half-open: after an ejection, one trial request at a time until one succeeds.
+    _trial_in_flight: bool = False
+    _clock: object = field(default=time.monotonic, repr=False)
+
+    def now(self) -> float:
+        return self._clock()  # type: ignore[operator]
+
+    @property
+    def ejected(self) -> bool:
+        return self.now() < self.ejected_until
+
+    @property
+    def half_open(self) -> bool:
+        return self.ejections > 0 and not self.ejected and self.consecutive_failures > 0
+
+    def allows(self) -> bool:
+        if self.ejected:
+            return False
+        return not (self.half_open and self._trial_in_flight)
+
+    def on_attempt(self) -> None:
+        if self.half_open:
+            self._trial_in_flight = True
+
+    def on_success(self) -> None:
+        self.consecutive_failures = 0
+        self.ejections = 0
+        self._trial_in_flight = False
+
+    def on_failure(self) -> bool:
+        """Records a failure; True if it ejected the replica."""
+        self._trial_in_flight = False
+        self.consecutive_failures += 1
+        threshold = 1 if self.ejections else self.config.consecutive_failures
+        if self.consecutive_failures < threshold:
+            return False
+        backoff = min(self.config.base_ejection_s * (2**self.ejections), self.config.max_ejection_s)
+        self.ejections += 1
+        self.ejected_until = self.now() + backoff
+        return True

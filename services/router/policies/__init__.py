@@ -1,0 +1,26 @@
+"""Replica selection policies, one module each, built by name from config."""
+
+from __future__ import annotations
+
+from services.router.policies.affinity import AffinityPolicy
+from services.router.policies.base import LoadBalancingPolicy, RouteRequest
+from services.router.policies.least_load import LeastLoadPolicy
+from services.router.policies.p2c import PowerOfTwoChoicesPolicy
+from services.router.policies.round_robin import RoundRobinPolicy
+
+POLICIES: dict[str, type[LoadBalancingPolicy]] = {
+    "round_robin": RoundRobinPolicy,
+    "least_load": LeastLoadPolicy,
+    "p2c": PowerOfTwoChoicesPolicy,
+    "affinity": AffinityPolicy,
+}
+
+
+def create_policy(name: str) -> LoadBalancingPolicy:
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}") from None
+
+
+__all__ = ["POLICIES", "LoadBalancingPolicy", "RouteRequest", "create_policy"]

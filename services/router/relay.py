@@ -1,0 +1,197 @@
+"""Relays a server-streaming call to one replica, as opaque bytes, with retries.
+
+Until the first response message reaches the caller, a failed attempt is retried on
+another replica (jittered backoff, attempt cap, retry budget). After that the answer is
+committed: a failure ends the caller's stream with the replica's error status, so a
+truncated answer can never pass for a complete one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from services.common import metadata
+from services.router.config import RouterConfig
+from services.router.policies import LoadBalancingPolicy, RouteRequest, create_policy
+from services.router.pool import ReplicaPool
+from services.router.replica import Replica
+from services.router.retry import REPLICA_FAULTS, RETRYABLE, RetryBudget, backoff_s
+
+log = logging.getLogger("tera.router.relay")
+
+RETRY_AFTER = "retry-after"
+# Caller metadata worth passing on to the engine.
+_FORWARDED_PREFIXES = ("tera-", "traceparent", "tracestate", "baggage")
+
+
+@dataclass
+class Refusal(Exception):
+    """The router ends the call itself: no replica could (or should) take it."""
+
+    code: grpc.StatusCode
+    message: str
+    retry_after_s: int | None = None
+    trailing: tuple[tuple[str, str], ...] = ()
+
+
+class Relay:
+    def __init__(self, pool: ReplicaPool, config: RouterConfig) -> None:
+        self._pool = pool
+        self._config = config
+        self._budget = RetryBudget(config.retry)
+        self._default_policy = create_policy(config.policy)
+        self._policies = {m: create_policy(p) for m, p in config.model_policies.items()}
+
+    def _policy(self, model: str) -> LoadBalancingPolicy:
+        return self._policies.get(model, self._default_policy)
+
+    async def stream(
+        self, method: str, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        invocation = tuple(context.invocation_metadata() or ())
+        headers = dict(invocation)
+        route = RouteRequest(headers.get(metadata.MODEL, ""), headers.get(metadata.ROUTING_KEY))
+        forward = tuple((k, v) for k, v in invocation if k.startswith(_FORWARDED_PREFIXES))
+        self._budget.on_request()
+        try:
+            async for chunk in self._attempts(method, request, route, forward, context):
+                yield chunk
+        except Refusal as refusal:
+            trailing = refusal.trailing
+            if refusal.retry_after_s is not None:
+                trailing += ((RETRY_AFTER, str(refusal.retry_after_s)),)
+            await context.abort(refusal.code, refusal.message, trailing_metadata=trailing)
+
+    async def _attempts(
+        self,
+        method: str,
+        request: bytes,
+        route: RouteRequest,
+        forward: tuple[tuple[str, str], ...],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes]:
+        tried: set[str] = set()
+        last_failure: Refusal | None = None
+        for attempt in range(1, self._config.retry.max_attempts + 1):
+            if attempt > 1:
+                if not self._budget.try_spend():
+                    log.warning("retry budget exhausted; not retrying %s", route.model)
+                    break
+                await asyncio.sleep(backoff_s(attempt - 1, self._config.retry))
+            replica = self._choose(route, tried, last_failure)
+            tried.add(replica.address)
+            call = replica.channel.unary_stream(method)(
+                request, metadata=forward, timeout=_remaining(context)
+            )
+            with replica.track():
+                try:
+                    first = await self._first_message(call, replica)
+                    if first is None:  # finished with no message: a valid, empty answer
+                        replica.record_success()
+                        return
+                    yield first
+                    async for chunk in self._rest(call, replica):
+                        yield chunk
+                    return
+                except _AttemptFailed as failure:
+                    last_failure = failure.refusal
+                    if not failure.retryable or _remaining(context) == 0:
+                        break
+                    log.info(
+                        "attempt %d on %s failed (%s); retrying",
+                        attempt,
+                        replica.address,
+                        failure.refusal.code.name,
+                    )
+                finally:
+                    call.cancel()
+        raise last_failure or Refusal(grpc.StatusCode.UNAVAILABLE, "no replica answered")
+
+    def _choose(
+        self, route: RouteRequest, tried: set[str], last_failure: Refusal | None
+    ) -> Replica:
+        candidates = [r for r in self._pool.candidates(route.model) if r.address not in tried]
+        if not candidates:
+            raise last_failure or self._no_candidate(route)
+        unsaturated = [r for r in candidates if not r.saturated]
+        if not unsaturated:
+            raise Refusal(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"all replicas of {route.model} are at capacity",
+                retry_after_s=self._config.retry_after_s,
+            )
+        return self._policy(route.model).select(unsaturated, route)
+
+    def _no_candidate(self, route: RouteRequest) -> Refusal:
+        if not self._pool.knows_model(route.model) and any(
+            r.serving for r in self._pool.replicas.values()
+        ):
+            return Refusal(grpc.StatusCode.NOT_FOUND, f"The model '{route.model}' does not exist")
+        return Refusal(
+            grpc.StatusCode.UNAVAILABLE,
+            f"no healthy replica is serving {route.model!r} right now",
+            retry_after_s=self._config.retry_after_s,
+        )
+
+    async def _first_message(
+        self, call: grpc.aio.UnaryStreamCall, replica: Replica
+    ) -> bytes | None:
+        started = time.monotonic()
+        try:
+            message = await asyncio.wait_for(
+                call.read(), self._config.retry.first_message_timeout_s
+            )
+        except TimeoutError:
+            replica.record_failure("no first message in time")
+            raise _AttemptFailed(
+                Refusal(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"replica {replica.address} sent nothing in time",
+                ),
+                retryable=True,
+            ) from None
+        except grpc.aio.AioRpcError as exc:
+            raise self._failed(exc, replica) from None
+        if message is grpc.aio.EOF:
+            return None
+        replica.record_first_message(time.monotonic() - started)
+        return message  # type: ignore[return-value]
+
+    async def _rest(self, call: grpc.aio.UnaryStreamCall, replica: Replica) -> AsyncIterator[bytes]:
+        try:
+            while (message := await call.read()) is not grpc.aio.EOF:
+                yield message  # type: ignore[misc]
+        except grpc.aio.AioRpcError as exc:
+            # Committed: the caller has tokens already. End with the error, never retry.
+            failure = self._failed(exc, replica)
+            raise failure.refusal from None
+        replica.record_success()
+
+    @staticmethod
+    def _failed(exc: grpc.aio.AioRpcError, replica: Replica) -> _AttemptFailed:
+        code = exc.code()
+        if code in REPLICA_FAULTS:
+            replica.record_failure(code.name)
+        trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str))
+        refusal = Refusal(code, exc.details() or code.name, trailing=trailing)
+        return _AttemptFailed(refusal, retryable=code in RETRYABLE)
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, refusal: Refusal, *, retryable: bool) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+        self.retryable = retryable
+
+
+def _remaining(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return max(remaining, 0.0)

@@ -1,0 +1,101 @@
+"""Router process: the tera.v1.Engine service, relayed; models and load aggregated."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.router.config import RouterConfig
+from services.router.discovery import watch_dns
+from services.router.pool import ReplicaPool
+from services.router.relay import Relay
+
+log = logging.getLogger("tera.router")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Engine"].full_name
+STREAMING_METHODS = ("Generate", "Synthesize")
+
+
+def _relayed(relay: Relay, method: str) -> grpc.RpcMethodHandler:
+    path = f"/{SERVICE}/{method}"
+
+    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async for chunk in relay.stream(path, request, context):
+            yield chunk
+
+    # No (de)serializers: request and responses stay bytes end to end.
+    return grpc.unary_stream_rpc_method_handler(handler)
+
+
+def _unary(fn: Callable, request_type: type, response_type: type) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        fn,
+        request_deserializer=request_type.FromString,
+        response_serializer=response_type.SerializeToString,
+    )
+
+
+def build_handler(pool: ReplicaPool, relay: Relay) -> grpc.GenericRpcHandler:
+    async def list_models(request: pb.ListModelsRequest, context: object) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=pool.models())
+
+    async def get_load(request: pb.GetLoadRequest, context: object) -> pb.LoadReport:
+        replicas = [r for r in pool.replicas.values() if r.serving]
+        return pb.LoadReport(
+            in_flight=sum(r.in_flight for r in replicas),
+            running=sum(r.reported.running for r in replicas),
+            waiting=sum(r.reported.waiting for r in replicas),
+            max_in_flight=sum(r.reported.max_in_flight for r in replicas),
+        )
+
+    handlers = {m: _relayed(relay, m) for m in STREAMING_METHODS}
+    handlers["ListModels"] = _unary(list_models, pb.ListModelsRequest, pb.ListModelsResponse)
+    handlers["GetLoad"] = _unary(get_load, pb.GetLoadRequest, pb.LoadReport)
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+async def serve(config: RouterConfig, stop: asyncio.Event) -> None:
+    pool = ReplicaPool(config)
+    pool.set_source("static", set(config.replicas))
+    dns_tasks = [
+        asyncio.create_task(watch_dns(pool, target, config.dns_refresh_s)) for target in config.dns
+    ]
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((build_handler(pool, Relay(pool, config)),))
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [
+            SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    server.add_insecure_port(config.address)
+    await server.start()
+    for service in ("", SERVICE):
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "router listening on %s; replicas=%s dns=%s policy=%s",
+        config.address,
+        config.replicas,
+        config.dns,
+        config.policy,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await health.enter_graceful_shutdown()
+        for task in dns_tasks:
+            task.cancel()
+        await server.stop(grace=5.0)
+        await pool.close()
+        log.info("router stopped")
