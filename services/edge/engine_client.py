@@ -9,17 +9,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from services.common import metadata
+from services.common.grpc_options import CHANNEL_OPTIONS
 from services.edge.errors import OpenAIError, from_grpc
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
-
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
 
 
 class StreamIdle(Exception):

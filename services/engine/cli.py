@@ -32,12 +32,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--vllm", type=json.loads, help='vLLM options as JSON, e.g. {"dtype": "bfloat16"}'
     )
     p.add_argument("--scripted", type=json.loads, help="stand-in behaviour as JSON")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(".cache"),
+        help="where vLLM and torch keep compile caches",
+    )
     return p
+
+
+def _vllm_env_defaults(cache_dir: Path) -> None:
+    """Settings measured on CPU (see docs): a stable compile cache across restarts."""
+    cache_dir = cache_dir.resolve()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir / "vllm"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
 
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
     data: dict = yaml.safe_load(args.config.read_text()) if args.config else {}
-    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    skip = {"config", "cache_dir"}
+    overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
     for section in ("vllm", "scripted"):
         if section in overrides:
             data[section] = {**data.get(section, {}), **overrides.pop(section)}
@@ -45,9 +61,10 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = config_from_args(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
     setup_logging("engine")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _vllm_env_defaults(args.cache_dir)
     from services.engine.server import serve  # after logging: backends import heavy modules
 
     run(lambda stop: serve(config, stop))

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.common.grpc_options import SERVER_OPTIONS
 from services.engine.admission import Admission
 from services.engine.backends import create_backend
 from services.engine.config import EngineConfig
@@ -37,7 +38,7 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
     backend = create_backend(config)
     admission = Admission(config.max_in_flight)
     health = HealthServicer()
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     pb_grpc.add_EngineServicer_to_server(
         EngineServicer(backend, admission, coalesce_ms=config.default_coalesce_window_ms), server
     )

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.common.grpc_options import SERVER_OPTIONS
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.config import RouterConfig
 from services.router.discovery import watch_dns
@@ -67,7 +68,7 @@ async def serve(config: RouterConfig, stop: asyncio.Event) -> None:
     dns_tasks = [
         asyncio.create_task(watch_dns(pool, target, config.dns_refresh_s)) for target in config.dns
     ]
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((build_handler(pool, Relay(pool, config)),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -133,6 +133,10 @@ class VllmBackend(Backend):
 
     async def stop(self) -> None:
         if self._engine is not None:
+            # Stop reading outputs first, or the reader reports the engine it is
+            # shutting down as dead.
+            if self._engine.output_handler is not None:
+                self._engine.output_handler.cancel()
             await asyncio.to_thread(self._engine.shutdown)
             self._engine = None
 

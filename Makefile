@@ -1,0 +1,30 @@
+# Two commands do all set-up: `make run` and `make test`. Both install what is missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CACHE ?= .cache
+
+.PHONY: run test setup model proto lint format bench clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+model: setup
+	@$(PY) -m services.engine.model_prep --cache-dir $(CACHE)
+
+run: model
+	@$(PY) -m services.launcher --cache-dir $(CACHE) $(ARGS)
+
+test: model
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+proto: setup
+	@$(PY) scripts/gen_proto.py
+
+lint: setup
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check services scripts tests
+
+format: setup
+	@$(VENV)/bin/ruff format services scripts tests && $(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) $(CACHE)

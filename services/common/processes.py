@@ -1,0 +1,123 @@
+"""Child-process supervision shared by `tera run` and the test suite.
+
+Each service runs in its own session (process group), so stopping it also stops what it
+spawned (vLLM's EngineCore and workers): SIGTERM to the group, then SIGKILL after a grace
+period. Nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ManagedProcess:
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.args = [sys.executable, *args]
+        self._env = {**os.environ, **(env or {})}
+        self._log_path = log_path
+        self._cwd = cwd
+        self._log: IO[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ManagedProcess:
+        stdout: IO[bytes] | None = None
+        if self._log_path is not None:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = stdout = self._log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.args,
+            env=self._env,
+            cwd=self._cwd,
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout else None,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def send_signal(self, sig: int) -> None:
+        """Signals the main process only (e.g. SIGTERM to start a drain)."""
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def kill_group(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def stop(self, grace_s: float = 15.0) -> int | None:
+        """SIGTERM, wait up to grace_s, then SIGKILL the whole group; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.alive():
+            self.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(grace_s)
+        code = self.proc.poll()
+        # Whatever it spawned goes too, even if the main process exited cleanly.
+        self.kill_group(signal.SIGKILL)
+        if code is None:
+            code = self.proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self._log_path is None or not self._log_path.exists():
+            return ""
+        return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout_s: float,
+    interval_s: float = 0.2,
+    watch: Sequence[ManagedProcess] = (),
+    what: str = "condition",
+) -> None:
+    """Polls check() until true; fails early if a watched process dies."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for process in watch:
+            if not process.alive():
+                raise RuntimeError(
+                    f"{process.name} exited with {process.proc.poll() if process.proc else '?'} "
+                    f"while waiting for {what}:\n{process.log_tail()}"
+                )
+        if check():
+            return
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")

@@ -1,0 +1,226 @@
+"""`tera run` / `make run`: the whole gateway on one machine.
+
+Prepares the default model if needed, starts engine replica(s), the router and the edge
+as separate processes, waits until the edge lists the model, prints how to call it, and
+stops everything on Ctrl-C or SIGTERM, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from services.common.processes import ManagedProcess, wait_until
+from services.common.readiness import edge_lists_models
+from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prepare_default_model
+
+
+@dataclass
+class StackPlan:
+    """What to run where. Tests build plans with free ports and scripted engines."""
+
+    host: str = "127.0.0.1"
+    edge_port: int = 8000
+    router_port: int = 50051
+    engine_ports: list[int] = field(default_factory=lambda: [50061])
+    engine_args: list[str] = field(default_factory=list)
+    model_ids: list[str] = field(default_factory=lambda: [DEFAULT_MODEL_ID])
+    router_args: list[str] = field(default_factory=list)
+    edge_args: list[str] = field(default_factory=list)
+    edge_env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.edge_port}/v1"
+
+
+class Stack:
+    def __init__(self, plan: StackPlan) -> None:
+        self.plan = plan
+        self.engines: list[ManagedProcess] = []
+        self.router: ManagedProcess | None = None
+        self.edge: ManagedProcess | None = None
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        return [p for p in [*self.engines, self.router, self.edge] if p is not None]
+
+    def _log(self, name: str) -> Path | None:
+        return self.plan.log_dir / f"{name}.log" if self.plan.log_dir else None
+
+    def start_engine(self, port: int, extra: list[str] | None = None) -> ManagedProcess:
+        plan = self.plan
+        engine = ManagedProcess(
+            f"engine:{port}",
+            [
+                "-m",
+                "services.engine",
+                "--host",
+                plan.host,
+                "--port",
+                str(port),
+                *plan.engine_args,
+                *(extra or []),
+            ],
+            log_path=self._log(f"engine-{port}"),
+        ).start()
+        self.engines.append(engine)
+        return engine
+
+    def start(self, timeout_s: float = 600) -> Stack:
+        plan = self.plan
+        try:
+            for port in plan.engine_ports:
+                self.start_engine(port)
+            replicas = [a for p in plan.engine_ports for a in ("--replica", f"{plan.host}:{p}")]
+            self.router = ManagedProcess(
+                "router",
+                [
+                    "-m",
+                    "services.router",
+                    "--host",
+                    plan.host,
+                    "--port",
+                    str(plan.router_port),
+                    *replicas,
+                    *plan.router_args,
+                ],
+                log_path=self._log("router"),
+            ).start()
+            self.edge = ManagedProcess(
+                "edge",
+                [
+                    "-m",
+                    "services.edge",
+                    "--host",
+                    plan.host,
+                    "--port",
+                    str(plan.edge_port),
+                    "--router",
+                    f"{plan.host}:{plan.router_port}",
+                    *plan.edge_args,
+                ],
+                env=plan.edge_env,
+                log_path=self._log("edge"),
+            ).start()
+            key = (plan.edge_env.get("TERA_API_KEYS") or "").split(",")[0] or None
+            wait_until(
+                lambda: edge_lists_models(plan.base_url, plan.model_ids, key),
+                timeout_s=timeout_s,
+                interval_s=0.5,
+                watch=self.processes,
+                what=f"{', '.join(plan.model_ids)} to be served at {plan.base_url}",
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        # Front to back: stop taking requests first, then let engines drain.
+        for process in reversed(self.processes):
+            process.stop()
+
+    def dead(self) -> list[ManagedProcess]:
+        return [p for p in self.processes if not p.alive()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tera run", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="edge HTTP port")
+    p.add_argument("--router-port", type=int, default=50051)
+    p.add_argument(
+        "--engine-port",
+        type=int,
+        default=50061,
+        help="first engine port; replicas take the following ones",
+    )
+    p.add_argument("--replicas", type=int, default=1, help="engine replicas of the model")
+    p.add_argument("--model-dir", type=Path, help="a local Hugging Face model folder")
+    p.add_argument("--model-id", default=DEFAULT_MODEL_ID, help="name clients use")
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (faster decode, slower first start)",
+    )
+    return p
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    model_dir = args.model_dir or prepare_default_model(default_model_dir(args.cache_dir))
+    vllm_opts = '{"enforce_eager": false}' if args.compile else '{"enforce_eager": true}'
+    plan = StackPlan(
+        host=args.host,
+        edge_port=args.port,
+        router_port=args.router_port,
+        engine_ports=[args.engine_port + i for i in range(args.replicas)],
+        engine_args=[
+            "--model-dir",
+            str(model_dir),
+            "--model-id",
+            args.model_id,
+            "--cache-dir",
+            str(args.cache_dir),
+            "--vllm",
+            vllm_opts,
+        ],
+        model_ids=[args.model_id],
+    )
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    stack = Stack(plan)
+    try:
+        print(f"[tera] starting {args.replicas} engine(s), router and edge ...", flush=True)
+        stack.start()
+        _print_banner(plan, time.monotonic() - started)
+        while not stack.dead():
+            time.sleep(0.5)
+        dead = ", ".join(p.name for p in stack.dead())
+        print(f"[tera] {dead} exited; stopping the rest", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    except _Stop:
+        print("\n[tera] stopping ...", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        print("[tera] stopped", flush=True)
+
+
+def _print_banner(plan: StackPlan, seconds: float) -> None:
+    model = plan.model_ids[0]
+    print(
+        f"""
+[tera] ready in {seconds:.0f} s. OpenAI API: {plan.base_url}
+
+  curl {plan.base_url}/chat/completions \\
+    -H 'Content-Type: application/json' -H 'Authorization: Bearer sk-tera-local' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  Python: OpenAI(base_url="{plan.base_url}", api_key="sk-tera-local")
+  Ctrl-C stops everything.
+""",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
