@@ -13,6 +13,9 @@ class RetryConfig(BaseModel):
     # min_retries_per_s), so a failing fleet is not stampeded.
     budget_ratio: float = Field(0.2, ge=0)
     min_retries_per_s: float = Field(10.0, ge=0)
+    # Most retries that may be saved up: enough for every stream on a replica that
+    # dies under load to be retried at once.
+    budget_burst: float = Field(200.0, ge=1)
     # An attempt that has sent nothing after this long is abandoned and retried.
     first_message_timeout_s: float = Field(30.0, gt=0)
 

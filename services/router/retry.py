@@ -34,7 +34,7 @@ class RetryBudget:
     def __init__(self, config: RetryConfig, clock: object = time.monotonic) -> None:
         self._ratio = config.budget_ratio
         self._floor_per_s = config.min_retries_per_s
-        self._cap = max(10.0, config.min_retries_per_s)
+        self._cap = config.budget_burst
         self._tokens = self._cap
         self._clock = clock
         self._last = clock()  # type: ignore[operator]

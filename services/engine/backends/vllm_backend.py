@@ -152,7 +152,12 @@ class VllmBackend(Backend):
         ]
 
     def load(self) -> BackendLoad:
-        return self._scheduler.load
+        snapshot = self._scheduler.load
+        if self._engine is None:
+            return snapshot
+        # The scheduler figures lag a step; vLLM's own count of unfinished requests is
+        # live (an aborted request leaves it at once).
+        return dataclasses.replace(snapshot, running=self._engine.get_num_unfinished_requests())
 
     def _require_engine(self) -> AsyncLLM:
         if self._engine is None:

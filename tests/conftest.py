@@ -1,0 +1,127 @@
+"""Shared fixtures: real service processes on free loopback ports.
+
+`vllm_stack` starts one real vLLM engine (the default model), a router and an edge once
+per session. `scripted_stack` builds stacks of stand-in engines that speak the real
+proto, for fast validation, fault and load tests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.common.processes import free_port
+from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prepare_default_model
+from services.launcher import Stack, StackPlan
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = ROOT / ".cache"
+SCRIPTED_MODEL = "tera-test/scripted"
+
+
+@dataclass
+class RunningStack:
+    stack: Stack
+
+    @property
+    def base_url(self) -> str:
+        return self.stack.plan.base_url
+
+    @property
+    def engine_addresses(self) -> list[str]:
+        plan = self.stack.plan
+        return [f"{plan.host}:{p}" for p in plan.engine_ports]
+
+    def engine_load(self, index: int = 0) -> pb.LoadReport:
+        with grpc.insecure_channel(self.engine_addresses[index]) as channel:
+            return pb_grpc.EngineStub(channel).GetLoad(pb.GetLoadRequest(), timeout=5)
+
+
+def _plan(
+    log_dir: Path, engines: int, engine_args: list[str], model_ids: list[str], **kwargs: object
+) -> StackPlan:
+    return StackPlan(
+        edge_port=free_port(),
+        router_port=free_port(),
+        engine_ports=[free_port() for _ in range(engines)],
+        engine_args=engine_args,
+        model_ids=model_ids,
+        log_dir=log_dir,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    return prepare_default_model(default_model_dir(CACHE_DIR))
+
+
+@pytest.fixture(scope="session")
+def vllm_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    engine_args = [
+        "--model-dir",
+        str(model_dir),
+        "--model-id",
+        DEFAULT_MODEL_ID,
+        "--cache-dir",
+        str(CACHE_DIR),
+        "--vllm",
+        '{"enforce_eager": true}',
+    ]
+    plan = _plan(tmp_path_factory.mktemp("vllm-stack"), 1, engine_args, [DEFAULT_MODEL_ID])
+    stack = Stack(plan).start(timeout_s=600)
+    try:
+        yield RunningStack(stack)
+    finally:
+        stack.stop()
+
+
+def scripted_args(**behaviour: object) -> list[str]:
+    return [
+        "--backend",
+        "scripted",
+        "--model-id",
+        SCRIPTED_MODEL,
+        "--scripted",
+        json.dumps(behaviour),
+    ]
+
+
+@pytest.fixture
+def scripted_stack(tmp_path: Path) -> Iterator[Callable[..., RunningStack]]:
+    """Factory: scripted_stack(engines=2, behaviour={...}, router_args=[...])."""
+    started: list[Stack] = []
+
+    def start(engines: int = 1, behaviour: dict | None = None, **kwargs: object) -> RunningStack:
+        plan = _plan(
+            tmp_path / f"stack{len(started)}",
+            engines,
+            scripted_args(**(behaviour or {})),
+            [SCRIPTED_MODEL],
+            **kwargs,
+        )
+        stack = Stack(plan)
+        started.append(stack)
+        return RunningStack(stack.start(timeout_s=60))
+
+    yield start
+    for stack in started:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_scripted_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """One scripted stack for the many read-only validation tests."""
+    plan = _plan(tmp_path_factory.mktemp("scripted-shared"), 1, scripted_args(), [SCRIPTED_MODEL])
+    stack = Stack(plan).start(timeout_s=60)
+    try:
+        yield RunningStack(stack)
+    finally:
+        stack.stop()

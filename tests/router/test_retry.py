@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import grpc
+
+from services.router.config import RetryConfig
+from services.router.retry import REPLICA_FAULTS, RETRYABLE, RetryBudget, backoff_s
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_caller_errors_are_never_retried() -> None:
+    for code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    ):
+        assert code not in RETRYABLE
+    assert grpc.StatusCode.UNAVAILABLE in RETRYABLE
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in RETRYABLE
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED not in REPLICA_FAULTS
+
+
+def test_budget_limits_retries_to_a_fraction_of_traffic() -> None:
+    clock = Clock()
+    budget = RetryBudget(RetryConfig(budget_ratio=0.25, min_retries_per_s=0), clock=clock)
+    while budget.try_spend():  # use up the initial allowance
+        pass
+    for _ in range(100):
+        budget.on_request()
+    spent = 0
+    while budget.try_spend():
+        spent += 1
+    assert spent == 25
+
+
+def test_budget_floor_refills_over_time() -> None:
+    clock = Clock()
+    budget = RetryBudget(RetryConfig(budget_ratio=0, min_retries_per_s=2), clock=clock)
+    while budget.try_spend():
+        pass
+    clock.t += 1.0
+    assert budget.try_spend() and budget.try_spend() and not budget.try_spend()
+
+
+def test_backoff_is_jittered_and_capped() -> None:
+    config = RetryConfig(backoff_base_s=0.1, backoff_max_s=0.3)
+    samples = [backoff_s(5, config) for _ in range(200)]
+    assert max(samples) <= 0.3 and min(samples) >= 0 and len(set(samples)) > 100
