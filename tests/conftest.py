@@ -24,6 +24,10 @@ from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = ROOT / ".cache"
 SCRIPTED_MODEL = "tera-test/scripted"
+# The default model's weights, served a second time with vLLM's hermes tool parser and
+# qwen3 reasoning parser: tests force their formats with structured outputs.
+PARSERS_MODEL = "tera-test/smollm2-hermes-qwen3"
+VARIANTS = [{"model_id": PARSERS_MODEL, "tool_call_parser": "hermes", "reasoning_parser": "qwen3"}]
 
 
 @dataclass
@@ -74,8 +78,12 @@ def vllm_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         str(CACHE_DIR),
         "--vllm",
         '{"enforce_eager": true}',
+        "--variants",
+        json.dumps(VARIANTS),
     ]
-    plan = _plan(tmp_path_factory.mktemp("vllm-stack"), 1, engine_args, [DEFAULT_MODEL_ID])
+    plan = _plan(
+        tmp_path_factory.mktemp("vllm-stack"), 1, engine_args, [DEFAULT_MODEL_ID, PARSERS_MODEL]
+    )
     stack = Stack(plan).start(timeout_s=600)
     try:
         yield RunningStack(stack)

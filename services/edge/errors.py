@@ -59,11 +59,24 @@ def model_not_found(model: str) -> OpenAIError:
     )
 
 
+class FieldError(ValueError):
+    """Raised by cross-field validators to name the field at fault."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
+
+
 def from_validation_error(exc: ValidationError) -> OpenAIError:
     """The first problem pydantic found, with its location as OpenAI's `param`."""
     first = exc.errors(include_url=False)[0]
     param = _param_path(first.get("loc", ()))
-    message = first.get("msg", "invalid request")
+    message = first.get("msg", "invalid request").removeprefix("Value error, ")
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldError):
+        param = ".".join(p for p in (param, cause.param) if p)
+        message = cause.message
     if param:
         message = f"Invalid value for '{param}': {message}"
     return bad_request(message, param=param or None, code="invalid_value")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from services.edge.chat.protocol import ChatCompletionRequest
 from services.edge.chat.serving import ChatServing
@@ -18,6 +18,8 @@ from services.edge.models.serving import ModelsServing
 CHAT = web.AppKey("chat", ChatServing)
 COMPLETIONS = web.AppKey("completions", CompletionServing)
 MODELS = web.AppKey("models", ModelsServing)
+
+M = TypeVar("M", bound=BaseModel)
 
 # Endpoints of OpenAI's API that Tera does not offer: a clear 404 says so.
 NOT_OFFERED = (
@@ -35,28 +37,33 @@ NOT_OFFERED = (
 )
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    """Validates the raw body in one pass (pydantic parses the JSON itself)."""
     raw = await request.read()
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise bad_request(
-            "We could not parse the JSON body of your request. (HINT: This likely means "
-            "you aren't using your HTTP library correctly.)",
-            code="invalid_json",
-        ) from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.", code="invalid_json")
-    return body
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid" or not raw.strip():
+            raise bad_request(
+                "We could not parse the JSON body of your request. (HINT: This likely means "
+                "you aren't using your HTTP library correctly.)",
+                code="invalid_json",
+            ) from None
+        if first["type"] == "model_type" and not first["loc"]:
+            raise bad_request(
+                "The request body must be a JSON object.", code="invalid_json"
+            ) from None
+        raise
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    body = ChatCompletionRequest.model_validate(await read_json(request))
+    body = await parse_body(request, ChatCompletionRequest)
     return await request.app[CHAT].create(RequestContext.from_http(request), body)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    body = CompletionRequest.model_validate(await read_json(request))
+    body = await parse_body(request, CompletionRequest)
     return await request.app[COMPLETIONS].create(RequestContext.from_http(request), body)
 
 

@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reasoning-parser")
     p.add_argument("--chat-template", type=Path)
     p.add_argument(
+        "--variants",
+        type=json.loads,
+        help="extra model ids over the same weights, as JSON: "
+        '[{"model_id": "...", "tool_call_parser": "hermes"}]',
+    )
+    p.add_argument(
         "--vllm", type=json.loads, help='vLLM options as JSON, e.g. {"dtype": "bfloat16"}'
     )
     p.add_argument("--scripted", type=json.loads, help="stand-in behaviour as JSON")
@@ -46,6 +52,9 @@ def _vllm_env_defaults(cache_dir: Path) -> None:
     cache_dir = cache_dir.resolve()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+    # Forced tool calls (tool_choice required or named) are decoded against the tools'
+    # JSON schemas, so arguments validate on any model, whatever its native format.
+    os.environ.setdefault("VLLM_ENFORCE_STRICT_TOOL_CALLING", "0")
     os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir / "vllm"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
 

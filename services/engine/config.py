@@ -36,6 +36,18 @@ class ScriptedOptions(BaseModel):
     hang: bool = False
     startup_delay_s: float = 0
     default_max_tokens: int = 16
+    # Text of token i (str.format with i), e.g. to put newlines or "data:" in a stream.
+    token_text: str = "tok{i} "
+
+
+class ModelVariant(BaseModel):
+    """The same loaded weights served under another id with other parsers or template
+    (e.g. a tool-calling profile of a model), at no extra memory."""
+
+    model_id: str
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    chat_template: Path | None = None
 
 
 class EngineConfig(BaseModel):
@@ -53,6 +65,7 @@ class EngineConfig(BaseModel):
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
     chat_template: Path | None = None
+    variants: list[ModelVariant] = Field(default_factory=list)
     vllm: VllmOptions = Field(default_factory=VllmOptions)
     scripted: ScriptedOptions = Field(default_factory=ScriptedOptions)
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from services.edge.common.protocol import OpenAIModel, Role, SamplingRequest
+from services.edge.errors import FieldError
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 
@@ -48,18 +49,19 @@ class ChatMessage(OpenAIModel):
             for part in data["content"]:
                 kind = part.get("type") if isinstance(part, dict) else None
                 if kind not in ("text", "refusal"):
-                    raise ValueError(
+                    raise FieldError(
+                        "content",
                         f"content parts of type {kind!r} are not supported: this model "
-                        "takes text only"
+                        "takes text only",
                     )
         return data
 
     @model_validator(mode="after")
     def _role_rules(self) -> ChatMessage:
         if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("messages with role 'tool' need a tool_call_id")
+            raise FieldError("tool_call_id", "messages with role 'tool' need a tool_call_id")
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError(f"messages with role '{self.role}' need content")
+            raise FieldError("content", f"messages with role '{self.role}' need content")
         return self
 
     def to_proto(self) -> pb.ChatMessage:
@@ -118,7 +120,7 @@ class ResponseFormat(OpenAIModel):
     @model_validator(mode="after")
     def _schema_given(self) -> ResponseFormat:
         if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("response_format of type json_schema needs json_schema")
+            raise FieldError("json_schema", "response_format of type json_schema needs json_schema")
         return self
 
 
@@ -131,24 +133,32 @@ class ChatCompletionRequest(SamplingRequest):
     response_format: ResponseFormat | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     tools: list[ChatTool] | None = None
+    reasoning_effort: str | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: dict[str, Any] | None = None
     # Tera extra: keyword arguments for the model's chat template.
     chat_template_kwargs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs set to true")
+            raise FieldError("top_logprobs", "top_logprobs needs logprobs set to true")
+        if self.audio is not None or "audio" in (self.modalities or ()):
+            raise FieldError("modalities", "audio output is not supported: use /v1/audio/speech")
         if self.tool_choice not in (None, "none", "auto") and not self.tools:
-            raise ValueError("tool_choice needs tools")
+            raise FieldError("tool_choice", "tool_choice needs tools")
         if isinstance(self.tool_choice, NamedToolChoice):
             names = {t.function.name for t in self.tools or ()}
             if self.tool_choice.function.name not in names:
-                raise ValueError(
+                raise FieldError(
+                    "tool_choice",
                     f"tool_choice names the function {self.tool_choice.function.name!r}, "
-                    "which is not in tools"
+                    "which is not in tools",
                 )
         if self.structured_outputs and self.response_format and self.response_format.type != "text":
-            raise ValueError("set either response_format or structured_outputs, not both")
+            raise FieldError(
+                "structured_outputs", "set either response_format or structured_outputs, not both"
+            )
         return self
 
     @property
@@ -159,6 +169,8 @@ class ChatCompletionRequest(SamplingRequest):
         chat = pb.ChatInput(messages=[m.to_proto() for m in self.messages])
         if self.chat_template_kwargs:
             chat.chat_template_kwargs_json = json.dumps(self.chat_template_kwargs)
+        if self.reasoning_effort:
+            chat.reasoning_effort = self.reasoning_effort
         request = pb.GenerateRequest(
             request_id=request_id,
             model=self.model,

@@ -11,13 +11,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.edge.errors import FieldError
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 MAX_STOP_SEQUENCES = 4
 
 
 class OpenAIModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    # Strict: JSON types as OpenAI checks them ("yes" is no boolean, "1" no number).
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), strict=True)
 
 
 class StreamOptions(OpenAIModel):
@@ -41,7 +43,8 @@ class StructuredOutputs(OpenAIModel):
             if getattr(self, k) is not None
         ]
         if len(given) != 1:
-            raise ValueError("set exactly one of json, regex, choice, grammar, json_object")
+            # The location already names this object.
+            raise FieldError("", "set exactly one of json, regex, choice, grammar, json_object")
         return self
 
     def to_proto(self) -> pb.StructuredOutput:
@@ -99,6 +102,12 @@ class SamplingRequest(OpenAIModel):
             if not key.lstrip("-").isdigit() or int(key) < 0:
                 raise ValueError(f"keys must be token ids, got {key!r}")
         return v
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> SamplingRequest:
+        if self.stream_options is not None and not self.stream:
+            raise FieldError("stream_options", "stream_options is only allowed when stream is true")
+        return self
 
     @property
     def include_usage(self) -> bool:

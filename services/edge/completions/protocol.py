@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from services.edge.common.protocol import SamplingRequest
+from services.edge.errors import FieldError
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 TokenIds = list[Annotated[int, Field(ge=0)]]
@@ -32,9 +33,9 @@ class CompletionRequest(SamplingRequest):
     @model_validator(mode="after")
     def _unsupported(self) -> CompletionRequest:
         if self.suffix:
-            raise ValueError("suffix is not supported by Tera's models")
+            raise FieldError("suffix", "suffix is not supported by Tera's models")
         if self.best_of is not None and self.best_of != (self.n or 1):
-            raise ValueError("best_of is not supported: it must be unset or equal to n")
+            raise FieldError("best_of", "best_of is not supported: it must be unset or equal to n")
         return self
 
     @property

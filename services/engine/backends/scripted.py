@@ -76,7 +76,7 @@ class ScriptedBackend(Backend):
                 choices=[
                     pb.ChoiceDelta(
                         index=c,
-                        text=f"tok{i} ",
+                        text=script.token_text.format(i=i),
                         num_tokens=1,
                         finish_reason=pb.FINISH_REASON_LENGTH if last else 0,
                     )

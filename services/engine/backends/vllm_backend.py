@@ -13,22 +13,23 @@ from typing import Any
 
 import grpc
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.exceptions import VLLMClientError, VLLMValidationError
+from vllm.exceptions import VLLMClientError
 from vllm.renderers.inputs.preprocess import parse_model_prompt
-from vllm.renderers.params import ChatParams, TokenizeParams
-from vllm.sampling_params import SamplingParams
+from vllm.renderers.params import TokenizeParams
+from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from services.engine.backends.base import Backend, BackendLoad
-from services.engine.backends.vllm_inputs import (
-    chat_messages,
-    check_context,
-    sampling_params,
-    template_kwargs,
-)
+from services.engine.backends.vllm_inputs import chat_request, check_context, completion_request
 from services.engine.backends.vllm_outputs import OutputTranslator
+from services.engine.backends.vllm_parsing import (
+    ChatProfile,
+    ChoiceParser,
+    build_profile,
+    needs_parsing,
+)
 from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -36,6 +37,16 @@ from services.proto_gen.tera.v1 import engine_pb2 as pb
 log = logging.getLogger("tera.engine.vllm")
 
 WARMUP_PROMPT = "Hello"
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A request ready for AsyncLLM.generate, and how to translate its outputs."""
+
+    prompt: Any
+    params: SamplingParams
+    translator: OutputTranslator
+    generate_kwargs: dict[str, Any]
 
 
 class _SchedulerSnapshot:
@@ -77,6 +88,8 @@ def engine_args(config: EngineConfig) -> AsyncEngineArgs:
         "max_num_seqs": opts.max_num_seqs,
         "enable_prefix_caching": opts.enable_prefix_caching,
         "quantization": opts.quantization,
+        # Lets structured outputs (e.g. forced tool calls) start after the reasoning.
+        "reasoning_parser": config.reasoning_parser,
     }
     return AsyncEngineArgs(
         model=str(config.model_dir),
@@ -98,7 +111,7 @@ class VllmBackend(Backend):
         self._scheduler = _SchedulerSnapshot()
         self._defaults: dict[str, Any] = {}
         self._max_model_len = config.max_context_length
-        self._chat_template = config.chat_template.read_text() if config.chat_template else None
+        self._profiles: dict[str, ChatProfile] = {}
         self._created = int(time.time())
 
     async def start(self) -> None:
@@ -113,13 +126,41 @@ class VllmBackend(Backend):
         )
         self._max_model_len = self._engine.model_config.max_model_len
         self._defaults = self._engine.model_config.get_diff_sampling_param()
+        self._profiles = self._build_profiles(self._engine)
         await self._warm_up()
         log.info(
-            "vLLM ready in %.1f s (max_model_len=%d, defaults=%s)",
+            "vLLM ready in %.1f s (max_model_len=%d, models=%s)",
             time.monotonic() - started,
             self._max_model_len,
-            self._defaults,
+            list(self._profiles),
         )
+
+    def _build_profiles(self, engine: AsyncLLM) -> dict[str, ChatProfile]:
+        config = self._config
+        entries = [
+            (
+                config.model_id,
+                config.tool_call_parser,
+                config.reasoning_parser,
+                config.chat_template,
+            )
+        ]
+        entries += [
+            (v.model_id, v.tool_call_parser, v.reasoning_parser, v.chat_template)
+            for v in config.variants
+        ]
+        tokenizer = engine.renderer.get_tokenizer()
+        return {
+            model_id: build_profile(
+                model_id,
+                tokenizer=tokenizer,
+                model_config=engine.model_config,
+                tool_call_parser=tool,
+                reasoning_parser=reasoning,
+                chat_template=template.read_text() if template else None,
+            )
+            for model_id, tool, reasoning, template in entries
+        }
 
     async def _warm_up(self) -> None:
         """One short generation, so the first real request pays no compilation."""
@@ -143,12 +184,13 @@ class VllmBackend(Backend):
     def models(self) -> list[pb.ModelInfo]:
         return [
             pb.ModelInfo(
-                id=self._config.model_id,
+                id=model_id,
                 kind=pb.MODEL_KIND_CHAT,
                 max_context_length=self._max_model_len,
                 created=self._created,
                 owned_by="tera",
             )
+            for model_id in (self._profiles or {self._config.model_id: None})
         ]
 
     def load(self) -> BackendLoad:
@@ -164,59 +206,80 @@ class VllmBackend(Backend):
             raise EngineError(grpc.StatusCode.UNAVAILABLE, "the model is not loaded")
         return self._engine
 
+    def _profile(self, model: str) -> ChatProfile:
+        profile = self._profiles.get(model or self._config.model_id)
+        if profile is None:
+            raise EngineError(grpc.StatusCode.NOT_FOUND, f"The model '{model}' does not exist")
+        return profile
+
     async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
         engine = self._require_engine()
-        prompt, prompt_len, echo_text = await self._render(engine, request)
-        requested = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else None
-        prompt_param = "messages" if request.WhichOneof("input") == "chat" else "prompt"
-        max_tokens = check_context(
-            prompt_len, requested, self._max_model_len, prompt_param=prompt_param
-        )
         try:
-            params = sampling_params(request, max_tokens=max_tokens, defaults=self._defaults)
-        except ValueError as exc:
-            raise invalid_argument(str(exc)) from exc
-        translator = OutputTranslator(
-            top_logprobs=request.output.top_logprobs if request.output.logprobs else None,
-            echo_text=echo_text,
-        )
+            if request.WhichOneof("input") == "chat":
+                prepared = await self._prepare_chat(engine, request)
+            else:
+                prepared = await self._prepare_completion(engine, request)
+        except (VLLMClientError, ValueError, TypeError, KeyError) as exc:
+            raise invalid_argument(str(exc), param=getattr(exc, "parameter", None)) from exc
         # Request ids must be unique inside vLLM; a retried call may reuse the caller's id.
         vllm_id = f"{request.request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         try:
-            async for out in engine.generate(prompt, params, vllm_id):
-                yield translator.translate(out)
-        except (VLLMValidationError, VLLMClientError, ValueError) as exc:
-            raise invalid_argument(str(exc)) from exc
+            async for out in engine.generate(
+                prepared.prompt, prepared.params, vllm_id, **prepared.generate_kwargs
+            ):
+                yield prepared.translator.translate(out)
+        except VLLMClientError as exc:
+            raise invalid_argument(str(exc), param=getattr(exc, "parameter", None)) from exc
         except EngineDeadError as exc:
             raise EngineError(grpc.StatusCode.INTERNAL, f"the engine died: {exc}") from exc
 
-    async def _render(
-        self, engine: AsyncLLM, request: pb.GenerateRequest
-    ) -> tuple[Any, int, str | None]:
-        """Returns the engine input, its token count, and the text to echo (completions)."""
-        try:
-            if request.WhichOneof("input") == "chat":
-                params = ChatParams(
-                    chat_template=self._chat_template,
-                    chat_template_kwargs={
-                        "add_generation_prompt": True,
-                        **template_kwargs(request.chat),
-                    },
-                )
-                _, (prompt,) = await engine.renderer.render_chat_async(
-                    [chat_messages(request.chat)], params, self._tok_params(engine, chat=True)
-                )
-                echo = None
-            else:
-                prompt, echo = await self._render_completion(engine, request.prompt)
-                echo = echo if request.output.echo else None
-        except EngineError:
-            raise
-        except (VLLMClientError, ValueError, TypeError, KeyError) as exc:
-            raise invalid_argument(f"could not render the prompt: {exc}") from exc
-        return prompt, len(prompt["prompt_token_ids"]), echo
+    async def _prepare_chat(self, engine: AsyncLLM, request: pb.GenerateRequest) -> _Prepared:
+        profile = self._profile(request.model)
+        req = chat_request(request)
+        tools = [t.model_dump() for t in req.tools] if req.tools else None
+        chat_params = req.build_chat_params(profile.chat_template, "auto").with_defaults(
+            {"tools": tools, "tokenize": False}
+        )
+        _, (prompt,) = await engine.renderer.render_chat_async(
+            [list(req.messages)], chat_params, self._tok_params(engine, chat=True)
+        )
+        prompt_ids = prompt["prompt_token_ids"]
+        max_tokens = self._max_tokens(request, len(prompt_ids), "messages")
+        template_kwargs = chat_params.chat_template_kwargs
+        tokenizer = engine.renderer.get_tokenizer()
 
-    async def _render_completion(self, engine: AsyncLLM, p: pb.PromptInput) -> tuple[Any, str]:
+        def new_parser() -> Any:
+            return profile.parser_cls(
+                tokenizer,
+                req.tools,
+                chat_template_kwargs=template_kwargs,
+                model_config=engine.model_config,
+            )
+
+        parsing = needs_parsing(profile, req)
+        if parsing:
+            # Sets the constraint that forces required/named tool calls.
+            req = new_parser().adjust_request(req)
+        params = req.to_sampling_params(max_tokens, self._defaults)
+        params.output_kind = RequestOutputKind.DELTA
+        generate_kwargs: dict[str, Any] = {}
+        if parsing and profile.has_reasoning_parser:
+            probe = new_parser()
+            generate_kwargs = {
+                "reasoning_ended": req.resolve_reasoning_ended(probe, prompt_ids),
+                "reasoning_parser_kwargs": {"chat_template_kwargs": template_kwargs},
+            }
+        factory = (lambda: ChoiceParser(new_parser(), req, prompt_ids)) if parsing else None
+        translator = OutputTranslator(
+            top_logprobs=request.output.top_logprobs if request.output.logprobs else None,
+            parser_factory=factory,
+        )
+        return _Prepared(prompt, params, translator, generate_kwargs)
+
+    async def _prepare_completion(self, engine: AsyncLLM, request: pb.GenerateRequest) -> _Prepared:
+        self._profile(request.model)
+        req = completion_request(request)
+        p = request.prompt
         if p.WhichOneof("prompt") == "token_ids":
             ids = list(p.token_ids.ids)
             vocab = engine.model_config.get_vocab_size()
@@ -232,7 +295,19 @@ class VllmBackend(Backend):
         (prompt,) = await engine.renderer.render_cmpl_async(
             [raw], self._tok_params(engine, chat=False)
         )
-        return prompt, text
+        max_tokens = self._max_tokens(request, len(prompt["prompt_token_ids"]), "prompt")
+        params = req.to_sampling_params(max_tokens, self._defaults)
+        params.output_kind = RequestOutputKind.DELTA
+        translator = OutputTranslator(
+            top_logprobs=request.output.top_logprobs if request.output.logprobs else None,
+            echo_text=text if request.output.echo else None,
+        )
+        return _Prepared(prompt, params, translator, {})
+
+    def _max_tokens(self, request: pb.GenerateRequest, prompt_len: int, prompt_param: str) -> int:
+        s = request.sampling
+        requested = s.max_tokens if s.HasField("max_tokens") else None
+        return check_context(prompt_len, requested, self._max_model_len, prompt_param=prompt_param)
 
     @staticmethod
     def _tok_params(engine: AsyncLLM, *, chat: bool) -> TokenizeParams:

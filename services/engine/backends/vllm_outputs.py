@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vllm.logprobs import Logprob
 from vllm.outputs import CompletionOutput, RequestOutput
 
+from services.engine.backends.vllm_parsing import ChoiceParser, tool_call_deltas
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 _FINISH = {
@@ -20,6 +21,7 @@ _FINISH = {
 
 @dataclass
 class _ChoiceState:
+    parser: ChoiceParser | None
     text_offset: int = 0
     tokens: int = 0
     echoed: bool = False
@@ -27,10 +29,11 @@ class _ChoiceState:
 
 @dataclass
 class OutputTranslator:
-    """Per-request state: text offsets, token counts and the echoed prompt."""
+    """Per-request state: parsers, text offsets, token counts and the echoed prompt."""
 
     top_logprobs: int | None = None
     echo_text: str | None = None
+    parser_factory: Callable[[], ChoiceParser] | None = None
     _choices: dict[int, _ChoiceState] = field(default_factory=dict)
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -40,7 +43,9 @@ class OutputTranslator:
         self.cached_tokens = out.num_cached_tokens or 0
         response = pb.GenerateResponse()
         for completion in out.outputs:
-            response.choices.append(self._choice(completion))
+            delta = self._choice(completion)
+            if delta is not None:
+                response.choices.append(delta)
         if out.finished:
             response.usage.CopyFrom(self.usage())
         return response
@@ -50,28 +55,46 @@ class OutputTranslator:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=sum(c.tokens for c in self._choices.values()),
             cached_tokens=self.cached_tokens,
+            reasoning_tokens=sum(
+                c.parser.reasoning_tokens() for c in self._choices.values() if c.parser
+            ),
         )
 
-    def _choice(self, completion: CompletionOutput) -> pb.ChoiceDelta:
-        state = self._choices.setdefault(completion.index, _ChoiceState())
-        text = completion.text
-        if self.echo_text is not None and not state.echoed:
-            text = self.echo_text + text
-            state.echoed = True
-        delta = pb.ChoiceDelta(
-            index=completion.index,
-            text=text,
-            num_tokens=len(completion.token_ids),
-            finish_reason=_FINISH.get(completion.finish_reason or "", 0),
-        )
+    def _state(self, index: int) -> _ChoiceState:
+        state = self._choices.get(index)
+        if state is None:
+            parser = self.parser_factory() if self.parser_factory else None
+            state = self._choices[index] = _ChoiceState(parser)
+        return state
+
+    def _choice(self, completion: CompletionOutput) -> pb.ChoiceDelta | None:
+        state = self._state(completion.index)
+        finish = completion.finish_reason
+        delta = pb.ChoiceDelta(index=completion.index, num_tokens=len(completion.token_ids))
+        if state.parser is None:
+            delta.text = self._echo(state) + completion.text
+        else:
+            parsed = state.parser.feed(completion.text, completion.token_ids, finish is not None)
+            finish = state.parser.finish_reason(finish)
+            if parsed is not None:
+                delta.text = parsed.content or ""
+                delta.reasoning_text = parsed.reasoning or ""
+                delta.tool_calls.extend(tool_call_deltas(parsed))
+        delta.finish_reason = _FINISH.get(finish or "", 0)
         if self.top_logprobs is not None and completion.logprobs:
-            offset = state.text_offset + len(text) - len(completion.text)
+            offset = state.text_offset + len(delta.text) - len(completion.text)
             delta.logprobs.extend(
                 _logprobs(completion.token_ids, completion.logprobs, self.top_logprobs, offset)
             )
-        state.text_offset += len(text)
+        state.text_offset += len(delta.text)
         state.tokens += len(completion.token_ids)
         return delta
+
+    def _echo(self, state: _ChoiceState) -> str:
+        if self.echo_text is None or state.echoed:
+            return ""
+        state.echoed = True
+        return self.echo_text
 
 
 def _logprobs(
@@ -80,9 +103,14 @@ def _logprobs(
     top_n: int,
     offset: int,
 ) -> list[pb.TokenLogprob]:
+    """OpenAI semantics: the sampled token, plus the top_n ranked alternatives.
+
+    (vLLM lists the sampled token first and counts it among the top n; we select by
+    rank, so a sampled token outside the top n does not push the n-th one out.)
+    """
     result = []
     for token_id, position in zip(token_ids, positions, strict=False):
-        if position is None:
+        if position is None or token_id not in position:
             continue
         chosen = position[token_id]
         token = chosen.decoded_token or ""
