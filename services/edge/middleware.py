@@ -58,7 +58,10 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> OpenAI
         )
     if exc.status == 405:
         return OpenAIError(
-            405, f"{request.method} is not allowed on {request.path}.", code="method_not_allowed"
+            405,
+            f"{request.method} is not allowed on {request.path}.",
+            code="method_not_allowed",
+            headers={"Allow": exc.headers.get("Allow", "")},
         )
     if exc.status == 413:
         return OpenAIError(413, "The request body is too large.", code="request_too_large")

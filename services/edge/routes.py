@@ -88,6 +88,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)
+    app.router.add_delete("/v1/models/{model:.+}", not_offered)  # fine-tuned model deletion
     app.router.add_get("/health", health)
+    # Stored chat completions (OpenAI's GET/DELETE on these paths): not offered.
+    app.router.add_get("/v1/chat/completions", not_offered)
+    app.router.add_route("*", "/v1/chat/completions/{tail:.+}", not_offered)
     for path in NOT_OFFERED:
         app.router.add_route("*", path, not_offered)

@@ -132,3 +132,58 @@ async def test_async_client_streams(aclient: AsyncOpenAI) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
     r = await aclient.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8)
     assert r.choices[0].message.content
+
+
+def test_n_choices(client: OpenAI) -> None:
+    r = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=6, n=2, temperature=1.0, seed=3
+    )
+    assert [c.index for c in r.choices] == [0, 1]
+    assert r.usage is not None and r.usage.completion_tokens <= 12
+    stream = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=4, n=2, stream=True
+    )
+    finished = {c.choices[0].index for c in stream if c.choices and c.choices[0].finish_reason}
+    assert finished == {0, 1}
+
+
+def test_chat_logprobs(client: OpenAI) -> None:
+    r = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=5, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = r.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == 5
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    for token in content:
+        assert token.logprob <= 0 and len(token.top_logprobs) == 3
+        assert bytes(token.bytes or []).decode() == token.token
+        # Greedy: the sampled token is the most likely one.
+        assert token.top_logprobs[0].logprob == pytest.approx(token.logprob, abs=1e-3)
+
+
+def test_context_overflow_is_400_before_any_work(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2040)
+    assert err.value.body["param"] == "max_tokens"  # type: ignore[index]
+    assert "maximum context length is 2048" in err.value.body["message"]  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=MODEL, prompt="word " * 2100, max_tokens=1)
+    assert err.value.body["param"] == "prompt"  # type: ignore[index]
+
+
+def test_completions_echo_tokens_and_logprobs(client: OpenAI) -> None:
+    r = client.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=3, temperature=0, echo=True, logprobs=2
+    )
+    choice = r.choices[0]
+    assert choice.text.startswith("Hello") and len(choice.text) > len("Hello")
+    lp = choice.logprobs
+    assert lp is not None and len(lp.tokens or []) == 3
+    assert all(len(t) <= 2 for t in lp.top_logprobs or [])
+    assert (lp.text_offset or [])[0] == len("Hello")
+    ids = client.completions.create(
+        model=MODEL, prompt=[[504, 3458, 314]], max_tokens=3, temperature=0
+    )
+    assert ids.usage is not None and ids.usage.prompt_tokens == 3
+    many = client.completions.create(model=MODEL, prompt=["One", "Two"], max_tokens=2, n=2)
+    assert sorted(c.index for c in many.choices) == [0, 1, 2, 3]

@@ -61,7 +61,6 @@ class ChatServing(GenerationServing):
             "model": body.model,
             "choices": [c.json(i, bool(body.logprobs)) for i, c in sorted(choices.items())],
             "usage": usage_json(usage),
-            "system_fingerprint": None,
         }
         return web.json_response(payload, dumps=dumps, headers={"X-Request-Id": ctx.request_id})
 
@@ -79,7 +78,6 @@ class ChatServing(GenerationServing):
                 "object": "chat.completion.chunk",
                 "created": ctx.created,
                 "model": body.model,
-                "system_fingerprint": None,
             },
             include_usage=body.include_usage,
         )

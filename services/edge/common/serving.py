@@ -13,7 +13,7 @@ from aiohttp import web
 
 from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
-from services.edge.errors import OpenAIError, bad_request
+from services.edge.errors import OpenAIError, bad_request, model_not_found
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 SESSION_HEADER = "X-Session-Id"
@@ -55,18 +55,23 @@ class GenerationServing:
             raise bad_request(f"max_tokens must be at most {limit}", param="max_tokens")
 
     def routing_key(self, http: web.Request, user: str | None, prompt_text: str) -> str | None:
-        """Session header, then `user`, then a hash of the prompt's first characters."""
-        explicit = http.headers.get(SESSION_HEADER) or user
-        if explicit:
-            return explicit
-        k = self.config.affinity_prefix_chars
-        if not k or not prompt_text:
-            return None
-        return hashlib.blake2b(prompt_text[:k].encode(), digest_size=8).hexdigest()
+        """Session header, then `user`, then the prompt's first characters; hashed, so any
+        text is a valid gRPC metadata value and no user data crosses in clear."""
+        source = http.headers.get(SESSION_HEADER) or user
+        if not source:
+            k = self.config.affinity_prefix_chars
+            if not k or not prompt_text:
+                return None
+            source = prompt_text[:k]
+        return hashlib.blake2b(source.encode(errors="replace"), digest_size=8).hexdigest()
 
     def stream(
         self, request: pb.GenerateRequest, routing_key: str | None
     ) -> AsyncIterator[pb.GenerateResponse]:
+        if not _servable_name(request.model):
+            # Model ids are printable ASCII (as Hugging Face's are, and as gRPC metadata
+            # needs): any other name names no model.
+            raise model_not_found(request.model)
         if self.config.coalesce_window_ms and not request.coalesce_window_ms:
             request.coalesce_window_ms = self.config.coalesce_window_ms
         return self.client.generate(
@@ -75,6 +80,10 @@ class GenerationServing:
             timeout_s=self.config.request_timeout_s,
             idle_timeout_s=self.config.stream_idle_timeout_s,
         )
+
+
+def _servable_name(model: str) -> bool:
+    return model.isascii() and model.isprintable()
 
 
 async def first_message(

@@ -81,7 +81,6 @@ class CompletionServing(GenerationServing):
             "model": body.model,
             "choices": [c.json(i, logprobs) for i, c in sorted(choices.items())],
             "usage": usage_json(usage),
-            "system_fingerprint": None,
         }
         return web.json_response(payload, dumps=dumps, headers={"X-Request-Id": ctx.request_id})
 
@@ -95,7 +94,6 @@ class CompletionServing(GenerationServing):
                 "object": "text_completion",
                 "created": ctx.created,
                 "model": body.model,
-                "system_fingerprint": None,
             },
             include_usage=body.include_usage,
         )

@@ -15,7 +15,7 @@ import grpc
 
 from services.engine.backends.base import Backend, BackendLoad
 from services.engine.config import EngineConfig
-from services.engine.errors import EngineError
+from services.engine.errors import EngineError, invalid_argument
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 
@@ -66,6 +66,11 @@ class ScriptedBackend(Backend):
             raise EngineError(grpc.StatusCode.INTERNAL, "scripted failure before first token")
         s = request.sampling
         max_tokens = s.max_tokens if s.HasField("max_tokens") else script.default_max_tokens
+        if _prompt_tokens(request) + max_tokens > self._config.max_context_length:
+            raise invalid_argument(
+                f"This model's maximum context length is {self._config.max_context_length} tokens.",
+                param="max_tokens",
+            )
         n = s.n or 1
         interval = 1.0 / script.tokens_per_second if script.tokens_per_second > 0 else 0.0
         for i in range(max_tokens):
