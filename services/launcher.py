@@ -29,6 +29,8 @@ class StackPlan:
     router_port: int = 50051
     engine_ports: list[int] = field(default_factory=lambda: [50061])
     engine_args: list[str] = field(default_factory=list)
+    # Extra arguments for engine i (e.g. a different scripted behaviour per replica).
+    per_engine_args: list[list[str]] = field(default_factory=list)
     model_ids: list[str] = field(default_factory=lambda: [DEFAULT_MODEL_ID])
     router_args: list[str] = field(default_factory=list)
     edge_args: list[str] = field(default_factory=list)
@@ -76,8 +78,9 @@ class Stack:
     def start(self, timeout_s: float = 600) -> Stack:
         plan = self.plan
         try:
-            for port in plan.engine_ports:
-                self.start_engine(port)
+            for i, port in enumerate(plan.engine_ports):
+                extra = plan.per_engine_args[i] if i < len(plan.per_engine_args) else []
+                self.start_engine(port, extra)
             replicas = [a for p in plan.engine_ports for a in ("--replica", f"{plan.host}:{p}")]
             self.router = ManagedProcess(
                 "router",

@@ -15,6 +15,7 @@ class Admission:
     def __init__(self, max_in_flight: int) -> None:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.admitted_total = 0
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -29,6 +30,7 @@ class Admission:
                 f"the engine is at its limit of {self.max_in_flight} concurrent requests",
             )
         self.in_flight += 1
+        self.admitted_total += 1
         self._idle.clear()
         try:
             yield

@@ -35,6 +35,7 @@ class ScriptedOptions(BaseModel):
     fail_after_tokens: int | None = None
     hang: bool = False
     startup_delay_s: float = 0
+    first_token_delay_s: float = 0
     default_max_tokens: int = 16
     # Text of token i (str.format with i), e.g. to put newlines or "data:" in a stream.
     token_text: str = "tok{i} "

@@ -12,7 +12,8 @@ from services.router.config import BreakerConfig
 class CircuitBreaker:
     config: BreakerConfig
     consecutive_failures: int = 0
-    ejections: int = 0
+    ejections: int = 0  # consecutive, reset by a success
+    total_ejections: int = 0
     ejected_until: float = 0.0
     # Half-open: after an ejection, one trial request at a time until one succeeds.
     _trial_in_flight: bool = False
@@ -52,5 +53,6 @@ class CircuitBreaker:
             return False
         backoff = min(self.config.base_ejection_s * (2**self.ejections), self.config.max_ejection_s)
         self.ejections += 1
+        self.total_ejections += 1
         self.ejected_until = self.now() + backoff
         return True

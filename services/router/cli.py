@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from services.common.aio import run
 from services.common.logs import setup_logging
@@ -23,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dns", action="append", help="DNS name:port of engine replicas (repeatable)")
     p.add_argument("--policy")
+    p.add_argument("--metrics-port", type=int)
     return p
 
 
@@ -33,6 +36,10 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = config_from_args(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
     setup_logging("router")
-    run(lambda stop: serve(config, stop))
+    try:
+        config_from_args(args)  # fail fast, with the problem named, on a bad config
+    except (ValidationError, OSError, yaml.YAMLError) as exc:
+        sys.exit(f"tera router: invalid configuration: {exc}")
+    run(lambda stop: serve(lambda: config_from_args(args), stop))

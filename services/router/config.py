@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class RetryConfig(BaseModel):
@@ -29,6 +29,8 @@ class BreakerConfig(BaseModel):
 class HealthConfig(BaseModel):
     check_interval_s: float = Field(1.0, gt=0)
     check_timeout_s: float = Field(1.0, gt=0)
+    # Consecutive timed-out checks before a replica counts as down.
+    unhealthy_threshold: int = Field(3, ge=1)
     load_poll_interval_s: float = Field(1.0, gt=0)
 
 
@@ -40,6 +42,8 @@ class RouterConfig(BaseModel):
     # DNS names ("name:port") resolving to one address per replica (a headless Service).
     dns: list[str] = Field(default_factory=list)
     dns_refresh_s: float = Field(5.0, gt=0)
+    # Query this DNS server ("host:port") instead of the system resolver.
+    dns_server: str | None = None
     policy: str = "p2c"
     # Per-model policy overrides: {"model id": "round_robin"}.
     model_policies: dict[str, str] = Field(default_factory=dict)
@@ -48,6 +52,17 @@ class RouterConfig(BaseModel):
     health: HealthConfig = Field(default_factory=HealthConfig)
     # Retry-After (seconds) suggested to callers when no replica can take a request.
     retry_after_s: int = 1
+    # Prometheus /metrics on this port (None: off).
+    metrics_port: int | None = None
+
+    @model_validator(mode="after")
+    def _policies_exist(self) -> RouterConfig:
+        from services.router.policies import POLICIES
+
+        for name in [self.policy, *self.model_policies.values()]:
+            if name not in POLICIES:
+                raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
+        return self
 
     @property
     def address(self) -> str:

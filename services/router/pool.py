@@ -20,6 +20,10 @@ class ReplicaPool:
         self._sources: dict[str, set[str]] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
+    def reconfigure(self, config: RouterConfig) -> None:
+        """New health and breaker settings apply to replicas added from now on."""
+        self._config = config
+
     def set_source(self, source: str, addresses: set[str]) -> None:
         self._sources[source] = set(addresses)
         wanted = set().union(*self._sources.values())

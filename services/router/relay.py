@@ -18,6 +18,7 @@ import grpc
 
 from services.common import metadata
 from services.router.config import RouterConfig
+from services.router.metrics import RouterMetrics
 from services.router.policies import LoadBalancingPolicy, RouteRequest, create_policy
 from services.router.pool import ReplicaPool
 from services.router.replica import Replica
@@ -28,6 +29,8 @@ log = logging.getLogger("tera.router.relay")
 RETRY_AFTER = "retry-after"
 # Caller metadata worth passing on to the engine.
 _FORWARDED_PREFIXES = ("tera-", "traceparent", "tracestate", "baggage")
+# Final answers after which the caller should come back later.
+_TRY_LATER = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 
 
 @dataclass
@@ -41,8 +44,12 @@ class Refusal(Exception):
 
 
 class Relay:
-    def __init__(self, pool: ReplicaPool, config: RouterConfig) -> None:
+    def __init__(self, pool: ReplicaPool, config: RouterConfig, metrics: RouterMetrics) -> None:
         self._pool = pool
+        self._metrics = metrics
+        self.reconfigure(config)
+
+    def reconfigure(self, config: RouterConfig) -> None:
         self._config = config
         self._budget = RetryBudget(config.retry)
         self._default_policy = create_policy(config.policy)
@@ -59,14 +66,22 @@ class Relay:
         route = RouteRequest(headers.get(metadata.MODEL, ""), headers.get(metadata.ROUTING_KEY))
         forward = tuple((k, v) for k, v in invocation if k.startswith(_FORWARDED_PREFIXES))
         self._budget.on_request()
+        code = grpc.StatusCode.CANCELLED  # unless the call ends otherwise
         try:
             async for chunk in self._attempts(method, request, route, forward, context):
                 yield chunk
+            code = grpc.StatusCode.OK
         except Refusal as refusal:
+            code = refusal.code
             trailing = refusal.trailing
-            if refusal.retry_after_s is not None:
-                trailing += ((RETRY_AFTER, str(refusal.retry_after_s)),)
+            retry_after = refusal.retry_after_s
+            if retry_after is None and code in _TRY_LATER:
+                retry_after = self._config.retry_after_s
+            if retry_after is not None:
+                trailing += ((RETRY_AFTER, str(retry_after)),)
             await context.abort(refusal.code, refusal.message, trailing_metadata=trailing)
+        finally:
+            self._metrics.requests.labels(route.model, code.name).inc()
 
     async def _attempts(
         self,
@@ -109,6 +124,7 @@ class Relay:
                         replica.address,
                         failure.refusal.code.name,
                     )
+                    self._metrics.retries.labels(failure.refusal.code.name).inc()
                 finally:
                     call.cancel()
         raise last_failure or Refusal(grpc.StatusCode.UNAVAILABLE, "no replica answered")
@@ -160,7 +176,9 @@ class Relay:
             raise self._failed(exc, replica) from None
         if message is grpc.aio.EOF:
             return None
-        replica.record_first_message(time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        replica.record_first_message(elapsed)
+        self._metrics.first_message.labels(next(iter(replica.models), "")).observe(elapsed)
         return message  # type: ignore[return-value]
 
     async def _rest(self, call: grpc.aio.UnaryStreamCall, replica: Replica) -> AsyncIterator[bytes]:

@@ -152,14 +152,23 @@ class Replica:
     async def _check_health(self) -> None:
         """Active checks with a timeout: catch a replica that hangs without closing."""
         stub = health_pb2_grpc.HealthStub(self.channel)
+        missed = 0
         while True:
             try:
                 reply = await stub.Check(
                     health_pb2.HealthCheckRequest(), timeout=self._health_config.check_timeout_s
                 )
+                missed = 0
                 await self._set_status(reply.status)
-            except grpc.aio.AioRpcError:
-                await self._set_status(UNKNOWN)
+            except grpc.aio.AioRpcError as exc:
+                # A refused connection is final; a slow answer from a busy engine is not,
+                # until it happens unhealthy_threshold times in a row.
+                missed += 1
+                if (
+                    exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+                    or missed >= self._health_config.unhealthy_threshold
+                ):
+                    await self._set_status(UNKNOWN)
             await asyncio.sleep(self._health_config.check_interval_s)
 
     async def _poll_load(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -14,9 +15,9 @@ from grpc_reflection.v1alpha import reflection
 from services.common.grpc_options import SERVER_OPTIONS
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.config import RouterConfig
-from services.router.discovery import watch_dns
 from services.router.pool import ReplicaPool
 from services.router.relay import Relay
+from services.router.runtime import RouterRuntime
 
 log = logging.getLogger("tera.router")
 
@@ -62,14 +63,14 @@ def build_handler(pool: ReplicaPool, relay: Relay) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
-async def serve(config: RouterConfig, stop: asyncio.Event) -> None:
-    pool = ReplicaPool(config)
-    pool.set_source("static", set(config.replicas))
-    dns_tasks = [
-        asyncio.create_task(watch_dns(pool, target, config.dns_refresh_s)) for target in config.dns
-    ]
+async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) -> None:
+    """Runs the router; SIGHUP re-reads the config (load_config) and applies it."""
+    config = load_config()
+    runtime = RouterRuntime(config)
+    if config.metrics_port is not None:
+        runtime.metrics.serve(config.metrics_port, config.host)
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((build_handler(pool, Relay(pool, config)),))
+    server.add_generic_rpc_handlers((build_handler(runtime.pool, runtime.relay),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -84,6 +85,9 @@ async def serve(config: RouterConfig, stop: asyncio.Event) -> None:
     await server.start()
     for service in ("", SERVICE):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, lambda: _reload(runtime, load_config)
+    )
     log.info(
         "router listening on %s; replicas=%s dns=%s policy=%s",
         config.address,
@@ -95,8 +99,13 @@ async def serve(config: RouterConfig, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         await health.enter_graceful_shutdown()
-        for task in dns_tasks:
-            task.cancel()
         await server.stop(grace=5.0)
-        await pool.close()
+        await runtime.close()
         log.info("router stopped")
+
+
+def _reload(runtime: RouterRuntime, load_config: Callable[[], RouterConfig]) -> None:
+    try:
+        runtime.reload(load_config())
+    except Exception as exc:  # a bad edit must not take the router down
+        log.error("configuration reload failed, keeping the old one: %s", exc)

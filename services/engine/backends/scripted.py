@@ -62,6 +62,7 @@ class ScriptedBackend(Backend):
         script = self._script
         if script.hang:
             await asyncio.Event().wait()
+        await asyncio.sleep(script.first_token_delay_s)
         if script.fail_before_first or self._requests_seen <= script.fail_first_requests:
             raise EngineError(grpc.StatusCode.INTERNAL, "scripted failure before first token")
         s = request.sampling

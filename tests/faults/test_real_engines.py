@@ -1,0 +1,117 @@
+"""Fault scenarios 1 and 2 with two real vLLM engines behind the router."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.common.processes import free_port, wait_until
+from services.common.readiness import grpc_serving
+from services.engine.model_prep import DEFAULT_MODEL_ID
+from services.launcher import Stack, StackPlan
+from tests.conftest import CACHE_DIR, RunningStack
+from tests.faults.load import run_load
+from tests.faults.test_fault_suite import ROUTER_SETTINGS, _record
+
+
+@pytest.fixture(scope="module")
+def two_vllm(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    logs = tmp_path_factory.mktemp("two-vllm")
+    router_config = logs / "router.yaml"
+    # The kill, not an attempt deadline, is what must trigger the retry here.
+    router_config.write_text(
+        yaml.safe_dump(
+            {
+                **ROUTER_SETTINGS,
+                "retry": {**ROUTER_SETTINGS["retry"], "first_message_timeout_s": 60},
+            }
+        )
+    )
+    plan = StackPlan(
+        edge_port=free_port(),
+        router_port=free_port(),
+        engine_ports=[free_port(), free_port()],
+        engine_args=[
+            "--model-dir",
+            str(model_dir),
+            "--model-id",
+            DEFAULT_MODEL_ID,
+            "--cache-dir",
+            str(CACHE_DIR),
+            "--vllm",
+            json.dumps({"enforce_eager": True}),
+        ],
+        router_args=["--config", str(router_config)],
+        log_dir=logs,
+    )
+    stack = Stack(plan).start(timeout_s=600)
+    try:
+        yield RunningStack(stack)
+    finally:
+        stack.stop()
+
+
+def _restart_engine_a(stack: RunningStack) -> None:
+    plan = stack.stack.plan
+    old = stack.stack.engines.pop(0)
+    old.stop(grace_s=1)
+    stack.stack.start_engine(plan.engine_ports[0])
+    stack.stack.engines.insert(0, stack.stack.engines.pop())  # A is engines[0] again
+    wait_until(
+        lambda: grpc_serving(stack.engine_addresses[0]),
+        timeout_s=300,
+        interval_s=1,
+        watch=stack.stack.engines,
+        what="engine A to serve again",
+    )
+
+
+async def test_real_1_killed_before_first_token(two_vllm: RunningStack) -> None:
+    engine_a = two_vllm.stack.engines[0]
+    engine_a.kill_group(signal.SIGSTOP)  # frozen: its requests get no first token
+    load = asyncio.create_task(
+        run_load(
+            two_vllm.base_url, requests=12, concurrency=12, max_tokens=8, model=DEFAULT_MODEL_ID
+        )
+    )
+    await asyncio.sleep(1.5)
+    engine_a.kill_group(signal.SIGKILL)
+    tally = await load
+    _record("real vLLM 1: killed before first token", tally.summary())
+    assert tally.summary() == {
+        "sent": 12,
+        "succeeded": 12,
+        "failed_with_error": 0,
+        "silently_truncated": 0,
+    }
+
+
+async def test_real_2_killed_mid_stream(two_vllm: RunningStack) -> None:
+    await asyncio.to_thread(_restart_engine_a, two_vllm)
+    # Until the router routes to A again, its streams would all land on B.
+    for _ in range(60):
+        await run_load(
+            two_vllm.base_url, requests=2, concurrency=2, max_tokens=2, model=DEFAULT_MODEL_ID
+        )
+        if two_vllm.engine_load(0).total_requests > 0:
+            break
+    load = asyncio.create_task(
+        run_load(
+            two_vllm.base_url, requests=8, concurrency=8, max_tokens=400, model=DEFAULT_MODEL_ID
+        )
+    )
+    await asyncio.sleep(4.0)  # every stream has tokens out
+    assert two_vllm.engine_load(0).in_flight > 0, "A holds streams when it dies"
+    two_vllm.stack.engines[0].kill_group(signal.SIGKILL)
+    tally = await load
+    summary = tally.summary()
+    _record("real vLLM 2: killed mid-stream", summary)
+    assert summary["silently_truncated"] == 0
+    assert summary["failed_with_error"] > 0 and summary["succeeded"] > 0
+    assert summary["succeeded"] + summary["failed_with_error"] == 8
