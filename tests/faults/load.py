@@ -33,6 +33,7 @@ class Outcome:
 @dataclass
 class Tally:
     outcomes: list[Outcome] = field(default_factory=list)
+    streams_with_tokens: int = 0  # requests that have received their first token
 
     @property
     def counts(self) -> Counter[str]:
@@ -49,7 +50,11 @@ class Tally:
 
 
 async def stream_once(
-    session: aiohttp.ClientSession, base_url: str, max_tokens: int, model: str = SCRIPTED_MODEL
+    session: aiohttp.ClientSession,
+    base_url: str,
+    max_tokens: int,
+    model: str = SCRIPTED_MODEL,
+    tally: Tally | None = None,
 ) -> Outcome:
     """model=SCRIPTED_MODEL checks the exact text; any other model checks completeness
     by finish_reason and [DONE]."""
@@ -71,7 +76,13 @@ async def stream_once(
                     await response.text(),
                     headers,
                 )
-            raw = (await response.read()).decode()
+            lines = []
+            async for line in response.content:
+                lines.append(line)
+                if tally is not None and b'"content":"' in line and b'"content":""' not in line:
+                    tally.streams_with_tokens += 1
+                    tally = None  # count each request once
+            raw = b"".join(lines).decode()
     except aiohttp.ClientError as exc:
         # The connection broke without an error event: a client cannot tell why.
         return Outcome("truncated", 0, time.monotonic() - started, repr(exc))
@@ -108,8 +119,9 @@ async def run_load(
     max_tokens: int,
     spacing_s: float = 0.0,
     model: str = SCRIPTED_MODEL,
+    tally: Tally | None = None,
 ) -> Tally:
-    tally = Tally()
+    tally = tally if tally is not None else Tally()
     gate = asyncio.Semaphore(concurrency)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -117,7 +129,9 @@ async def run_load(
         async def one(i: int) -> None:
             await asyncio.sleep(i * spacing_s)
             async with gate:
-                tally.outcomes.append(await stream_once(session, base_url, max_tokens, model))
+                tally.outcomes.append(
+                    await stream_once(session, base_url, max_tokens, model, tally)
+                )
 
         await asyncio.gather(*(one(i) for i in range(requests)))
     return tally

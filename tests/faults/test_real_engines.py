@@ -16,7 +16,7 @@ from services.common.readiness import grpc_serving
 from services.engine.model_prep import DEFAULT_MODEL_ID
 from services.launcher import Stack, StackPlan
 from tests.conftest import CACHE_DIR, RunningStack
-from tests.faults.load import run_load
+from tests.faults.load import Tally, run_load
 from tests.faults.test_fault_suite import ROUTER_SETTINGS, _record
 
 
@@ -101,15 +101,25 @@ async def test_real_2_killed_mid_stream(two_vllm: RunningStack) -> None:
         )
         if two_vllm.engine_load(0).total_requests > 0:
             break
+    tally = Tally()
     load = asyncio.create_task(
         run_load(
-            two_vllm.base_url, requests=8, concurrency=8, max_tokens=400, model=DEFAULT_MODEL_ID
+            two_vllm.base_url,
+            requests=8,
+            concurrency=8,
+            max_tokens=400,
+            model=DEFAULT_MODEL_ID,
+            tally=tally,
         )
     )
-    await asyncio.sleep(4.0)  # every stream has tokens out
+    for _ in range(600):  # every stream has tokens out (the machine may be busy)
+        if tally.streams_with_tokens == 8:
+            break
+        await asyncio.sleep(0.1)
+    assert tally.streams_with_tokens == 8
     assert two_vllm.engine_load(0).in_flight > 0, "A holds streams when it dies"
     two_vllm.stack.engines[0].kill_group(signal.SIGKILL)
-    tally = await load
+    await load
     summary = tally.summary()
     _record("real vLLM 2: killed mid-stream", summary)
     assert summary["silently_truncated"] == 0

@@ -1,0 +1,112 @@
+"""OpenTelemetry set-up shared by the services, configured by the standard OTEL_* variables.
+
+Tracing is on when an OTLP endpoint is configured (OTEL_EXPORTER_OTLP_ENDPOINT or
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) and OTEL_SDK_DISABLED is not "true". Otherwise no
+SDK is installed, no interceptor or middleware is added, and the API's no-op tracer
+answers every call: tracing off costs nothing measurable.
+
+OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG),
+OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL ("grpc" or "http/protobuf") and OTEL_BSP_* are
+read by the SDK as usual. Jaeger ingests OTLP natively.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from opentelemetry import propagate, trace
+
+log = logging.getLogger("tera.telemetry")
+
+# Semantic-convention attribute names (GenAI) and Tera's own.
+GEN_AI_SYSTEM = "gen_ai.system"
+GEN_AI_OPERATION = "gen_ai.operation.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+GEN_AI_REQUEST_TOP_P = "gen_ai.request.top_p"
+GEN_AI_USAGE_INPUT = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT = "gen_ai.usage.output_tokens"
+GEN_AI_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_RESPONSE_ID = "gen_ai.response.id"
+TTFT = "tera.time_to_first_token_s"
+QUEUE_TIME = "tera.queue_time_s"
+REPLICA = "tera.replica.address"
+ATTEMPT = "tera.attempt"
+RETRY_REASON = "tera.retry.reason"
+
+
+def tracing_enabled() -> bool:
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+
+def setup_tracing(default_service_name: str) -> Any | None:
+    """Installs the SDK with an OTLP exporter; returns the provider, or None when off."""
+    if not tracing_enabled():
+        return None
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    name = os.environ.get("OTEL_SERVICE_NAME") or default_service_name
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    provider.add_span_processor(BatchSpanProcessor(_exporter()))
+    trace.set_tracer_provider(provider)
+    log.info("tracing on: service %s exports OTLP to %s", name, _endpoint())
+    return provider
+
+
+def shutdown_tracing(provider: Any | None) -> None:
+    """Flushes what is buffered, so the last spans are not lost at exit."""
+    if provider is not None:
+        provider.shutdown()
+
+
+def _endpoint() -> str:
+    return (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
+
+
+def _exporter() -> Any:
+    protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc")
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    return OTLPSpanExporter()
+
+
+def grpc_server_interceptors() -> list[Any]:
+    if not tracing_enabled():
+        return []
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return [aio_server_interceptor()]
+
+
+def grpc_client_interceptors() -> list[Any] | None:
+    if not tracing_enabled():
+        return None
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return list(aio_client_interceptors())
+
+
+def current_trace_id() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def inject_headers() -> dict[str, str]:
+    """The current context as W3C headers (for vLLM's trace_headers)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
