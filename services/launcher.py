@@ -35,6 +35,8 @@ class StackPlan:
     router_args: list[str] = field(default_factory=list)
     edge_args: list[str] = field(default_factory=list)
     edge_env: dict[str, str] = field(default_factory=dict)
+    # Environment for every process (e.g. OTEL_* settings).
+    env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
 
     @property
@@ -70,6 +72,7 @@ class Stack:
                 *plan.engine_args,
                 *(extra or []),
             ],
+            env=plan.env,
             log_path=self._log(f"engine-{port}"),
         ).start()
         self.engines.append(engine)
@@ -94,6 +97,7 @@ class Stack:
                     *replicas,
                     *plan.router_args,
                 ],
+                env=plan.env,
                 log_path=self._log("router"),
             ).start()
             self.edge = ManagedProcess(
@@ -109,7 +113,7 @@ class Stack:
                     f"{plan.host}:{plan.router_port}",
                     *plan.edge_args,
                 ],
-                env=plan.edge_env,
+                env={**plan.env, **plan.edge_env},
                 log_path=self._log("edge"),
             ).start()
             key = (plan.edge_env.get("TERA_API_KEYS") or "").split(",")[0] or None

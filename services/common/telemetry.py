@@ -70,13 +70,17 @@ def shutdown_tracing(provider: Any | None) -> None:
 
 
 def _endpoint() -> str:
-    return (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
+    return os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", ""
+    )
 
 
 def _exporter() -> Any:
-    protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc")
+    protocol = (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    )
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     else:
@@ -87,17 +91,30 @@ def _exporter() -> Any:
 def grpc_server_interceptors() -> list[Any]:
     if not tracing_enabled():
         return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-    return [aio_server_interceptor()]
+    # Probes are not part of any request's trace (and the interceptor cannot wrap the
+    # health service's Watch, which writes through the context).
+    skip = filters.any_of(
+        filters.service_prefix("grpc.health"), filters.service_prefix("grpc.reflection")
+    )
+    return [aio_server_interceptor(filter_=filters.negate(skip))]
 
 
 def grpc_client_interceptors() -> list[Any] | None:
     if not tracing_enabled():
         return None
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters
 
-    return list(aio_client_interceptors())
+    skip = filters.service_prefix("grpc.health")
+    return list(aio_client_interceptors(filter_=filters.negate(skip)))
+
+
+def instrument_aiohttp_server(provider: Any) -> None:
+    """Traces every aiohttp request (call before the Application is created)."""
+    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+
+    AioHttpServerInstrumentor().instrument(tracer_provider=provider)
 
 
 def current_trace_id() -> str | None:

@@ -5,30 +5,37 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
+from services.common.telemetry import instrument_aiohttp_server
 from services.edge import middleware
 from services.edge.chat.serving import ChatServing
 from services.edge.completions.serving import CompletionServing
 from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
 from services.edge.models.serving import ModelsServing
-from services.edge.routes import CHAT, COMPLETIONS, MODELS, add_routes
+from services.edge.observe import EdgeMetrics
+from services.edge.routes import CHAT, COMPLETIONS, METRICS, MODELS, add_routes
 
 log = logging.getLogger("tera.edge")
 
 
-def create_app(config: EdgeConfig) -> web.Application:
-    app = web.Application(
-        client_max_size=config.max_body_bytes,
-        middlewares=[middleware.errors, middleware.auth(config)],
-    )
+def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Application:
+    metrics = EdgeMetrics()
+    # Outermost first: tracing sees the whole request, the access log sees the final
+    # status (after errors become responses), auth runs last before the handler.
+    chain = [middleware.access(metrics), middleware.errors, middleware.auth(config)]
+    if tracer_provider is not None:
+        instrument_aiohttp_server(tracer_provider)  # adds its middleware in front
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=chain)
+    app[METRICS] = metrics
 
     async def engine_client(app: web.Application) -> AsyncIterator[None]:
         client = EngineClient(config.router, models_cache_s=config.models_cache_s)
-        app[CHAT] = ChatServing(config, client)
-        app[COMPLETIONS] = CompletionServing(config, client)
+        app[CHAT] = ChatServing(config, client, metrics)
+        app[COMPLETIONS] = CompletionServing(config, client, metrics)
         app[MODELS] = ModelsServing(client)
         yield
         await client.close()
@@ -38,10 +45,13 @@ def create_app(config: EdgeConfig) -> web.Application:
     return app
 
 
-async def serve(config: EdgeConfig, stop: asyncio.Event) -> None:
+async def serve(
+    config: EdgeConfig, stop: asyncio.Event, tracer_provider: Any | None = None
+) -> None:
     # handler_cancellation: a client that goes away cancels its handler at once, and
     # with it the upstream call and the engine's work.
-    runner = web.AppRunner(create_app(config), handler_cancellation=True, access_log=None)
+    app = create_app(config, tracer_provider)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

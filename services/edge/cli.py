@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from services.common.aio import run
 from services.common.logs import setup_logging
+from services.common.telemetry import setup_tracing, shutdown_tracing
 from services.edge.app import serve
 from services.edge.config import EdgeConfig
 
@@ -42,4 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         config = config_from_args(build_parser().parse_args(argv))
     except ValidationError as exc:
         sys.exit(f"tera edge: invalid configuration: {exc}")
-    run(lambda stop: serve(config, stop))
+    provider = setup_tracing("tera-edge")
+    try:
+        run(lambda stop: serve(config, stop, provider))
+    finally:
+        shutdown_tracing(provider)

@@ -10,6 +10,7 @@ import grpc
 
 from services.common import metadata
 from services.common.grpc_options import CHANNEL_OPTIONS
+from services.common.telemetry import grpc_client_interceptors
 from services.edge.errors import OpenAIError, from_grpc
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
@@ -21,7 +22,9 @@ class StreamIdle(Exception):
 
 class EngineClient:
     def __init__(self, target: str, *, models_cache_s: float = 2.0) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(
+            target, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
+        )
         self._stub = pb_grpc.EngineStub(self.channel)
         self._models_cache_s = models_cache_s
         self._models: list[pb.ModelInfo] = []

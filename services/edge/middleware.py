@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -13,6 +15,7 @@ from pydantic import ValidationError
 
 from services.edge.config import EdgeConfig
 from services.edge.errors import OpenAIError, from_validation_error
+from services.edge.observe import REQUEST_LOG, EdgeMetrics, log_access
 
 log = logging.getLogger("tera.edge")
 
@@ -73,6 +76,43 @@ def _error_response(exc: OpenAIError, request: web.Request) -> web.Response:
     return web.Response(
         status=exc.status, body=exc.json_bytes(), content_type="application/json", headers=headers
     )
+
+
+def access(metrics: EdgeMetrics) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Request metrics and one JSON access-log line per request."""
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
+        endpoint = _endpoint(request)
+        started = time.monotonic()
+        metrics.in_flight.labels(endpoint).inc()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        finally:
+            elapsed = time.monotonic() - started
+            metrics.in_flight.labels(endpoint).dec()
+            # Only models that exist become label values (no cardinality from typos).
+            model = (
+                request.get(REQUEST_LOG, {}).get("model", "") if status not in (400, 404) else ""
+            )
+            metrics.requests.labels(endpoint, model, str(status)).inc()
+            metrics.duration.labels(endpoint, model).observe(elapsed)
+            log_access(request, status, elapsed, endpoint)
+
+    return observe
+
+
+def _endpoint(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 def auth(config: EdgeConfig) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TypeVar
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 from pydantic import BaseModel, ValidationError
 
 from services.edge.chat.protocol import ChatCompletionRequest
@@ -14,10 +16,12 @@ from services.edge.completions.protocol import CompletionRequest
 from services.edge.completions.serving import CompletionServing
 from services.edge.errors import OpenAIError, bad_request
 from services.edge.models.serving import ModelsServing
+from services.edge.observe import EdgeMetrics
 
 CHAT = web.AppKey("chat", ChatServing)
 COMPLETIONS = web.AppKey("completions", CompletionServing)
 MODELS = web.AppKey("models", ModelsServing)
+METRICS = web.AppKey("metrics", EdgeMetrics)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -75,6 +79,16 @@ async def retrieve_model(request: web.Request) -> web.Response:
     return web.json_response(await request.app[MODELS].retrieve(request.match_info["model"]))
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text, or OpenMetrics (with trace-id exemplars) when asked for."""
+    registry = request.app[METRICS].registry
+    if "application/openmetrics-text" in request.headers.get("Accept", ""):
+        body, content_type = openmetrics.generate_latest(registry), openmetrics.CONTENT_TYPE_LATEST
+    else:
+        body, content_type = generate_latest(registry), CONTENT_TYPE_LATEST
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -90,6 +104,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_delete("/v1/models/{model:.+}", not_offered)  # fine-tuned model deletion
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     # Stored chat completions (OpenAI's GET/DELETE on these paths): not offered.
     app.router.add_get("/v1/chat/completions", not_offered)
     app.router.add_route("*", "/v1/chat/completions/{tail:.+}", not_offered)

@@ -11,6 +11,7 @@ import yaml
 
 from services.common.aio import run
 from services.common.logs import setup_logging
+from services.common.telemetry import setup_tracing, shutdown_tracing
 from services.engine.config import EngineConfig
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-id")
     p.add_argument("--model-dir", type=Path)
     p.add_argument("--max-in-flight", type=int)
+    p.add_argument("--metrics-port", type=int)
     p.add_argument("--drain-grace-s", type=float)
     p.add_argument("--coalesce-window-ms", dest="default_coalesce_window_ms", type=int)
     p.add_argument("--tool-call-parser")
@@ -76,4 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     _vllm_env_defaults(args.cache_dir)
     from services.engine.server import serve  # after logging: backends import heavy modules
 
-    run(lambda stop: serve(config, stop))
+    provider = setup_tracing("tera-engine")
+    try:
+        run(lambda stop: serve(config, stop))
+    finally:
+        shutdown_tracing(provider)

@@ -63,6 +63,8 @@ class EngineConfig(BaseModel):
     # On SIGTERM: how long in-flight streams may run before the engine exits anyway.
     drain_grace_s: float = Field(30.0, ge=0)
     default_coalesce_window_ms: int = Field(0, ge=0, le=10)
+    # Prometheus /metrics (vLLM's own metrics plus Tera's) on this port; None: off.
+    metrics_port: int | None = None
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
     chat_template: Path | None = None

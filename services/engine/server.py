@@ -15,9 +15,11 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from services.common.grpc_options import SERVER_OPTIONS
+from services.common.telemetry import grpc_server_interceptors
 from services.engine.admission import Admission
 from services.engine.backends import create_backend
 from services.engine.config import EngineConfig
+from services.engine.metrics import serve_metrics
 from services.engine.servicer import EngineServicer
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
@@ -38,7 +40,7 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
     backend = create_backend(config)
     admission = Admission(config.max_in_flight)
     health = HealthServicer()
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=grpc_server_interceptors())
     pb_grpc.add_EngineServicer_to_server(
         EngineServicer(backend, admission, coalesce_ms=config.default_coalesce_window_ms), server
     )
@@ -53,6 +55,8 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
     )
     server.add_insecure_port(config.address)
     await server.start()
+    if config.metrics_port is not None:
+        serve_metrics(config.metrics_port, config.host, admission, backend)
     await _set_health(health, NOT_SERVING)
     log.info(
         "engine listening on %s; loading %s (%s backend)",

@@ -13,6 +13,7 @@ from services.engine.admission import Admission
 from services.engine.backends.base import Backend
 from services.engine.coalesce import coalesce
 from services.engine.errors import EngineError
+from services.engine.observe import observe_generation
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 
@@ -30,7 +31,8 @@ class EngineServicer(pb_grpc.EngineServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         window_ms = request.coalesce_window_ms or self._default_coalesce_ms
         stream = self._admitted(lambda: self._backend.generate(request))
-        async for message in _abort_on_error(coalesce(stream, window_ms / 1000), context):
+        observed = observe_generation(request, coalesce(stream, window_ms / 1000))
+        async for message in _abort_on_error(observed, context):
             yield message
 
     async def Synthesize(

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from services.common.aio import run
 from services.common.logs import setup_logging
+from services.common.telemetry import setup_tracing, shutdown_tracing
 from services.router.config import RouterConfig
 from services.router.server import serve
 
@@ -42,4 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         config_from_args(args)  # fail fast, with the problem named, on a bad config
     except (ValidationError, OSError, yaml.YAMLError) as exc:
         sys.exit(f"tera router: invalid configuration: {exc}")
-    run(lambda stop: serve(lambda: config_from_args(args), stop))
+    provider = setup_tracing("tera-router")
+    try:
+        run(lambda stop: serve(lambda: config_from_args(args), stop))
+    finally:
+        shutdown_tracing(provider)

@@ -9,14 +9,24 @@ truncated answer can never pass for a complete one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from services.common import metadata
+from services.common.telemetry import (
+    ATTEMPT,
+    GEN_AI_REQUEST_MODEL,
+    REPLICA,
+    RETRY_REASON,
+    tracing_enabled,
+)
 from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics
 from services.router.policies import LoadBalancingPolicy, RouteRequest, create_policy
@@ -27,8 +37,11 @@ from services.router.retry import REPLICA_FAULTS, RETRYABLE, RetryBudget, backof
 log = logging.getLogger("tera.router.relay")
 
 RETRY_AFTER = "retry-after"
-# Caller metadata worth passing on to the engine.
-_FORWARDED_PREFIXES = ("tera-", "traceparent", "tracestate", "baggage")
+# Caller metadata passed on to the engine. Trace context is re-injected by the gRPC
+# instrumentation when the router traces; otherwise it is passed through untouched.
+_FORWARDED_PREFIXES = ("tera-",) + (
+    () if tracing_enabled() else ("traceparent", "tracestate", "baggage")
+)
 # Final answers after which the caller should come back later.
 _TRY_LATER = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 
@@ -47,6 +60,7 @@ class Relay:
     def __init__(self, pool: ReplicaPool, config: RouterConfig, metrics: RouterMetrics) -> None:
         self._pool = pool
         self._metrics = metrics
+        self._tracer = trace.get_tracer("tera.router")
         self.reconfigure(config)
 
     def reconfigure(self, config: RouterConfig) -> None:
@@ -64,6 +78,7 @@ class Relay:
         invocation = tuple(context.invocation_metadata() or ())
         headers = dict(invocation)
         route = RouteRequest(headers.get(metadata.MODEL, ""), headers.get(metadata.ROUTING_KEY))
+        trace.get_current_span().set_attribute(GEN_AI_REQUEST_MODEL, route.model)
         forward = tuple((k, v) for k, v in invocation if k.startswith(_FORWARDED_PREFIXES))
         self._budget.on_request()
         code = grpc.StatusCode.CANCELLED  # unless the call ends otherwise
@@ -101,10 +116,14 @@ class Relay:
                 await asyncio.sleep(backoff_s(attempt - 1, self._config.retry))
             replica = self._choose(route, tried, last_failure)
             tried.add(replica.address)
-            call = replica.channel.unary_stream(method)(
-                request, metadata=forward, timeout=_remaining(context)
+            span = self._tracer.start_span(
+                "attempt", attributes={ATTEMPT: attempt, REPLICA: replica.address}
             )
-            with replica.track():
+            with trace.use_span(span, end_on_exit=False):  # parent of the upstream call
+                call = replica.channel.unary_stream(method)(
+                    request, metadata=forward, timeout=_remaining(context)
+                )
+            with replica.track(), _ends_after(span):
                 try:
                     first = await self._first_message(call, replica)
                     if first is None:  # finished with no message: a valid, empty answer
@@ -116,6 +135,8 @@ class Relay:
                     return
                 except _AttemptFailed as failure:
                     last_failure = failure.refusal
+                    span.set_attribute(RETRY_REASON, failure.refusal.code.name)
+                    span.set_status(Status(StatusCode.ERROR, failure.refusal.message))
                     if not failure.retryable or _remaining(context) == 0:
                         break
                     log.info(
@@ -199,6 +220,18 @@ class Relay:
         trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str))
         refusal = Refusal(code, exc.details() or code.name, trailing=trailing)
         return _AttemptFailed(refusal, retryable=code in RETRYABLE)
+
+
+@contextlib.contextmanager
+def _ends_after(span: trace.Span) -> Iterator[None]:
+    """Ends an attempt's span; a failure after the first message marks it failed."""
+    try:
+        yield
+    except Refusal as refusal:
+        span.set_status(Status(StatusCode.ERROR, refusal.message))
+        raise
+    finally:
+        span.end()
 
 
 class _AttemptFailed(Exception):

@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.grpc_options import CHANNEL_OPTIONS
+from services.common.telemetry import grpc_client_interceptors
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from services.router.breaker import CircuitBreaker
@@ -29,7 +30,9 @@ _EWMA_WEIGHT = 0.2
 class Replica:
     def __init__(self, address: str, *, health: HealthConfig, breaker: BreakerConfig) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(
+            address, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
+        )
         self.stub = pb_grpc.EngineStub(self.channel)
         self.status: int = UNKNOWN
         self.models: dict[str, pb.ModelInfo] = {}
@@ -145,8 +148,11 @@ class Replica:
             try:
                 async for update in stub.Watch(health_pb2.HealthCheckRequest()):
                     await self._set_status(update.status)
-            except grpc.aio.AioRpcError:
-                await self._set_status(UNKNOWN)
+            except grpc.aio.AioRpcError as exc:
+                # A dropped connection means the replica is gone; any other failure of
+                # the stream (a server without Watch) leaves the verdict to Check.
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    await self._set_status(UNKNOWN)
             await asyncio.sleep(self._health_config.check_interval_s)
 
     async def _check_health(self) -> None:

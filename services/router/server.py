@@ -13,6 +13,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from services.common.grpc_options import SERVER_OPTIONS
+from services.common.telemetry import grpc_server_interceptors
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.config import RouterConfig
 from services.router.pool import ReplicaPool
@@ -69,7 +70,7 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
     runtime = RouterRuntime(config)
     if config.metrics_port is not None:
         runtime.metrics.serve(config.metrics_port, config.host)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=grpc_server_interceptors())
     server.add_generic_rpc_handlers((build_handler(runtime.pool, runtime.relay),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -28,7 +28,7 @@ class ChatServing(GenerationServing):
         self.check_limits(body.n, max_tokens)
         request = body.to_proto(ctx.request_id, max_tokens)
         key = self.routing_key(ctx.http, body.user, _prompt_prefix(body))
-        stream = self.stream(request, key)
+        stream = self.stream(ctx, request, key)
         try:
             first = await first_message(stream)
             if body.stream:

@@ -14,6 +14,7 @@ from aiohttp import web
 from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
 from services.edge.errors import OpenAIError, bad_request, model_not_found
+from services.edge.observe import EdgeMetrics, GenerationObserver
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 SESSION_HEADER = "X-Session-Id"
@@ -43,9 +44,10 @@ class RequestContext:
 
 
 class GenerationServing:
-    def __init__(self, config: EdgeConfig, client: EngineClient) -> None:
+    def __init__(self, config: EdgeConfig, client: EngineClient, metrics: EdgeMetrics) -> None:
         self.config = config
         self.client = client
+        self.metrics = metrics
 
     def check_limits(self, n: int | None, max_tokens: int | None) -> None:
         if n is not None and n > self.config.max_n:
@@ -66,7 +68,7 @@ class GenerationServing:
         return hashlib.blake2b(source.encode(errors="replace"), digest_size=8).hexdigest()
 
     def stream(
-        self, request: pb.GenerateRequest, routing_key: str | None
+        self, ctx: RequestContext, request: pb.GenerateRequest, routing_key: str | None
     ) -> AsyncIterator[pb.GenerateResponse]:
         if not _servable_name(request.model):
             # Model ids are printable ASCII (as Hugging Face's are, and as gRPC metadata
@@ -74,11 +76,21 @@ class GenerationServing:
             raise model_not_found(request.model)
         if self.config.coalesce_window_ms and not request.coalesce_window_ms:
             request.coalesce_window_ms = self.config.coalesce_window_ms
-        return self.client.generate(
-            request,
-            routing_key=routing_key,
-            timeout_s=self.config.request_timeout_s,
-            idle_timeout_s=self.config.stream_idle_timeout_s,
+        s = request.sampling
+        observer = GenerationObserver(
+            self.metrics,
+            ctx.http,
+            model=request.model,
+            max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
+            temperature=s.temperature if s.HasField("temperature") else None,
+        )
+        return observer.watch(
+            self.client.generate(
+                request,
+                routing_key=routing_key,
+                timeout_s=self.config.request_timeout_s,
+                idle_timeout_s=self.config.stream_idle_timeout_s,
+            )
         )
 
 

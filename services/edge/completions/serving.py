@@ -33,6 +33,7 @@ class CompletionServing(GenerationServing):
         prompts = body.prompts()
         streams = [
             self.stream(
+                ctx,
                 body.to_proto(f"{ctx.request_id}-{p}", prompt, max_tokens),
                 self.routing_key(ctx.http, body.user, prompt.text),
             )

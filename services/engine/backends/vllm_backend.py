@@ -21,6 +21,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
+from services.common.telemetry import inject_headers, tracing_enabled
 from services.engine.backends.base import Backend, BackendLoad
 from services.engine.backends.vllm_inputs import chat_request, check_context, completion_request
 from services.engine.backends.vllm_outputs import OutputTranslator
@@ -223,9 +224,15 @@ class VllmBackend(Backend):
             raise invalid_argument(str(exc), param=getattr(exc, "parameter", None)) from exc
         # Request ids must be unique inside vLLM; a retried call may reuse the caller's id.
         vllm_id = f"{request.request_id or 'req'}-{uuid.uuid4().hex[:8]}"
+        # W3C context for vLLM's own request span (when its tracing is configured).
+        trace_headers = inject_headers() if tracing_enabled() else None
         try:
             async for out in engine.generate(
-                prepared.prompt, prepared.params, vllm_id, **prepared.generate_kwargs
+                prepared.prompt,
+                prepared.params,
+                vllm_id,
+                trace_headers=trace_headers,
+                **prepared.generate_kwargs,
             ):
                 yield prepared.translator.translate(out)
         except VLLMClientError as exc:

@@ -48,6 +48,10 @@ class OutputTranslator:
                 response.choices.append(delta)
         if out.finished:
             response.usage.CopyFrom(self.usage())
+            stats = out.metrics
+            if stats is not None and getattr(stats, "scheduled_ts", 0):
+                response.timings.queue_seconds = max(stats.scheduled_ts - stats.queued_ts, 0.0)
+                response.timings.first_token_seconds = stats.first_token_latency
         return response
 
     def usage(self) -> pb.Usage:

@@ -1,0 +1,161 @@
+"""Observability at the edge: one observer per generation feeds the span, the metrics
+and the access log from the same stream, so the three always agree."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.common import telemetry as t
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+
+access_log = logging.getLogger("tera.access")
+
+REQUEST_LOG = "tera.log"  # request-scoped dict the access log prints
+
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+FINISH_NAMES = {
+    pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
+    pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
+    pb.FINISH_REASON_ABORT: "abort",
+}
+
+
+class EdgeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tera_edge_requests",
+            "HTTP requests by endpoint, model, status",
+            ["endpoint", "model", "status"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "tera_edge_in_flight", "Requests being served", ["endpoint"], registry=r
+        )
+        self.ttft = Histogram(
+            "tera_edge_time_to_first_token_seconds",
+            "Time from request to first token",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "tera_edge_inter_token_latency_seconds",
+            "Time between streamed tokens",
+            ["model"],
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tera_edge_tokens", "Tokens in and out", ["model", "kind"], registry=r
+        )
+        self.duration = Histogram(
+            "tera_edge_request_duration_seconds",
+            "Whole request duration",
+            ["endpoint", "model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+
+
+class GenerationObserver:
+    def __init__(
+        self,
+        metrics: EdgeMetrics,
+        http: web.Request,
+        *,
+        model: str,
+        max_tokens: int | None,
+        temperature: float | None,
+    ) -> None:
+        self._metrics = metrics
+        self._model = model
+        self._started = time.monotonic()
+        self._last: float | None = None
+        self._fields: dict[str, Any] = http.setdefault(REQUEST_LOG, {})
+        self._fields["model"] = model
+        self._span = trace.get_current_span()
+        attributes = {t.GEN_AI_REQUEST_MODEL: model, t.GEN_AI_SYSTEM: "tera"}
+        if max_tokens is not None:
+            attributes[t.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+        if temperature is not None:
+            attributes[t.GEN_AI_REQUEST_TEMPERATURE] = temperature
+        self._span.set_attributes(attributes)
+
+    async def watch(
+        self, stream: AsyncIterator[pb.GenerateResponse]
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        usage = pb.Usage()
+        finish: list[str] = []
+        try:
+            async for message in stream:
+                self._on_message(message)
+                for choice in message.choices:
+                    if choice.finish_reason:
+                        finish.append(FINISH_NAMES.get(choice.finish_reason, "unknown"))
+                if message.HasField("usage"):
+                    usage = message.usage
+                yield message
+        finally:
+            self._on_end(usage, finish)
+
+    def _on_message(self, message: pb.GenerateResponse) -> None:
+        now = time.monotonic()
+        tokens = sum(c.num_tokens for c in message.choices) or 1
+        exemplar = _exemplar()
+        if self._last is None:
+            ttft = now - self._started
+            self._metrics.ttft.labels(self._model).observe(ttft, exemplar)
+            self._span.set_attribute(t.TTFT, ttft)
+            self._fields["ttft_ms"] = round(ttft * 1000, 1)
+        else:
+            gap = (now - self._last) / tokens
+            self._metrics.itl.labels(self._model).observe(gap, exemplar)
+        self._last = now
+
+    def _on_end(self, usage: pb.Usage, finish: list[str]) -> None:
+        self._metrics.tokens.labels(self._model, "prompt").inc(usage.prompt_tokens)
+        self._metrics.tokens.labels(self._model, "completion").inc(usage.completion_tokens)
+        self._span.set_attributes(
+            {
+                t.GEN_AI_USAGE_INPUT: usage.prompt_tokens,
+                t.GEN_AI_USAGE_OUTPUT: usage.completion_tokens,
+                t.GEN_AI_FINISH_REASONS: finish,
+            }
+        )
+        self._fields.update(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            finish_reasons=finish,
+        )
+
+
+def _exemplar() -> dict[str, str] | None:
+    trace_id = t.current_trace_id()
+    return {"trace_id": trace_id} if trace_id else None
+
+
+def log_access(request: web.Request, status: int, seconds: float, endpoint: str) -> None:
+    fields = request.get(REQUEST_LOG, {})
+    record = {
+        "request_id": request.get("request_id"),
+        "trace_id": t.current_trace_id(),
+        "method": request.method,
+        "path": endpoint,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 1),
+        **fields,
+    }
+    access_log.info(json.dumps(record, separators=(",", ":")))

@@ -1,0 +1,215 @@
+"""One trace per request across edge, router and engine, exported over OTLP."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from services.common.processes import free_port
+from services.engine.model_prep import DEFAULT_MODEL_ID
+from services.launcher import Stack, StackPlan
+from tests.conftest import CACHE_DIR, SCRIPTED_MODEL, RunningStack, scripted_args
+from tests.observability.otlp_receiver import OtlpReceiver, ReceivedSpan, tree
+
+KEY = "sk-tera-trace-secret-5d1f"
+SERVER, CLIENT = 2, 3  # OTLP span kinds
+SERVICES = {"tera-edge", "tera-router", "tera-engine"}
+TREES: dict[str, str] = {}
+ENGINE_METRICS_PORT = free_port()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as r:
+        yield r
+
+
+def _stack(
+    logs: Path,
+    receiver: OtlpReceiver,
+    engine_args: list[str],
+    models: list[str],
+    engines: int = 1,
+    per_engine: list[list[str]] | None = None,
+) -> Stack:
+    plan = StackPlan(
+        edge_port=free_port(),
+        router_port=free_port(),
+        engine_ports=[free_port() for _ in range(engines)],
+        engine_args=engine_args,
+        per_engine_args=per_engine or [],
+        model_ids=models,
+        router_args=["--policy", "round_robin"],
+        env=receiver.env,
+        edge_env={"TERA_API_KEYS": KEY},
+        log_dir=logs,
+    )
+    return Stack(plan).start(timeout_s=240)
+
+
+@pytest.fixture(scope="module")
+def traced_vllm(
+    model_dir: Path, receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningStack]:
+    args = [
+        "--model-dir",
+        str(model_dir),
+        "--model-id",
+        DEFAULT_MODEL_ID,
+        "--cache-dir",
+        str(CACHE_DIR),
+        "--vllm",
+        '{"enforce_eager": true}',
+        "--metrics-port",
+        str(ENGINE_METRICS_PORT),
+    ]
+    stack = _stack(tmp_path_factory.mktemp("traced-vllm"), receiver, args, [DEFAULT_MODEL_ID])
+    try:
+        yield RunningStack(stack)
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def traced_retry(
+    receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningStack]:
+    """Two stand-in replicas; the first fails its first request before any token."""
+    failing = scripted_args(fail_first_requests=1)
+    healthy = scripted_args()
+    stack = _stack(
+        tmp_path_factory.mktemp("traced-retry"),
+        receiver,
+        [],
+        [SCRIPTED_MODEL],
+        engines=2,
+        per_engine=[failing, healthy],
+    )
+    try:
+        yield RunningStack(stack)
+    finally:
+        stack.stop()
+
+
+async def _chat(stack: RunningStack, model: str, trace_id: str) -> None:
+    headers = {
+        "Authorization": f"Bearer {KEY}",
+        "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+    }
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 5,
+        "temperature": 0.5,
+        "stream": True,
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stack.base_url}/chat/completions", json=body, headers=headers) as response,
+    ):
+        assert response.status == 200
+        assert (await response.read()).endswith(b"data: [DONE]\n\n")
+
+
+def _one(spans: list[ReceivedSpan], service: str, kind: int, name: str = "") -> ReceivedSpan:
+    found = [s for s in spans if s.service == service and s.kind == kind and name in s.name]
+    assert len(found) == 1, tree(spans)
+    return found[0]
+
+
+def _children(spans: list[ReceivedSpan], parent: ReceivedSpan) -> list[ReceivedSpan]:
+    return [s for s in spans if s.parent_id == parent.span_id]
+
+
+def _no_key_anywhere(spans: list[ReceivedSpan]) -> None:
+    blob = json.dumps([s.attributes for s in spans], default=str)
+    assert KEY not in blob and "Bearer" not in blob
+
+
+async def test_streaming_request_is_one_trace(
+    traced_vllm: RunningStack, receiver: OtlpReceiver
+) -> None:
+    trace_id = secrets.token_hex(16)  # the client's traceparent is honoured
+    await _chat(traced_vllm, DEFAULT_MODEL_ID, trace_id)
+    spans = receiver.wait_for(trace_id, SERVICES)
+    TREES["streaming chat (vLLM)"] = tree(spans)
+
+    http = _one(spans, "tera-edge", SERVER)
+    assert http.name.startswith("POST")
+    assert http.attributes["gen_ai.request.model"] == DEFAULT_MODEL_ID
+    assert http.attributes["gen_ai.request.max_tokens"] == 5
+    assert http.attributes["gen_ai.request.temperature"] == 0.5
+    assert http.attributes["gen_ai.usage.output_tokens"] == 5
+    assert http.attributes["gen_ai.usage.input_tokens"] > 0
+    assert http.attributes["gen_ai.response.finish_reasons"] == ["length"]
+    assert http.attributes["tera.time_to_first_token_s"] > 0
+
+    edge_call = _one(spans, "tera-edge", CLIENT)
+    assert edge_call.parent_id == http.span_id
+    router = _one(spans, "tera-router", SERVER)
+    assert router.parent_id == edge_call.span_id
+    (attempt,) = [s for s in _children(spans, router) if s.name == "attempt"]
+    assert attempt.attributes["tera.attempt"] == 1
+    assert attempt.attributes["tera.replica.address"] == traced_vllm.engine_addresses[0]
+    router_call = _one(spans, "tera-router", CLIENT)
+    assert router_call.parent_id == attempt.span_id
+    engine = _one(spans, "tera-engine", SERVER)
+    assert engine.parent_id == router_call.span_id
+    assert engine.attributes["gen_ai.usage.output_tokens"] == 5
+    assert engine.attributes["tera.queue_time_s"] >= 0
+    assert {"admitted", "first_token", "finished"} <= set(engine.events)
+    _no_key_anywhere(spans)
+
+
+async def test_retried_request_shows_each_attempt(
+    traced_retry: RunningStack, receiver: OtlpReceiver
+) -> None:
+    # Round robin sends one of two requests to the replica that fails once.
+    trace_ids = [secrets.token_hex(16), secrets.token_hex(16)]
+    for trace_id in trace_ids:
+        await _chat(traced_retry, SCRIPTED_MODEL, trace_id)
+    traces = [receiver.wait_for(t, SERVICES) for t in trace_ids]
+    spans = max(traces, key=lambda spans: sum(s.name == "attempt" for s in spans))
+    TREES["retried request (stand-in engines)"] = tree(spans)
+    router = _one(spans, "tera-router", SERVER)
+    attempts = sorted(
+        (s for s in _children(spans, router) if s.name == "attempt"),
+        key=lambda s: s.attributes["tera.attempt"],
+    )
+    assert [a.attributes["tera.attempt"] for a in attempts] == [1, 2]
+    failed, succeeded = attempts
+    assert failed.attributes["tera.retry.reason"] == "INTERNAL"
+    assert failed.status_code == 2  # ERROR
+    assert "tera.retry.reason" not in succeeded.attributes
+    assert failed.attributes["tera.replica.address"] != succeeded.attributes["tera.replica.address"]
+    engines = [s for s in spans if s.service == "tera-engine" and s.kind == SERVER]
+    assert len(engines) == 2  # both replicas appear, each under its attempt
+    _no_key_anywhere(spans)
+
+
+def test_engine_reexposes_vllm_metrics(traced_vllm: RunningStack) -> None:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{ENGINE_METRICS_PORT}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    ttft = [
+        line
+        for line in text.splitlines()
+        if line.startswith("vllm:time_to_first_token_seconds_count")
+    ]
+    assert ttft and float(ttft[0].split()[-1]) >= 1, "vLLM's own metrics, after one request"
+    assert "tera_engine_in_flight" in text
+
+
+def test_print_trees() -> None:
+    """The trees for the closing note (run with -s)."""
+    for name, text in TREES.items():
+        print(f"\n--- {name}\n{text}")
+    assert TREES
+    _ = os
