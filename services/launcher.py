@@ -16,8 +16,10 @@ from pathlib import Path
 from types import FrameType
 
 from services.common.processes import ManagedProcess, wait_until
-from services.common.readiness import edge_lists_models
+from services.common.readiness import edge_lists_models, grpc_serving
 from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prepare_default_model
+
+SPEECH_MODEL_ID = "rhasspy/piper-en_US-joe-medium"
 
 
 @dataclass
@@ -117,6 +119,16 @@ class Stack:
                 log_path=self._log("edge"),
             ).start()
             key = (plan.edge_env.get("TERA_API_KEYS") or "").split(",")[0] or None
+            # Every replica, not just one per model: callers (and tests) may rely on
+            # the whole fleet being there.
+            addresses = [f"{plan.host}:{port}" for port in plan.engine_ports]
+            wait_until(
+                lambda: all(grpc_serving(a) for a in addresses),
+                timeout_s=timeout_s,
+                interval_s=0.5,
+                watch=self.processes,
+                what="every engine to report SERVING",
+            )
             wait_until(
                 lambda: edge_lists_models(plan.base_url, plan.model_ids, key),
                 timeout_s=timeout_s,
@@ -158,7 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="torch.compile the model (faster decode, slower first start)",
     )
+    p.add_argument(
+        "--no-speech",
+        action="store_true",
+        help=f"do not start the speech engine ({SPEECH_MODEL_ID})",
+    )
     return p
+
+
+def _add_speech_engine(plan: StackPlan, port: int) -> None:
+    """One more engine, hosting Piper, behind the same router."""
+    plan.per_engine_args += [[]] * (len(plan.engine_ports) - len(plan.per_engine_args))
+    plan.engine_ports.append(port)
+    plan.per_engine_args.append(["--backend", "piper", "--model-id", SPEECH_MODEL_ID])
+    plan.model_ids.append(SPEECH_MODEL_ID)
 
 
 class _Stop(Exception):
@@ -191,11 +216,14 @@ def main(argv: list[str] | None = None) -> None:
         ],
         model_ids=[args.model_id],
     )
+    if not args.no_speech:
+        _add_speech_engine(plan, args.engine_port + args.replicas)
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     stack = Stack(plan)
     try:
-        print(f"[tera] starting {args.replicas} engine(s), router and edge ...", flush=True)
+        engines = len(plan.engine_ports)
+        print(f"[tera] starting {engines} engine(s), router and edge ...", flush=True)
         stack.start()
         _print_banner(plan, time.monotonic() - started)
         while not stack.dead():
@@ -214,6 +242,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def _print_banner(plan: StackPlan, seconds: float) -> None:
     model = plan.model_ids[0]
+    speech = ""
+    if SPEECH_MODEL_ID in plan.model_ids:
+        speech = f"""
+  curl {plan.base_url}/audio/speech -H 'Content-Type: application/json' \\
+    -d '{{"model": "{SPEECH_MODEL_ID}", "input": "Hello from Tera.", "voice": "alloy"}}' \\
+    -o hello.mp3
+"""
     print(
         f"""
 [tera] ready in {seconds:.0f} s. OpenAI API: {plan.base_url}
@@ -221,7 +256,7 @@ def _print_banner(plan: StackPlan, seconds: float) -> None:
   curl {plan.base_url}/chat/completions \\
     -H 'Content-Type: application/json' -H 'Authorization: Bearer sk-tera-local' \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
-
+{speech}
   Python: OpenAI(base_url="{plan.base_url}", api_key="sk-tera-local")
   Ctrl-C stops everything.
 """,

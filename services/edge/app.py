@@ -17,7 +17,8 @@ from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
 from services.edge.models.serving import ModelsServing
 from services.edge.observe import EdgeMetrics
-from services.edge.routes import CHAT, COMPLETIONS, METRICS, MODELS, add_routes
+from services.edge.routes import CHAT, COMPLETIONS, METRICS, MODELS, SPEECH, add_routes
+from services.edge.speech.serving import SpeechServing
 
 log = logging.getLogger("tera.edge")
 
@@ -37,6 +38,7 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
         app[CHAT] = ChatServing(config, client, metrics)
         app[COMPLETIONS] = CompletionServing(config, client, metrics)
         app[MODELS] = ModelsServing(client)
+        app[SPEECH] = SpeechServing(config, client)
         yield
         await client.close()
 

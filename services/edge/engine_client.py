@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -43,7 +44,7 @@ class EngineClient:
             self._models_at = time.monotonic()
         return self._models
 
-    async def generate(
+    def generate(
         self,
         request: pb.GenerateRequest,
         *,
@@ -56,27 +57,43 @@ class EngineClient:
         Closing the iterator early (client gone) cancels the call, and with it the
         request on the engine that holds it.
         """
-        md: list[tuple[str, str]] = [(metadata.MODEL, request.model)]
-        if routing_key:
-            md.append((metadata.ROUTING_KEY, routing_key))
-        call = self._stub.Generate(request, metadata=md, timeout=timeout_s)
-        committed = False
-        try:
-            while True:
-                try:
-                    message = await asyncio.wait_for(call.read(), idle_timeout_s)
-                except TimeoutError:
-                    raise OpenAIError(
-                        504,
-                        f"The model sent nothing for {idle_timeout_s:.0f} s.",
-                        type="timeout",
-                        code="stream_idle_timeout",
-                    ) from None
-                if message is grpc.aio.EOF:
-                    return
-                committed = True
-                yield message  # type: ignore[misc]
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc, committed=committed) from exc
-        finally:
-            call.cancel()
+        md = _metadata(request.model, routing_key)
+        return _relay(self._stub.Generate(request, metadata=md, timeout=timeout_s), idle_timeout_s)
+
+    def synthesize(
+        self, request: pb.SynthesizeRequest, *, timeout_s: float, idle_timeout_s: float
+    ) -> AsyncIterator[pb.SynthesizeResponse]:
+        md = _metadata(request.model, None)
+        return _relay(
+            self._stub.Synthesize(request, metadata=md, timeout=timeout_s), idle_timeout_s
+        )
+
+
+def _metadata(model: str, routing_key: str | None) -> list[tuple[str, str]]:
+    md = [(metadata.MODEL, model)]
+    if routing_key:
+        md.append((metadata.ROUTING_KEY, routing_key))
+    return md
+
+
+async def _relay(call: grpc.aio.UnaryStreamCall, idle_timeout_s: float) -> AsyncIterator[Any]:
+    committed = False
+    try:
+        while True:
+            try:
+                message = await asyncio.wait_for(call.read(), idle_timeout_s)
+            except TimeoutError:
+                raise OpenAIError(
+                    504,
+                    f"The model sent nothing for {idle_timeout_s:.0f} s.",
+                    type="timeout",
+                    code="stream_idle_timeout",
+                ) from None
+            if message is grpc.aio.EOF:
+                return
+            committed = True
+            yield message
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc, committed=committed) from exc
+    finally:
+        call.cancel()

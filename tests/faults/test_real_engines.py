@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def two_vllm(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         log_dir=logs,
     )
     stack = Stack(plan).start(timeout_s=600)
+    time.sleep(1)  # the router's health checks (every 0.2 s) see both replicas
     try:
         yield RunningStack(stack)
     finally:
@@ -84,12 +86,13 @@ async def test_real_1_killed_before_first_token(two_vllm: RunningStack) -> None:
     engine_a.kill_group(signal.SIGKILL)
     tally = await load
     _record("real vLLM 1: killed before first token", tally.summary())
+    failures = [o.detail for o in tally.outcomes if o.kind != "ok"][:3]
     assert tally.summary() == {
         "sent": 12,
         "succeeded": 12,
         "failed_with_error": 0,
         "silently_truncated": 0,
-    }
+    }, failures
 
 
 async def test_real_2_killed_mid_stream(two_vllm: RunningStack) -> None:

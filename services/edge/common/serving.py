@@ -70,7 +70,7 @@ class GenerationServing:
     def stream(
         self, ctx: RequestContext, request: pb.GenerateRequest, routing_key: str | None
     ) -> AsyncIterator[pb.GenerateResponse]:
-        if not _servable_name(request.model):
+        if not servable_name(request.model):
             # Model ids are printable ASCII (as Hugging Face's are, and as gRPC metadata
             # needs): any other name names no model.
             raise model_not_found(request.model)
@@ -94,7 +94,7 @@ class GenerationServing:
         )
 
 
-def _servable_name(model: str) -> bool:
+def servable_name(model: str) -> bool:
     return model.isascii() and model.isprintable()
 
 
