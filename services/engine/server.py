@@ -27,6 +27,9 @@ from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 log = logging.getLogger("tera.engine")
 
 ENGINE_SERVICE = pb.DESCRIPTOR.services_by_name["Engine"].full_name
+# Liveness is separate from readiness: a draining engine is NOT_SERVING (take no new
+# work) yet alive (do not kill it), so Kubernetes probes liveness on this name.
+LIVENESS_SERVICE = "liveness"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -55,6 +58,7 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
     )
     server.add_insecure_port(config.address)
     await server.start()
+    await health.set(LIVENESS_SERVICE, SERVING)
     if config.metrics_port is not None:
         serve_metrics(config.metrics_port, config.host, admission, backend)
     await _set_health(health, NOT_SERVING)
