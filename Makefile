@@ -15,7 +15,12 @@ run: model
 	@$(PY) -m services.launcher --cache-dir $(CACHE) $(ARGS)
 
 test: model
+	@bash scripts/test_services.sh
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# Not part of make test: figures go to bench/results/<time>/report.{md,json}.
+bench: model
+	@$(PY) -m bench.run $(ARGS)
 
 proto: setup
 	@$(PY) scripts/gen_proto.py

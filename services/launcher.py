@@ -8,6 +8,7 @@ stops everything on Ctrl-C or SIGTERM, leaving no process behind.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from services.catalog import CatalogError, ModelEntry, load_catalog
 from services.common.processes import ManagedProcess, wait_until
-from services.common.readiness import edge_lists_models, grpc_serving
+from services.common.readiness import grpc_serving, http_healthy, router_lists_models
 from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prepare_default_model
 
 SPEECH_MODEL_ID = "rhasspy/piper-en_US-joe-medium"
@@ -118,24 +120,21 @@ class Stack:
                 env={**plan.env, **plan.edge_env},
                 log_path=self._log("edge"),
             ).start()
-            key = (plan.edge_env.get("TERA_API_KEYS") or "").split(",")[0] or None
             # Every replica, not just one per model: callers (and tests) may rely on
             # the whole fleet being there.
             addresses = [f"{plan.host}:{port}" for port in plan.engine_ports]
-            wait_until(
-                lambda: all(grpc_serving(a) for a in addresses),
-                timeout_s=timeout_s,
-                interval_s=0.5,
-                watch=self.processes,
-                what="every engine to report SERVING",
-            )
-            wait_until(
-                lambda: edge_lists_models(plan.base_url, plan.model_ids, key),
-                timeout_s=timeout_s,
-                interval_s=0.5,
-                watch=self.processes,
-                what=f"{', '.join(plan.model_ids)} to be served at {plan.base_url}",
-            )
+            router = f"{plan.host}:{plan.router_port}"
+            for check, what in (
+                (lambda: all(grpc_serving(a) for a in addresses), "every engine to serve"),
+                (
+                    lambda: router_lists_models(router, plan.model_ids),
+                    f"the router to serve {', '.join(plan.model_ids)}",
+                ),
+                (lambda: http_healthy(plan.base_url), f"the edge at {plan.base_url}"),
+            ):
+                wait_until(
+                    check, timeout_s=timeout_s, interval_s=0.5, watch=self.processes, what=what
+                )
         except BaseException:
             self.stop()
             raise
@@ -175,7 +174,69 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"do not start the speech engine ({SPEECH_MODEL_ID})",
     )
+    p.add_argument(
+        "--catalog",
+        type=Path,
+        help="start the models of this catalog (replicas, parsers, options) "
+        "and serve its aliases and keys",
+    )
     return p
+
+
+def plan_from_catalog(args: argparse.Namespace) -> StackPlan:
+    """One engine process per replica of each catalog model, on consecutive ports."""
+    catalog = load_catalog(args.catalog, check_parsers=True)
+    plan = StackPlan(
+        host=args.host,
+        edge_port=args.port,
+        router_port=args.router_port,
+        engine_ports=[],
+        model_ids=[],
+        edge_args=["--catalog", str(args.catalog)],
+    )
+    port = args.engine_port
+    base = args.catalog.parent
+    for model in catalog.models:
+        for _ in range(model.serving.replicas):
+            plan.engine_ports.append(port)
+            plan.per_engine_args.append(_engine_args(model, base, args.cache_dir))
+            port += 1
+        if model.serving.replicas:
+            plan.model_ids.append(model.id)
+    return plan
+
+
+def _engine_args(model: ModelEntry, base: Path, cache_dir: Path) -> list[str]:
+    if model.kind == "speech":
+        return ["--backend", "piper", "--model-id", model.id]
+    weights = (
+        model.weights
+        if model.weights is None or model.weights.is_absolute()
+        else base / model.weights
+    )
+    if weights is None:
+        weights = prepare_default_model(default_model_dir(cache_dir))
+    options = {"enforce_eager": True, **model.engine}
+    if model.context_length:
+        options["max_model_len"] = model.context_length
+    args = [
+        "--model-id",
+        model.id,
+        "--model-dir",
+        str(weights),
+        "--cache-dir",
+        str(cache_dir),
+        "--vllm",
+        json.dumps(options),
+    ]
+    for flag, value in (
+        ("--tool-call-parser", model.tool_call_parser),
+        ("--reasoning-parser", model.reasoning_parser),
+        ("--chat-template", model.chat_template),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
 
 
 def _add_speech_engine(plan: StackPlan, port: int) -> None:
@@ -197,6 +258,13 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     started = time.monotonic()
+    if args.catalog is not None:
+        try:
+            plan = plan_from_catalog(args)
+        except (CatalogError, OSError) as exc:
+            raise SystemExit(f"[tera] the catalog cannot be used:\n{exc}") from None
+        _run(plan, started)
+        return
     model_dir = args.model_dir or prepare_default_model(default_model_dir(args.cache_dir))
     vllm_opts = '{"enforce_eager": false}' if args.compile else '{"enforce_eager": true}'
     plan = StackPlan(
@@ -218,6 +286,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not args.no_speech:
         _add_speech_engine(plan, args.engine_port + args.replicas)
+    _run(plan, started)
+
+
+def _run(plan: StackPlan, started: float) -> None:
+    """Starts the stack, prints how to use it, and supervises it until a signal."""
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     stack = Stack(plan)

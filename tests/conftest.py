@@ -107,12 +107,17 @@ def scripted_stack(tmp_path: Path) -> Iterator[Callable[..., RunningStack]]:
     """Factory: scripted_stack(engines=2, behaviour={...}, router_args=[...])."""
     started: list[Stack] = []
 
-    def start(engines: int = 1, behaviour: dict | None = None, **kwargs: object) -> RunningStack:
+    def start(
+        engines: int = 1,
+        behaviour: dict | None = None,
+        model_ids: list[str] | None = None,
+        **kwargs: object,
+    ) -> RunningStack:
         plan = _plan(
             tmp_path / f"stack{len(started)}",
             engines,
             scripted_args(**(behaviour or {})),
-            [SCRIPTED_MODEL],
+            model_ids or [SCRIPTED_MODEL],
             **kwargs,
         )
         stack = Stack(plan)

@@ -31,3 +31,25 @@ def edge_lists_models(base_url: str, models: list[str], api_key: str | None = No
     except (OSError, urllib.error.URLError, ValueError, KeyError):
         return False
     return set(models) <= listed
+
+
+def router_lists_models(address: str, models: list[str], timeout_s: float = 2.0) -> bool:
+    from services.proto_gen.tera.v1 import engine_pb2 as pb
+    from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            listed = pb_grpc.EngineStub(channel).ListModels(
+                pb.ListModelsRequest(), timeout=timeout_s
+            )
+        except grpc.RpcError:
+            return False
+    return set(models) <= {m.id for m in listed.models}
+
+
+def http_healthy(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url.removesuffix('/v1')}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False

@@ -17,30 +17,43 @@ from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
 from services.edge.models.serving import ModelsServing
 from services.edge.observe import EdgeMetrics
-from services.edge.routes import CHAT, COMPLETIONS, METRICS, MODELS, SPEECH, add_routes
+from services.edge.routes import CHAT, COMPLETIONS, METRICS, MODELS, SPEECH, USAGE, add_routes
 from services.edge.speech.serving import SpeechServing
+from services.edge.tenancy import setup
+from services.edge.tenancy.keys import KeyStore
+
+KEYS = web.AppKey("keys", KeyStore)
 
 log = logging.getLogger("tera.edge")
 
 
 def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Application:
     metrics = EdgeMetrics()
+    tenancy = setup.build(config, metrics.registry)
     # Outermost first: tracing sees the whole request, the access log sees the final
     # status (after errors become responses), auth runs last before the handler.
-    chain = [middleware.access(metrics), middleware.errors, middleware.auth(config)]
+    chain = [
+        middleware.access(metrics),
+        middleware.errors,
+        middleware.auth(tenancy.keys, tenancy.admin),
+    ]
     if tracer_provider is not None:
         instrument_aiohttp_server(tracer_provider)  # adds its middleware in front
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=chain)
     app[METRICS] = metrics
+    app[USAGE] = tenancy.gate.usage
+    app[KEYS] = tenancy.keys
 
     async def engine_client(app: web.Application) -> AsyncIterator[None]:
         client = EngineClient(config.router, models_cache_s=config.models_cache_s)
-        app[CHAT] = ChatServing(config, client, metrics)
-        app[COMPLETIONS] = CompletionServing(config, client, metrics)
-        app[MODELS] = ModelsServing(client)
-        app[SPEECH] = SpeechServing(config, client)
+        gate = tenancy.gate
+        app[CHAT] = ChatServing(config, client, metrics, gate)
+        app[COMPLETIONS] = CompletionServing(config, client, metrics, gate)
+        app[MODELS] = ModelsServing(client, tenancy.catalog)
+        app[SPEECH] = SpeechServing(config, client, gate)
         yield
         await client.close()
+        await tenancy.close()
 
     app.cleanup_ctx.append(engine_client)
     add_routes(app)
@@ -57,13 +70,8 @@ async def serve(
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
-    if config.auth_enabled:
-        log.info(
-            "edge listening on http://%s:%d/v1 (%d API keys)",
-            config.host,
-            config.port,
-            len(config.api_keys),
-        )
+    if app[KEYS]:
+        log.info("edge listening on http://%s:%d/v1", config.host, config.port)
     else:
         log.warning(
             "edge listening on http://%s:%d/v1 with no API keys: loopback only",

@@ -16,6 +16,7 @@ from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
 from services.edge.app import serve
 from services.edge.config import EdgeConfig
+from services.edge.tenancy import setup
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.add_argument("--router", help="router (or engine) address host:port")
     p.add_argument("--coalesce-window-ms", type=int)
+    p.add_argument("--catalog", type=Path, help="model catalog and keys (YAML)")
     return p
 
 
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging("edge")
     try:
         config = config_from_args(build_parser().parse_args(argv))
-    except ValidationError as exc:
+        setup.load(config)  # refuse to start on a bad catalog or an unprotected bind
+    except (ValidationError, ValueError, OSError) as exc:
         sys.exit(f"tera edge: invalid configuration: {exc}")
     provider = setup_tracing("tera-edge")
     try:

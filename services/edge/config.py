@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr
 
 
 class EdgeConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     router: str = "127.0.0.1:50051"
-    # Bearer keys accepted. None configured: no auth, and loopback-only binding.
+    # Bearer keys accepted (besides the catalog's). None at all: no auth, and
+    # loopback-only binding.
     api_keys: list[SecretStr] = Field(default_factory=list)
+    # The model catalog and keys-as-tenants file (see deploy/catalog.example.yaml).
+    catalog: Path | None = None
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_n: int = Field(16, ge=1)
     # Upper bound on max_tokens / max_completion_tokens (None: the model's context).
@@ -25,15 +29,6 @@ class EdgeConfig(BaseModel):
     # Characters of the prompt hashed into the routing key when no session is given.
     affinity_prefix_chars: int = Field(256, ge=0)
     models_cache_s: float = Field(2.0, ge=0)
-
-    @model_validator(mode="after")
-    def _refuse_open_bind_without_keys(self) -> EdgeConfig:
-        if not self.api_keys and not is_loopback(self.host):
-            raise ValueError(
-                f"refusing to listen on {self.host} without API keys: set TERA_API_KEYS "
-                "(or api_keys in the config), or bind to 127.0.0.1"
-            )
-        return self
 
     @property
     def auth_enabled(self) -> bool:

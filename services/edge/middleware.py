@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 import time
@@ -13,9 +12,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from pydantic import ValidationError
 
-from services.edge.config import EdgeConfig
 from services.edge.errors import OpenAIError, from_validation_error
 from services.edge.observe import REQUEST_LOG, EdgeMetrics, log_access
+from services.edge.tenancy.gate import TENANT
+from services.edge.tenancy.keys import KeyStore, Tenant
 
 log = logging.getLogger("tera.edge")
 
@@ -115,19 +115,28 @@ def _endpoint(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def auth(config: EdgeConfig) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    keys = [k.get_secret_value().encode() for k in config.api_keys]
+def auth(
+    keys: KeyStore, admin: KeyStore
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Bearer keys: each resolves to its tenant (request[TENANT]); /admin/ takes the
+    separate admin key. With no keys configured, everyone is the anonymous tenant."""
 
     @web.middleware
     async def check_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if keys and request.path not in PUBLIC_PATHS:
-            _authenticate(request.headers.get("Authorization", ""), keys)
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
+        if request.path.startswith("/admin/"):
+            if not admin:
+                raise OpenAIError(404, f"Tera does not offer {request.path}.", code="unknown_url")
+            _authenticate(request.headers.get("Authorization", ""), admin)
+        elif keys:
+            request[TENANT] = _authenticate(request.headers.get("Authorization", ""), keys)
         return await handler(request)
 
     return check_key
 
 
-def _authenticate(header: str, keys: list[bytes]) -> None:
+def _authenticate(header: str, keys: KeyStore) -> Tenant:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise OpenAIError(
@@ -136,10 +145,7 @@ def _authenticate(header: str, keys: list[bytes]) -> None:
             "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             code="missing_api_key",
         )
-    supplied = token.strip().encode()
-    # Compare against every key, always, so timing says nothing about which matched.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(supplied, key)
-    if not matched:
+    tenant = keys.lookup(token.strip())
+    if tenant is None:
         raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key")
+    return tenant

@@ -135,11 +135,11 @@ class GenerationObserver:
                 t.GEN_AI_FINISH_REASONS: finish,
             }
         )
-        self._fields.update(
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            finish_reasons=finish,
-        )
+        # Several streams (completions with many prompts) add up.
+        fields = self._fields
+        fields["prompt_tokens"] = fields.get("prompt_tokens", 0) + usage.prompt_tokens
+        fields["completion_tokens"] = fields.get("completion_tokens", 0) + usage.completion_tokens
+        fields["finish_reasons"] = [*fields.get("finish_reasons", []), *finish]
 
 
 def _exemplar() -> dict[str, str] | None:

@@ -19,12 +19,15 @@ from services.edge.models.serving import ModelsServing
 from services.edge.observe import EdgeMetrics
 from services.edge.speech.protocol import SpeechRequest
 from services.edge.speech.serving import SpeechServing
+from services.edge.tenancy.gate import tenant_of
+from services.edge.tenancy.usage import UsageLedger
 
 CHAT = web.AppKey("chat", ChatServing)
 COMPLETIONS = web.AppKey("completions", CompletionServing)
 MODELS = web.AppKey("models", ModelsServing)
 METRICS = web.AppKey("metrics", EdgeMetrics)
 SPEECH = web.AppKey("speech", SpeechServing)
+USAGE = web.AppKey("usage", UsageLedger)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -80,11 +83,17 @@ async def speech(request: web.Request) -> web.StreamResponse:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[MODELS].list())
+    return web.json_response(await request.app[MODELS].list(tenant_of(request)))
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[MODELS].retrieve(request.match_info["model"]))
+    model = request.match_info["model"]
+    return web.json_response(await request.app[MODELS].retrieve(model, tenant_of(request)))
+
+
+async def admin_usage(request: web.Request) -> web.Response:
+    """Usage per key and model, for operators (admin key; see middleware.auth)."""
+    return web.json_response(request.app[USAGE].snapshot())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -113,6 +122,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_delete("/v1/models/{model:.+}", not_offered)  # fine-tuned model deletion
     app.router.add_get("/health", health)
+    app.router.add_get("/admin/usage", admin_usage)
     app.router.add_get("/metrics", metrics)
     # Stored chat completions (OpenAI's GET/DELETE on these paths): not offered.
     app.router.add_get("/v1/chat/completions", not_offered)

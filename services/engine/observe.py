@@ -15,7 +15,7 @@ _FINISH = {v: k.removeprefix("FINISH_REASON_").lower() for k, v in pb.FinishReas
 
 
 async def observe_generation(
-    request: pb.GenerateRequest, stream: AsyncIterator[pb.GenerateResponse]
+    request: pb.GenerateRequest, stream: AsyncIterator[pb.GenerateResponse], *, system: str
 ) -> AsyncIterator[pb.GenerateResponse]:
     span = trace.get_current_span()
     if not span.is_recording():  # tracing off: no per-message work at all
@@ -25,7 +25,7 @@ async def observe_generation(
     s = request.sampling
     span.set_attributes(
         {
-            t.GEN_AI_SYSTEM: "vllm",
+            t.GEN_AI_SYSTEM: system,
             t.GEN_AI_OPERATION: "chat"
             if request.WhichOneof("input") == "chat"
             else "text_completion",

@@ -45,7 +45,13 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
     health = HealthServicer()
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=grpc_server_interceptors())
     pb_grpc.add_EngineServicer_to_server(
-        EngineServicer(backend, admission, coalesce_ms=config.default_coalesce_window_ms), server
+        EngineServicer(
+            backend,
+            admission,
+            coalesce_ms=config.default_coalesce_window_ms,
+            system=config.backend,
+        ),
+        server,
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -21,8 +21,11 @@ log = logging.getLogger("tera.engine")
 
 
 class EngineServicer(pb_grpc.EngineServicer):
-    def __init__(self, backend: Backend, admission: Admission, *, coalesce_ms: int) -> None:
+    def __init__(
+        self, backend: Backend, admission: Admission, *, coalesce_ms: int, system: str
+    ) -> None:
         self._backend = backend
+        self._system = system
         self._admission = admission
         self._default_coalesce_ms = coalesce_ms
 
@@ -31,7 +34,9 @@ class EngineServicer(pb_grpc.EngineServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         window_ms = request.coalesce_window_ms or self._default_coalesce_ms
         stream = self._admitted(lambda: self._backend.generate(request))
-        observed = observe_generation(request, coalesce(stream, window_ms / 1000))
+        observed = observe_generation(
+            request, coalesce(stream, window_ms / 1000), system=self._system
+        )
         async for message in _abort_on_error(observed, context):
             yield message
 

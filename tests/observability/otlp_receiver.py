@@ -25,6 +25,8 @@ class ReceivedSpan:
     attributes: dict[str, object]
     events: list[str]
     status_code: int
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 def _value(v: AnyValue) -> object:
@@ -58,6 +60,8 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                                 attributes={a.key: _value(a.value) for a in s.attributes},
                                 events=[e.name for e in s.events],
                                 status_code=s.status.code,
+                                start_ns=s.start_time_unix_nano,
+                                end_ns=s.end_time_unix_nano,
                             )
                         )
         return trace_service_pb2.ExportTraceServiceResponse()

@@ -24,18 +24,24 @@ from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 class ChatServing(GenerationServing):
     async def create(self, ctx: RequestContext, body: ChatCompletionRequest) -> web.StreamResponse:
-        max_tokens = body.requested_max_tokens
-        self.check_limits(body.n, max_tokens)
-        request = body.to_proto(ctx.request_id, max_tokens)
-        key = self.routing_key(ctx.http, body.user, _prompt_prefix(body))
-        stream = self.stream(ctx, request, key)
-        try:
-            first = await first_message(stream)
-            if body.stream:
-                return await self._stream(ctx, body, first, stream)
-            return await self._complete(ctx, body, first, stream)
-        finally:
-            await stream.aclose()
+        resolved = self.gate.resolve(ctx.http, body.model)
+        async with self.gate.guard(ctx.http, ctx.headers, resolved) as admit:
+            max_tokens = self.gate.max_tokens(resolved, body.requested_max_tokens)
+            self.check_limits(body.n, max_tokens)
+            body.model = resolved.canonical
+            request = body.to_proto(ctx.request_id, max_tokens)
+            body.model = resolved.reported
+            chars = sum(len(m.content) if isinstance(m.content, str) else 0 for m in body.messages)
+            await admit(self.gate.estimate(chars, max_tokens, None) * (body.n or 1))
+            key = self.routing_key(ctx.http, body.user, _prompt_prefix(body))
+            stream = self.stream(ctx, request, key)
+            try:
+                first = await first_message(stream)
+                if body.stream:
+                    return await self._stream(ctx, body, first, stream)
+                return await self._complete(ctx, body, first, stream)
+            finally:
+                await stream.aclose()
 
     async def _complete(
         self,
@@ -62,7 +68,7 @@ class ChatServing(GenerationServing):
             "choices": [c.json(i, bool(body.logprobs)) for i, c in sorted(choices.items())],
             "usage": usage_json(usage),
         }
-        return web.json_response(payload, dumps=dumps, headers={"X-Request-Id": ctx.request_id})
+        return web.json_response(payload, dumps=dumps, headers=ctx.response_headers())
 
     async def _stream(
         self,
@@ -71,7 +77,7 @@ class ChatServing(GenerationServing):
         first: pb.GenerateResponse | None,
         stream: AsyncIterator[pb.GenerateResponse],
     ) -> web.StreamResponse:
-        response = await open_stream(ctx.http, {"X-Request-Id": ctx.request_id})
+        response = await open_stream(ctx.http, ctx.response_headers())
         framer = ChunkFramer(
             {
                 "id": f"chatcmpl-{ctx.request_id}",

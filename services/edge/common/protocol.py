@@ -84,6 +84,7 @@ class SamplingRequest(OpenAIModel):
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
     min_tokens: int | None = Field(None, ge=0)
+    ignore_eos: bool | None = None
     structured_outputs: StructuredOutputs | None = None
 
     @field_validator("stop")
@@ -119,7 +120,9 @@ class SamplingRequest(OpenAIModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
     def sampling_proto(self, max_tokens: int | None) -> pb.SamplingParams:
-        params = pb.SamplingParams(stop=self.stop_list(), n=self.n or 1)
+        params = pb.SamplingParams(
+            stop=self.stop_list(), n=self.n or 1, ignore_eos=bool(self.ignore_eos)
+        )
         for name in (
             "temperature",
             "top_p",

@@ -15,6 +15,7 @@ from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
 from services.edge.errors import OpenAIError, bad_request, model_not_found
 from services.edge.observe import EdgeMetrics, GenerationObserver
+from services.edge.tenancy.gate import Gate
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 SESSION_HEADER = "X-Session-Id"
@@ -37,6 +38,11 @@ class RequestContext:
     http: web.Request
     request_id: str
     created: int = field(default_factory=lambda: int(time.time()))
+    # Added to the response (rate-limit headers).
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def response_headers(self) -> dict[str, str]:
+        return {**self.headers, "X-Request-Id": self.request_id}
 
     @classmethod
     def from_http(cls, http: web.Request) -> RequestContext:
@@ -44,10 +50,13 @@ class RequestContext:
 
 
 class GenerationServing:
-    def __init__(self, config: EdgeConfig, client: EngineClient, metrics: EdgeMetrics) -> None:
+    def __init__(
+        self, config: EdgeConfig, client: EngineClient, metrics: EdgeMetrics, gate: Gate
+    ) -> None:
         self.config = config
         self.client = client
         self.metrics = metrics
+        self.gate = gate
 
     def check_limits(self, n: int | None, max_tokens: int | None) -> None:
         if n is not None and n > self.config.max_n:

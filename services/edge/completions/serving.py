@@ -28,25 +28,32 @@ from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 class CompletionServing(GenerationServing):
     async def create(self, ctx: RequestContext, body: CompletionRequest) -> web.StreamResponse:
-        max_tokens = body.requested_max_tokens
-        self.check_limits(body.n, max_tokens)
-        prompts = body.prompts()
-        streams = [
-            self.stream(
-                ctx,
-                body.to_proto(f"{ctx.request_id}-{p}", prompt, max_tokens),
-                self.routing_key(ctx.http, body.user, prompt.text),
-            )
-            for p, prompt in enumerate(prompts)
-        ]
-        merged = merge_streams(streams)  # type: ignore[arg-type]
-        try:
-            first = await anext(merged, None)
-            if body.stream:
-                return await self._stream(ctx, body, first, merged)
-            return await self._complete(ctx, body, first, merged, len(prompts))
-        finally:
-            await merged.aclose()  # type: ignore[attr-defined]
+        resolved = self.gate.resolve(ctx.http, body.model)
+        async with self.gate.guard(ctx.http, ctx.headers, resolved) as admit:
+            max_tokens = self.gate.max_tokens(resolved, body.requested_max_tokens)
+            self.check_limits(body.n, max_tokens)
+            prompts = body.prompts()
+            body.model = resolved.canonical
+            requests = [
+                body.to_proto(f"{ctx.request_id}-{p}", prompt, max_tokens)
+                for p, prompt in enumerate(prompts)
+            ]
+            body.model = resolved.reported
+            chars = sum(len(p.text) + len(p.token_ids.ids) * 4 for p in prompts)
+            n = (body.n or 1) * len(prompts)
+            await admit(self.gate.estimate(chars, max_tokens, None) * n)
+            streams = [
+                self.stream(ctx, request, self.routing_key(ctx.http, body.user, prompt.text))
+                for request, prompt in zip(requests, prompts, strict=True)
+            ]
+            merged = merge_streams(streams)  # type: ignore[arg-type]
+            try:
+                first = await anext(merged, None)
+                if body.stream:
+                    return await self._stream(ctx, body, first, merged)
+                return await self._complete(ctx, body, first, merged, len(prompts))
+            finally:
+                await merged.aclose()  # type: ignore[attr-defined]
 
     async def _complete(
         self,
@@ -83,12 +90,12 @@ class CompletionServing(GenerationServing):
             "choices": [c.json(i, logprobs) for i, c in sorted(choices.items())],
             "usage": usage_json(usage),
         }
-        return web.json_response(payload, dumps=dumps, headers={"X-Request-Id": ctx.request_id})
+        return web.json_response(payload, dumps=dumps, headers=ctx.response_headers())
 
     async def _stream(
         self, ctx: RequestContext, body: CompletionRequest, first: Any, merged: AsyncIterator[Any]
     ) -> web.StreamResponse:
-        response = await open_stream(ctx.http, {"X-Request-Id": ctx.request_id})
+        response = await open_stream(ctx.http, ctx.response_headers())
         framer = ChunkFramer(
             {
                 "id": f"cmpl-{ctx.request_id}",

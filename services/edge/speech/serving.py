@@ -13,6 +13,7 @@ from services.edge.engine_client import EngineClient
 from services.edge.errors import OpenAIError, model_not_found
 from services.edge.speech.protocol import SpeechRequest
 from services.edge.sse import SSE_HEADERS, frame
+from services.edge.tenancy.gate import Gate
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 # OpenAI bills speech in tokens; Tera's engines count characters in and 20 ms frames of
@@ -21,25 +22,30 @@ AUDIO_FRAME_S = 0.02
 
 
 class SpeechServing:
-    def __init__(self, config: EdgeConfig, client: EngineClient) -> None:
+    def __init__(self, config: EdgeConfig, client: EngineClient, gate: Gate) -> None:
         self._config = config
         self._client = client
+        self._gate = gate
 
     async def create(self, ctx: RequestContext, body: SpeechRequest) -> web.StreamResponse:
         if not servable_name(body.model):
             raise model_not_found(body.model)
-        stream = self._client.synthesize(
-            body.to_proto(ctx.request_id),
-            timeout_s=self._config.request_timeout_s,
-            idle_timeout_s=self._config.stream_idle_timeout_s,
-        )
-        try:
-            first = await anext(stream, None)  # errors before audio get a real status
-            if body.stream_format == "sse":
-                return await self._sse(ctx, first, stream)
-            return await self._audio(ctx, body, first, stream)
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+        resolved = self._gate.resolve(ctx.http, body.model)
+        body.model = resolved.canonical
+        async with self._gate.guard(ctx.http, ctx.headers, resolved) as admit:
+            await admit(0)
+            stream = self._client.synthesize(
+                body.to_proto(ctx.request_id),
+                timeout_s=self._config.request_timeout_s,
+                idle_timeout_s=self._config.stream_idle_timeout_s,
+            )
+            try:
+                first = await anext(stream, None)  # errors before audio get a real status
+                if body.stream_format == "sse":
+                    return await self._sse(ctx, first, stream)
+                return await self._audio(ctx, body, first, stream)
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
 
     async def _audio(
         self,
@@ -49,7 +55,7 @@ class SpeechServing:
         stream: AsyncIterator[pb.SynthesizeResponse],
     ) -> web.StreamResponse:
         response = web.StreamResponse(
-            headers={"Content-Type": body.content_type, "X-Request-Id": ctx.request_id}
+            headers={**ctx.response_headers(), "Content-Type": body.content_type}
         )
         response.enable_chunked_encoding()
         await response.prepare(ctx.http)
@@ -69,7 +75,7 @@ class SpeechServing:
         first: pb.SynthesizeResponse | None,
         stream: AsyncIterator[pb.SynthesizeResponse],
     ) -> web.StreamResponse:
-        response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": ctx.request_id})
+        response = web.StreamResponse(headers={**SSE_HEADERS, **ctx.response_headers()})
         await response.prepare(ctx.http)
         usage = pb.SpeechUsage()
         try:

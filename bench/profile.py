@@ -1,0 +1,63 @@
+"""py-spy on edge and router while the relay streams: the hottest functions (self time)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import relay
+
+
+def _top(raw: Path, n: int = 12) -> list[tuple[str, float]]:
+    """Self-time share per function from py-spy's collapsed stacks."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        leaf = stack.split(";")[-1]
+        counts[leaf] += int(samples)
+        total += int(samples)
+    return [(name, count / total) for name, count in counts.most_common(n)] if total else []
+
+
+def run(results: Path, streams: int = 64, rate: float = 200, seconds: int = 8) -> dict:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    stack = relay._stack(results, rate, coalesce_ms=0)
+    out: dict[str, list[tuple[str, float]]] = {}
+    try:
+        recorders = {
+            name: (
+                results / f"profile-{name}.txt",
+                subprocess.Popen(
+                    [
+                        py_spy,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--duration",
+                        str(seconds),
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "200",
+                        "--output",
+                        str(results / f"profile-{name}.txt"),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ),
+            )
+            for name, pid in (("edge", stack.edge.pid), ("router", stack.router.pid))  # type: ignore[union-attr]
+        }
+        asyncio.run(relay._step(stack, streams, rate))
+        for name, (path, proc) in recorders.items():
+            proc.wait(timeout=seconds + 30)
+            out[name] = _top(path) if path.exists() else []
+    finally:
+        stack.stop()
+    return out

@@ -1,0 +1,169 @@
+"""Part 2: what the relay (edge + router) can carry, with a stand-in engine that emits
+tokens at a set rate per stream, so the model is never the limit.
+
+For each number of concurrent streams, the per-stream token rate is raised step by step;
+a step passes while the p99 inter-token latency the relay adds stays within 5 ms (the
+observed gap between chunks minus the engine's own gap for the tokens in the chunk).
+Reported: the streamed tokens/s at the last passing step, CPU seconds per 1,000 tokens
+for edge and router, and short (1-token, non-streamed) requests per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from bench.common import cpu_seconds, percentile
+from services.common.processes import free_port
+from services.launcher import Stack, StackPlan
+
+MODEL = "tera-bench/stand-in"
+ADDED_ITL_LIMIT_MS = 5.0
+STREAM_SECONDS = 4.0
+
+
+@dataclass
+class StepResult:
+    streams: int
+    rate_per_stream: float
+    tokens_per_s: float
+    added_itl_p99_ms: float
+    edge_cpu_per_1k: float
+    router_cpu_per_1k: float
+    errors: int
+
+
+def _stack(results: Path, rate: float, coalesce_ms: int) -> Stack:
+    behaviour = json.dumps({"tokens_per_second": rate, "default_max_tokens": 16})
+    plan = StackPlan(
+        edge_port=free_port(),
+        router_port=free_port(),
+        engine_ports=[free_port()],
+        engine_args=[
+            "--backend",
+            "scripted",
+            "--model-id",
+            MODEL,
+            "--scripted",
+            behaviour,
+            "--coalesce-window-ms",
+            str(coalesce_ms),
+            "--max-in-flight",
+            "4096",
+        ],
+        model_ids=[MODEL],
+        log_dir=results,
+    )
+    return Stack(plan).start(timeout_s=60)
+
+
+async def _stream(
+    session: aiohttp.ClientSession, url: str, tokens: int, rate: float, gaps_ms: list[float]
+) -> tuple[int, bool]:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": tokens,
+        "stream": True,
+    }
+    received, last = 0, None
+    async with session.post(url, json=body) as response:
+        if response.status != 200:
+            return 0, False
+        async for line in response.content:
+            if not line.startswith(b"data: {"):
+                continue
+            count = line.count(b"tok")
+            now = time.monotonic()
+            if last is not None and count:
+                gaps_ms.append((now - last) * 1000 - count / rate * 1000)
+            if count:
+                last = now
+                received += count
+    return received, received == tokens
+
+
+async def _step(stack: Stack, streams: int, rate: float) -> StepResult:
+    url = f"{stack.plan.base_url}/chat/completions"
+    tokens = max(2, int(rate * STREAM_SECONDS))
+    gaps: list[float] = []
+    edge, router = stack.edge.pid, stack.router.pid  # type: ignore[union-attr]
+    cpu0 = (cpu_seconds(edge), cpu_seconds(router))
+    started = time.monotonic()
+    limits = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(
+        connector=limits, timeout=aiohttp.ClientTimeout(total=300)
+    ) as session:
+        outcomes = await asyncio.gather(
+            *(_stream(session, url, tokens, rate, gaps) for _ in range(streams))
+        )
+    wall = time.monotonic() - started
+    total = sum(n for n, _ in outcomes)
+    thousands = max(total / 1000, 1e-9)
+    return StepResult(
+        streams=streams,
+        rate_per_stream=rate,
+        tokens_per_s=total / wall,
+        added_itl_p99_ms=percentile(gaps, 99),
+        edge_cpu_per_1k=(cpu_seconds(edge) - cpu0[0]) / thousands,
+        router_cpu_per_1k=(cpu_seconds(router) - cpu0[1]) / thousands,
+        errors=sum(1 for _, ok in outcomes if not ok),
+    )
+
+
+async def _short_requests(stack: Stack, concurrency: int, seconds: float) -> float:
+    url = f"{stack.plan.base_url}/chat/completions"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    done = 0
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < deadline:
+                async with session.post(url, json=body) as r:
+                    await r.read()
+                    done += r.status == 200
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.monotonic() - started)
+
+
+def run(
+    results: Path, streams: tuple[int, ...], rates: tuple[float, ...], coalesce_ms: int
+) -> dict:
+    steps: list[StepResult] = []
+    best: dict[int, StepResult] = {}
+    saturated: set[int] = set()
+    for rate in rates:  # the stand-in's rate is per process: one stack per rate
+        active = [n for n in streams if n not in saturated]
+        if not active:
+            break
+        stack = _stack(results, rate, coalesce_ms)
+        try:
+            for n in active:
+                step = asyncio.run(_step(stack, n, rate))
+                steps.append(step)
+                if step.added_itl_p99_ms <= ADDED_ITL_LIMIT_MS and not step.errors:
+                    best[n] = step
+                else:
+                    saturated.add(n)
+        finally:
+            stack.stop()
+    stack = _stack(results, 1000, coalesce_ms)
+    try:
+        short_rps = asyncio.run(_short_requests(stack, 64, 8.0))
+    finally:
+        stack.stop()
+    return {
+        "steps": [s.__dict__ for s in steps],
+        "best": {n: s.__dict__ for n, s in best.items()},
+        "short_requests_per_s": short_rps,
+        "coalesce_window_ms": coalesce_ms,
+    }

@@ -1,0 +1,120 @@
+"""make bench: every figure from one run, same machine, written as markdown and JSON
+under bench/results/. Parts can be chosen: python -m bench.run --parts relay,overhead"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from bench import overhead, profile, relay, speech, vs_vllm
+from bench.common import CACHE_DIR, ROOT, table
+from services.engine.model_prep import default_model_dir, prepare_default_model
+
+PARTS = ("vs_vllm", "relay", "overhead", "profile", "speech")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--parts", default=",".join(PARTS))
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--streams", default="64,256")
+    p.add_argument(
+        "--rates",
+        default="50,100,200,400,800",
+        help="per-stream token rates to step through (tokens/s)",
+    )
+    p.add_argument("--coalesce-window-ms", type=int, default=5)
+    args = p.parse_args()
+    parts = args.parts.split(",")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results = ROOT / "bench" / "results" / stamp
+    results.mkdir(parents=True, exist_ok=True)
+    report: dict = {"started": stamp}
+    md = [f"# Tera benchmark {stamp}\n"]
+    if "vs_vllm" in parts:
+        model_dir = prepare_default_model(default_model_dir(CACHE_DIR))
+        rows = vs_vllm.run(model_dir, results, tuple(map(int, args.concurrency.split(","))))
+        report["vs_vllm"] = rows
+        md += [
+            "## Tera vs vLLM's own server (vllm bench serve, openai-chat, random "
+            f"{vs_vllm.INPUT_LEN} in / {vs_vllm.OUTPUT_LEN} out, seed 0, streaming)\n",
+            "Ratio rows: throughput as Tera/vLLM, latencies as Tera minus vLLM (ms).\n",
+            table(
+                rows,
+                [
+                    "target",
+                    "concurrency",
+                    "output_throughput",
+                    "request_throughput",
+                    "p50_ttft_ms",
+                    "p99_ttft_ms",
+                    "p50_itl_ms",
+                    "p99_itl_ms",
+                ],
+            ),
+            "",
+        ]
+    if "relay" in parts:
+        streams = tuple(map(int, args.streams.split(",")))
+        rates = tuple(map(float, args.rates.split(",")))
+        for window in sorted({0, args.coalesce_window_ms}):
+            result = relay.run(results, streams, rates, window)
+            report[f"relay_coalesce_{window}ms"] = result
+            md += [
+                f"## Relay capacity (stand-in engine, coalescing window {window} ms)\n",
+                table(
+                    result["steps"],
+                    [
+                        "streams",
+                        "rate_per_stream",
+                        "tokens_per_s",
+                        "added_itl_p99_ms",
+                        "edge_cpu_per_1k",
+                        "router_cpu_per_1k",
+                        "errors",
+                    ],
+                ),
+                "\nBest passing step per stream count (p99 added ITL <= 5 ms): "
+                + ", ".join(
+                    f"{n} streams: {b['tokens_per_s']:.0f} tok/s" for n, b in result["best"].items()
+                ),
+                f"\nShort requests (1 token, not streamed, 64 concurrent): "
+                f"{result['short_requests_per_s']:.0f} req/s\n",
+            ]
+    if "overhead" in parts:
+        result = overhead.run(results)
+        report["overhead"] = result
+        md += [
+            f"## Per-hop overhead, p50 over {result['requests']} traced requests (ms)\n",
+            table(
+                [{"hop": k, "p50_ms": v} for k, v in result["p50_ms"].items()], ["hop", "p50_ms"]
+            ),
+            "",
+        ]
+    if "profile" in parts:
+        result = profile.run(results)
+        report["profile"] = result
+        for name, top in result.items():
+            md += [
+                f"## Profile: {name} (py-spy, self time, 64 streams x 200 tok/s)\n",
+                table([{"function": f, "share": s} for f, s in top], ["function", "share"]),
+                "",
+            ]
+    if "speech" in parts:
+        result = speech.run(results)
+        report["speech"] = result
+        md += [
+            "## Speech (Piper, mp3, full stack)\n",
+            f"{result['characters']} characters: time to first audio byte "
+            f"{result['ttfb_ms_p50']:.0f} ms (p50), real-time factor {result['rtf_p50']:.3f}"
+            " (synthesis time / audio duration, p50)\n",
+        ]
+    (results / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (results / "report.md").write_text("\n".join(md))
+    print("\n".join(md))
+    print(f"\nwritten to {results}/report.md and report.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""API keys as tenants: stored as SHA-256 digests, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+
+from services.catalog import KeyEntry, Limits
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    models: frozenset[str] | None = None  # allowlist; None: every model
+    limits: Limits = field(default_factory=Limits)
+
+    def allows(self, *names: str) -> bool:
+        return self.models is None or any(n in self.models for n in names)
+
+
+ANONYMOUS = Tenant("anonymous")
+
+
+class KeyStore:
+    def __init__(self, entries: list[tuple[str, Tenant]]) -> None:
+        """entries: (sha256 hex digest of the key, its tenant)."""
+        self._entries = [(bytes.fromhex(d), t) for d, t in entries]
+
+    @classmethod
+    def from_catalog(cls, keys: list[KeyEntry]) -> KeyStore:
+        return cls(
+            [
+                (
+                    k.digest(),
+                    Tenant(k.name, frozenset(k.models) if k.models is not None else None, k.limits),
+                )
+                for k in keys
+            ]
+        )
+
+    @classmethod
+    def from_plain(cls, keys: list[str]) -> KeyStore:
+        return cls(
+            [
+                (hashlib.sha256(k.encode()).hexdigest(), Tenant(f"key-{i + 1}"))
+                for i, k in enumerate(keys)
+            ]
+        )
+
+    def _entries_hex(self) -> list[tuple[str, Tenant]]:
+        return [(d.hex(), t) for d, t in self._entries]
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def lookup(self, token: str) -> Tenant | None:
+        digest = hashlib.sha256(token.encode()).digest()
+        found = None
+        # Every entry is compared, so the time taken says nothing about which matched.
+        for stored, tenant in self._entries:
+            if hmac.compare_digest(digest, stored):
+                found = tenant
+        return found
