@@ -56,6 +56,7 @@ async def _requests(base_url: str, n: int) -> list[str]:
 async def test_metrics_move_and_access_log(scripted_stack) -> None:  # type: ignore[no-untyped-def]
     router_metrics, engine_metrics = free_port(), free_port()
     stack: RunningStack = scripted_stack(
+        behaviour={"tokens_per_second": 100},  # one token per message
         router_args=["--metrics-port", str(router_metrics)],
         per_engine_args=[["--metrics-port", str(engine_metrics)]],
     )

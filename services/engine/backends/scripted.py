@@ -18,6 +18,9 @@ from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
+# The stand-in wakes up at most this often; tokens due meanwhile go out together.
+MIN_TICK_S = 0.002
+
 
 class ScriptedBackend(Backend):
     def __init__(self, config: EngineConfig) -> None:
@@ -72,31 +75,51 @@ class ScriptedBackend(Backend):
                 f"This model's maximum context length is {self._config.max_context_length} tokens.",
                 param="max_tokens",
             )
-        n = s.n or 1
-        interval = 1.0 / script.tokens_per_second if script.tokens_per_second > 0 else 0.0
-        for i in range(max_tokens):
-            if script.fail_after_tokens is not None and i >= script.fail_after_tokens:
-                raise EngineError(grpc.StatusCode.INTERNAL, f"scripted failure after {i} tokens")
-            last = i == max_tokens - 1
-            response = pb.GenerateResponse(
-                choices=[
-                    pb.ChoiceDelta(
-                        index=c,
-                        text=script.token_text.format(i=i),
-                        num_tokens=1,
-                        finish_reason=pb.FINISH_REASON_LENGTH if last else 0,
-                    )
-                    for c in range(n)
-                ]
-            )
-            if last:
-                response.usage.CopyFrom(
-                    pb.Usage(
-                        prompt_tokens=_prompt_tokens(request), completion_tokens=n * max_tokens
-                    )
+        rate = script.tokens_per_second
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        i = 0
+        while i < max_tokens:
+            # Everything due by now goes in one message (at most one wake-up per tick),
+            # so the stand-in keeps its rate without a timer per token.
+            due = max_tokens if rate <= 0 else int((loop.time() - started) * rate) + 1
+            batch = range(i, min(max(due, i + 1), max_tokens))
+            if script.fail_after_tokens is not None and batch[-1] >= script.fail_after_tokens:
+                if i < script.fail_after_tokens:
+                    yield self._message(request, range(i, script.fail_after_tokens), max_tokens)
+                raise EngineError(
+                    grpc.StatusCode.INTERNAL,
+                    f"scripted failure after {script.fail_after_tokens} tokens",
                 )
-            yield response
-            await asyncio.sleep(interval)
+            yield self._message(request, batch, max_tokens)
+            i = batch[-1] + 1
+            if rate > 0 and i < max_tokens:
+                await asyncio.sleep(max(started + i / rate - loop.time(), MIN_TICK_S))
+            elif rate <= 0:
+                await asyncio.sleep(0)
+
+    def _message(
+        self, request: pb.GenerateRequest, batch: range, max_tokens: int
+    ) -> pb.GenerateResponse:
+        n = request.sampling.n or 1
+        last = batch[-1] == max_tokens - 1
+        text = "".join(self._script.token_text.format(i=k) for k in batch)
+        response = pb.GenerateResponse(
+            choices=[
+                pb.ChoiceDelta(
+                    index=c,
+                    text=text,
+                    num_tokens=len(batch),
+                    finish_reason=pb.FINISH_REASON_LENGTH if last else 0,
+                )
+                for c in range(n)
+            ]
+        )
+        if last:
+            response.usage.CopyFrom(
+                pb.Usage(prompt_tokens=_prompt_tokens(request), completion_tokens=n * max_tokens)
+            )
+        return response
 
 
 def _prompt_tokens(request: pb.GenerateRequest) -> int:
