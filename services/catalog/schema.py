@@ -30,7 +30,8 @@ class MaxTokens(Strict):
 
 
 class Serving(Strict):
-    """Where the model's engines are (for the router); `replicas` is for `tera run`."""
+    """Where the model's engines are: `addresses` and `dns` are read by the router
+    (`tera router --catalog`); `replicas` is how many engines `tera run` starts."""
 
     replicas: int = Field(1, ge=0)
     addresses: list[str] = Field(default_factory=list)

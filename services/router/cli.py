@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from services.catalog import CatalogError, load_catalog
 from services.common.aio import run
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
@@ -27,13 +28,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dns", action="append", help="DNS name:port of engine replicas (repeatable)")
     p.add_argument("--policy")
     p.add_argument("--metrics-port", type=int)
+    p.add_argument(
+        "--catalog",
+        type=Path,
+        help="also route to the addresses and DNS names the catalog's models list",
+    )
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> RouterConfig:
+    """Re-read on SIGHUP too: edits to the config or the catalog apply without restart."""
     data: dict = yaml.safe_load(args.config.read_text()) if args.config else {}
-    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
-    return RouterConfig.model_validate({**data, **overrides})
+    skip = {"config", "catalog"}
+    overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    config = {**data, **overrides}
+    if args.catalog is not None:
+        catalog = load_catalog(args.catalog, check_weights=False)
+        for model in catalog.models:
+            config["replicas"] = [*config.get("replicas", []), *model.serving.addresses]
+            if model.serving.dns:
+                config["dns"] = [*config.get("dns", []), model.serving.dns]
+    return RouterConfig.model_validate(config)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging("router")
     try:
         config_from_args(args)  # fail fast, with the problem named, on a bad config
-    except (ValidationError, OSError, yaml.YAMLError) as exc:
+    except (ValidationError, OSError, yaml.YAMLError, CatalogError) as exc:
         sys.exit(f"tera router: invalid configuration: {exc}")
     provider = setup_tracing("tera-router")
     try:

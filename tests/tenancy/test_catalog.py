@@ -79,3 +79,17 @@ def test_processes_refuse_to_start_on_a_bad_catalog(tmp_path: Path, command: lis
     )
     assert result.returncode != 0
     assert "gpt-4o-mini" in result.stderr and "used twice" in result.stderr
+
+
+def test_router_reads_serving_addresses_from_the_catalog(tmp_path: Path) -> None:
+    from services.router.cli import build_parser, config_from_args
+
+    path = tmp_path / "catalog.yaml"
+    path.write_text(
+        "models:\n"
+        "  - id: org/a\n    serving: {addresses: ['10.0.0.1:50061', '10.0.0.2:50061']}\n"
+        "  - id: org/b\n    serving: {dns: 'b-engines.tera.svc.cluster.local:50061'}\n"
+    )
+    config = config_from_args(build_parser().parse_args(["--catalog", str(path)]))
+    assert config.replicas == ["10.0.0.1:50061", "10.0.0.2:50061"]
+    assert config.dns == ["b-engines.tera.svc.cluster.local:50061"]
