@@ -32,6 +32,9 @@ CHAT_CASES = [
     ({"frequency_penalty": 2.1}, "frequency_penalty"),
     ({"presence_penalty": -2.1}, "presence_penalty"),
     ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": 63795320333506641920}, "max_tokens"),  # found by schemathesis: was a 500
+    ({"top_k": 2**40}, "top_k"),
+    ({"logit_bias": {str(2**40): 1}}, "logit_bias"),
     ({"max_completion_tokens": 0}, "max_completion_tokens"),
     ({"n": 0}, "n"),
     ({"n": 1000}, "n"),
@@ -71,6 +74,8 @@ COMPLETION_CASES = [
     ({"best_of": 3}, "best_of"),
     ({"logprobs": 6}, "logprobs"),
     ({"echo": "yes"}, "echo"),
+    ({"max_tokens": 2**32}, "max_tokens"),
+    ({"prompt": [2**33]}, "prompt"),
 ]
 
 

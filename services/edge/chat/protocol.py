@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from services.edge.common.protocol import OpenAIModel, Role, SamplingRequest
+from services.edge.common.protocol import INT32_MAX, OpenAIModel, Role, SamplingRequest
 from services.edge.errors import FieldError
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
@@ -128,7 +128,7 @@ class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     parallel_tool_calls: bool | None = True
     response_format: ResponseFormat | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None

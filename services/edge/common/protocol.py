@@ -15,6 +15,9 @@ from services.edge.errors import FieldError
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 MAX_STOP_SEQUENCES = 4
+# Integers travel as 32-bit proto fields: anything larger is refused as a 400 here,
+# not overflowed into a 500 later.
+INT32_MAX = 2**31 - 1
 
 
 class OpenAIModel(BaseModel):
@@ -69,8 +72,8 @@ class SamplingRequest(OpenAIModel):
     model: str = Field(min_length=1)
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    n: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    n: int | None = Field(None, ge=1, le=INT32_MAX)
     presence_penalty: Penalty | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stop: str | list[str] | None = None
@@ -80,10 +83,10 @@ class SamplingRequest(OpenAIModel):
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     user: str | None = None
     # Tera extras.
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, le=INT32_MAX)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
-    min_tokens: int | None = Field(None, ge=0)
+    min_tokens: int | None = Field(None, ge=0, le=INT32_MAX)
     ignore_eos: bool | None = None
     structured_outputs: StructuredOutputs | None = None
 
@@ -100,7 +103,7 @@ class SamplingRequest(OpenAIModel):
     @classmethod
     def _token_id_keys(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         for key in v or {}:
-            if not key.lstrip("-").isdigit() or int(key) < 0:
+            if not key.isdigit() or int(key) > INT32_MAX:
                 raise ValueError(f"keys must be token ids, got {key!r}")
         return v
 

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from services.edge.common.protocol import SamplingRequest
+from services.edge.common.protocol import INT32_MAX, SamplingRequest
 from services.edge.errors import FieldError
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
-TokenIds = list[Annotated[int, Field(ge=0)]]
+TokenIds = list[Annotated[int, Field(ge=0, le=INT32_MAX)]]
 
 
 class CompletionRequest(SamplingRequest):
@@ -19,7 +19,7 @@ class CompletionRequest(SamplingRequest):
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=5)
     suffix: str | None = None
-    max_tokens: int | None = Field(16, ge=0)
+    max_tokens: int | None = Field(16, ge=0, le=INT32_MAX)
 
     @field_validator("prompt")
     @classmethod
