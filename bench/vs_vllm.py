@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.common import CACHE_DIR, ROOT
 from services.common.processes import ManagedProcess, free_port, wait_until
 from services.engine.model_prep import DEFAULT_MODEL_ID
-from services.launcher import Stack, StackPlan
+from services.launcher import Stack, StackPlan, vllm_engine_args
 
 INPUT_LEN, OUTPUT_LEN = 128, 64
 METRICS = (
@@ -148,16 +148,7 @@ def run(model_dir: Path, results: Path, concurrencies: tuple[int, ...]) -> list[
         edge_port=free_port(),
         router_port=free_port(),
         engine_ports=[free_port()],
-        engine_args=[
-            "--model-dir",
-            str(model_dir),
-            "--model-id",
-            DEFAULT_MODEL_ID,
-            "--cache-dir",
-            str(CACHE_DIR),
-            "--vllm",
-            '{"enforce_eager": true}',
-        ],
+        engine_args=vllm_engine_args(model_dir, CACHE_DIR),
         log_dir=results,
     )
     stack = Stack(plan).start(timeout_s=600)

@@ -24,6 +24,22 @@ from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prep
 SPEECH_MODEL_ID = "rhasspy/piper-en_US-joe-medium"
 
 
+def vllm_engine_args(
+    model_dir: Path,
+    cache_dir: Path,
+    *,
+    model_id: str = DEFAULT_MODEL_ID,
+    eager: bool = True,
+) -> list[str]:
+    """Arguments of a vLLM engine process serving one local model folder."""
+    return [
+        "--model-dir", str(model_dir),
+        "--model-id", model_id,
+        "--cache-dir", str(cache_dir),
+        "--vllm", json.dumps({"enforce_eager": eager}),
+    ]  # fmt: skip
+
+
 @dataclass
 class StackPlan:
     """What to run where. Tests build plans with free ports and scripted engines."""
@@ -266,22 +282,14 @@ def main(argv: list[str] | None = None) -> None:
         _run(plan, started)
         return
     model_dir = args.model_dir or prepare_default_model(default_model_dir(args.cache_dir))
-    vllm_opts = '{"enforce_eager": false}' if args.compile else '{"enforce_eager": true}'
     plan = StackPlan(
         host=args.host,
         edge_port=args.port,
         router_port=args.router_port,
         engine_ports=[args.engine_port + i for i in range(args.replicas)],
-        engine_args=[
-            "--model-dir",
-            str(model_dir),
-            "--model-id",
-            args.model_id,
-            "--cache-dir",
-            str(args.cache_dir),
-            "--vllm",
-            vllm_opts,
-        ],
+        engine_args=vllm_engine_args(
+            model_dir, args.cache_dir, model_id=args.model_id, eager=not args.compile
+        ),
         model_ids=[args.model_id],
     )
     if not args.no_speech:

@@ -17,7 +17,7 @@ import pytest
 
 from services.common.processes import free_port
 from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prepare_default_model
-from services.launcher import Stack, StackPlan
+from services.launcher import Stack, StackPlan, vllm_engine_args
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 
@@ -69,18 +69,7 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    engine_args = [
-        "--model-dir",
-        str(model_dir),
-        "--model-id",
-        DEFAULT_MODEL_ID,
-        "--cache-dir",
-        str(CACHE_DIR),
-        "--vllm",
-        '{"enforce_eager": true}',
-        "--variants",
-        json.dumps(VARIANTS),
-    ]
+    engine_args = [*vllm_engine_args(model_dir, CACHE_DIR), "--variants", json.dumps(VARIANTS)]
     plan = _plan(
         tmp_path_factory.mktemp("vllm-stack"), 1, engine_args, [DEFAULT_MODEL_ID, PARSERS_MODEL]
     )

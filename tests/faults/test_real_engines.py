@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import yaml
 from services.common.processes import free_port, wait_until
 from services.common.readiness import grpc_serving
 from services.engine.model_prep import DEFAULT_MODEL_ID
-from services.launcher import Stack, StackPlan
+from services.launcher import Stack, StackPlan, vllm_engine_args
 from tests.conftest import CACHE_DIR, RunningStack
 from tests.faults.load import Tally, run_load
 from tests.faults.test_fault_suite import ROUTER_SETTINGS, _record
@@ -38,16 +37,7 @@ def two_vllm(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         edge_port=free_port(),
         router_port=free_port(),
         engine_ports=[free_port(), free_port()],
-        engine_args=[
-            "--model-dir",
-            str(model_dir),
-            "--model-id",
-            DEFAULT_MODEL_ID,
-            "--cache-dir",
-            str(CACHE_DIR),
-            "--vllm",
-            json.dumps({"enforce_eager": True}),
-        ],
+        engine_args=vllm_engine_args(model_dir, CACHE_DIR),
         router_args=["--config", str(router_config)],
         log_dir=logs,
     )

@@ -13,7 +13,7 @@ import pytest
 
 from services.common.processes import free_port
 from services.engine.model_prep import DEFAULT_MODEL_ID
-from services.launcher import Stack, StackPlan
+from services.launcher import Stack, StackPlan, vllm_engine_args
 from tests.conftest import CACHE_DIR, SCRIPTED_MODEL, RunningStack, scripted_args
 from tests.observability.otlp_receiver import OtlpReceiver, ReceivedSpan, tree
 
@@ -57,18 +57,7 @@ def _stack(
 def traced_vllm(
     model_dir: Path, receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningStack]:
-    args = [
-        "--model-dir",
-        str(model_dir),
-        "--model-id",
-        DEFAULT_MODEL_ID,
-        "--cache-dir",
-        str(CACHE_DIR),
-        "--vllm",
-        '{"enforce_eager": true}',
-        "--metrics-port",
-        str(ENGINE_METRICS_PORT),
-    ]
+    args = [*vllm_engine_args(model_dir, CACHE_DIR), "--metrics-port", str(ENGINE_METRICS_PORT)]
     stack = _stack(tmp_path_factory.mktemp("traced-vllm"), receiver, args, [DEFAULT_MODEL_ID])
     try:
         yield RunningStack(stack)
