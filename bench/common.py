@@ -2,13 +2,48 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.common.processes import free_port
+from services.launcher import Stack, StackPlan
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = ROOT / ".cache"
 TICKS = os.sysconf("SC_CLK_TCK")
+
+
+STAND_IN_MODEL = "tera-bench/stand-in"
+
+
+def stand_in_stack(
+    results: Path,
+    behaviour: dict,
+    *,
+    engine_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> Stack:
+    """Edge + router + one stand-in engine (real processes) with the given behaviour."""
+    plan = StackPlan(
+        edge_port=free_port(),
+        router_port=free_port(),
+        engine_ports=[free_port()],
+        engine_args=[
+            "--backend",
+            "scripted",
+            "--model-id",
+            STAND_IN_MODEL,
+            "--scripted",
+            json.dumps(behaviour),
+            *engine_args,
+        ],
+        model_ids=[STAND_IN_MODEL],
+        env=env or {},
+        log_dir=results,
+    )
+    return Stack(plan).start(timeout_s=60)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -6,18 +6,15 @@ routing) and router -> engine, as p50 over many requests."""
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from pathlib import Path
 
 import aiohttp
 
-from bench.common import percentile
-from services.common.processes import free_port
-from services.launcher import Stack, StackPlan
+from bench.common import STAND_IN_MODEL, percentile, stand_in_stack
 from tests.observability.otlp_receiver import OtlpReceiver, ReceivedSpan
 
-MODEL = "tera-bench/stand-in"
+MODEL = STAND_IN_MODEL
 SERVER, CLIENT = 2, 3
 
 
@@ -58,23 +55,8 @@ async def _requests(base_url: str, trace_ids: list[str]) -> None:
 
 def run(results: Path, requests: int = 200) -> dict:
     with OtlpReceiver() as receiver:
-        plan = StackPlan(
-            edge_port=free_port(),
-            router_port=free_port(),
-            engine_ports=[free_port()],
-            engine_args=[
-                "--backend",
-                "scripted",
-                "--model-id",
-                MODEL,
-                "--scripted",
-                json.dumps({"tokens_per_second": 0}),
-            ],
-            model_ids=[MODEL],
-            env=receiver.env,
-            log_dir=results,
-        )
-        stack = Stack(plan).start(timeout_s=60)
+        stack = stand_in_stack(results, {"tokens_per_second": 0}, env=receiver.env)
+        plan = stack.plan
         try:
             trace_ids = [secrets.token_hex(16) for _ in range(requests)]
             asyncio.run(_requests(plan.base_url, trace_ids[:20]))  # warm-up, not counted

@@ -11,18 +11,16 @@ for edge and router, and short (1-token, non-streamed) requests per second.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from bench.common import cpu_seconds, percentile
-from services.common.processes import free_port
-from services.launcher import Stack, StackPlan
+from bench.common import STAND_IN_MODEL, cpu_seconds, percentile, stand_in_stack
+from services.launcher import Stack
 
-MODEL = "tera-bench/stand-in"
+MODEL = STAND_IN_MODEL
 ADDED_ITL_LIMIT_MS = 5.0
 STREAM_SECONDS = 4.0
 
@@ -39,27 +37,11 @@ class StepResult:
 
 
 def _stack(results: Path, rate: float, coalesce_ms: int) -> Stack:
-    behaviour = json.dumps({"tokens_per_second": rate, "default_max_tokens": 16})
-    plan = StackPlan(
-        edge_port=free_port(),
-        router_port=free_port(),
-        engine_ports=[free_port()],
-        engine_args=[
-            "--backend",
-            "scripted",
-            "--model-id",
-            MODEL,
-            "--scripted",
-            behaviour,
-            "--coalesce-window-ms",
-            str(coalesce_ms),
-            "--max-in-flight",
-            "4096",
-        ],
-        model_ids=[MODEL],
-        log_dir=results,
+    return stand_in_stack(
+        results,
+        {"tokens_per_second": rate, "default_max_tokens": 16},
+        engine_args=["--coalesce-window-ms", str(coalesce_ms), "--max-in-flight", "4096"],
     )
-    return Stack(plan).start(timeout_s=60)
 
 
 async def _stream(

@@ -30,10 +30,6 @@ class EdgeConfig(BaseModel):
     affinity_prefix_chars: int = Field(256, ge=0)
     models_cache_s: float = Field(2.0, ge=0)
 
-    @property
-    def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
-
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":

@@ -81,7 +81,9 @@ async def _relay(call: grpc.aio.UnaryStreamCall, idle_timeout_s: float) -> Async
     try:
         while True:
             try:
-                message = await asyncio.wait_for(call.read(), idle_timeout_s)
+                # asyncio.timeout, unlike wait_for, creates no task per message.
+                async with asyncio.timeout(idle_timeout_s):
+                    message = await call.read()
             except TimeoutError:
                 raise OpenAIError(
                     504,

@@ -44,7 +44,6 @@ class Replica:
         self.failures = 0
         self._health_config = health
         self._tasks: list[asyncio.Task[None]] = []
-        self._status_changed = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"Replica({self.address}, status={self.status}, in_flight={self.in_flight})"
@@ -113,9 +112,6 @@ class Replica:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.channel.close()
 
-    async def wait_status_change(self) -> None:
-        await self._status_changed.wait()
-
     async def _set_status(self, status: int) -> None:
         if status == self.status:
             return
@@ -128,8 +124,6 @@ class Replica:
         self.status = status
         if status == SERVING:
             await self._refresh_models()
-        self._status_changed.set()
-        self._status_changed = asyncio.Event()
 
     async def _refresh_models(self) -> None:
         try:

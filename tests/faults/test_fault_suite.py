@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,9 +19,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common.processes import ManagedProcess, free_port, wait_until
-from services.common.readiness import edge_lists_models
+from services.common.processes import ManagedProcess, free_port
 from tests.conftest import SCRIPTED_MODEL, RunningStack
+from tests.faults.gateway import gateway, stand_in
 from tests.faults.load import run_load, stream_once
 
 ROUTER_SETTINGS = {
@@ -205,43 +204,14 @@ async def test_7_saturated_fleet_answers_429_and_loses_nothing(fleet: StackFacto
 
 
 async def test_8_no_replica_answers_503_at_once(tmp_path: Path) -> None:
-    router_port, edge_port = free_port(), free_port()
-    router = ManagedProcess(
-        "router",
-        [
-            "-m",
-            "services.router",
-            "--port",
-            str(router_port),
-            "--replica",
-            f"127.0.0.1:{free_port()}",
-        ],
-        log_path=tmp_path / "router.log",
-    ).start()
-    edge = ManagedProcess(
-        "edge",
-        ["-m", "services.edge", "--port", str(edge_port), "--router", f"127.0.0.1:{router_port}"],
-        log_path=tmp_path / "edge.log",
-    ).start()
-    base = f"http://127.0.0.1:{edge_port}/v1"
-    try:
-        wait_until(lambda: _health(base), timeout_s=30, watch=[router, edge], what="edge")
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with gateway(tmp_path, ["--replica", nowhere]) as (_, base):
         async with aiohttp.ClientSession() as session:
             outcome = await stream_once(session, base, 5)
-        _record("8 no replica", {"status": outcome.status, "ms": round(outcome.seconds * 1000)})
-        assert outcome.status == 503
-        assert outcome.headers.get("Retry-After") == "1"
-        assert outcome.seconds < 1.0
-    finally:
-        edge.stop()
-        router.stop()
-
-
-def _health(base: str) -> bool:
-    try:
-        return urllib.request.urlopen(f"{base.removesuffix('/v1')}/health", timeout=1).status == 200
-    except OSError:
-        return False
+    _record("8 no replica", {"status": outcome.status, "ms": round(outcome.seconds * 1000)})
+    assert outcome.status == 503
+    assert outcome.headers.get("Retry-After") == "1"
+    assert outcome.seconds < 1.0
 
 
 def _rss_kib(pid: int) -> int:
@@ -291,68 +261,26 @@ class DnsServer:
 def dns_fleet(tmp_path: Path) -> Iterator[tuple[DnsServer, list[ManagedProcess], str, int]]:
     port = free_port()
     ips = ["127.0.0.2", "127.0.0.3"]
-    engines = [
-        ManagedProcess(
-            f"engine@{ip}",
-            [
-                "-m",
-                "services.engine",
-                "--host",
-                ip,
-                "--port",
-                str(port),
-                "--backend",
-                "scripted",
-                "--model-id",
-                SCRIPTED_MODEL,
-                *_scripted(tokens_per_second=50),
-            ],
-            log_path=tmp_path / f"engine-{ip}.log",
-        ).start()
-        for ip in ips
-    ]
-    with DnsServer("engines.tera.test") as dns:
-        dns.addresses = [ips[0]]
-        router_port, edge_port = free_port(), free_port()
-        config = _write_yaml(
-            tmp_path / "router.yaml",
-            {
-                **ROUTER_SETTINGS,
-                "dns": [f"engines.tera.test:{port}"],
-                "dns_server": f"127.0.0.1:{dns.port}",
-                "dns_refresh_s": 0.2,
-            },
-        )
-        router = ManagedProcess(
-            "router",
-            ["-m", "services.router", "--port", str(router_port), "--config", config],
-            log_path=tmp_path / "router.log",
-        ).start()
-        edge = ManagedProcess(
-            "edge",
-            [
-                "-m",
-                "services.edge",
-                "--port",
-                str(edge_port),
-                "--router",
-                f"127.0.0.1:{router_port}",
-            ],
-            log_path=tmp_path / "edge.log",
-        ).start()
-        base = f"http://127.0.0.1:{edge_port}/v1"
-        everything = [*engines, router, edge]
-        try:
-            wait_until(
-                lambda: edge_lists_models(base, [SCRIPTED_MODEL]),
-                timeout_s=60,
-                watch=everything,
-                what="the DNS-discovered replica",
+    engines = [stand_in(tmp_path, port, ip, tokens_per_second=50) for ip in ips]
+    try:
+        with DnsServer("engines.tera.test") as dns:
+            dns.addresses = [ips[0]]
+            config = _write_yaml(
+                tmp_path / "router.yaml",
+                {
+                    **ROUTER_SETTINGS,
+                    "dns": [f"engines.tera.test:{port}"],
+                    "dns_server": f"127.0.0.1:{dns.port}",
+                    "dns_refresh_s": 0.2,
+                },
             )
-            yield dns, engines, base, port
-        finally:
-            for process in reversed(everything):
-                process.stop()
+            with gateway(
+                tmp_path, ["--config", config], ready_models=[SCRIPTED_MODEL], watch=engines
+            ) as (_, base):
+                yield dns, engines, base, port
+    finally:
+        for engine in engines:
+            engine.stop()
 
 
 async def test_9_dns_replicas_come_and_go_under_load(dns_fleet) -> None:  # type: ignore[no-untyped-def]
@@ -391,6 +319,3 @@ def test_zz_print_fault_table() -> None:
     for name, summary in RESULTS.items():
         print(f"{name}: {summary}")
     assert all(s.get("silently_truncated", 0) == 0 for s in RESULTS.values())
-
-
-_ = threading  # the DNS server runs in its own thread (dnslib)

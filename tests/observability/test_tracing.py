@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,4 +200,3 @@ def test_print_trees() -> None:
     for name, text in TREES.items():
         print(f"\n--- {name}\n{text}")
     assert TREES
-    _ = os

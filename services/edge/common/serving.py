@@ -13,7 +13,7 @@ from aiohttp import web
 
 from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
-from services.edge.errors import OpenAIError, bad_request, model_not_found
+from services.edge.errors import bad_request, model_not_found
 from services.edge.observe import EdgeMetrics, GenerationObserver
 from services.edge.tenancy.gate import Gate
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -131,7 +131,3 @@ def add_usage(total: pb.Usage, part: pb.Usage) -> None:
     total.completion_tokens += part.completion_tokens
     total.cached_tokens += part.cached_tokens
     total.reasoning_tokens += part.reasoning_tokens
-
-
-def error_event(exc: OpenAIError) -> dict[str, Any]:
-    return exc.body()

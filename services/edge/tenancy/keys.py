@@ -48,8 +48,8 @@ class KeyStore:
             ]
         )
 
-    def _entries_hex(self) -> list[tuple[str, Tenant]]:
-        return [(d.hex(), t) for d, t in self._entries]
+    def __add__(self, other: KeyStore) -> KeyStore:
+        return KeyStore([(d.hex(), t) for d, t in [*self._entries, *other._entries]])
 
     def __bool__(self) -> bool:
         return bool(self._entries)

@@ -37,7 +37,7 @@ def load(config: EdgeConfig) -> tuple[Catalog | None, KeyStore, KeyStore]:
     catalog = load_catalog(config.catalog, check_weights=False) if config.catalog else None
     plain = KeyStore.from_plain([k.get_secret_value() for k in config.api_keys])
     from_catalog = KeyStore.from_catalog(catalog.keys) if catalog else KeyStore([])
-    keys = KeyStore([*from_catalog._entries_hex(), *plain._entries_hex()])
+    keys = from_catalog + plain
     admin_digests = []
     if catalog and catalog.admin:
         admin = catalog.admin

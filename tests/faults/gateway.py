@@ -1,0 +1,74 @@
+"""Processes the fault tests start by hand (when Stack's layout does not fit): stand-in
+engines on chosen addresses, and a router + edge in front of whatever they are given."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from services.common.processes import ManagedProcess, free_port, wait_until
+from services.common.readiness import edge_lists_models, http_healthy
+from tests.conftest import SCRIPTED_MODEL
+
+
+def stand_in(logs: Path, port: int, host: str = "127.0.0.1", **behaviour: object) -> ManagedProcess:
+    return ManagedProcess(
+        f"engine@{host}:{port}",
+        [
+            "-m",
+            "services.engine",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--backend",
+            "scripted",
+            "--model-id",
+            SCRIPTED_MODEL,
+            "--scripted",
+            json.dumps(behaviour),
+        ],
+        log_path=logs / f"engine-{host}-{port}.log",
+    ).start()
+
+
+@contextlib.contextmanager
+def gateway(
+    logs: Path,
+    router_args: list[str],
+    *,
+    ready_models: list[str] | None = None,
+    watch: list[ManagedProcess] | None = None,
+) -> Iterator[tuple[ManagedProcess, str]]:
+    """Starts a router (with router_args) and an edge; yields (router, base URL) once the
+    edge is healthy, or lists ready_models; stops both after."""
+    router_port, edge_port = free_port(), free_port()
+    router = ManagedProcess(
+        "router",
+        ["-m", "services.router", "--port", str(router_port), *router_args],
+        log_path=logs / "router.log",
+    ).start()
+    edge = ManagedProcess(
+        "edge",
+        ["-m", "services.edge", "--port", str(edge_port), "--router", f"127.0.0.1:{router_port}"],
+        log_path=logs / "edge.log",
+    ).start()
+    base = f"http://127.0.0.1:{edge_port}/v1"
+    try:
+        if ready_models:
+            wait_until(
+                lambda: edge_lists_models(base, ready_models),
+                timeout_s=60,
+                watch=[*(watch or []), router, edge],
+                what=f"{ready_models} at the edge",
+            )
+        else:
+            wait_until(
+                lambda: http_healthy(base), timeout_s=60, watch=[router, edge], what="the edge"
+            )
+        yield router, base
+    finally:
+        edge.stop()
+        router.stop()
