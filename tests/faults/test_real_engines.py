@@ -110,11 +110,18 @@ async def test_real_2_killed_mid_stream(two_vllm: RunningStack) -> None:
             break
         await asyncio.sleep(0.1)
     assert tally.streams_with_tokens == 8
-    assert two_vllm.engine_load(0).in_flight > 0, "A holds streams when it dies"
-    two_vllm.stack.engines[0].kill_group(signal.SIGKILL)
+    # Kill a replica that holds streams: under load the router may briefly keep the
+    # freshly restarted A out of rotation and put every stream on B.
+    holding = [i for i in (0, 1) if two_vllm.engine_load(i).in_flight > 0]
+    assert holding, "some replica holds the streams when it dies"
+    victim = two_vllm.stack.engines[holding[0]]
+    assert two_vllm.engine_addresses[holding[0]] == f"127.0.0.1:{victim.name.split(':')[-1]}"
+    on_victim = two_vllm.engine_load(holding[0]).in_flight
+    victim.kill_group(signal.SIGKILL)
     await load
     summary = tally.summary()
     _record("real vLLM 2: killed mid-stream", summary)
     assert summary["silently_truncated"] == 0
-    assert summary["failed_with_error"] > 0 and summary["succeeded"] > 0
-    assert summary["succeeded"] + summary["failed_with_error"] == 8
+    # Exactly the victim's streams end with an explicit error; every other completes.
+    assert summary["failed_with_error"] == on_victim
+    assert summary["succeeded"] == 8 - on_victim
