@@ -7,8 +7,12 @@ chunk; muxers see a non-seekable stream, so WAV is written with streaming sizes.
 
 from __future__ import annotations
 
+import itertools
+from fractions import Fraction
+
 import av
 import numpy as np
+from av.filter import Graph
 
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
@@ -22,6 +26,74 @@ _FORMATS = {
     pb.AUDIO_FORMAT_FLAC: ("flac", "flac"),
     pb.AUDIO_FORMAT_WAV: ("wav", "pcm_s16le"),
 }
+
+
+# atempo accepts 0.5..100 per instance; slower speeds chain several.
+_ATEMPO_MIN = 0.5
+
+
+class TimeStretch:
+    """Changes speaking rate without changing pitch (ffmpeg's WSOLA `atempo` filter).
+
+    Piper's own `length_scale` cannot honour OpenAI's `speed`: the model rounds each
+    phoneme up to whole frames, so asking for 4x gives about 2x. Stretching the natural
+    rendering afterwards makes the duration exactly 1/speed.
+    """
+
+    def __init__(self, rate: int, speed: float) -> None:
+        self._rate = rate
+        self._pts = 0
+        self._graph: Graph | None = None if speed == 1.0 else self._build(rate, speed)
+
+    @staticmethod
+    def _build(rate: int, speed: float) -> Graph:
+        factors = []
+        while speed < _ATEMPO_MIN:
+            factors.append(_ATEMPO_MIN)
+            speed /= _ATEMPO_MIN
+        factors.append(speed)
+        graph = Graph()
+        chain = [
+            graph.add_abuffer(
+                format="flt", sample_rate=rate, layout="mono", time_base=Fraction(1, rate)
+            )
+        ]
+        chain += [graph.add("atempo", str(factor)) for factor in factors]
+        chain.append(graph.add("abuffersink"))
+        for upstream, downstream in itertools.pairwise(chain):
+            upstream.link_to(downstream)
+        graph.configure()
+        return graph
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        if self._graph is None:
+            return samples
+        frame = av.AudioFrame.from_ndarray(
+            samples.astype(np.float32).reshape(1, -1), format="flt", layout="mono"
+        )
+        frame.sample_rate = self._rate
+        frame.time_base = Fraction(1, self._rate)
+        frame.pts = self._pts
+        self._pts += len(samples)
+        self._graph.push(frame)
+        return self._drain()
+
+    def finish(self) -> np.ndarray:
+        if self._graph is None:
+            return np.zeros(0, dtype=np.float32)
+        self._graph.push(None)
+        return self._drain()
+
+    def _drain(self) -> np.ndarray:
+        assert self._graph is not None
+        parts = [np.zeros(0, dtype=np.float32)]
+        while True:
+            try:
+                frame = self._graph.pull()
+            except (av.BlockingIOError, av.EOFError):
+                break
+            parts.append(frame.to_ndarray().reshape(-1))
+        return np.concatenate(parts)
 
 
 class _Sink:

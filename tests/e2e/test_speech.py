@@ -89,15 +89,17 @@ async def test_content_types(speech_stack: RunningStack) -> None:
                 assert await r.read()
 
 
-def test_speed_two_halves_the_duration(client: openai.OpenAI) -> None:
+@pytest.mark.parametrize("speed", [0.25, 0.5, 2.0, 4.0])
+def test_speed_scales_the_duration(client: openai.OpenAI, speed: float) -> None:
     def seconds(speed: float) -> float:
         audio = client.audio.speech.create(
             model=SPEECH_MODEL_ID, voice="alloy", input=SENTENCE, response_format="wav", speed=speed
         )
         return _duration(audio.content, "wav")
 
-    ratio = seconds(2.0) / seconds(1.0)
-    assert 0.4 < ratio < 0.65, ratio
+    # Piper's voice is randomised (noise_w), so the reference varies a little run to run.
+    ratio = seconds(speed) / seconds(1.0)
+    assert ratio == pytest.approx(1 / speed, rel=0.12), ratio
 
 
 async def test_audio_streams_before_synthesis_finishes(speech_stack: RunningStack) -> None:

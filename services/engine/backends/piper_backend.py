@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from services.engine.audio import AudioEncoder
+from services.engine.audio import AudioEncoder, TimeStretch
 from services.engine.backends.base import Backend, BackendLoad
 from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
@@ -108,17 +108,22 @@ class PiperBackend(Backend):
         speed = request.speed or 1.0
         rate = voice.config.sample_rate
         encoder = AudioEncoder(request.format, rate)
+        stretch = TimeStretch(rate, speed)
         samples = 0
         self._running += 1
         try:
-            async for chunk in self._sentences(request.input, speed):
+            async for sentence in self._sentences(request.input):
+                chunk = stretch.process(sentence)
                 samples += len(chunk)
-                if data := encoder.encode(chunk):
+                if len(chunk) and (data := encoder.encode(chunk)):
                     yield pb.SynthesizeResponse(audio=data)
+            tail = stretch.finish()
+            samples += len(tail)
+            last = encoder.encode(tail) if len(tail) else b""
             usage = pb.SpeechUsage(
                 input_characters=len(request.input), audio_seconds=samples / rate
             )
-            yield pb.SynthesizeResponse(audio=encoder.finish(), usage=usage)
+            yield pb.SynthesizeResponse(audio=last + encoder.finish(), usage=usage)
         finally:
             self._running -= 1
 
@@ -136,22 +141,18 @@ class PiperBackend(Backend):
         if not request.input.strip():
             raise invalid_argument("input must not be empty", param="input")
 
-    async def _sentences(self, text: str, speed: float) -> AsyncIterator[np.ndarray]:
+    async def _sentences(self, text: str) -> AsyncIterator[np.ndarray]:
         """Runs synthesis in a thread, handing over each sentence's audio as it is done;
         stops between sentences if the caller goes away."""
-        from piper import SynthesisConfig
-
         voice = self._voice
         assert voice is not None
-        base = voice.config.length_scale or 1.0
-        syn_config = SynthesisConfig(length_scale=base / speed)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancelled = threading.Event()
 
         def produce() -> None:
             try:
-                for chunk in voice.synthesize(text, syn_config):
+                for chunk in voice.synthesize(text):
                     if cancelled.is_set():
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, chunk.audio_float_array)
