@@ -1,16 +1,22 @@
 """Part 2: what the relay (edge + router) can carry, with a stand-in engine that emits
 tokens at a set rate per stream, so the model is never the limit.
 
-For each number of concurrent streams, the per-stream token rate is raised step by step;
-a step passes while the p99 inter-token latency the relay adds stays within 5 ms (the
-observed gap between chunks minus the engine's own gap for the tokens in the chunk).
-Reported: the streamed tokens/s at the last passing step, CPU seconds per 1,000 tokens
-for edge and router, and short (1-token, non-streamed) requests per second.
+The stand-in stamps every token with the moment it emitted it (CLOCK_MONOTONIC, which all
+processes on the machine share), so the client sees exactly what the relay added:
+- added latency: arrival at the client minus emission, for every token (coalescing's hold
+  shows up here);
+- added ITL: for successive SSE chunks, the gap the client saw minus the gap between the
+  emissions of their newest tokens, i.e. the inter-token jitter the relay introduces.
+For each number of concurrent streams the per-stream token rate is raised step by step; a
+step passes while the p99 added ITL stays within 5 ms and nothing fails. Reported: the
+streamed tokens/s at the last passing step, CPU seconds per 1,000 tokens for edge and
+router, and short (1-token, non-streamed) requests per second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,9 @@ from services.launcher import Stack
 MODEL = STAND_IN_MODEL
 ADDED_ITL_LIMIT_MS = 5.0
 STREAM_SECONDS = 4.0
+# The stand-in's decode step. A GPU engine steps every 10-30 ms for a whole batch; 5 ms
+# is faster than any of them, so the relay sees more messages than it would in production.
+STEP_MS = 5.0
 
 
 @dataclass
@@ -30,7 +39,10 @@ class StepResult:
     streams: int
     rate_per_stream: float
     tokens_per_s: float
+    added_itl_p50_ms: float
     added_itl_p99_ms: float
+    added_latency_p50_ms: float
+    added_latency_p99_ms: float
     edge_cpu_per_1k: float
     router_cpu_per_1k: float
     errors: int
@@ -39,13 +51,34 @@ class StepResult:
 def _stack(results: Path, rate: float, coalesce_ms: int) -> Stack:
     return stand_in_stack(
         results,
-        {"tokens_per_second": rate, "default_max_tokens": 16},
-        engine_args=["--coalesce-window-ms", str(coalesce_ms), "--max-in-flight", "4096"],
+        {
+            "tokens_per_second": rate,
+            "default_max_tokens": 16,
+            "step_ms": STEP_MS,
+            "token_text": "t{i}@{t} ",
+        },
+        engine_args=[
+            "--coalesce-window-ms",
+            str(coalesce_ms),
+            "--max-in-flight",
+            "4096",
+            "--max-context-length",
+            "1000000",
+        ],
     )
 
 
+_STAMP = re.compile(rb"@(\d+)")
+
+
+@dataclass
+class _Timings:
+    itl_ms: list[float]
+    latency_ms: list[float]
+
+
 async def _stream(
-    session: aiohttp.ClientSession, url: str, tokens: int, rate: float, gaps_ms: list[float]
+    session: aiohttp.ClientSession, url: str, tokens: int, timings: _Timings
 ) -> tuple[int, bool]:
     body = {
         "model": MODEL,
@@ -53,27 +86,27 @@ async def _stream(
         "max_tokens": tokens,
         "stream": True,
     }
-    received, last = 0, None
+    received, previous = 0, None
     async with session.post(url, json=body) as response:
         if response.status != 200:
             return 0, False
         async for line in response.content:
-            if not line.startswith(b"data: {"):
+            if not line.startswith(b"data: {") or not (stamps := _STAMP.findall(line)):
                 continue
-            count = line.count(b"tok")
-            now = time.monotonic()
-            if last is not None and count:
-                gaps_ms.append((now - last) * 1000 - count / rate * 1000)
-            if count:
-                last = now
-                received += count
+            now_us = time.monotonic() * 1e6
+            timings.latency_ms.extend((now_us - int(t)) / 1000 for t in stamps)
+            delay_us = now_us - int(stamps[-1])
+            if previous is not None:
+                timings.itl_ms.append((delay_us - previous) / 1000)
+            previous = delay_us
+            received += len(stamps)
     return received, received == tokens
 
 
 async def _step(stack: Stack, streams: int, rate: float) -> StepResult:
     url = f"{stack.plan.base_url}/chat/completions"
     tokens = max(2, int(rate * STREAM_SECONDS))
-    gaps: list[float] = []
+    timings = _Timings([], [])
     edge, router = stack.edge.pid, stack.router.pid  # type: ignore[union-attr]
     cpu0 = (cpu_seconds(edge), cpu_seconds(router))
     started = time.monotonic()
@@ -82,7 +115,7 @@ async def _step(stack: Stack, streams: int, rate: float) -> StepResult:
         connector=limits, timeout=aiohttp.ClientTimeout(total=300)
     ) as session:
         outcomes = await asyncio.gather(
-            *(_stream(session, url, tokens, rate, gaps) for _ in range(streams))
+            *(_stream(session, url, tokens, timings) for _ in range(streams))
         )
     wall = time.monotonic() - started
     total = sum(n for n, _ in outcomes)
@@ -91,7 +124,10 @@ async def _step(stack: Stack, streams: int, rate: float) -> StepResult:
         streams=streams,
         rate_per_stream=rate,
         tokens_per_s=total / wall,
-        added_itl_p99_ms=percentile(gaps, 99),
+        added_itl_p50_ms=percentile(timings.itl_ms, 50),
+        added_itl_p99_ms=percentile(timings.itl_ms, 99),
+        added_latency_p50_ms=percentile(timings.latency_ms, 50),
+        added_latency_p99_ms=percentile(timings.latency_ms, 99),
         edge_cpu_per_1k=(cpu_seconds(edge) - cpu0[0]) / thousands,
         router_cpu_per_1k=(cpu_seconds(router) - cpu0[1]) / thousands,
         errors=sum(1 for _, ok in outcomes if not ok),

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["vllm", "scripted", "piper"])
     p.add_argument("--model-id")
     p.add_argument("--model-dir", type=Path)
+    p.add_argument("--max-context-length", type=int)
     p.add_argument("--max-in-flight", type=int)
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--drain-grace-s", type=float)

@@ -14,7 +14,44 @@ from collections.abc import AsyncIterator
 
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
-_END = object()
+
+class _Inbox:
+    """What the producer has handed over and the consumer has not yet sent.
+
+    The producer only wakes the consumer when it is idle-waiting, so tokens that arrive
+    while a window is being held cost a list append, not a task switch each.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[pb.GenerateResponse] = []
+        self.ended = False
+        self.error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, message: pb.GenerateResponse) -> None:
+        self.items.append(message)
+        self._wake()
+
+    def close(self, error: BaseException | None = None) -> None:
+        self.ended, self.error = True, error
+        self._wake()
+
+    async def wait(self) -> None:
+        if self.items or self.ended:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def take(self) -> list[pb.GenerateResponse]:
+        items, self.items = self.items, []
+        return items
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 async def coalesce(
@@ -24,22 +61,21 @@ async def coalesce(
         async for message in stream:
             yield message
         return
-    queue: asyncio.Queue[object] = asyncio.Queue()
-    pump = asyncio.create_task(_pump(stream, queue))
+    inbox = _Inbox()
+    pump = asyncio.create_task(_pump(stream, inbox))
     loop = asyncio.get_running_loop()
     last_sent = float("-inf")
     try:
         while True:
-            item = await queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            batch = [item]
-            ended = await _collect(queue, batch, hold_until=last_sent + window_s)
-            yield merge(batch)  # type: ignore[arg-type]
-            last_sent = loop.time()
-            if ended:
+            await inbox.wait()
+            if (hold := last_sent + window_s - loop.time()) > 0 and not inbox.ended:
+                await asyncio.sleep(hold)  # what arrives meanwhile joins this message
+            if batch := inbox.take():
+                yield merge(batch)
+                last_sent = loop.time()
+            if inbox.ended and not inbox.items:
+                if inbox.error is not None:
+                    raise inbox.error
                 return
     finally:
         pump.cancel()
@@ -47,30 +83,14 @@ async def coalesce(
             await pump
 
 
-async def _pump(stream: AsyncIterator[pb.GenerateResponse], queue: asyncio.Queue[object]) -> None:
+async def _pump(stream: AsyncIterator[pb.GenerateResponse], inbox: _Inbox) -> None:
     try:
         async for message in stream:
-            queue.put_nowait(message)
-        queue.put_nowait(_END)
-    except Exception as exc:  # handed to the consumer, which re-raises it
-        queue.put_nowait(exc)
-
-
-async def _collect(queue: asyncio.Queue[object], batch: list[object], hold_until: float) -> bool:
-    """Adds to batch what arrives before hold_until; True if the stream ended meanwhile."""
-    loop = asyncio.get_running_loop()
-    while (remaining := hold_until - loop.time()) > 0:
-        try:
-            item = await asyncio.wait_for(queue.get(), remaining)
-        except TimeoutError:
-            break
-        if item is _END:
-            return True
-        if isinstance(item, BaseException):
-            queue.put_nowait(item)  # send what we have; the error follows
-            break
-        batch.append(item)
-    return False
+            inbox.put(message)
+    except Exception as exc:  # handed to the consumer, which re-raises it after the batch
+        inbox.close(exc)
+    else:
+        inbox.close()
 
 
 def merge(messages: list[pb.GenerateResponse]) -> pb.GenerateResponse:

@@ -30,6 +30,9 @@ class ScriptedOptions(BaseModel):
     """Behaviour of the stand-in backend used by fault tests and the relay benchmark."""
 
     tokens_per_second: float = 0  # 0: as fast as the loop allows
+    # Like a real engine's decode step: a stream wakes at most once per step and emits
+    # every token that fell due meanwhile in one message.
+    step_ms: float = Field(2.0, gt=0)
     fail_before_first: bool = False
     fail_first_requests: int = 0  # the first N requests fail before their first token
     fail_after_tokens: int | None = None
@@ -37,7 +40,9 @@ class ScriptedOptions(BaseModel):
     startup_delay_s: float = 0
     first_token_delay_s: float = 0
     default_max_tokens: int = 16
-    # Text of token i (str.format with i), e.g. to put newlines or "data:" in a stream.
+    # Text of token i (str.format with i, and t: time.monotonic() in microseconds when
+    # the token is emitted), e.g. to put newlines or "data:" in a stream, or to let the
+    # relay benchmark time each token's delivery.
     token_text: str = "tok{i} "
 
 

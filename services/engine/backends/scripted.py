@@ -18,9 +18,6 @@ from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
-# The stand-in wakes up at most this often; tokens due meanwhile go out together.
-MIN_TICK_S = 0.002
-
 
 class ScriptedBackend(Backend):
     def __init__(self, config: EngineConfig) -> None:
@@ -75,12 +72,12 @@ class ScriptedBackend(Backend):
                 f"This model's maximum context length is {self._config.max_context_length} tokens.",
                 param="max_tokens",
             )
-        rate = script.tokens_per_second
+        rate, step_s = script.tokens_per_second, script.step_ms / 1000
         loop = asyncio.get_running_loop()
         started = loop.time()
         i = 0
         while i < max_tokens:
-            # Everything due by now goes in one message (at most one wake-up per tick),
+            # Everything due by now goes in one message (at most one wake-up per step),
             # so the stand-in keeps its rate without a timer per token.
             due = max_tokens if rate <= 0 else int((loop.time() - started) * rate) + 1
             batch = range(i, min(max(due, i + 1), max_tokens))
@@ -94,7 +91,7 @@ class ScriptedBackend(Backend):
             yield self._message(request, batch, max_tokens)
             i = batch[-1] + 1
             if rate > 0 and i < max_tokens:
-                await asyncio.sleep(max(started + i / rate - loop.time(), MIN_TICK_S))
+                await asyncio.sleep(max(started + i / rate - loop.time(), step_s))
             elif rate <= 0:
                 await asyncio.sleep(0)
 
@@ -103,7 +100,8 @@ class ScriptedBackend(Backend):
     ) -> pb.GenerateResponse:
         n = request.sampling.n or 1
         last = batch[-1] == max_tokens - 1
-        text = "".join(self._script.token_text.format(i=k) for k in batch)
+        now_us = int(time.monotonic() * 1e6)
+        text = "".join(self._script.token_text.format(i=k, t=now_us) for k in batch)
         response = pb.GenerateResponse(
             choices=[
                 pb.ChoiceDelta(
