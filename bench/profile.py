@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import uvloop
 
 from bench import relay
 
@@ -24,9 +25,12 @@ def _top(raw: Path, n: int = 12) -> list[tuple[str, float]]:
     return [(name, count / total) for name, count in counts.most_common(n)] if total else []
 
 
-def run(results: Path, streams: int = 64, rate: float = 200, seconds: int = 8) -> dict:
+STREAMS, RATE, WINDOW_MS = 64, 800.0, 10
+
+
+def run(results: Path, seconds: int = 5) -> dict:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    stack = relay._stack(results, rate, coalesce_ms=0)
+    stack = relay._stack(results, RATE, WINDOW_MS)
     out: dict[str, list[tuple[str, float]]] = {}
     try:
         recorders = {
@@ -54,7 +58,7 @@ def run(results: Path, streams: int = 64, rate: float = 200, seconds: int = 8) -
             )
             for name, pid in (("edge", stack.edge.pid), ("router", stack.router.pid))  # type: ignore[union-attr]
         }
-        asyncio.run(relay._step(stack, streams, rate))
+        uvloop.run(relay._step(stack, STREAMS, RATE))
         for name, (path, proc) in recorders.items():
             proc.wait(timeout=seconds + 30)
             out[name] = _top(path) if path.exists() else []

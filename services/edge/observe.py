@@ -93,6 +93,10 @@ class GenerationObserver:
         if temperature is not None:
             attributes[t.GEN_AI_REQUEST_TEMPERATURE] = temperature
         self._span.set_attributes(attributes)
+        # Per-message work stays small: labelled series and the exemplar are looked up once.
+        self._ttft = metrics.ttft.labels(model)
+        self._itl = metrics.itl.labels(model)
+        self._exemplar = _exemplar()
 
     async def watch(
         self, stream: AsyncIterator[pb.GenerateResponse]
@@ -114,15 +118,14 @@ class GenerationObserver:
     def _on_message(self, message: pb.GenerateResponse) -> None:
         now = time.monotonic()
         tokens = sum(c.num_tokens for c in message.choices) or 1
-        exemplar = _exemplar()
         if self._last is None:
             ttft = now - self._started
-            self._metrics.ttft.labels(self._model).observe(ttft, exemplar)
+            self._ttft.observe(ttft, self._exemplar)
             self._span.set_attribute(t.TTFT, ttft)
             self._fields["ttft_ms"] = round(ttft * 1000, 1)
         else:
             gap = (now - self._last) / tokens
-            self._metrics.itl.labels(self._model).observe(gap, exemplar)
+            self._itl.observe(gap, self._exemplar)
         self._last = now
 
     def _on_end(self, usage: pb.Usage, finish: list[str]) -> None:

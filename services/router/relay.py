@@ -181,9 +181,8 @@ class Relay:
     ) -> bytes | None:
         started = time.monotonic()
         try:
-            message = await asyncio.wait_for(
-                call.read(), self._config.retry.first_message_timeout_s
-            )
+            async with asyncio.timeout(self._config.retry.first_message_timeout_s):
+                message = await call.read()
         except TimeoutError:
             replica.record_failure("no first message in time")
             raise _AttemptFailed(
