@@ -18,7 +18,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--parts", default=",".join(PARTS))
     p.add_argument("--concurrency", default="1,8,32")
-    p.add_argument("--streams", default="64,256")
+    p.add_argument("--streams", default="32,64,256")
     p.add_argument(
         "--rates",
         default="100,200,400,800,1600",

@@ -1,6 +1,6 @@
 """Part 1: Tera's full stack versus vLLM's own OpenAI server, same model, same engine
 settings, both driven by `vllm bench serve` (openai-chat, random dataset, fixed seed,
-streaming), one target at a time so they never share the CPU."""
+streaming), one target at a time so they never compete for the CPU."""
 
 from __future__ import annotations
 
@@ -101,8 +101,7 @@ def _models_listed(base_url: str) -> bool:
         return False
 
 
-def run(model_dir: Path, results: Path, concurrencies: tuple[int, ...]) -> list[dict]:
-    rows: list[dict] = []
+def _start_vllm(model_dir: Path, results: Path) -> tuple[ManagedProcess, str]:
     port = free_port()
     vllm = ManagedProcess(
         "vllm api_server",
@@ -126,8 +125,8 @@ def run(model_dir: Path, results: Path, concurrencies: tuple[int, ...]) -> list[
         env=ENGINE_ENV,
         log_path=results / "vllm-server.log",
     ).start()
+    base = f"http://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
         wait_until(
             lambda: _models_listed(base),
             timeout_s=600,
@@ -135,16 +134,16 @@ def run(model_dir: Path, results: Path, concurrencies: tuple[int, ...]) -> list[
             watch=[vllm],
             what="vLLM's server",
         )
-        for c in concurrencies:
-            rows.append(
-                {
-                    "target": "vllm",
-                    "concurrency": c,
-                    **_pick(_bench(base, model_dir, c, results / f"vllm-c{c}.json")),
-                }
-            )
-    finally:
+    except BaseException:
         vllm.stop()
+        raise
+    return vllm, base
+
+
+def run(model_dir: Path, results: Path, concurrencies: tuple[int, ...]) -> list[dict]:
+    """Both servers stay up (idle while the other is measured) and each concurrency runs
+    vLLM then Tera back to back, so the machine's drift lands on both alike."""
+    rows: list[dict] = []
     plan = StackPlan(
         edge_port=free_port(),
         router_port=free_port(),
@@ -152,19 +151,19 @@ def run(model_dir: Path, results: Path, concurrencies: tuple[int, ...]) -> list[
         engine_args=vllm_engine_args(model_dir, CACHE_DIR),
         log_dir=results,
     )
-    stack = Stack(plan).start(timeout_s=600)
+    vllm, vllm_base = _start_vllm(model_dir, results)
     try:
-        base = plan.base_url.removesuffix("/v1")
-        for c in concurrencies:
-            rows.append(
-                {
-                    "target": "tera",
-                    "concurrency": c,
-                    **_pick(_bench(base, model_dir, c, results / f"tera-c{c}.json")),
-                }
-            )
+        stack = Stack(plan).start(timeout_s=600)
+        try:
+            targets = {"vllm": vllm_base, "tera": plan.base_url.removesuffix("/v1")}
+            for c in concurrencies:
+                for name, base in targets.items():
+                    result = _bench(base, model_dir, c, results / f"{name}-c{c}.json")
+                    rows.append({"target": name, "concurrency": c, **_pick(result)})
+        finally:
+            stack.stop()
     finally:
-        stack.stop()
+        vllm.stop()
     return rows + ratios(rows)
 
 

@@ -1,9 +1,15 @@
 """Token coalescing: merge deltas that arrive faster than a small window.
 
-The first message goes out at once. After a send, anything arriving within the window
-is held and sent together at the window's end, so a fast stream costs one message (and
-one SSE chunk at the edge) per window instead of one per token. A slow stream, whose
-tokens are further apart than the window, is never delayed.
+The first message goes out at once. A delta that arrives less than a window after the
+last send is held; the held deltas go out together with the first delta that arrives a
+full window after that send, or when the oldest of them has waited a whole window
+(the stream slowed down or paused). A fast stream thus costs one message (and one SSE
+chunk at the edge) per window instead of one per token, and a slow stream, whose tokens
+are further apart than the window, is never delayed.
+
+Sending on an arrival rather than on a timer matters: an engine emits once per decode
+step, and a timer running out of phase with the steps would hold the newest token for a
+varying part of a step, which clients see as inter-token jitter.
 """
 
 from __future__ import annotations
@@ -14,21 +20,23 @@ from collections.abc import AsyncIterator
 
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
+_EARLY = 0.75
+
 
 class _Inbox:
-    """What the producer has handed over and the consumer has not yet sent.
-
-    The producer only wakes the consumer when it is idle-waiting, so tokens that arrive
-    while a window is being held cost a list append, not a task switch each.
-    """
+    """What the producer has handed over and the consumer has not yet sent."""
 
     def __init__(self) -> None:
         self.items: list[pb.GenerateResponse] = []
+        self.oldest_at = 0.0  # loop time the oldest held item arrived
         self.ended = False
         self.error: BaseException | None = None
+        self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
 
     def put(self, message: pb.GenerateResponse) -> None:
+        if not self.items:
+            self.oldest_at = self._loop.time()
         self.items.append(message)
         self._wake()
 
@@ -36,14 +44,16 @@ class _Inbox:
         self.ended, self.error = True, error
         self._wake()
 
-    async def wait(self) -> None:
-        if self.items or self.ended:
-            return
-        self._waiter = asyncio.get_running_loop().create_future()
+    async def next_event(self, deadline: float | None = None) -> None:
+        """Returns on the next put or close, or at deadline (loop time)."""
+        self._waiter = waiter = self._loop.create_future()
+        timer = None if deadline is None else self._loop.call_at(deadline, self._wake)
         try:
-            await self._waiter
+            await waiter
         finally:
             self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def take(self) -> list[pb.GenerateResponse]:
         items, self.items = self.items, []
@@ -67,12 +77,17 @@ async def coalesce(
     last_sent = float("-inf")
     try:
         while True:
-            await inbox.wait()
-            if (hold := last_sent + window_s - loop.time()) > 0 and not inbox.ended:
-                await asyncio.sleep(hold)  # what arrives meanwhile joins this message
-            if batch := inbox.take():
-                yield merge(batch)
+            if not inbox.items and not inbox.ended:
+                await inbox.next_event()
+            now = loop.time()
+            # An arrival a little early for the window still closes it: waiting for the
+            # next one would hold this one for up to a whole step.
+            due = now >= last_sent + _EARLY * window_s or now >= inbox.oldest_at + window_s
+            if inbox.items and (due or inbox.ended):
+                yield merge(inbox.take())
                 last_sent = loop.time()
+            elif inbox.items:  # hold until the next arrival, or the oldest's window ends
+                await inbox.next_event(deadline=inbox.oldest_at + window_s)
             if inbox.ended and not inbox.items:
                 if inbox.error is not None:
                     raise inbox.error

@@ -79,3 +79,46 @@ def test_merge_joins_tool_call_arguments() -> None:
     merged = merge([first, second])
     (call,) = merged.choices[0].tool_calls
     assert (call.id, call.name, call.arguments) == ("call_1", "f", '{"a": 1}')
+
+
+async def _timed(
+    stream: AsyncIterator[pb.GenerateResponse],
+) -> list[tuple[float, pb.GenerateResponse]]:
+    loop = asyncio.get_running_loop()
+    return [(loop.time(), m) async for m in coalesce(stream, 0.010)]
+
+
+async def test_sends_ride_on_arrivals_so_the_newest_token_is_not_held() -> None:
+    """A steady 4 ms step with a 10 ms window: messages go out when a step arrives,
+    not on a timer out of phase with the steps."""
+    loop = asyncio.get_running_loop()
+    sent_at: dict[str, float] = {}
+
+    async def steps() -> AsyncIterator[pb.GenerateResponse]:
+        for i in range(40):
+            sent_at[f"t{i} "] = loop.time()
+            yield delta(f"t{i} ")
+            await asyncio.sleep(0.004)
+
+    out = await _timed(steps())
+    assert len(out) < 30  # merged
+    newest_held_ms = [
+        (at - sent_at[m.choices[0].text.split(" ")[-2] + " "]) * 1000 for at, m in out
+    ]
+    assert sorted(newest_held_ms)[len(newest_held_ms) // 2] < 1.0, newest_held_ms
+
+
+async def test_a_pause_does_not_hold_tokens_beyond_the_window() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def burst_then_pause() -> AsyncIterator[pb.GenerateResponse]:
+        yield delta("a")
+        yield delta("b")
+        await asyncio.sleep(0.2)
+        yield delta("c")
+
+    started = loop.time()
+    out = await _timed(burst_then_pause())
+    assert "".join(m.choices[0].text for _, m in out) == "abc"
+    b_sent = next(at for at, m in out if "b" in m.choices[0].text)
+    assert b_sent - started < 0.1  # sent when its window ran out, not with "c"
