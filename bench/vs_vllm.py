@@ -11,20 +11,14 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+
 from bench.common import CACHE_DIR, ROOT
 from services.common.processes import ManagedProcess, free_port, wait_until
 from services.engine.model_prep import DEFAULT_MODEL_ID
 from services.launcher import Stack, StackPlan, vllm_engine_args
 
 INPUT_LEN, OUTPUT_LEN = 128, 64
-METRICS = (
-    "output_throughput",
-    "request_throughput",
-    "p50_ttft_ms",
-    "p99_ttft_ms",
-    "p50_itl_ms",
-    "p99_itl_ms",
-)
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_USE_AOT_COMPILE": "0",
@@ -35,11 +29,17 @@ ENGINE_ENV = {
 
 
 def prompts_for(concurrency: int) -> int:
-    # p99 needs samples: at c=1 a request takes ~3 s here, so 32 is what time allows.
+    """Per target and concurrency, over its two halves. p99 needs samples: at c=1 a
+    request takes ~3 s here, so 32 is what time allows."""
     return max(32, 4 * concurrency)
 
 
-def _bench(base_url: str, model_dir: Path, concurrency: int, out: Path) -> dict:
+# Each concurrency runs vLLM, Tera, Tera, vLLM (a different seed per half), so a drift
+# of the shared machine during the pair weighs on both alike.
+ORDER = (("vllm", 0), ("tera", 0), ("tera", 1), ("vllm", 1))
+
+
+def _bench(base_url: str, model_dir: Path, concurrency: int, seed: int, out: Path) -> dict:
     name = out.name
     subprocess.run(
         [
@@ -66,11 +66,11 @@ def _bench(base_url: str, model_dir: Path, concurrency: int, out: Path) -> dict:
             str(OUTPUT_LEN),
             "--ignore-eos",
             "--num-prompts",
-            str(prompts_for(concurrency)),
+            str(prompts_for(concurrency) // 2),
             "--max-concurrency",
             str(concurrency),
             "--seed",
-            "0",
+            str(seed),
             "--num-warmups",
             "2",
             "--percentile-metrics",
@@ -79,6 +79,7 @@ def _bench(base_url: str, model_dir: Path, concurrency: int, out: Path) -> dict:
             "50,99",
             "--disable-tqdm",
             "--save-result",
+            "--save-detailed",
             "--result-dir",
             str(out.parent),
             "--result-filename",
@@ -157,9 +158,12 @@ def run(model_dir: Path, results: Path, concurrencies: tuple[int, ...]) -> list[
         try:
             targets = {"vllm": vllm_base, "tera": plan.base_url.removesuffix("/v1")}
             for c in concurrencies:
-                for name, base in targets.items():
-                    result = _bench(base, model_dir, c, results / f"{name}-c{c}.json")
-                    rows.append({"target": name, "concurrency": c, **_pick(result)})
+                halves: dict[str, list[dict]] = {"vllm": [], "tera": []}
+                for name, seed in ORDER:
+                    out = results / f"{name}-c{c}-seed{seed}.json"
+                    halves[name].append(_bench(targets[name], model_dir, c, seed, out))
+                for name in targets:
+                    rows.append({"target": name, "concurrency": c, **combine(halves[name])})
         finally:
             stack.stop()
     finally:
@@ -167,8 +171,23 @@ def run(model_dir: Path, results: Path, concurrencies: tuple[int, ...]) -> list[
     return rows + ratios(rows)
 
 
-def _pick(result: dict) -> dict:
-    return {m: result[m] for m in METRICS} | {"completed": result.get("completed")}
+def combine(halves: list[dict]) -> dict:
+    """One row from several `vllm bench serve` results, computed as vLLM computes it
+    (numpy percentiles, ms) over all their requests."""
+    ttfts = [t for h in halves for t, e in zip(h["ttfts"], h["errors"], strict=True) if not e]
+    itls = [i for h in halves for req in h["itls"] for i in req]
+    duration = sum(h["duration"] for h in halves)
+    completed = sum(h["completed"] for h in halves)
+    return {
+        "output_throughput": sum(h["total_output_tokens"] for h in halves) / duration,
+        "request_throughput": completed / duration,
+        "p50_ttft_ms": float(np.percentile(ttfts, 50)) * 1000,
+        "p99_ttft_ms": float(np.percentile(ttfts, 99)) * 1000,
+        "p50_itl_ms": float(np.percentile(itls, 50)) * 1000,
+        "p99_itl_ms": float(np.percentile(itls, 99)) * 1000,
+        "completed": completed,
+        "failed": sum(h["num_prompts"] - h["completed"] for h in halves),
+    }
 
 
 def ratios(rows: list[dict]) -> list[dict]:

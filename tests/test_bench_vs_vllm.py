@@ -1,0 +1,57 @@
+"""The vs-vLLM table pools both halves of a target's run, as vLLM computes its figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.vs_vllm import combine, ratios
+
+
+def _half(ttfts: list[float], itls: list[list[float]], duration: float, tokens: int) -> dict:
+    return {
+        "ttfts": ttfts,
+        "itls": itls,
+        "errors": [""] * len(ttfts),
+        "duration": duration,
+        "completed": len(ttfts),
+        "num_prompts": len(ttfts),
+        "total_output_tokens": tokens,
+    }
+
+
+def test_combine_pools_requests_and_time() -> None:
+    row = combine(
+        [
+            _half([0.1, 0.3], [[0.01, 0.01], [0.02]], duration=2.0, tokens=40),
+            _half([0.2, 0.4], [[0.03], [0.04]], duration=3.0, tokens=60),
+        ]
+    )
+    assert row["output_throughput"] == pytest.approx(100 / 5)
+    assert row["request_throughput"] == pytest.approx(4 / 5)
+    assert row["p50_ttft_ms"] == pytest.approx(250)
+    assert row["p99_ttft_ms"] == pytest.approx(397, abs=1)
+    assert row["p50_itl_ms"] == pytest.approx(20)
+    assert row["completed"] == 4 and row["failed"] == 0
+
+
+def test_failed_requests_do_not_count_towards_latency() -> None:
+    half = _half([0.1, 0.0], [[0.01], []], duration=1.0, tokens=10)
+    half["errors"] = ["", "connection reset"]
+    half["completed"] = 1
+    row = combine([half])
+    assert row["p99_ttft_ms"] == pytest.approx(100)
+    assert row["failed"] == 1
+
+
+def test_ratios_are_tera_over_vllm_and_latency_deltas() -> None:
+    base = {"p50_ttft_ms": 10.0, "p99_ttft_ms": 20.0, "p50_itl_ms": 5.0, "p99_itl_ms": 9.0}
+    rows = [
+        {"target": "vllm", "concurrency": 1, "output_throughput": 100.0,
+         "request_throughput": 2.0, **base},
+        {"target": "tera", "concurrency": 1, "output_throughput": 103.0,
+         "request_throughput": 2.06, **base, "p99_ttft_ms": 22.0},
+    ]  # fmt: skip
+    (ratio,) = ratios(rows)
+    assert ratio["output_throughput"] == pytest.approx(1.03)
+    assert ratio["p99_ttft_ms"] == pytest.approx(2.0)
+    assert ratio["p50_ttft_ms"] == 0
