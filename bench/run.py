@@ -38,7 +38,8 @@ def main() -> None:
         report["vs_vllm"] = rows
         md += [
             "## Tera vs vLLM's own server (vllm bench serve, openai-chat, random "
-            f"{vs_vllm.INPUT_LEN} in / {vs_vllm.OUTPUT_LEN} out, seed 0, streaming)\n",
+            f"{vs_vllm.INPUT_LEN} in / {vs_vllm.OUTPUT_LEN} out, streaming; per concurrency "
+            "vLLM, Tera, Tera, vLLM with seeds 0, 0, 1, 1, each target's halves pooled)\n",
             "Ratio rows: throughput as Tera/vLLM, latencies as Tera minus vLLM (ms).\n",
             table(
                 rows,

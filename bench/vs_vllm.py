@@ -30,8 +30,10 @@ ENGINE_ENV = {
 
 def prompts_for(concurrency: int) -> int:
     """Per target and concurrency, over its two halves. p99 needs samples: at c=1 a
-    request takes ~3 s here, so 32 is what time allows."""
-    return max(32, 4 * concurrency)
+    request takes ~3 s here, so 32 is what time allows. At high concurrency each half
+    runs 4 waves of requests: with 1 or 2, the TTFT median falls between the first wave
+    (no queue) and the next (a whole wave's queue) and swings by a second."""
+    return max(32, 8 * concurrency)
 
 
 # Each concurrency runs vLLM, Tera, Tera, vLLM (a different seed per half), so a drift
