@@ -28,6 +28,14 @@ _FORMATS = {
 }
 
 
+def _mono_frame(samples: np.ndarray, rate: int) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(
+        samples.astype(np.float32).reshape(1, -1), format="flt", layout="mono"
+    )
+    frame.sample_rate = rate
+    return frame
+
+
 # atempo accepts 0.5..100 per instance; slower speeds chain several.
 _ATEMPO_MIN = 0.5
 
@@ -68,10 +76,7 @@ class TimeStretch:
     def process(self, samples: np.ndarray) -> np.ndarray:
         if self._graph is None:
             return samples
-        frame = av.AudioFrame.from_ndarray(
-            samples.astype(np.float32).reshape(1, -1), format="flt", layout="mono"
-        )
-        frame.sample_rate = self._rate
+        frame = _mono_frame(samples, self._rate)
         frame.time_base = Fraction(1, self._rate)
         frame.pts = self._pts
         self._pts += len(samples)
@@ -128,10 +133,7 @@ class AudioEncoder:
         )
 
     def encode(self, samples: np.ndarray) -> bytes:
-        frame = av.AudioFrame.from_ndarray(
-            samples.astype(np.float32).reshape(1, -1), format="flt", layout="mono"
-        )
-        frame.sample_rate = self._input_rate
+        frame = _mono_frame(samples, self._input_rate)
         self._write(self._resampler.resample(frame))
         return self._sink.drain()
 

@@ -1,9 +1,9 @@
 """Token coalescing: merge deltas that arrive faster than a small window.
 
 The first message goes out at once. A delta that arrives less than a window after the
-last send is held; the held deltas go out together with the first delta that arrives a
-full window after that send, or when the oldest of them has waited a whole window
-(the stream slowed down or paused). A fast stream thus costs one message (and one SSE
+last send is held; the held deltas go out together with the first delta that arrives at
+least 3/4 of a window after that send, or when the oldest of them has waited a whole
+window (the stream slowed down or paused). A fast stream thus costs one message (and one SSE
 chunk at the edge) per window instead of one per token, and a slow stream, whose tokens
 are further apart than the window, is never delayed.
 
@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
+# Share of the window after which an arrival may close it (see `coalesce`).
 _EARLY = 0.75
 
 
