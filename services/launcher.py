@@ -18,7 +18,12 @@ from types import FrameType
 
 from services.catalog import CatalogError, ModelEntry, load_catalog
 from services.common.processes import ManagedProcess, wait_until
-from services.common.readiness import grpc_serving, http_healthy, router_lists_models
+from services.common.readiness import (
+    grpc_serving,
+    http_healthy,
+    router_has_replicas,
+    router_lists_models,
+)
 from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prepare_default_model
 
 SPEECH_MODEL_ID = "rhasspy/piper-en_US-joe-medium"
@@ -145,6 +150,10 @@ class Stack:
                 (
                     lambda: router_lists_models(router, plan.model_ids),
                     f"the router to serve {', '.join(plan.model_ids)}",
+                ),
+                (
+                    lambda: router_has_replicas(router, len(addresses)),
+                    f"the router to have all {len(addresses)} replicas in rotation",
                 ),
                 (lambda: http_healthy(plan.base_url), f"the edge at {plan.base_url}"),
             ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,18 +34,30 @@ def edge_lists_models(base_url: str, models: list[str], api_key: str | None = No
     return set(models) <= listed
 
 
-def router_lists_models(address: str, models: list[str], timeout_s: float = 2.0) -> bool:
+def _ask_router(address: str, method: str, timeout_s: float) -> Any | None:
+    """One unary call on the router's Engine service; None if it does not answer."""
     from services.proto_gen.tera.v1 import engine_pb2 as pb
     from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 
+    requests = {"ListModels": pb.ListModelsRequest, "GetLoad": pb.GetLoadRequest}
     with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.EngineStub(channel)
         try:
-            listed = pb_grpc.EngineStub(channel).ListModels(
-                pb.ListModelsRequest(), timeout=timeout_s
-            )
+            return getattr(stub, method)(requests[method](), timeout=timeout_s)
         except grpc.RpcError:
-            return False
-    return set(models) <= {m.id for m in listed.models}
+            return None
+
+
+def router_lists_models(address: str, models: list[str], timeout_s: float = 2.0) -> bool:
+    listed = _ask_router(address, "ListModels", timeout_s)
+    return listed is not None and set(models) <= {m.id for m in listed.models}
+
+
+def router_has_replicas(address: str, replicas: int, timeout_s: float = 2.0) -> bool:
+    """The router has this many replicas in rotation (its own health view, which can
+    lag behind the engines' own readiness)."""
+    load = _ask_router(address, "GetLoad", timeout_s)
+    return load is not None and load.serving_replicas >= replicas
 
 
 def http_healthy(base_url: str) -> bool:

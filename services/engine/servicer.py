@@ -63,6 +63,7 @@ class EngineServicer(pb_grpc.EngineServicer):
             kv_cache_usage=load.kv_cache_usage,
             max_in_flight=self._admission.max_in_flight,
             total_requests=self._admission.admitted_total,
+            serving_replicas=1,
         )
 
     async def _admitted(self, start: Callable[[], AsyncIterator[Any]]) -> AsyncIterator[Any]:

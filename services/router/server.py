@@ -56,6 +56,7 @@ def build_handler(pool: ReplicaPool, relay: Relay) -> grpc.GenericRpcHandler:
             running=sum(r.reported.running for r in replicas),
             waiting=sum(r.reported.waiting for r in replicas),
             max_in_flight=sum(r.reported.max_in_flight for r in replicas),
+            serving_replicas=len(replicas),
         )
 
     handlers = {m: _relayed(relay, m) for m in STREAMING_METHODS}

@@ -20,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.processes import ManagedProcess, free_port
+from services.common.readiness import router_has_replicas
 from tests.conftest import SCRIPTED_MODEL, RunningStack
 from tests.faults.gateway import gateway, stand_in
 from tests.faults.load import run_load, stream_once
@@ -94,6 +95,9 @@ async def test_1_replica_killed_before_first_tokens(fleet: StackFactory) -> None
         "silently_truncated": 0,
     }
     assert _router_metric(stack, "tera_router_retries_total") >= 1
+    router = f"{stack.stack.plan.host}:{stack.stack.plan.router_port}"
+    assert not router_has_replicas(router, 2)  # the dead replica is out of rotation
+    assert router_has_replicas(router, 1)
 
 
 async def test_2_replica_killed_mid_stream(fleet: StackFactory) -> None:

@@ -387,17 +387,19 @@ class GetLoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("in_flight", "running", "waiting", "kv_cache_usage", "max_in_flight", "total_requests")
+    __slots__ = ("in_flight", "running", "waiting", "kv_cache_usage", "max_in_flight", "total_requests", "serving_replicas")
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     in_flight: int
     running: int
     waiting: int
     kv_cache_usage: float
     max_in_flight: int
     total_requests: int
-    def __init__(self, in_flight: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_in_flight: _Optional[int] = ..., total_requests: _Optional[int] = ...) -> None: ...
+    serving_replicas: int
+    def __init__(self, in_flight: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_in_flight: _Optional[int] = ..., total_requests: _Optional[int] = ..., serving_replicas: _Optional[int] = ...) -> None: ...
