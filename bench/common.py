@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from services.common.processes import free_port
-from services.launcher import Stack, StackPlan
+from services.launcher import Stack, StackPlan, scripted_engine_args
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = ROOT / ".cache"
@@ -30,15 +29,7 @@ def stand_in_stack(
         edge_port=free_port(),
         router_port=free_port(),
         engine_ports=[free_port()],
-        engine_args=[
-            "--backend",
-            "scripted",
-            "--model-id",
-            STAND_IN_MODEL,
-            "--scripted",
-            json.dumps(behaviour),
-            *engine_args,
-        ],
+        engine_args=[*scripted_engine_args(STAND_IN_MODEL, **behaviour), *engine_args],
         model_ids=[STAND_IN_MODEL],
         env=env or {},
         log_dir=results,

@@ -11,7 +11,7 @@ import httpx
 
 from bench.common import percentile
 from services.common.processes import free_port
-from services.launcher import SPEECH_MODEL_ID, Stack, StackPlan
+from services.launcher import SPEECH_MODEL_ID, Stack, StackPlan, speech_engine_args
 
 TEXT = (
     "Tera turns text into speech one sentence at a time. The first sentence plays while "
@@ -30,7 +30,7 @@ def run(results: Path, requests: int = 5) -> dict:
         edge_port=free_port(),
         router_port=free_port(),
         engine_ports=[free_port()],
-        engine_args=["--backend", "piper", "--model-id", SPEECH_MODEL_ID],
+        engine_args=speech_engine_args(),
         model_ids=[SPEECH_MODEL_ID],
         log_dir=results,
     )

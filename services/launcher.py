@@ -45,6 +45,16 @@ def vllm_engine_args(
     ]  # fmt: skip
 
 
+def speech_engine_args(model_id: str = SPEECH_MODEL_ID) -> list[str]:
+    """Arguments of a Piper speech engine process."""
+    return ["--backend", "piper", "--model-id", model_id]
+
+
+def scripted_engine_args(model_id: str, **behaviour: object) -> list[str]:
+    """Arguments of a stand-in engine process (see ScriptedOptions for the behaviour)."""
+    return ["--backend", "scripted", "--model-id", model_id, "--scripted", json.dumps(behaviour)]
+
+
 @dataclass
 class StackPlan:
     """What to run where. Tests build plans with free ports and scripted engines."""
@@ -233,7 +243,7 @@ def plan_from_catalog(args: argparse.Namespace) -> StackPlan:
 
 def _engine_args(model: ModelEntry, base: Path, cache_dir: Path) -> list[str]:
     if model.kind == "speech":
-        return ["--backend", "piper", "--model-id", model.id]
+        return speech_engine_args(model.id)
     weights = (
         model.weights
         if model.weights is None or model.weights.is_absolute()
@@ -268,7 +278,7 @@ def _add_speech_engine(plan: StackPlan, port: int) -> None:
     """One more engine, hosting Piper, behind the same router."""
     plan.per_engine_args += [[]] * (len(plan.engine_ports) - len(plan.per_engine_args))
     plan.engine_ports.append(port)
-    plan.per_engine_args.append(["--backend", "piper", "--model-id", SPEECH_MODEL_ID])
+    plan.per_engine_args.append(speech_engine_args())
     plan.model_ids.append(SPEECH_MODEL_ID)
 
 

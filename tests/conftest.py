@@ -17,7 +17,7 @@ import pytest
 
 from services.common.processes import free_port
 from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prepare_default_model
-from services.launcher import Stack, StackPlan, vllm_engine_args
+from services.launcher import Stack, StackPlan, scripted_engine_args, vllm_engine_args
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 
@@ -81,14 +81,7 @@ def vllm_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def scripted_args(**behaviour: object) -> list[str]:
-    return [
-        "--backend",
-        "scripted",
-        "--model-id",
-        SCRIPTED_MODEL,
-        "--scripted",
-        json.dumps(behaviour),
-    ]
+    return scripted_engine_args(SCRIPTED_MODEL, **behaviour)
 
 
 @pytest.fixture

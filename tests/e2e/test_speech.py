@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from services.common.processes import free_port
-from services.launcher import SPEECH_MODEL_ID, Stack, StackPlan
+from services.launcher import SPEECH_MODEL_ID, Stack, StackPlan, speech_engine_args
 from tests.conftest import RunningStack
 
 SENTENCE = "Hello there. This is a test of the speech endpoint."
@@ -31,7 +31,7 @@ def speech_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSt
         edge_port=free_port(),
         router_port=free_port(),
         engine_ports=[free_port()],
-        engine_args=["--backend", "piper", "--model-id", SPEECH_MODEL_ID],
+        engine_args=speech_engine_args(),
         model_ids=[SPEECH_MODEL_ID],
         log_dir=tmp_path_factory.mktemp("speech"),
     )

@@ -4,12 +4,12 @@ engines on chosen addresses, and a router + edge in front of whatever they are g
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 from services.common.processes import ManagedProcess, free_port, wait_until
 from services.common.readiness import edge_lists_models, http_healthy
+from services.launcher import scripted_engine_args
 from tests.conftest import SCRIPTED_MODEL
 
 
@@ -23,12 +23,7 @@ def stand_in(logs: Path, port: int, host: str = "127.0.0.1", **behaviour: object
             host,
             "--port",
             str(port),
-            "--backend",
-            "scripted",
-            "--model-id",
-            SCRIPTED_MODEL,
-            "--scripted",
-            json.dumps(behaviour),
+            *scripted_engine_args(SCRIPTED_MODEL, **behaviour),
         ],
         log_path=logs / f"engine-{host}-{port}.log",
     ).start()
