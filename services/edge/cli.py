@@ -8,10 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from services.common.aio import run
+from services.common.config_merge import merge_config
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
 from services.edge.app import serve
@@ -31,12 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> EdgeConfig:
-    data: dict = yaml.safe_load(args.config.read_text()) if args.config else {}
-    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    config = merge_config(args)
     env_keys = [k.strip() for k in os.environ.get("TERA_API_KEYS", "").split(",") if k.strip()]
     if env_keys:
-        overrides["api_keys"] = env_keys
-    return EdgeConfig.model_validate({**data, **overrides})
+        config["api_keys"] = env_keys
+    return EdgeConfig.model_validate(config)
 
 
 def main(argv: list[str] | None = None) -> None:

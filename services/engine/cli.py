@@ -7,9 +7,8 @@ import json
 import os
 from pathlib import Path
 
-import yaml
-
 from services.common.aio import run
+from services.common.config_merge import merge_config
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
 from services.engine.config import EngineConfig
@@ -63,13 +62,8 @@ def _vllm_env_defaults(cache_dir: Path) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
-    data: dict = yaml.safe_load(args.config.read_text()) if args.config else {}
-    skip = {"config", "cache_dir"}
-    overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
-    for section in ("vllm", "scripted"):
-        if section in overrides:
-            data[section] = {**data.get(section, {}), **overrides.pop(section)}
-    return EngineConfig.model_validate({**data, **overrides})
+    merged = merge_config(args, skip={"cache_dir"}, sections=("vllm", "scripted"))
+    return EngineConfig.model_validate(merged)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from services.catalog import CatalogError, load_catalog
 from services.common.aio import run
+from services.common.config_merge import merge_config
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
 from services.router.config import RouterConfig
@@ -38,10 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> RouterConfig:
     """Re-read on SIGHUP too: edits to the config or the catalog apply without restart."""
-    data: dict = yaml.safe_load(args.config.read_text()) if args.config else {}
-    skip = {"config", "catalog"}
-    overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
-    config = {**data, **overrides}
+    config = merge_config(args, skip={"catalog"})
     if args.catalog is not None:
         catalog = load_catalog(args.catalog, check_weights=False)
         for model in catalog.models:
