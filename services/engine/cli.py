@@ -11,6 +11,7 @@ from services.common.aio import run
 from services.common.config_merge import merge_config
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
+from services.engine.backends import BACKENDS
 from services.engine.config import EngineConfig
 
 
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML file with EngineConfig fields")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--backend", choices=["vllm", "scripted", "piper"])
+    p.add_argument("--backend", choices=list(BACKENDS))
     p.add_argument("--model-id")
     p.add_argument("--model-dir", type=Path)
     p.add_argument("--max-context-length", type=int)

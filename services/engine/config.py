@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-BackendName = Literal["vllm", "scripted", "piper"]
+from services.engine.backends import BACKENDS
 
 
 class VllmOptions(BaseModel):
@@ -67,7 +66,7 @@ class ModelVariant(BaseModel):
 class EngineConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 50061
-    backend: BackendName = "vllm"
+    backend: str = "vllm"  # a name in services.engine.backends.BACKENDS
     model_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     model_dir: Path | None = None
     max_context_length: int = 2048
@@ -85,6 +84,13 @@ class EngineConfig(BaseModel):
     vllm: VllmOptions = Field(default_factory=VllmOptions)
     scripted: ScriptedOptions = Field(default_factory=ScriptedOptions)
     speech: SpeechOptions = Field(default_factory=SpeechOptions)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        return name
 
     @model_validator(mode="after")
     def _model_dir_for_vllm(self) -> EngineConfig:

@@ -1,17 +1,21 @@
 """Backends host a model; the servicer wraps one behind the tera.v1.Engine service.
 
-A registry maps a backend name to a factory so the server never branches on names, and
-heavy imports (vllm, piper) happen only when that backend is chosen.
+BACKENDS is the one list of backend names: config validation and the CLI's choices read
+it, and the server builds through it, so nothing branches on names. Each entry names
+its class as "module:Class", imported only when chosen (vllm and piper are heavy).
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from services.engine.backends.base import Backend
-from services.engine.config import EngineConfig
+# Types only: config imports this module to check names, and must stay light.
+if TYPE_CHECKING:
+    from services.engine.backends.base import Backend
+    from services.engine.config import EngineConfig
 
-_FACTORIES = {
+BACKENDS: dict[str, str] = {
     "vllm": "services.engine.backends.vllm_backend:VllmBackend",
     "scripted": "services.engine.backends.scripted:ScriptedBackend",
     "piper": "services.engine.backends.piper_backend:PiperBackend",
@@ -19,6 +23,6 @@ _FACTORIES = {
 
 
 def create_backend(config: EngineConfig) -> Backend:
-    module_name, _, cls_name = _FACTORIES[config.backend].partition(":")
+    module_name, _, cls_name = BACKENDS[config.backend].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls(config)
