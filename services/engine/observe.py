@@ -9,9 +9,8 @@ from collections.abc import AsyncIterator
 from opentelemetry import trace
 
 from services.common import telemetry as t
+from services.common.wire import FINISH_REASON_NAMES
 from services.proto_gen.tera.v1 import engine_pb2 as pb
-
-_FINISH = {v: k.removeprefix("FINISH_REASON_").lower() for k, v in pb.FinishReason.items() if v}
 
 
 async def observe_generation(
@@ -43,7 +42,11 @@ async def observe_generation(
             span.add_event("first_token")
             span.set_attribute(t.TTFT, time.monotonic() - started)
             first = False
-        finish += [_FINISH.get(c.finish_reason, "") for c in message.choices if c.finish_reason]
+        finish += [
+            FINISH_REASON_NAMES.get(c.finish_reason) or ""
+            for c in message.choices
+            if c.finish_reason
+        ]
         if message.HasField("usage"):
             span.set_attributes(
                 {
