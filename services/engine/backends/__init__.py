@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from services.engine.config import EngineConfig
 
 BACKENDS: dict[str, str] = {
-    "vllm": "services.engine.backends.vllm_backend:VllmBackend",
+    "vllm": "services.engine.backends.vllm.backend:VllmBackend",
     "scripted": "services.engine.backends.scripted:ScriptedBackend",
     "piper": "services.engine.backends.piper_backend:PiperBackend",
 }

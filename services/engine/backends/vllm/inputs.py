@@ -15,20 +15,10 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.exceptions import VLLMClientError
 
-from services.engine.errors import EngineError, invalid_argument
+from services.common.wire import OPTIONAL_SAMPLING_FIELDS
+from services.engine.errors import invalid_argument
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
-_OPTIONAL_SAMPLING = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "frequency_penalty",
-    "presence_penalty",
-    "repetition_penalty",
-    "seed",
-    "min_tokens",
-)
 _TOOL_MODES = {
     pb.ToolChoice.MODE_AUTO: "auto",
     pb.ToolChoice.MODE_NONE: "none",
@@ -84,7 +74,7 @@ def _sampling_fields(request: pb.GenerateRequest) -> dict[str, Any]:
         "n": s.n or 1,
         "ignore_eos": s.ignore_eos,
     }
-    body.update({f: getattr(s, f) for f in _OPTIONAL_SAMPLING if s.HasField(f)})
+    body.update({f: getattr(s, f) for f in OPTIONAL_SAMPLING_FIELDS if s.HasField(f)})
     if s.stop:
         body["stop"] = list(s.stop)
     if s.logit_bias:
@@ -198,6 +188,3 @@ def check_context(
             param="max_tokens",
         )
     return max_tokens
-
-
-__all__ = ["EngineError", "chat_request", "check_context", "completion_request"]

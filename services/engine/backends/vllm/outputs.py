@@ -8,15 +8,9 @@ from dataclasses import dataclass, field
 from vllm.logprobs import Logprob
 from vllm.outputs import CompletionOutput, RequestOutput
 
-from services.engine.backends.vllm_parsing import ChoiceParser, tool_call_deltas
+from services.common.wire import FINISH_REASON_BY_NAME
+from services.engine.backends.vllm.parsing import ChoiceParser, tool_call_deltas
 from services.proto_gen.tera.v1 import engine_pb2 as pb
-
-_FINISH = {
-    "stop": pb.FINISH_REASON_STOP,
-    "length": pb.FINISH_REASON_LENGTH,
-    "abort": pb.FINISH_REASON_ABORT,
-    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
-}
 
 
 @dataclass
@@ -84,7 +78,7 @@ class OutputTranslator:
                 delta.text = parsed.content or ""
                 delta.reasoning_text = parsed.reasoning or ""
                 delta.tool_calls.extend(tool_call_deltas(parsed))
-        delta.finish_reason = _FINISH.get(finish or "", 0)
+        delta.finish_reason = FINISH_REASON_BY_NAME.get(finish or "", 0)
         if self.top_logprobs is not None and completion.logprobs:
             offset = state.text_offset + len(delta.text) - len(completion.text)
             delta.logprobs.extend(

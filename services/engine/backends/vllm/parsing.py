@@ -1,8 +1,7 @@
-"""Tool-call and reasoning parsing with vLLM's own parser registry, per model profile.
+"""Tool-call and reasoning parsing of a choice's stream, with vLLM's own parsers.
 
-A profile names a model's parsers and chat-template override. Parsers are resolved at
-startup (an unknown name stops the engine with a clear error) and instantiated per
-choice, since they keep streaming state.
+A profile (profiles.py) picks the Parser class; one instance per choice, since parsers
+keep streaming state.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionNamedToolChoiceParam,
     ChatCompletionRequest,
 )
-from vllm.parser import Parser, ParserManager
+from vllm.parser import Parser
 from vllm.tool_parsers import ToolParser, ToolParserManager
 
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -40,45 +39,6 @@ class ConstrainedOnlyToolParser(ToolParser):
         self, previous_text: str, current_text: str, delta_text: str, *args: Any, **kwargs: Any
     ) -> DeltaMessage:
         return DeltaMessage(content=delta_text) if delta_text else None  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class ChatProfile:
-    model_id: str
-    parser_cls: type[Parser]
-    has_reasoning_parser: bool
-    chat_template: str | None = None
-
-
-def build_profile(
-    model_id: str,
-    *,
-    tokenizer: Any,
-    model_config: Any,
-    tool_call_parser: str | None,
-    reasoning_parser: str | None,
-    chat_template: str | None,
-) -> ChatProfile:
-    try:
-        parser_cls = ParserManager.get_parser(
-            tool_parser_name=tool_call_parser or CONSTRAINED_ONLY,
-            reasoning_parser_name=reasoning_parser,
-            enable_auto_tools=True,
-            model_name=model_id,
-            is_harmony=model_config.hf_config.model_type == "gpt_oss",
-            tokenizer=tokenizer,
-        )
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ValueError(
-            f"model {model_id}: cannot use tool_call_parser={tool_call_parser!r} / "
-            f"reasoning_parser={reasoning_parser!r}: {exc}"
-        ) from exc
-    assert parser_cls is not None
-    return ChatProfile(model_id, parser_cls, reasoning_parser is not None, chat_template)
-
-
-def needs_parsing(profile: ChatProfile, req: ChatCompletionRequest) -> bool:
-    return profile.has_reasoning_parser or bool(req.tools and req.tool_choice != "none")
 
 
 @dataclass
