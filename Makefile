@@ -12,7 +12,7 @@ model: setup
 	@$(PY) -m services.engine.model_prep --cache-dir $(CACHE)
 
 run: model
-	@$(PY) -m services.launcher --cache-dir $(CACHE) $(ARGS)
+	@$(PY) -m devstack.run --cache-dir $(CACHE) $(ARGS)
 
 test: model
 	@bash scripts/test_services.sh
@@ -26,10 +26,10 @@ proto: setup
 	@$(PY) scripts/gen_proto.py
 
 lint: setup
-	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check services scripts tests
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check services scripts tests bench devstack
 
 format: setup
-	@$(VENV)/bin/ruff format services scripts tests && $(VENV)/bin/ruff check --fix .
+	@$(VENV)/bin/ruff format services scripts tests bench devstack && $(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) $(CACHE)

@@ -6,8 +6,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.common.processes import free_port
-from services.launcher import Stack, StackPlan, scripted_engine_args
+from devstack.engine_args import scripted_engine_args
+from devstack.processes import free_port
+from devstack.stack import Stack, StackPlan
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = ROOT / ".cache"

@@ -27,7 +27,7 @@ import aiohttp
 import uvloop
 
 from bench.common import STAND_IN_MODEL, cpu_seconds, percentile, stand_in_stack
-from services.launcher import Stack
+from devstack.stack import Stack
 
 MODEL = STAND_IN_MODEL
 ADDED_ITL_LIMIT_MS = 5.0

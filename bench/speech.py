@@ -10,8 +10,9 @@ import av
 import httpx
 
 from bench.common import percentile
-from services.common.processes import free_port
-from services.launcher import SPEECH_MODEL_ID, Stack, StackPlan, speech_engine_args
+from devstack.engine_args import SPEECH_MODEL_ID, speech_engine_args
+from devstack.processes import free_port
+from devstack.stack import Stack, StackPlan
 
 TEXT = (
     "Tera turns text into speech one sentence at a time. The first sentence plays while "

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import CACHE_DIR, ROOT
-from services.common.processes import ManagedProcess, free_port, wait_until
+from devstack.engine_args import vllm_engine_args
+from devstack.processes import ManagedProcess, free_port, wait_until
+from devstack.stack import Stack, StackPlan
 from services.engine.model_prep import DEFAULT_MODEL_ID
-from services.launcher import Stack, StackPlan, vllm_engine_args
 
 INPUT_LEN, OUTPUT_LEN = 128, 64
 ENGINE_ENV = {

@@ -1,4 +1,9 @@
-"""The `tera` command: one entry point per service, plus `run` for the whole stack."""
+"""The `tera` command: one entry point per service, plus `run` for the whole stack.
+
+Images run `tera engine` and `tera prepare-model`, so the command lives with the services.
+`run` is the local-stack harness (devstack/), named here only as a module to load on
+demand: no service module imports devstack.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "run": ("services.launcher", "start engine(s), router and edge on this machine"),
+    "run": ("devstack.run", "start engine(s), router and edge on this machine"),
     "engine": ("services.engine.cli", "run one engine process"),
     "router": ("services.router.cli", "run the router"),
     "edge": ("services.edge.cli", "run the OpenAI-compatible HTTP edge"),

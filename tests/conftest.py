@@ -15,9 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.common.processes import free_port
+from devstack.engine_args import scripted_engine_args, vllm_engine_args
+from devstack.processes import free_port
+from devstack.stack import Stack, StackPlan
 from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prepare_default_model
-from services.launcher import Stack, StackPlan, scripted_engine_args, vllm_engine_args
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 

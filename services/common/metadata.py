@@ -4,5 +4,3 @@ MODEL = "tera-model"
 ROUTING_KEY = "tera-routing-key"
 # Trailing metadata on INVALID_ARGUMENT: the request field at fault.
 ERROR_PARAM = "tera-error-param"
-# Trailing metadata set by the router: the replica that served the call.
-REPLICA = "tera-replica"

@@ -11,7 +11,9 @@ import grpc
 from services.engine.errors import EngineError
 
 
-class Admission:
+class InFlightLimit:
+    """At most max_in_flight calls at once, none while draining; drain() waits for idle."""
+
     def __init__(self, max_in_flight: int) -> None:
         self.max_in_flight = max_in_flight
         self.in_flight = 0

@@ -9,12 +9,12 @@ from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from services.engine.admission import Admission
+from services.engine.admission import InFlightLimit
 from services.engine.backends.base import Backend
 
 
 class _EngineCollector(Collector):
-    def __init__(self, admission: Admission, backend: Backend) -> None:
+    def __init__(self, admission: InFlightLimit, backend: Backend) -> None:
         self._admission = admission
         self._backend = backend
 
@@ -40,6 +40,6 @@ class _EngineCollector(Collector):
         )
 
 
-def serve_metrics(port: int, host: str, admission: Admission, backend: Backend) -> None:
+def serve_metrics(port: int, host: str, admission: InFlightLimit, backend: Backend) -> None:
     REGISTRY.register(_EngineCollector(admission, backend))
     start_http_server(port, addr=host, registry=REGISTRY)

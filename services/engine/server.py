@@ -10,13 +10,11 @@ import asyncio
 import logging
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from services.common.grpc_options import SERVER_OPTIONS
+from services.common.health import NOT_SERVING, SERVING, add_health_and_reflection, set_status
 from services.common.telemetry import grpc_server_interceptors
-from services.engine.admission import Admission
+from services.engine.admission import InFlightLimit
 from services.engine.backends import create_backend
 from services.engine.config import EngineConfig
 from services.engine.metrics import serve_metrics
@@ -30,19 +28,11 @@ ENGINE_SERVICE = pb.DESCRIPTOR.services_by_name["Engine"].full_name
 # Liveness is separate from readiness: a draining engine is NOT_SERVING (take no new
 # work) yet alive (do not kill it), so Kubernetes probes liveness on this name.
 LIVENESS_SERVICE = "liveness"
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-async def _set_health(health: HealthServicer, status: int) -> None:
-    for service in ("", ENGINE_SERVICE):
-        await health.set(service, status)
 
 
 async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
     backend = create_backend(config)
-    admission = Admission(config.max_in_flight)
-    health = HealthServicer()
+    admission = InFlightLimit(config.max_in_flight)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=grpc_server_interceptors())
     pb_grpc.add_EngineServicer_to_server(
         EngineServicer(
@@ -53,21 +43,13 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
         ),
         server,
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [
-            ENGINE_SERVICE,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    health = add_health_and_reflection(server, ENGINE_SERVICE)
     server.add_insecure_port(config.address)
     await server.start()
     await health.set(LIVENESS_SERVICE, SERVING)
     if config.metrics_port is not None:
         serve_metrics(config.metrics_port, config.host, admission, backend)
-    await _set_health(health, NOT_SERVING)
+    await set_status(health, ENGINE_SERVICE, NOT_SERVING)
     log.info(
         "engine listening on %s; loading %s (%s backend)",
         config.address,
@@ -76,10 +58,10 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
     )
     try:
         if await _start_backend(backend, stop):
-            await _set_health(health, SERVING)
+            await set_status(health, ENGINE_SERVICE, SERVING)
             log.info("engine SERVING %s on %s", config.model_id, config.address)
             await stop.wait()
-        await _set_health(health, NOT_SERVING)
+        await set_status(health, ENGINE_SERVICE, NOT_SERVING)
         log.info("draining: %d in flight, grace %.0f s", admission.in_flight, config.drain_grace_s)
         if not await admission.drain(config.drain_grace_s):
             log.warning("grace period over with %d streams still running", admission.in_flight)

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from services.common import metadata
-from services.engine.admission import Admission
+from services.engine.admission import InFlightLimit
 from services.engine.backends.base import Backend
 from services.engine.coalesce import coalesce
 from services.engine.errors import EngineError
@@ -22,7 +22,7 @@ log = logging.getLogger("tera.engine")
 
 class EngineServicer(pb_grpc.EngineServicer):
     def __init__(
-        self, backend: Backend, admission: Admission, *, coalesce_ms: int, system: str
+        self, backend: Backend, admission: InFlightLimit, *, coalesce_ms: int, system: str
     ) -> None:
         self._backend = backend
         self._system = system

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, model_validator
 
+from services.router.policies import check_policy_name
+
 
 class RetryConfig(BaseModel):
     max_attempts: int = Field(3, ge=1)
@@ -57,11 +59,8 @@ class RouterConfig(BaseModel):
 
     @model_validator(mode="after")
     def _policies_exist(self) -> RouterConfig:
-        from services.router.policies import POLICIES
-
         for name in [self.policy, *self.model_policies.values()]:
-            if name not in POLICIES:
-                raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
+            check_policy_name(name)
         return self
 
     @property

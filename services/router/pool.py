@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.config import RouterConfig
+from services.router.probes import ReplicaProbes
 from services.router.replica import Replica
 
 log = logging.getLogger("tera.router.pool")
+
+# The longest a removed replica may finish its in-flight calls before its channel closes.
+RETIRE_WAIT_S = 60.0
 
 
 class ReplicaPool:
     def __init__(self, config: RouterConfig) -> None:
         self._config = config
         self.replicas: dict[str, Replica] = {}
+        self._probes: dict[str, ReplicaProbes] = {}
         # Addresses per discovery source; a replica lives while any source names it.
         self._sources: dict[str, set[str]] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -31,20 +37,19 @@ class ReplicaPool:
             log.info("adding replica %s (from %s)", address, source)
             replica = Replica(address, health=self._config.health, breaker=self._config.breaker)
             self.replicas[address] = replica
-            replica.start()
+            self._probes[address] = ReplicaProbes(replica, self._config.health)
         for address in sorted(self.replicas.keys() - wanted):
             log.info("removing replica %s", address)
-            self._retire(self.replicas.pop(address))
+            self._retire(self.replicas.pop(address), self._probes.pop(address))
 
-    def _retire(self, replica: Replica) -> None:
-        """Stops routing to it at once; closes it once its in-flight calls are done."""
+    def _retire(self, replica: Replica, probes: ReplicaProbes) -> None:
+        """Stops routing to it at once; closes it once its in-flight calls are done
+        (or after a minute, whichever comes first)."""
 
         async def close_when_idle() -> None:
-            for _ in range(600):
-                if replica.in_flight == 0:
-                    break
-                await asyncio.sleep(0.1)
-            await replica.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(replica.idle.wait(), RETIRE_WAIT_S)
+            await _close(replica, probes)
 
         task = asyncio.create_task(close_when_idle())
         self._closing.add(task)
@@ -67,6 +72,14 @@ class ReplicaPool:
 
     async def close(self) -> None:
         await asyncio.gather(
-            *(r.close() for r in self.replicas.values()), *self._closing, return_exceptions=True
+            *(_close(r, self._probes[a]) for a, r in self.replicas.items()),
+            *self._closing,
+            return_exceptions=True,
         )
         self.replicas.clear()
+        self._probes.clear()
+
+
+async def _close(replica: Replica, probes: ReplicaProbes) -> None:
+    await probes.close()
+    await replica.close()

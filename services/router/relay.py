@@ -116,13 +116,7 @@ class Relay:
                 await asyncio.sleep(backoff_s(attempt - 1, self._config.retry))
             replica = self._choose(route, tried, last_failure)
             tried.add(replica.address)
-            span = self._tracer.start_span(
-                "attempt", attributes={ATTEMPT: attempt, REPLICA: replica.address}
-            )
-            with trace.use_span(span, end_on_exit=False):  # parent of the upstream call
-                call = replica.channel.unary_stream(method)(
-                    request, metadata=forward, timeout=_remaining(context)
-                )
+            span, call = self._call(replica, attempt, method, request, forward, context)
             with replica.track(), _ends_after(span):
                 try:
                     first = await self._first_message(call, replica)
@@ -149,6 +143,25 @@ class Relay:
                 finally:
                     call.cancel()
         raise last_failure or Refusal(grpc.StatusCode.UNAVAILABLE, "no replica answered")
+
+    def _call(
+        self,
+        replica: Replica,
+        attempt: int,
+        method: str,
+        request: bytes,
+        forward: tuple[tuple[str, str], ...],
+        context: grpc.aio.ServicerContext,
+    ) -> tuple[trace.Span, grpc.aio.UnaryStreamCall]:
+        """Starts one attempt's upstream call under its own span."""
+        span = self._tracer.start_span(
+            "attempt", attributes={ATTEMPT: attempt, REPLICA: replica.address}
+        )
+        with trace.use_span(span, end_on_exit=False):  # parent of the upstream call
+            call = replica.channel.unary_stream(method)(
+                request, metadata=forward, timeout=_remaining(context)
+            )
+        return span, call
 
     def _choose(
         self, route: RouteRequest, tried: set[str], last_failure: Refusal | None

@@ -1,4 +1,7 @@
-"""One engine replica as the router sees it: channel, health, load and outcome stats."""
+"""One engine replica as the router sees it: channel, health, load and outcome stats.
+
+The background loops that keep health and load current are in services.router.probes.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.telemetry import grpc_client_interceptors
@@ -43,7 +46,9 @@ class Replica:
         self.requests = 0
         self.failures = 0
         self._health_config = health
-        self._tasks: list[asyncio.Task[None]] = []
+        # Set while no call is in flight: a retired replica closes once this is set.
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     def __repr__(self) -> str:
         return f"Replica({self.address}, status={self.status}, in_flight={self.in_flight})"
@@ -73,11 +78,14 @@ class Replica:
     def track(self) -> Iterator[None]:
         self.in_flight += 1
         self.requests += 1
+        self.idle.clear()
         self.breaker.on_attempt()
         try:
             yield
         finally:
             self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
 
     def record_first_message(self, seconds: float) -> None:
         prev = self.ttft_ewma_s
@@ -97,22 +105,12 @@ class Replica:
                 self.breaker.ejected_until - time.monotonic(),
             )
 
-    # -- background watchers --------------------------------------------------------
-
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._watch_health(), name=f"watch {self.address}"),
-            asyncio.create_task(self._check_health(), name=f"check {self.address}"),
-            asyncio.create_task(self._poll_load(), name=f"load {self.address}"),
-        ]
+    # -- state the probes (services.router.probes) report ---------------------------
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.channel.close()
 
-    async def _set_status(self, status: int) -> None:
+    async def set_status(self, status: int) -> None:
         if status == self.status:
             return
         log.info(
@@ -134,49 +132,3 @@ class Replica:
             log.warning("replica %s: ListModels failed: %s", self.address, exc.code())
             return
         self.models = {m.id: m for m in response.models}
-
-    async def _watch_health(self) -> None:
-        """Push updates: a draining engine is dropped from selection at once."""
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        while True:
-            try:
-                async for update in stub.Watch(health_pb2.HealthCheckRequest()):
-                    await self._set_status(update.status)
-            except grpc.aio.AioRpcError as exc:
-                # A dropped connection means the replica is gone; any other failure of
-                # the stream (a server without Watch) leaves the verdict to Check.
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    await self._set_status(UNKNOWN)
-            await asyncio.sleep(self._health_config.check_interval_s)
-
-    async def _check_health(self) -> None:
-        """Active checks with a timeout: catch a replica that hangs without closing."""
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        missed = 0
-        while True:
-            try:
-                reply = await stub.Check(
-                    health_pb2.HealthCheckRequest(), timeout=self._health_config.check_timeout_s
-                )
-                missed = 0
-                await self._set_status(reply.status)
-            except grpc.aio.AioRpcError as exc:
-                # A refused connection is final; a slow answer from a busy engine is not,
-                # until it happens unhealthy_threshold times in a row.
-                missed += 1
-                if (
-                    exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED
-                    or missed >= self._health_config.unhealthy_threshold
-                ):
-                    await self._set_status(UNKNOWN)
-            await asyncio.sleep(self._health_config.check_interval_s)
-
-    async def _poll_load(self) -> None:
-        while True:
-            await asyncio.sleep(self._health_config.load_poll_interval_s)
-            if not self.serving:
-                continue
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                self.reported = await self.stub.GetLoad(
-                    pb.GetLoadRequest(), timeout=self._health_config.check_timeout_s
-                )

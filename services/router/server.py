@@ -8,11 +8,9 @@ import signal
 from collections.abc import AsyncIterator, Callable
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from services.common.grpc_options import SERVER_OPTIONS
+from services.common.health import SERVING, add_health_and_reflection, set_status
 from services.common.telemetry import grpc_server_interceptors
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.config import RouterConfig
@@ -73,20 +71,10 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
         runtime.metrics.serve(config.metrics_port, config.host)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=grpc_server_interceptors())
     server.add_generic_rpc_handlers((build_handler(runtime.pool, runtime.relay),))
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [
-            SERVICE,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    health = add_health_and_reflection(server, SERVICE)
     server.add_insecure_port(config.address)
     await server.start()
-    for service in ("", SERVICE):
-        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    await set_status(health, SERVICE, SERVING)
     asyncio.get_running_loop().add_signal_handler(
         signal.SIGHUP, lambda: _reload(runtime, load_config)
     )

@@ -14,8 +14,9 @@ import av
 import openai
 import pytest
 
-from services.common.processes import free_port
-from services.launcher import SPEECH_MODEL_ID, Stack, StackPlan, speech_engine_args
+from devstack.engine_args import SPEECH_MODEL_ID, speech_engine_args
+from devstack.processes import free_port
+from devstack.stack import Stack, StackPlan
 from tests.conftest import RunningStack
 
 SENTENCE = "Hello there. This is a test of the speech endpoint."

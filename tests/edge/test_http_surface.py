@@ -11,7 +11,7 @@ import aiohttp
 import openai
 import pytest
 
-from services.common.processes import free_port
+from devstack.processes import free_port
 from tests.conftest import SCRIPTED_MODEL, RunningStack
 
 KEY = "sk-tera-test-0123456789"

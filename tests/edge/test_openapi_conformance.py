@@ -27,7 +27,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from services.launcher import Stack
+from devstack.stack import Stack
 from tests.conftest import SCRIPTED_MODEL, RunningStack, _plan, scripted_args
 
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "openai-openapi" / "openapi.yaml"

@@ -7,9 +7,9 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from services.common.processes import ManagedProcess, free_port, wait_until
-from services.common.readiness import edge_lists_models, http_healthy
-from services.launcher import scripted_engine_args
+from devstack.engine_args import scripted_engine_args
+from devstack.processes import ManagedProcess, free_port, wait_until
+from devstack.readiness import edge_lists_models, http_healthy
 from tests.conftest import SCRIPTED_MODEL
 
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common.processes import ManagedProcess, free_port
-from services.common.readiness import router_has_replicas
+from devstack.processes import ManagedProcess, free_port
+from devstack.readiness import router_has_replicas
 from tests.conftest import SCRIPTED_MODEL, RunningStack
 from tests.faults.gateway import gateway, stand_in
 from tests.faults.load import run_load, stream_once

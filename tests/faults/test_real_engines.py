@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.common.processes import free_port, wait_until
-from services.common.readiness import grpc_serving
+from devstack.engine_args import vllm_engine_args
+from devstack.processes import free_port, wait_until
+from devstack.readiness import grpc_serving
+from devstack.stack import Stack, StackPlan
 from services.engine.model_prep import DEFAULT_MODEL_ID
-from services.launcher import Stack, StackPlan, vllm_engine_args
 from tests.conftest import CACHE_DIR, RunningStack
 from tests.faults.load import Tally, run_load
 from tests.faults.test_fault_suite import ROUTER_SETTINGS, _record

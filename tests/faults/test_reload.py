@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from services.common.processes import ManagedProcess, free_port
+from devstack.processes import ManagedProcess, free_port
 from tests.conftest import SCRIPTED_MODEL
 from tests.faults.gateway import gateway, stand_in
 from tests.faults.load import run_load

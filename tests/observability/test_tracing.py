@@ -10,9 +10,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from services.common.processes import free_port
+from devstack.engine_args import vllm_engine_args
+from devstack.processes import free_port
+from devstack.stack import Stack, StackPlan
 from services.engine.model_prep import DEFAULT_MODEL_ID
-from services.launcher import Stack, StackPlan, vllm_engine_args
 from tests.conftest import CACHE_DIR, SCRIPTED_MODEL, RunningStack, scripted_args
 from tests.observability.otlp_receiver import OtlpReceiver, ReceivedSpan, tree
 

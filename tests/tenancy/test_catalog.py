@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.processes import free_port
 from services.catalog import CatalogError, load_catalog
-from services.common.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = """\
@@ -67,7 +67,7 @@ def test_typos_are_errors_with_their_line(tmp_path: Path) -> None:
         load_catalog(path)
 
 
-@pytest.mark.parametrize("command", [["services.launcher"], ["services.edge"]])
+@pytest.mark.parametrize("command", [["devstack.run"], ["services.edge"]])
 def test_processes_refuse_to_start_on_a_bad_catalog(tmp_path: Path, command: list[str]) -> None:
     path = _write(tmp_path, alias_b="gpt-4o-mini")
     result = subprocess.run(

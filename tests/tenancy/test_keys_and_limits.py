@@ -17,9 +17,9 @@ import openai
 import pytest
 import yaml
 
+from devstack.processes import ManagedProcess, free_port, wait_until
+from devstack.readiness import http_healthy
 from services.catalog.schema import sha256_hex
-from services.common.processes import ManagedProcess, free_port, wait_until
-from services.common.readiness import http_healthy
 from tests.conftest import RunningStack
 
 CHAT_MODEL, OTHER_MODEL = "org/chat-a", "org/chat-b"

@@ -16,11 +16,15 @@ POLICIES: dict[str, type[LoadBalancingPolicy]] = {
 }
 
 
+def check_policy_name(name: str) -> str:
+    """The name, if a policy has it; config validation and create_policy both ask here."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
+    return name
+
+
 def create_policy(name: str) -> LoadBalancingPolicy:
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}") from None
+    return POLICIES[check_policy_name(name)]()
 
 
-__all__ = ["POLICIES", "LoadBalancingPolicy", "RouteRequest", "create_policy"]
+__all__ = ["POLICIES", "LoadBalancingPolicy", "RouteRequest", "check_policy_name", "create_policy"]

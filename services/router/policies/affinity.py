@@ -11,9 +11,8 @@ import bisect
 import hashlib
 from collections.abc import Sequence
 
-from services.router.policies.base import LoadBalancingPolicy, RouteRequest
+from services.router.policies.base import LoadBalancingPolicy, R, RouteRequest
 from services.router.policies.least_load import LeastLoadPolicy
-from services.router.replica import Replica
 
 VIRTUAL_NODES = 64
 
@@ -27,7 +26,7 @@ class AffinityPolicy(LoadBalancingPolicy):
         self._fallback = LeastLoadPolicy()
         self._overload_factor = overload_factor
 
-    def select(self, candidates: Sequence[Replica], request: RouteRequest) -> Replica:
+    def select(self, candidates: Sequence[R], request: RouteRequest) -> R:
         if not request.routing_key:
             return self._fallback.select(candidates, request)
         chosen = self._ring_owner(candidates, request.routing_key)
@@ -37,7 +36,7 @@ class AffinityPolicy(LoadBalancingPolicy):
         return chosen
 
     @staticmethod
-    def _ring_owner(candidates: Sequence[Replica], key: str) -> Replica:
+    def _ring_owner(candidates: Sequence[R], key: str) -> R:
         # Built per call from the live candidates: a handful of replicas, so cheap,
         # and never stale when replicas come and go.
         ring = sorted(

@@ -5,10 +5,19 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from services.router.replica import Replica
+
+class Candidate(Protocol):
+    """What a policy may read of a replica (services.router.replica.Replica)."""
+
+    address: str
+    requests: int
+
+    def load_score(self) -> float: ...
+
+
+R = TypeVar("R", bound=Candidate)
 
 
 @dataclass(frozen=True)
@@ -19,5 +28,5 @@ class RouteRequest:
 
 class LoadBalancingPolicy(abc.ABC):
     @abc.abstractmethod
-    def select(self, candidates: Sequence[Replica], request: RouteRequest) -> Replica:
+    def select(self, candidates: Sequence[R], request: RouteRequest) -> R:
         """candidates is non-empty, available and not saturated."""

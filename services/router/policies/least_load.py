@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.router.policies.base import LoadBalancingPolicy, RouteRequest
-from services.router.replica import Replica
+from services.router.policies.base import LoadBalancingPolicy, R, RouteRequest
 
 
 class LeastLoadPolicy(LoadBalancingPolicy):
-    def select(self, candidates: Sequence[Replica], request: RouteRequest) -> Replica:
+    def select(self, candidates: Sequence[R], request: RouteRequest) -> R:
         return min(candidates, key=lambda r: (r.load_score(), r.requests))

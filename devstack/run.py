@@ -1,0 +1,181 @@
+"""`tera run` / `make run`: the whole gateway on one machine.
+
+Prepares the default model if needed, starts engine replica(s), the router and the edge
+as separate processes, waits until the edge lists the model, prints how to call it, and
+stops everything on Ctrl-C or SIGTERM, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from devstack.engine_args import SPEECH_MODEL_ID, speech_engine_args, vllm_engine_args
+from devstack.stack import Stack, StackPlan
+from services.catalog import CatalogError, load_catalog
+from services.catalog.engine_args import catalog_engine_args
+from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prepare_default_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tera run", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="edge HTTP port")
+    p.add_argument("--router-port", type=int, default=50051)
+    p.add_argument(
+        "--engine-port",
+        type=int,
+        default=50061,
+        help="first engine port; replicas take the following ones",
+    )
+    p.add_argument("--replicas", type=int, default=1, help="engine replicas of the model")
+    p.add_argument("--model-dir", type=Path, help="a local Hugging Face model folder")
+    p.add_argument("--model-id", default=DEFAULT_MODEL_ID, help="name clients use")
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (faster decode, slower first start)",
+    )
+    p.add_argument(
+        "--no-speech",
+        action="store_true",
+        help=f"do not start the speech engine ({SPEECH_MODEL_ID})",
+    )
+    p.add_argument(
+        "--catalog",
+        type=Path,
+        help="start the models of this catalog (replicas, parsers, options) "
+        "and serve its aliases and keys",
+    )
+    return p
+
+
+def plan_from_catalog(args: argparse.Namespace) -> StackPlan:
+    """One engine process per replica of each catalog model, on consecutive ports."""
+    catalog = load_catalog(args.catalog, check_parsers=True)
+    plan = StackPlan(
+        host=args.host,
+        edge_port=args.port,
+        router_port=args.router_port,
+        engine_ports=[],
+        model_ids=[],
+        edge_args=["--catalog", str(args.catalog)],
+    )
+    port = args.engine_port
+    base = args.catalog.parent
+    for model in catalog.models:
+        for _ in range(model.serving.replicas):
+            plan.engine_ports.append(port)
+            plan.per_engine_args.append(
+                catalog_engine_args(
+                    model,
+                    base=base,
+                    cache_dir=args.cache_dir,
+                    default_weights=lambda: prepare_default_model(
+                        default_model_dir(args.cache_dir)
+                    ),
+                )
+            )
+            port += 1
+        if model.serving.replicas:
+            plan.model_ids.append(model.id)
+    return plan
+
+
+def _add_speech_engine(plan: StackPlan, port: int) -> None:
+    """One more engine, hosting Piper, behind the same router."""
+    plan.per_engine_args += [[]] * (len(plan.engine_ports) - len(plan.per_engine_args))
+    plan.engine_ports.append(port)
+    plan.per_engine_args.append(speech_engine_args())
+    plan.model_ids.append(SPEECH_MODEL_ID)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    if args.catalog is not None:
+        try:
+            plan = plan_from_catalog(args)
+        except (CatalogError, OSError) as exc:
+            raise SystemExit(f"[tera] the catalog cannot be used:\n{exc}") from None
+        _run(plan, started)
+        return
+    model_dir = args.model_dir or prepare_default_model(default_model_dir(args.cache_dir))
+    plan = StackPlan(
+        host=args.host,
+        edge_port=args.port,
+        router_port=args.router_port,
+        engine_ports=[args.engine_port + i for i in range(args.replicas)],
+        engine_args=vllm_engine_args(
+            model_dir, args.cache_dir, model_id=args.model_id, eager=not args.compile
+        ),
+        model_ids=[args.model_id],
+    )
+    if not args.no_speech:
+        _add_speech_engine(plan, args.engine_port + args.replicas)
+    _run(plan, started)
+
+
+def _run(plan: StackPlan, started: float) -> None:
+    """Starts the stack, prints how to use it, and supervises it until a signal."""
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    stack = Stack(plan)
+    try:
+        engines = len(plan.engine_ports)
+        print(f"[tera] starting {engines} engine(s), router and edge ...", flush=True)
+        stack.start()
+        _print_banner(plan, time.monotonic() - started)
+        while not stack.dead():
+            time.sleep(0.5)
+        dead = ", ".join(p.name for p in stack.dead())
+        print(f"[tera] {dead} exited; stopping the rest", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    except _Stop:
+        print("\n[tera] stopping ...", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        print("[tera] stopped", flush=True)
+
+
+def _print_banner(plan: StackPlan, seconds: float) -> None:
+    model = plan.model_ids[0]
+    speech = ""
+    if SPEECH_MODEL_ID in plan.model_ids:
+        speech = f"""
+  curl {plan.base_url}/audio/speech -H 'Content-Type: application/json' \\
+    -d '{{"model": "{SPEECH_MODEL_ID}", "input": "Hello from Tera.", "voice": "alloy"}}' \\
+    -o hello.mp3
+"""
+    print(
+        f"""
+[tera] ready in {seconds:.0f} s. OpenAI API: {plan.base_url}
+
+  curl {plan.base_url}/chat/completions \\
+    -H 'Content-Type: application/json' -H 'Authorization: Bearer sk-tera-local' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+{speech}
+  Python: OpenAI(base_url="{plan.base_url}", api_key="sk-tera-local")
+  Ctrl-C stops everything.
+""",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""A whole gateway on one machine: engine(s), router and edge as supervised processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack.processes import ManagedProcess, wait_until
+from devstack.readiness import (
+    grpc_serving,
+    http_healthy,
+    router_has_replicas,
+    router_lists_models,
+)
+from services.engine.model_prep import DEFAULT_MODEL_ID
+
+
+@dataclass
+class StackPlan:
+    """What to run where. Tests build plans with free ports and scripted engines."""
+
+    host: str = "127.0.0.1"
+    edge_port: int = 8000
+    router_port: int = 50051
+    engine_ports: list[int] = field(default_factory=lambda: [50061])
+    engine_args: list[str] = field(default_factory=list)
+    # Extra arguments for engine i (e.g. a different scripted behaviour per replica).
+    per_engine_args: list[list[str]] = field(default_factory=list)
+    model_ids: list[str] = field(default_factory=lambda: [DEFAULT_MODEL_ID])
+    router_args: list[str] = field(default_factory=list)
+    edge_args: list[str] = field(default_factory=list)
+    edge_env: dict[str, str] = field(default_factory=dict)
+    # Environment for every process (e.g. OTEL_* settings).
+    env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.edge_port}/v1"
+
+
+class Stack:
+    def __init__(self, plan: StackPlan) -> None:
+        self.plan = plan
+        self.engines: list[ManagedProcess] = []
+        self.router: ManagedProcess | None = None
+        self.edge: ManagedProcess | None = None
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        return [p for p in [*self.engines, self.router, self.edge] if p is not None]
+
+    def _log(self, name: str) -> Path | None:
+        return self.plan.log_dir / f"{name}.log" if self.plan.log_dir else None
+
+    def start_engine(self, port: int, extra: list[str] | None = None) -> ManagedProcess:
+        plan = self.plan
+        engine = ManagedProcess(
+            f"engine:{port}",
+            [
+                "-m",
+                "services.engine",
+                "--host",
+                plan.host,
+                "--port",
+                str(port),
+                *plan.engine_args,
+                *(extra or []),
+            ],
+            env=plan.env,
+            log_path=self._log(f"engine-{port}"),
+        ).start()
+        self.engines.append(engine)
+        return engine
+
+    def start(self, timeout_s: float = 600) -> Stack:
+        try:
+            for i, port in enumerate(self.plan.engine_ports):
+                extra = self.plan.per_engine_args[i] if i < len(self.plan.per_engine_args) else []
+                self.start_engine(port, extra)
+            self._start_router()
+            self._start_edge()
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_router(self) -> None:
+        plan = self.plan
+        replicas = [a for p in plan.engine_ports for a in ("--replica", f"{plan.host}:{p}")]
+        self.router = ManagedProcess(
+            "router",
+            [
+                "-m",
+                "services.router",
+                "--host",
+                plan.host,
+                "--port",
+                str(plan.router_port),
+                *replicas,
+                *plan.router_args,
+            ],
+            env=plan.env,
+            log_path=self._log("router"),
+        ).start()
+
+    def _start_edge(self) -> None:
+        plan = self.plan
+        self.edge = ManagedProcess(
+            "edge",
+            [
+                "-m",
+                "services.edge",
+                "--host",
+                plan.host,
+                "--port",
+                str(plan.edge_port),
+                "--router",
+                f"{plan.host}:{plan.router_port}",
+                *plan.edge_args,
+            ],
+            env={**plan.env, **plan.edge_env},
+            log_path=self._log("edge"),
+        ).start()
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        # Every replica, not just one per model: callers (and tests) may rely on the
+        # whole fleet being there.
+        plan = self.plan
+        addresses = [f"{plan.host}:{port}" for port in plan.engine_ports]
+        router = f"{plan.host}:{plan.router_port}"
+        for check, what in (
+            (lambda: all(grpc_serving(a) for a in addresses), "every engine to serve"),
+            (
+                lambda: router_lists_models(router, plan.model_ids),
+                f"the router to serve {', '.join(plan.model_ids)}",
+            ),
+            (
+                lambda: router_has_replicas(router, len(addresses)),
+                f"the router to have all {len(addresses)} replicas in rotation",
+            ),
+            (lambda: http_healthy(plan.base_url), f"the edge at {plan.base_url}"),
+        ):
+            wait_until(check, timeout_s=timeout_s, interval_s=0.5, watch=self.processes, what=what)
+
+    def stop(self) -> None:
+        # Front to back: stop taking requests first, then let engines drain.
+        for process in reversed(self.processes):
+            process.stop()
+
+    def dead(self) -> list[ManagedProcess]:
+        return [p for p in self.processes if not p.alive()]
