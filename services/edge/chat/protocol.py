@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from services.edge.common.protocol import INT32_MAX, OpenAIModel, Role, SamplingRequest
 from services.edge.errors import FieldError
+from services.edge.generation.protocol import INT32_MAX, OpenAIModel, Role, SamplingRequest
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 

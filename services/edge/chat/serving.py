@@ -9,7 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from services.edge.chat.protocol import ChatCompletionRequest
-from services.edge.common.serving import (
+from services.edge.errors import OpenAIError
+from services.edge.generation.serving import (
     FAILED,
     FINISH_REASONS,
     GenerationServing,
@@ -17,7 +18,6 @@ from services.edge.common.serving import (
     first_message,
     usage_json,
 )
-from services.edge.errors import OpenAIError
 from services.edge.sse import DONE, ChunkFramer, dumps, frame, open_stream
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 

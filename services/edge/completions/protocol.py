@@ -6,8 +6,8 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from services.edge.common.protocol import INT32_MAX, SamplingRequest
 from services.edge.errors import FieldError
+from services.edge.generation.protocol import INT32_MAX, SamplingRequest
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 TokenIds = list[Annotated[int, Field(ge=0, le=INT32_MAX)]]

@@ -11,8 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from services.edge.common.merge import merge_streams
-from services.edge.common.serving import (
+from services.edge.completions.protocol import CompletionRequest
+from services.edge.errors import OpenAIError
+from services.edge.generation.merge import merge_streams
+from services.edge.generation.serving import (
     FAILED,
     FINISH_REASONS,
     GenerationServing,
@@ -20,8 +22,6 @@ from services.edge.common.serving import (
     add_usage,
     usage_json,
 )
-from services.edge.completions.protocol import CompletionRequest
-from services.edge.errors import OpenAIError
 from services.edge.sse import DONE, ChunkFramer, dumps, frame, open_stream
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 

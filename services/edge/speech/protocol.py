@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.edge.common.protocol import OpenAIModel
+from services.edge.generation.protocol import OpenAIModel
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 AudioFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]

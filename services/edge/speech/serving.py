@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.edge.common.serving import RequestContext, servable_name
 from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
 from services.edge.errors import OpenAIError, model_not_found
+from services.edge.generation.serving import RequestContext, servable_name
 from services.edge.speech.protocol import SpeechRequest
 from services.edge.sse import SSE_HEADERS, frame
 from services.edge.tenancy.gate import Gate

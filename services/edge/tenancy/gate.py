@@ -14,7 +14,7 @@ from services.catalog import Catalog, ModelEntry
 from services.edge.errors import OpenAIError, bad_request, model_not_found
 from services.edge.observe import REQUEST_LOG
 from services.edge.tenancy.keys import ANONYMOUS, Tenant
-from services.edge.tenancy.limits import Admission, Limiter
+from services.edge.tenancy.limits import Limiter, Reservation
 from services.edge.tenancy.usage import UsageLedger
 
 TENANT = "tera.tenant"  # request key
@@ -68,8 +68,8 @@ class Gate:
             )
         return requested
 
-    async def admit(self, http: web.Request, estimated_tokens: int) -> Admission:
-        return await self.limiter.admit(tenant_of(http), estimated_tokens)
+    async def admit(self, http: web.Request, estimated_tokens: int) -> Reservation:
+        return await self.limiter.reserve(tenant_of(http), estimated_tokens)
 
     @contextlib.asynccontextmanager
     async def guard(
@@ -79,12 +79,12 @@ class Gate:
         once the request is valid (it applies the limits and adds the x-ratelimit
         headers to `headers`); at the end, settles the limits with the real token count
         and records usage, errors (validation, limits, upstream) included."""
-        admitted: list[Admission] = []
+        admitted: list[Reservation] = []
 
         async def admit(estimated_tokens: int) -> None:
-            admission = await self.admit(http, estimated_tokens)
-            headers.update(admission.headers)
-            admitted.append(admission)
+            reservation = await self.admit(http, estimated_tokens)
+            headers.update(reservation.headers)
+            admitted.append(reservation)
 
         status = 200
         try:
