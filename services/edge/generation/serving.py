@@ -1,36 +1,38 @@
-"""What chat and completions serving share: limits, routing keys, streams, usage."""
+"""One flow for chat and completions: admission -> proto -> upstream streams -> render.
+
+An endpoint subclasses `GenerationServing` and supplies its request conversion
+(`measure`, `upstreams`) and a `Renderer` for its JSON shapes; everything else, from
+limits to the SSE failure chunk, happens here once.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 from aiohttp import web
 
 from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
-from services.edge.errors import bad_request, model_not_found
+from services.edge.errors import OpenAIError
+from services.edge.generation.admission import Admitted, admit
+from services.edge.generation.merge import merge_streams
+from services.edge.generation.protocol import SamplingRequest
+from services.edge.generation.render import Renderer, add_usage, truncated, usage_json
 from services.edge.observe import EdgeMetrics, GenerationObserver
-from services.edge.tenancy.gate import Gate
+from services.edge.sse import DONE, ChunkFramer, dumps, frame, open_stream
+from services.edge.tenancy.gate import Account, Gate
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 SESSION_HEADER = "X-Session-Id"
 
-FINISH_REASONS = {
-    pb.FINISH_REASON_UNSPECIFIED: None,
-    pb.FINISH_REASON_STOP: "stop",
-    pb.FINISH_REASON_LENGTH: "length",
-    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
-    pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
-    pb.FINISH_REASON_ABORT: "abort",
-}
-# finish_reason of a choice whose stream broke: anything but "stop", so that no client
-# mistakes a truncated answer for a complete one.
-FAILED = "error"
+B = TypeVar("B", bound=SamplingRequest)
+Messages = AsyncIterator[tuple[int, pb.GenerateResponse]]  # (upstream index, message)
 
 
 @dataclass
@@ -49,7 +51,27 @@ class RequestContext:
         return cls(http=http, request_id=http.get("request_id") or uuid.uuid4().hex)
 
 
-class GenerationServing:
+@dataclass(frozen=True)
+class Upstream:
+    """One generation sent to the router (completions send one per prompt)."""
+
+    request: pb.GenerateRequest
+    routing_text: str  # hashed into the routing key when no session or user is given
+
+
+@dataclass
+class _Reply:
+    """What the template renders from: one request's admitted value and its stream."""
+
+    ctx: RequestContext
+    admitted: Admitted
+    renderer: Renderer
+    n: int  # samples per prompt: choice index = upstream index * n + sample index
+    choices: int
+    include_usage: bool
+
+
+class GenerationServing(ABC, Generic[B]):
     def __init__(
         self, config: EdgeConfig, client: EngineClient, metrics: EdgeMetrics, gate: Gate
     ) -> None:
@@ -58,12 +80,61 @@ class GenerationServing:
         self.metrics = metrics
         self.gate = gate
 
-    def check_limits(self, n: int | None, max_tokens: int | None) -> None:
-        if n is not None and n > self.config.max_n:
-            raise bad_request(f"n must be at most {self.config.max_n}", param="n")
-        limit = self.config.max_tokens_limit
-        if limit is not None and max_tokens is not None and max_tokens > limit:
-            raise bad_request(f"max_tokens must be at most {limit}", param="max_tokens")
+    @abstractmethod
+    def measure(self, body: B) -> tuple[int, int]:
+        """(prompt characters, number of prompts), for the admission's estimate."""
+
+    @abstractmethod
+    def upstreams(self, ctx: RequestContext, body: B, admitted: Admitted) -> list[Upstream]: ...
+
+    @abstractmethod
+    def renderer(self, body: B) -> Renderer: ...
+
+    async def create(self, ctx: RequestContext, body: B) -> web.StreamResponse:
+        resolved = self.gate.resolve(ctx.http, body.model)
+        async with self.gate.account(ctx.http, ctx.headers, resolved) as account:
+            chars, prompts = self.measure(body)
+            n = body.n or 1
+            admitted = admit(self.config, resolved, body, prompt_chars=chars, choices=n * prompts)
+            await account.reserve(admitted.estimated_tokens)
+            streams = [
+                self._generate(ctx, u, account, body.user)
+                for u in self.upstreams(ctx, body, admitted)
+            ]
+            merged = merge_streams(streams)  # type: ignore[arg-type]
+            reply = _Reply(ctx, admitted, self.renderer(body), n, n * prompts, body.include_usage)
+            try:
+                # Waits for the first message, so errors before it get a proper HTTP status.
+                first = await anext(merged, None)
+                if body.stream:
+                    return await _stream(reply, first, merged)  # type: ignore[arg-type]
+                return await _complete(reply, first, merged)  # type: ignore[arg-type]
+            finally:
+                await merged.aclose()  # type: ignore[attr-defined]
+
+    def _generate(
+        self, ctx: RequestContext, upstream: Upstream, account: Account, user: str | None
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        request = upstream.request
+        if self.config.coalesce_window_ms:  # unset: the engine's default applies
+            request.coalesce_window_ms = self.config.coalesce_window_ms
+        s = request.sampling
+        observer = GenerationObserver(
+            self.metrics,
+            ctx.http,
+            model=request.model,
+            max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
+            temperature=s.temperature if s.HasField("temperature") else None,
+            on_usage=account.add_usage,
+        )
+        return observer.watch(
+            self.client.generate(
+                request,
+                routing_key=self.routing_key(ctx.http, user, upstream.routing_text),
+                timeout_s=self.config.request_timeout_s,
+                idle_timeout_s=self.config.stream_idle_timeout_s,
+            )
+        )
 
     def routing_key(self, http: web.Request, user: str | None, prompt_text: str) -> str | None:
         """Session header, then `user`, then the prompt's first characters; hashed, so any
@@ -76,58 +147,81 @@ class GenerationServing:
             source = prompt_text[:k]
         return hashlib.blake2b(source.encode(errors="replace"), digest_size=8).hexdigest()
 
-    def stream(
-        self, ctx: RequestContext, request: pb.GenerateRequest, routing_key: str | None
-    ) -> AsyncIterator[pb.GenerateResponse]:
-        if not servable_name(request.model):
-            # Model ids are printable ASCII (as Hugging Face's are, and as gRPC metadata
-            # needs): any other name names no model.
-            raise model_not_found(request.model)
-        if self.config.coalesce_window_ms and not request.coalesce_window_ms:
-            request.coalesce_window_ms = self.config.coalesce_window_ms
-        s = request.sampling
-        observer = GenerationObserver(
-            self.metrics,
-            ctx.http,
-            model=request.model,
-            max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
-            temperature=s.temperature if s.HasField("temperature") else None,
-        )
-        return observer.watch(
-            self.client.generate(
-                request,
-                routing_key=routing_key,
-                timeout_s=self.config.request_timeout_s,
-                idle_timeout_s=self.config.stream_idle_timeout_s,
-            )
-        )
 
-
-def servable_name(model: str) -> bool:
-    return model.isascii() and model.isprintable()
-
-
-async def first_message(
-    stream: AsyncIterator[pb.GenerateResponse],
-) -> pb.GenerateResponse | None:
-    """Waits for the first message, so errors before it get a proper HTTP status."""
-    return await anext(stream, None)
-
-
-def usage_json(usage: pb.Usage) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+def _envelope(reply: _Reply, object_: str) -> dict[str, object]:
+    return {
+        "id": f"{reply.renderer.id_prefix}-{reply.ctx.request_id}",
+        "object": object_,
+        "created": reply.ctx.created,
+        "model": reply.admitted.reported,
     }
-    if usage.reasoning_tokens:
-        body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
-    return body
 
 
-def add_usage(total: pb.Usage, part: pb.Usage) -> None:
-    total.prompt_tokens += part.prompt_tokens
-    total.completion_tokens += part.completion_tokens
-    total.cached_tokens += part.cached_tokens
-    total.reasoning_tokens += part.reasoning_tokens
+def _total(usages: dict[int, pb.Usage]) -> pb.Usage:
+    """Each upstream's last usage message, added up over upstreams."""
+    total = pb.Usage()
+    for usage in usages.values():
+        add_usage(total, usage)
+    return total
+
+
+async def _complete(
+    reply: _Reply, first: tuple[int, pb.GenerateResponse] | None, messages: Messages
+) -> web.Response:
+    renderer = reply.renderer
+    choices = {i: renderer.choice() for i in range(reply.choices)}
+    usages: dict[int, pb.Usage] = {}
+    item = first
+    while item is not None:
+        upstream, message = item
+        for delta in message.choices:
+            index = upstream * reply.n + delta.index
+            choices.setdefault(index, renderer.choice()).add(delta)
+        if message.HasField("usage"):
+            usages[upstream] = message.usage
+        item = await anext(messages, None)
+    if any(not c.finish_reason for c in choices.values()):
+        raise truncated()
+    payload = {
+        **_envelope(reply, renderer.object),
+        "choices": [c.json(i, renderer.logprobs) for i, c in sorted(choices.items())],
+        "usage": usage_json(_total(usages)),
+    }
+    return web.json_response(payload, dumps=dumps, headers=reply.ctx.response_headers())
+
+
+async def _stream(
+    reply: _Reply, first: tuple[int, pb.GenerateResponse] | None, messages: Messages
+) -> web.StreamResponse:
+    renderer = reply.renderer
+    response = await open_stream(reply.ctx.http, reply.ctx.response_headers())
+    framer = ChunkFramer(_envelope(reply, renderer.chunk_object), include_usage=reply.include_usage)
+    unfinished = set(range(reply.choices))
+    opening = renderer.opening(reply.n)
+    if opening:
+        await response.write(b"".join(framer.choices(dumps(c)) for c in opening))
+    usages: dict[int, pb.Usage] = {}
+    try:
+        item = first
+        while item is not None:
+            upstream, message = item
+            chunks = []
+            for delta in message.choices:
+                index = upstream * reply.n + delta.index
+                if delta.finish_reason:
+                    unfinished.discard(index)
+                chunks.append(framer.choices(dumps(renderer.delta(index, delta))))
+            await response.write(b"".join(chunks))
+            if message.HasField("usage"):
+                usages[upstream] = message.usage
+            item = await anext(messages, None)
+        if unfinished:
+            raise truncated()
+    except OpenAIError as exc:
+        failed = (framer.choices(dumps(renderer.failed(i))) for i in sorted(unfinished))
+        await response.write(b"".join(failed) + frame(exc.body()))
+        return response
+    if reply.include_usage and (usages or not renderer.usage_needs_upstream):
+        await response.write(framer.usage(usage_json(_total(usages))))
+    await response.write(DONE)
+    return response
