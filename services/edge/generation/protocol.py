@@ -143,7 +143,7 @@ class SamplingRequest(OpenAIModel):
         return request
 
     def structured_proto(self) -> pb.StructuredOutput | None:
-        return self.structured_outputs.to_proto() if self.structured_outputs else None
+        return None if self.structured_outputs is None else self.structured_outputs.to_proto()
 
     def _sampling_proto(self, max_tokens: int | None) -> pb.SamplingParams:
         params = pb.SamplingParams(

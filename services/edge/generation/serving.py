@@ -61,7 +61,7 @@ class Upstream:
 
 @dataclass
 class _Reply:
-    """What the template renders from: one request's admitted value and its stream."""
+    """What the template renders a request's messages with."""
 
     ctx: RequestContext
     admitted: Admitted
