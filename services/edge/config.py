@@ -25,7 +25,9 @@ class EdgeConfig(BaseModel):
     request_timeout_s: float = Field(600.0, gt=0)
     # A stream with no message for this long is ended with an error.
     stream_idle_timeout_s: float = Field(60.0, gt=0)
-    coalesce_window_ms: int = Field(0, ge=0, le=10)
+    # Window in which the engine batches tokens into one message; unset: the engine's own
+    # default (the edge keeps none of its own).
+    coalesce_window_ms: int | None = Field(None, ge=0, le=10)
     # Characters of the prompt hashed into the routing key when no session is given.
     affinity_prefix_chars: int = Field(256, ge=0)
     models_cache_s: float = Field(2.0, ge=0)

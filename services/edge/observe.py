@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -14,6 +14,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common import telemetry as t
+from services.common.wire import FINISH_REASON_NAMES
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 access_log = logging.getLogger("tera.access")
@@ -22,13 +23,6 @@ REQUEST_LOG = "tera.log"  # request-scoped dict the access log prints
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
-FINISH_NAMES = {
-    pb.FINISH_REASON_STOP: "stop",
-    pb.FINISH_REASON_LENGTH: "length",
-    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
-    pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
-    pb.FINISH_REASON_ABORT: "abort",
-}
 
 
 class EdgeMetrics:
@@ -79,8 +73,10 @@ class GenerationObserver:
         model: str,
         max_tokens: int | None,
         temperature: float | None,
+        on_usage: Callable[[pb.Usage], None],
     ) -> None:
         self._metrics = metrics
+        self._on_usage = on_usage  # billing: the stream's own count, once it ends
         self._model = model
         self._started = time.monotonic()
         self._last: float | None = None
@@ -108,7 +104,7 @@ class GenerationObserver:
                 self._on_message(message)
                 for choice in message.choices:
                     if choice.finish_reason:
-                        finish.append(FINISH_NAMES.get(choice.finish_reason, "unknown"))
+                        finish.append(FINISH_REASON_NAMES.get(choice.finish_reason, "unknown"))
                 if message.HasField("usage"):
                     usage = message.usage
                 yield message
@@ -129,6 +125,7 @@ class GenerationObserver:
         self._last = now
 
     def _on_end(self, usage: pb.Usage, finish: list[str]) -> None:
+        self._on_usage(usage)
         self._metrics.tokens.labels(self._model, "prompt").inc(usage.prompt_tokens)
         self._metrics.tokens.labels(self._model, "completion").inc(usage.completion_tokens)
         self._span.set_attributes(

@@ -11,10 +11,10 @@ from pydantic import BaseModel, ValidationError
 
 from services.edge.chat.protocol import ChatCompletionRequest
 from services.edge.chat.serving import ChatServing
-from services.edge.common.serving import RequestContext
 from services.edge.completions.protocol import CompletionRequest
 from services.edge.completions.serving import CompletionServing
 from services.edge.errors import OpenAIError, bad_request
+from services.edge.generation.serving import RequestContext
 from services.edge.models.serving import ModelsServing
 from services.edge.observe import EdgeMetrics
 from services.edge.speech.protocol import SpeechRequest

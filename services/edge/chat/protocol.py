@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from services.edge.common.protocol import INT32_MAX, OpenAIModel, Role, SamplingRequest
 from services.edge.errors import FieldError
+from services.edge.generation.protocol import INT32_MAX, OpenAIModel, Role, SamplingRequest
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 
@@ -165,29 +165,28 @@ class ChatCompletionRequest(SamplingRequest):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def to_proto(self, request_id: str, max_tokens: int | None) -> pb.GenerateRequest:
+    def to_proto(self, request_id: str, model: str, max_tokens: int | None) -> pb.GenerateRequest:
+        output = pb.OutputOptions(
+            logprobs=bool(self.logprobs),
+            top_logprobs=self.top_logprobs or 0,
+            skip_special_tokens=True,
+        )
+        request = self.generate_request(request_id, model, max_tokens, output)
+        request.chat.CopyFrom(self._chat_proto())
+        if self.tools:
+            request.tools.CopyFrom(self._tools_proto())
+        return request
+
+    def prompt_chars(self) -> int:
+        return sum(len(m.content) if isinstance(m.content, str) else 0 for m in self.messages)
+
+    def _chat_proto(self) -> pb.ChatInput:
         chat = pb.ChatInput(messages=[m.to_proto() for m in self.messages])
         if self.chat_template_kwargs:
             chat.chat_template_kwargs_json = json.dumps(self.chat_template_kwargs)
         if self.reasoning_effort:
             chat.reasoning_effort = self.reasoning_effort
-        request = pb.GenerateRequest(
-            request_id=request_id,
-            model=self.model,
-            chat=chat,
-            sampling=self.sampling_proto(max_tokens),
-            output=pb.OutputOptions(
-                logprobs=bool(self.logprobs),
-                top_logprobs=self.top_logprobs or 0,
-                skip_special_tokens=True,
-            ),
-        )
-        if self.tools:
-            request.tools.CopyFrom(self._tools_proto())
-        structured = self._structured_proto()
-        if structured is not None:
-            request.structured.CopyFrom(structured)
-        return request
+        return chat
 
     def _tools_proto(self) -> pb.ToolOptions:
         options = pb.ToolOptions(parallel_tool_calls=self.parallel_tool_calls is not False)
@@ -211,7 +210,7 @@ class ChatCompletionRequest(SamplingRequest):
             }[choice]
         return options
 
-    def _structured_proto(self) -> pb.StructuredOutput | None:
+    def structured_proto(self) -> pb.StructuredOutput | None:
         if self.structured_outputs is not None:
             return self.structured_outputs.to_proto()
         fmt = self.response_format

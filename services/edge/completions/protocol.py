@@ -6,8 +6,8 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from services.edge.common.protocol import INT32_MAX, SamplingRequest
 from services.edge.errors import FieldError
+from services.edge.generation.protocol import INT32_MAX, SamplingRequest
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 TokenIds = list[Annotated[int, Field(ge=0, le=INT32_MAX)]]
@@ -38,10 +38,6 @@ class CompletionRequest(SamplingRequest):
             raise FieldError("best_of", "best_of is not supported: it must be unset or equal to n")
         return self
 
-    @property
-    def requested_max_tokens(self) -> int | None:
-        return self.max_tokens
-
     def prompts(self) -> list[pb.PromptInput]:
         p = self.prompt
         if isinstance(p, str):
@@ -56,20 +52,14 @@ class CompletionRequest(SamplingRequest):
         ]
 
     def to_proto(
-        self, request_id: str, prompt: pb.PromptInput, max_tokens: int | None
+        self, request_id: str, model: str, prompt: pb.PromptInput, max_tokens: int | None
     ) -> pb.GenerateRequest:
-        request = pb.GenerateRequest(
-            request_id=request_id,
-            model=self.model,
-            prompt=prompt,
-            sampling=self.sampling_proto(max_tokens),
-            output=pb.OutputOptions(
-                logprobs=self.logprobs is not None,
-                top_logprobs=self.logprobs or 0,
-                echo=bool(self.echo),
-                skip_special_tokens=True,
-            ),
+        output = pb.OutputOptions(
+            logprobs=self.logprobs is not None,
+            top_logprobs=self.logprobs or 0,
+            echo=bool(self.echo),
+            skip_special_tokens=True,
         )
-        if self.structured_outputs is not None:
-            request.structured.CopyFrom(self.structured_outputs.to_proto())
+        request = self.generate_request(request_id, model, max_tokens, output)
+        request.prompt.CopyFrom(prompt)
         return request

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.edge.common.protocol import OpenAIModel
+from services.edge.generation.protocol import OpenAIModel
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 AudioFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -43,10 +43,10 @@ class SpeechRequest(OpenAIModel):
     def content_type(self) -> str:
         return FORMATS[self.response_format][1]
 
-    def to_proto(self, request_id: str) -> pb.SynthesizeRequest:
+    def to_proto(self, request_id: str, model: str) -> pb.SynthesizeRequest:
         return pb.SynthesizeRequest(
             request_id=request_id,
-            model=self.model,
+            model=model,
             input=self.input,
             voice=self.voice_id,
             format=FORMATS[self.response_format][0],

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.edge.common.serving import RequestContext, servable_name
 from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
 from services.edge.errors import OpenAIError, model_not_found
+from services.edge.generation.admission import servable_name
+from services.edge.generation.serving import RequestContext
 from services.edge.speech.protocol import SpeechRequest
 from services.edge.sse import SSE_HEADERS, frame
 from services.edge.tenancy.gate import Gate
@@ -31,11 +32,10 @@ class SpeechServing:
         if not servable_name(body.model):
             raise model_not_found(body.model)
         resolved = self._gate.resolve(ctx.http, body.model)
-        body.model = resolved.canonical
-        async with self._gate.guard(ctx.http, ctx.headers, resolved) as admit:
-            await admit(0)
+        async with self._gate.account(ctx.http, ctx.headers, resolved) as account:
+            await account.reserve(0)  # requests and concurrency; speech bills no tokens
             stream = self._client.synthesize(
-                body.to_proto(ctx.request_id),
+                body.to_proto(ctx.request_id, resolved.canonical),
                 timeout_s=self._config.request_timeout_s,
                 idle_timeout_s=self._config.stream_idle_timeout_s,
             )

@@ -1,21 +1,21 @@
-"""What every generation passes through at the edge: model names (aliases, allowlists),
-max_tokens defaults and caps, and the key's limits. Without a catalog, model names
+"""What every request for a model passes through at the edge: model names (aliases,
+allowlists), the key's limits and its usage. Without a catalog, model names
 pass through unchanged and only the router decides whether they exist."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from services.catalog import Catalog, ModelEntry
-from services.edge.errors import OpenAIError, bad_request, model_not_found
-from services.edge.observe import REQUEST_LOG
+from services.edge.errors import OpenAIError, model_not_found
 from services.edge.tenancy.keys import ANONYMOUS, Tenant
-from services.edge.tenancy.limits import Admission, Limiter
+from services.edge.tenancy.limits import Limiter, Reservation
 from services.edge.tenancy.usage import UsageLedger
+from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 TENANT = "tera.tenant"  # request key
 
@@ -24,7 +24,7 @@ def tenant_of(http: web.Request) -> Tenant:
     return http.get(TENANT, ANONYMOUS)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Resolved:
     canonical: str  # sent to the router
     reported: str  # put in the response's `model`
@@ -54,41 +54,18 @@ class Gate:
         reported = asked if self.catalog.report_alias else entry.id
         return Resolved(entry.id, reported, entry)
 
-    @staticmethod
-    def max_tokens(resolved: Resolved, requested: int | None) -> int | None:
-        limits = resolved.entry.max_tokens if resolved.entry else None
-        if limits is None:
-            return requested
-        if requested is None:
-            return limits.default
-        if limits.max is not None and requested > limits.max:
-            raise bad_request(
-                f"max_tokens is {requested}, above this model's maximum of {limits.max}",
-                param="max_tokens",
-            )
-        return requested
-
-    async def admit(self, http: web.Request, estimated_tokens: int) -> Admission:
-        return await self.limiter.admit(tenant_of(http), estimated_tokens)
-
     @contextlib.asynccontextmanager
-    async def guard(
+    async def account(
         self, http: web.Request, headers: dict[str, str], resolved: Resolved
-    ) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
-        """Accounts one request of a key: yields admit(estimated_tokens), to be awaited
-        once the request is valid (it applies the limits and adds the x-ratelimit
-        headers to `headers`); at the end, settles the limits with the real token count
-        and records usage, errors (validation, limits, upstream) included."""
-        admitted: list[Admission] = []
-
-        async def admit(estimated_tokens: int) -> None:
-            admission = await self.admit(http, estimated_tokens)
-            headers.update(admission.headers)
-            admitted.append(admission)
-
+    ) -> AsyncIterator[Account]:
+        """Accounts one request of a key: yields its Account, whose `reserve` is awaited
+        once the request is valid; at the end, settles the limits with the tokens the
+        streams reported and records usage, errors (validation, limits, upstream)
+        included."""
+        account = Account(self.limiter, tenant_of(http), headers)
         status = 200
         try:
-            yield admit
+            yield account
         except OpenAIError as exc:
             status = exc.status
             raise
@@ -96,14 +73,32 @@ class Gate:
             status = 499
             raise
         finally:
-            fields = http.get(REQUEST_LOG, {})
-            prompt = fields.get("prompt_tokens", 0)
-            completion = fields.get("completion_tokens", 0)
-            if admitted:
-                await admitted[0].settle(prompt + completion)
-            self.usage.record(tenant_of(http).name, resolved.canonical, status, prompt, completion)
+            await account.settle()
+            prompt, completion = account.prompt_tokens, account.completion_tokens
+            self.usage.record(account.tenant.name, resolved.canonical, status, prompt, completion)
 
-    def estimate(self, prompt_chars: int, max_tokens: int | None, context: int | None) -> int:
-        """Tokens to reserve before the real count is known (about 4 characters a token)."""
-        completion = max_tokens or (context or 2048) // 4
-        return prompt_chars // 4 + 1 + completion
+
+@dataclass
+class Account:
+    """One request's bill: the limits it reserved and the tokens its streams reported."""
+
+    limiter: Limiter
+    tenant: Tenant
+    headers: dict[str, str]  # the response's: x-ratelimit headers are added here
+    reservation: Reservation | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    async def reserve(self, estimated_tokens: int) -> None:
+        """Applies the key's limits (raising 429 when over) and adds their headers."""
+        self.reservation = await self.limiter.reserve(self.tenant, estimated_tokens)
+        self.headers.update(self.reservation.headers)
+
+    def add_usage(self, usage: pb.Usage) -> None:
+        """Called with each upstream stream's final usage (several for many prompts)."""
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+
+    async def settle(self) -> None:
+        if self.reservation is not None:
+            await self.reservation.settle(self.prompt_tokens + self.completion_tokens)

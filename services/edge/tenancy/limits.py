@@ -72,7 +72,7 @@ class MemoryStore:
 
 
 @dataclass
-class Admission:
+class Reservation:
     """What one request holds: a concurrency slot and a token reservation."""
 
     limiter: Limiter
@@ -98,41 +98,41 @@ class Limiter:
         self._store = store
         self._failures = failures
 
-    async def admit(self, tenant: Tenant, estimated_tokens: int) -> Admission:
+    async def reserve(self, tenant: Tenant, estimated_tokens: int) -> Reservation:
         limits = tenant.limits
-        admission = Admission(self, tenant)
+        reservation = Reservation(self, tenant)
         if limits.requests_per_minute:
             decision = await self._rate(f"req:{tenant.name}", 1, limits.requests_per_minute)
-            admission.headers |= _headers("requests", limits.requests_per_minute, decision)
+            reservation.headers |= _headers("requests", limits.requests_per_minute, decision)
             if not decision.allowed:
                 raise _over(
                     f"requests per minute ({limits.requests_per_minute})",
                     decision,
-                    admission.headers,
+                    reservation.headers,
                 )
         if limits.tokens_per_minute:
             cost = min(estimated_tokens, limits.tokens_per_minute)
             decision = await self._rate(f"tok:{tenant.name}", cost, limits.tokens_per_minute)
-            admission.headers |= _headers("tokens", limits.tokens_per_minute, decision)
+            reservation.headers |= _headers("tokens", limits.tokens_per_minute, decision)
             if not decision.allowed:
                 raise _over(
-                    f"tokens per minute ({limits.tokens_per_minute})", decision, admission.headers
+                    f"tokens per minute ({limits.tokens_per_minute})", decision, reservation.headers
                 )
-            admission.reserved_tokens = cost
+            reservation.reserved_tokens = cost
         if limits.max_concurrent:
             if not await self.store_call(
                 "acquire", f"con:{tenant.name}", limits.max_concurrent, default=True
             ):
-                await admission.settle(0)
+                await reservation.settle(0)
                 raise OpenAIError(
                     429,
                     f"Too many concurrent requests for this key (limit {limits.max_concurrent}).",
                     type="rate_limit_error",
                     code="concurrency_limit_exceeded",
-                    headers={**admission.headers, "Retry-After": "1"},
+                    headers={**reservation.headers, "Retry-After": "1"},
                 )
-            admission.holds_slot = True
-        return admission
+            reservation.holds_slot = True
+        return reservation
 
     async def _rate(self, key: str, cost: float, per_minute: int) -> Decision:
         fallback = Decision(True, 0.0)

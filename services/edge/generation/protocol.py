@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.common.wire import OPTIONAL_SAMPLING_FIELDS
 from services.edge.errors import FieldError
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
@@ -122,25 +123,36 @@ class SamplingRequest(OpenAIModel):
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
-    def sampling_proto(self, max_tokens: int | None) -> pb.SamplingParams:
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def generate_request(
+        self, request_id: str, model: str, max_tokens: int | None, output: pb.OutputOptions
+    ) -> pb.GenerateRequest:
+        """The proto with what chat and completions share; they add their input."""
+        request = pb.GenerateRequest(
+            request_id=request_id,
+            model=model,
+            sampling=self._sampling_proto(max_tokens),
+            output=output,
+        )
+        structured = self.structured_proto()
+        if structured is not None:
+            request.structured.CopyFrom(structured)
+        return request
+
+    def structured_proto(self) -> pb.StructuredOutput | None:
+        return None if self.structured_outputs is None else self.structured_outputs.to_proto()
+
+    def _sampling_proto(self, max_tokens: int | None) -> pb.SamplingParams:
         params = pb.SamplingParams(
             stop=self.stop_list(), n=self.n or 1, ignore_eos=bool(self.ignore_eos)
         )
-        for name in (
-            "temperature",
-            "top_p",
-            "min_p",
-            "frequency_penalty",
-            "presence_penalty",
-            "repetition_penalty",
-            "seed",
-            "min_tokens",
-        ):
+        for name in OPTIONAL_SAMPLING_FIELDS:
             value = getattr(self, name)
             if value is not None:
                 setattr(params, name, value)
-        if self.top_k is not None:
-            params.top_k = self.top_k
         if max_tokens is not None:
             params.max_tokens = max_tokens
         for token_id, bias in (self.logit_bias or {}).items():

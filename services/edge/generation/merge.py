@@ -14,8 +14,11 @@ async def merge_streams(
 ) -> AsyncIterator[tuple[int, object]]:
     """Yields (stream index, message); the first failure cancels the rest and is raised."""
     if len(streams) == 1:
-        async for message in streams[0]:
-            yield 0, message
+        try:
+            async for message in streams[0]:
+                yield 0, message
+        finally:  # closing now, not at garbage collection, ends the upstream call at once
+            await streams[0].aclose()  # type: ignore[attr-defined]
         return
     queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
 

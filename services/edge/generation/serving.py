@@ -1,0 +1,227 @@
+"""One flow for chat and completions: admission -> proto -> upstream streams -> render.
+
+An endpoint subclasses `GenerationServing` and supplies its request conversion
+(`measure`, `upstreams`) and a `Renderer` for its JSON shapes; everything else, from
+limits to the SSE failure chunk, happens here once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from aiohttp import web
+
+from services.edge.config import EdgeConfig
+from services.edge.engine_client import EngineClient
+from services.edge.errors import OpenAIError
+from services.edge.generation.admission import Admitted, admit
+from services.edge.generation.merge import merge_streams
+from services.edge.generation.protocol import SamplingRequest
+from services.edge.generation.render import Renderer, add_usage, truncated, usage_json
+from services.edge.observe import EdgeMetrics, GenerationObserver
+from services.edge.sse import DONE, ChunkFramer, dumps, frame, open_stream
+from services.edge.tenancy.gate import Account, Gate
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+
+SESSION_HEADER = "X-Session-Id"
+
+B = TypeVar("B", bound=SamplingRequest)
+Messages = AsyncIterator[tuple[int, pb.GenerateResponse]]  # (upstream index, message)
+
+
+@dataclass
+class RequestContext:
+    http: web.Request
+    request_id: str
+    created: int = field(default_factory=lambda: int(time.time()))
+    # Added to the response (rate-limit headers).
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def response_headers(self) -> dict[str, str]:
+        return {**self.headers, "X-Request-Id": self.request_id}
+
+    @classmethod
+    def from_http(cls, http: web.Request) -> RequestContext:
+        return cls(http=http, request_id=http.get("request_id") or uuid.uuid4().hex)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One generation sent to the router (completions send one per prompt)."""
+
+    request: pb.GenerateRequest
+    routing_text: str  # hashed into the routing key when no session or user is given
+
+
+@dataclass
+class _Reply:
+    """What the template renders a request's messages with."""
+
+    ctx: RequestContext
+    admitted: Admitted
+    renderer: Renderer
+    n: int  # samples per prompt: choice index = upstream index * n + sample index
+    choices: int
+    include_usage: bool
+
+
+class GenerationServing(ABC, Generic[B]):
+    def __init__(
+        self, config: EdgeConfig, client: EngineClient, metrics: EdgeMetrics, gate: Gate
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.metrics = metrics
+        self.gate = gate
+
+    @abstractmethod
+    def measure(self, body: B) -> tuple[int, int]:
+        """(prompt characters, number of prompts), for the admission's estimate."""
+
+    @abstractmethod
+    def upstreams(self, ctx: RequestContext, body: B, admitted: Admitted) -> list[Upstream]: ...
+
+    @abstractmethod
+    def renderer(self, body: B) -> Renderer: ...
+
+    async def create(self, ctx: RequestContext, body: B) -> web.StreamResponse:
+        resolved = self.gate.resolve(ctx.http, body.model)
+        async with self.gate.account(ctx.http, ctx.headers, resolved) as account:
+            chars, prompts = self.measure(body)
+            n = body.n or 1
+            admitted = admit(self.config, resolved, body, prompt_chars=chars, choices=n * prompts)
+            await account.reserve(admitted.estimated_tokens)
+            streams = [
+                self._generate(ctx, u, account, body.user)
+                for u in self.upstreams(ctx, body, admitted)
+            ]
+            merged = merge_streams(streams)  # type: ignore[arg-type]
+            reply = _Reply(ctx, admitted, self.renderer(body), n, n * prompts, body.include_usage)
+            try:
+                # Waits for the first message, so errors before it get a proper HTTP status.
+                first = await anext(merged, None)
+                if body.stream:
+                    return await _stream(reply, first, merged)  # type: ignore[arg-type]
+                return await _complete(reply, first, merged)  # type: ignore[arg-type]
+            finally:
+                await merged.aclose()  # type: ignore[attr-defined]
+
+    def _generate(
+        self, ctx: RequestContext, upstream: Upstream, account: Account, user: str | None
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        request = upstream.request
+        if self.config.coalesce_window_ms:  # unset: the engine's default applies
+            request.coalesce_window_ms = self.config.coalesce_window_ms
+        s = request.sampling
+        observer = GenerationObserver(
+            self.metrics,
+            ctx.http,
+            model=request.model,
+            max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
+            temperature=s.temperature if s.HasField("temperature") else None,
+            on_usage=account.add_usage,
+        )
+        return observer.watch(
+            self.client.generate(
+                request,
+                routing_key=self.routing_key(ctx.http, user, upstream.routing_text),
+                timeout_s=self.config.request_timeout_s,
+                idle_timeout_s=self.config.stream_idle_timeout_s,
+            )
+        )
+
+    def routing_key(self, http: web.Request, user: str | None, prompt_text: str) -> str | None:
+        """Session header, then `user`, then the prompt's first characters; hashed, so any
+        text is a valid gRPC metadata value and no user data crosses in clear."""
+        source = http.headers.get(SESSION_HEADER) or user
+        if not source:
+            k = self.config.affinity_prefix_chars
+            if not k or not prompt_text:
+                return None
+            source = prompt_text[:k]
+        return hashlib.blake2b(source.encode(errors="replace"), digest_size=8).hexdigest()
+
+
+def _envelope(reply: _Reply, object_: str) -> dict[str, object]:
+    return {
+        "id": f"{reply.renderer.id_prefix}-{reply.ctx.request_id}",
+        "object": object_,
+        "created": reply.ctx.created,
+        "model": reply.admitted.reported,
+    }
+
+
+def _total(usages: dict[int, pb.Usage]) -> pb.Usage:
+    """Each upstream's last usage message, added up over upstreams."""
+    total = pb.Usage()
+    for usage in usages.values():
+        add_usage(total, usage)
+    return total
+
+
+async def _complete(
+    reply: _Reply, first: tuple[int, pb.GenerateResponse] | None, messages: Messages
+) -> web.Response:
+    renderer = reply.renderer
+    choices = {i: renderer.choice() for i in range(reply.choices)}
+    usages: dict[int, pb.Usage] = {}
+    item = first
+    while item is not None:
+        upstream, message = item
+        for delta in message.choices:
+            index = upstream * reply.n + delta.index
+            choices.setdefault(index, renderer.choice()).add(delta)
+        if message.HasField("usage"):
+            usages[upstream] = message.usage
+        item = await anext(messages, None)
+    if any(not c.finish_reason for c in choices.values()):
+        raise truncated()
+    payload = {
+        **_envelope(reply, renderer.object),
+        "choices": [c.json(i, renderer.logprobs) for i, c in sorted(choices.items())],
+        "usage": usage_json(_total(usages)),
+    }
+    return web.json_response(payload, dumps=dumps, headers=reply.ctx.response_headers())
+
+
+async def _stream(
+    reply: _Reply, first: tuple[int, pb.GenerateResponse] | None, messages: Messages
+) -> web.StreamResponse:
+    renderer = reply.renderer
+    response = await open_stream(reply.ctx.http, reply.ctx.response_headers())
+    framer = ChunkFramer(_envelope(reply, renderer.chunk_object), include_usage=reply.include_usage)
+    unfinished = set(range(reply.choices))
+    opening = renderer.opening(reply.n)
+    if opening:
+        await response.write(b"".join(framer.choices(dumps(c)) for c in opening))
+    usages: dict[int, pb.Usage] = {}
+    try:
+        item = first
+        while item is not None:
+            upstream, message = item
+            chunks = []
+            for delta in message.choices:
+                index = upstream * reply.n + delta.index
+                if delta.finish_reason:
+                    unfinished.discard(index)
+                chunks.append(framer.choices(dumps(renderer.delta(index, delta))))
+            await response.write(b"".join(chunks))
+            if message.HasField("usage"):
+                usages[upstream] = message.usage
+            item = await anext(messages, None)
+        if unfinished:
+            raise truncated()
+    except OpenAIError as exc:
+        failed = (framer.choices(dumps(renderer.failed(i))) for i in sorted(unfinished))
+        await response.write(b"".join(failed) + frame(exc.body()))
+        return response
+    if reply.include_usage and (usages or not renderer.usage_needs_upstream):
+        await response.write(framer.usage(usage_json(_total(usages))))
+    await response.write(DONE)
+    return response
