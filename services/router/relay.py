@@ -189,7 +189,8 @@ class Relay:
         ]
         if not candidates or not self._hedger.try_spend(up.route.model):
             return None
-        replica = self._policy(up.route.model).select(candidates, up.route)
+        # The least loaded, not the policy's pick: a hedge must not shift its rotation.
+        replica = min(candidates, key=Replica.load_score)
         log.debug("hedging %s on %s", up.route.model, replica.address)
         return self._open(up, replica, attempt, opened, tried)
 
