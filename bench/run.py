@@ -93,22 +93,22 @@ def main() -> None:
             " (synthesis time / audio duration, p50)\n",
         ]
     if "hedging" in parts:
-        rows = hedging.run(results)
-        report["hedging"] = rows
-        md += [
-            f"## Hedged first tokens (2 stand-in replicas, one {hedging.SLOW_FIRST_TOKEN_S:g} s "
-            f"late with its first token; {hedging.REQUESTS} requests, "
-            f"{hedging.CONCURRENCY} concurrent, {hedging.POLICY})\n",
-            table(
-                rows,
-                ["setting", "p50_ttft_ms", "p99_ttft_ms", "hedges_per_request", "hedge_wins"],
-            ),
-            "",
-        ]
+        report["hedging"] = rows = hedging.run(results)
+        md += _hedging_section(rows)
     (results / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (results / "report.md").write_text("\n".join(md))
     print("\n".join(md))
     print(f"\nwritten to {results}/report.md and report.json")
+
+
+def _hedging_section(rows: list[dict]) -> list[str]:
+    return [
+        f"## Hedged first tokens (2 stand-in replicas, one {hedging.SLOW_FIRST_TOKEN_S:g} s "
+        f"late with its first token; {hedging.REQUESTS} requests, "
+        f"{hedging.CONCURRENCY} concurrent, {hedging.POLICY})\n",
+        table(rows, ["setting", "p50_ttft_ms", "p99_ttft_ms", "hedges_per_request", "hedge_wins"]),
+        "",
+    ]
 
 
 def _relay_section(result: dict, window: int) -> list[str]:
