@@ -7,11 +7,11 @@ import argparse
 import json
 import time
 
-from bench import overhead, profile, relay, speech, vs_vllm
+from bench import hedging, overhead, profile, relay, speech, vs_vllm
 from bench.common import CACHE_DIR, ROOT, table
 from services.engine.model_prep import default_model_dir, prepare_default_model
 
-PARTS = ("vs_vllm", "relay", "overhead", "profile", "speech")
+PARTS = ("vs_vllm", "relay", "overhead", "profile", "speech", "hedging")
 
 
 def main() -> None:
@@ -92,10 +92,23 @@ def main() -> None:
             f"{result['ttfb_ms_p50']:.0f} ms (p50), real-time factor {result['rtf_p50']:.3f}"
             " (synthesis time / audio duration, p50)\n",
         ]
+    if "hedging" in parts:
+        report["hedging"] = rows = hedging.run(results)
+        md += _hedging_section(rows)
     (results / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (results / "report.md").write_text("\n".join(md))
     print("\n".join(md))
     print(f"\nwritten to {results}/report.md and report.json")
+
+
+def _hedging_section(rows: list[dict]) -> list[str]:
+    return [
+        f"## Hedged first tokens (2 stand-in replicas, one {hedging.SLOW_FIRST_TOKEN_S:g} s "
+        f"late with its first token; {hedging.REQUESTS} requests, "
+        f"{hedging.CONCURRENCY} concurrent, {hedging.POLICY})\n",
+        table(rows, ["setting", "p50_ttft_ms", "p99_ttft_ms", "hedges_per_request", "hedge_wins"]),
+        "",
+    ]
 
 
 def _relay_section(result: dict, window: int) -> list[str]:

@@ -36,6 +36,7 @@ QUEUE_TIME = "tera.queue_time_s"
 REPLICA = "tera.replica.address"
 ATTEMPT = "tera.attempt"
 RETRY_REASON = "tera.retry.reason"
+HEDGE = "tera.attempt.hedge"
 
 
 def tracing_enabled() -> bool:

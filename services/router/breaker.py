@@ -39,6 +39,10 @@ class CircuitBreaker:
         if self.half_open:
             self._trial_in_flight = True
 
+    def on_abandoned(self) -> None:
+        """The router gave up on an attempt (another answered first): let another trial go."""
+        self._trial_in_flight = False
+
     def on_success(self) -> None:
         self.consecutive_failures = 0
         self.ejections = 0

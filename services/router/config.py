@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field, model_validator
 
 from services.router.policies import check_policy_name
@@ -36,6 +38,31 @@ class HealthConfig(BaseModel):
     load_poll_interval_s: float = Field(1.0, gt=0)
 
 
+class HedgeConfig(BaseModel):
+    """A call with no first message after the hedge delay is also sent to a second
+    replica; the first to answer is kept and the other cancelled."""
+
+    enabled: bool = True
+    # A fixed delay; None: adaptive, the model's recent time to first message at
+    # `percentile`, clamped to [floor_s, ceiling_s] (ceiling_s until min_samples).
+    delay_s: float | None = Field(None, gt=0)
+    percentile: float = Field(95.0, gt=0, le=100)
+    floor_s: float = Field(0.25, gt=0)
+    ceiling_s: float = Field(5.0, gt=0)
+    window: int = Field(200, ge=1)
+    min_samples: int = Field(20, ge=1)
+    # Hedges may add at most this fraction of the model's requests (token bucket that
+    # starts with budget_burst), so an all-slow fleet sees no hedge storm.
+    budget_ratio: float = Field(0.05, ge=0)
+    budget_burst: float = Field(10.0, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> HedgeConfig:
+        if self.floor_s > self.ceiling_s:
+            raise ValueError(f"hedge floor_s {self.floor_s} is above ceiling_s {self.ceiling_s}")
+        return self
+
+
 class RouterConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 50051
@@ -51,6 +78,9 @@ class RouterConfig(BaseModel):
     model_policies: dict[str, str] = Field(default_factory=dict)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    hedge: HedgeConfig = Field(default_factory=HedgeConfig)
+    # Per-model hedge settings over `hedge`: {"model id": {"enabled": false}}.
+    model_hedges: dict[str, dict[str, Any]] = Field(default_factory=dict)
     health: HealthConfig = Field(default_factory=HealthConfig)
     # Retry-After (seconds) suggested to callers when no replica can take a request.
     retry_after_s: int = 1
@@ -66,3 +96,15 @@ class RouterConfig(BaseModel):
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @model_validator(mode="after")
+    def _model_hedges_valid(self) -> RouterConfig:
+        for model in self.model_hedges:
+            self.hedge_for(model)
+        return self
+
+    def hedge_for(self, model: str) -> HedgeConfig:
+        override = self.model_hedges.get(model)
+        if not override:
+            return self.hedge
+        return HedgeConfig.model_validate({**self.hedge.model_dump(), **override})

@@ -29,6 +29,24 @@ class RouterMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.hedges = Counter(
+            "tera_router_hedges",
+            "Hedge attempts sent to a second replica, by model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.hedge_wins = Counter(
+            "tera_router_hedge_wins",
+            "Hedged calls whose hedge answered first, by model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.hedge_cancelled = Counter(
+            "tera_router_hedge_cancelled",
+            "Attempts cancelled because the other one of a hedged pair answered first",
+            ["model"],
+            registry=self.registry,
+        )
         self.first_message = Histogram(
             "tera_router_first_message_seconds",
             "Time to the first response message",

@@ -1,7 +1,8 @@
 """Relays a server-streaming call to one replica, as opaque bytes, with retries.
 
 Until the first response message reaches the caller, a failed attempt is retried on
-another replica (jittered backoff, attempt cap, retry budget). After that the answer is
+another replica (jittered backoff, attempt cap, retry budget), and an attempt slow to send
+it is hedged on a second replica (services/router/hedge.py). After that the answer is
 committed: a failure ends the caller's stream with the replica's error status, so a
 truncated answer can never pass for a complete one.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,11 +25,13 @@ from services.common import metadata
 from services.common.telemetry import (
     ATTEMPT,
     GEN_AI_REQUEST_MODEL,
+    HEDGE,
     REPLICA,
-    RETRY_REASON,
     tracing_enabled,
 )
+from services.router.attempt import Attempt, AttemptFailed
 from services.router.config import RouterConfig
+from services.router.hedge import Hedger, first_answer
 from services.router.metrics import RouterMetrics
 from services.router.policies import LoadBalancingPolicy, RouteRequest, create_policy
 from services.router.pool import ReplicaPool
@@ -66,6 +70,7 @@ class Relay:
     def reconfigure(self, config: RouterConfig) -> None:
         self._config = config
         self._budget = RetryBudget(config.retry)
+        self._hedger = Hedger(config, self._metrics)
         self._default_policy = create_policy(config.policy)
         self._policies = {m: create_policy(p) for m, p in config.model_policies.items()}
 
@@ -106,6 +111,7 @@ class Relay:
         forward: tuple[tuple[str, str], ...],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
+        upstream = _Upstream(method, request, route, forward, context)
         tried: set[str] = set()
         last_failure: Refusal | None = None
         for attempt in range(1, self._config.retry.max_attempts + 1):
@@ -115,53 +121,78 @@ class Relay:
                     break
                 await asyncio.sleep(backoff_s(attempt - 1, self._config.retry))
             replica = self._choose(route, tried, last_failure)
-            tried.add(replica.address)
-            span, call = self._call(replica, attempt, method, request, forward, context)
-            with replica.track(), _ends_after(span):
-                try:
-                    first = await self._first_message(call, replica)
+            if attempt == 1:  # a model some replica serves: worth hedging state
+                self._hedger.on_request(route.model)
+            opened: list[Attempt] = []
+            try:
+                winner, first = await self._race(upstream, replica, attempt, opened, tried)
+                with _marks_failure(winner.span):
                     if first is None:  # finished with no message: a valid, empty answer
-                        replica.record_success()
+                        winner.replica.record_success()
                         return
                     yield first
-                    async for chunk in self._rest(call, replica):
+                    async for chunk in self._rest(winner.call, winner.replica):
                         yield chunk
                     return
-                except _AttemptFailed as failure:
-                    last_failure = failure.refusal
-                    span.set_attribute(RETRY_REASON, failure.refusal.code.name)
-                    span.set_status(Status(StatusCode.ERROR, failure.refusal.message))
-                    if not failure.retryable or _remaining(context) == 0:
-                        break
-                    log.info(
-                        "attempt %d on %s failed (%s); retrying",
-                        attempt,
-                        replica.address,
-                        failure.refusal.code.name,
-                    )
-                    self._metrics.retries.labels(failure.refusal.code.name).inc()
-                finally:
-                    call.cancel()
+            except AttemptFailed as failure:
+                last_failure = failure.refusal
+                if not failure.retryable or _remaining(context) == 0:
+                    break
+                log.info(
+                    "attempt %d on %s failed (%s); retrying",
+                    attempt,
+                    ", ".join(a.replica.address for a in opened),
+                    failure.refusal.code.name,
+                )
+                self._metrics.retries.labels(failure.refusal.code.name).inc()
+            finally:
+                for opened_attempt in opened:
+                    opened_attempt.close()
         raise last_failure or Refusal(grpc.StatusCode.UNAVAILABLE, "no replica answered")
 
-    def _call(
-        self,
-        replica: Replica,
-        attempt: int,
-        method: str,
-        request: bytes,
-        forward: tuple[tuple[str, str], ...],
-        context: grpc.aio.ServicerContext,
-    ) -> tuple[trace.Span, grpc.aio.UnaryStreamCall]:
-        """Starts one attempt's upstream call under its own span."""
+    async def _race(
+        self, up: _Upstream, replica: Replica, attempt: int, opened: list[Attempt], tried: set[str]
+    ) -> tuple[Attempt, bytes | None]:
+        """The attempt on `replica`, hedged: the first of the attempts opened to answer."""
+        primary = self._open(up, replica, attempt, opened, tried)
+        hedge = functools.partial(self._hedge, up, attempt, opened, tried)
+        winner, first = await first_answer(primary, self._hedger.delay_s(up.route.model), hedge)
+        self._hedger.settle(up.route.model, winner, opened)
+        return winner, first
+
+    def _open(
+        self, up: _Upstream, replica: Replica, attempt: int, opened: list[Attempt], tried: set[str]
+    ) -> Attempt:
+        """Starts the call on `replica`; its first message is awaited in a task."""
+        tried.add(replica.address)
+        hedge = bool(opened)
         span = self._tracer.start_span(
-            "attempt", attributes={ATTEMPT: attempt, REPLICA: replica.address}
+            "attempt", attributes={ATTEMPT: attempt, REPLICA: replica.address, HEDGE: hedge}
         )
         with trace.use_span(span, end_on_exit=False):  # parent of the upstream call
-            call = replica.channel.unary_stream(method)(
-                request, metadata=forward, timeout=_remaining(context)
+            call = replica.channel.unary_stream(up.method)(
+                up.request, metadata=up.forward, timeout=_remaining(up.context)
             )
-        return span, call
+        opened.append(started := Attempt(replica, call, span, hedge))
+        first = self._first_message(call, replica, up.route.model)
+        started.wait_first(asyncio.create_task(first))
+        return started
+
+    def _hedge(
+        self, up: _Upstream, attempt: int, opened: list[Attempt], tried: set[str]
+    ) -> Attempt | None:
+        """A second attempt on another replica, if one can take it and the budget allows."""
+        candidates = [
+            r
+            for r in self._pool.candidates(up.route.model)
+            if r.address not in tried and not r.saturated
+        ]
+        if not candidates or not self._hedger.try_spend(up.route.model):
+            return None
+        # The least loaded, not the policy's pick: a hedge must not shift its rotation.
+        replica = min(candidates, key=Replica.load_score)
+        log.debug("hedging %s on %s", up.route.model, replica.address)
+        return self._open(up, replica, attempt, opened, tried)
 
     def _choose(
         self, route: RouteRequest, tried: set[str], last_failure: Refusal | None
@@ -190,7 +221,7 @@ class Relay:
         )
 
     async def _first_message(
-        self, call: grpc.aio.UnaryStreamCall, replica: Replica
+        self, call: grpc.aio.UnaryStreamCall, replica: Replica, model: str
     ) -> bytes | None:
         started = time.monotonic()
         try:
@@ -198,7 +229,7 @@ class Relay:
                 message = await call.read()
         except TimeoutError:
             replica.record_failure("no first message in time")
-            raise _AttemptFailed(
+            raise AttemptFailed(
                 Refusal(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"replica {replica.address} sent nothing in time",
@@ -211,6 +242,7 @@ class Relay:
             return None
         elapsed = time.monotonic() - started
         replica.record_first_message(elapsed)
+        self._hedger.observe(model, elapsed)
         self._metrics.first_message.labels(next(iter(replica.models), "")).observe(elapsed)
         return message  # type: ignore[return-value]
 
@@ -225,32 +257,34 @@ class Relay:
         replica.record_success()
 
     @staticmethod
-    def _failed(exc: grpc.aio.AioRpcError, replica: Replica) -> _AttemptFailed:
+    def _failed(exc: grpc.aio.AioRpcError, replica: Replica) -> AttemptFailed:
         code = exc.code()
         if code in REPLICA_FAULTS:
             replica.record_failure(code.name)
         trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str))
         refusal = Refusal(code, exc.details() or code.name, trailing=trailing)
-        return _AttemptFailed(refusal, retryable=code in RETRYABLE)
+        return AttemptFailed(refusal, retryable=code in RETRYABLE)
 
 
 @contextlib.contextmanager
-def _ends_after(span: trace.Span) -> Iterator[None]:
-    """Ends an attempt's span; a failure after the first message marks it failed."""
+def _marks_failure(span: trace.Span) -> Iterator[None]:
+    """A failure after the first message marks the attempt's span failed."""
     try:
         yield
     except Refusal as refusal:
         span.set_status(Status(StatusCode.ERROR, refusal.message))
         raise
-    finally:
-        span.end()
 
 
-class _AttemptFailed(Exception):
-    def __init__(self, refusal: Refusal, *, retryable: bool) -> None:
-        super().__init__(refusal.message)
-        self.refusal = refusal
-        self.retryable = retryable
+@dataclass(frozen=True)
+class _Upstream:
+    """What every attempt of one call sends upstream."""
+
+    method: str
+    request: bytes
+    route: RouteRequest
+    forward: tuple[tuple[str, str], ...]
+    context: grpc.aio.ServicerContext
 
 
 def _remaining(context: grpc.aio.ServicerContext) -> float | None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 
 import grpc
 
+from services.router.bucket import TokenBucket
 from services.router.config import RetryConfig
 
 # Failures of the replica, not of the request: another replica may well succeed.
@@ -25,35 +27,17 @@ RETRYABLE = frozenset(
 REPLICA_FAULTS = RETRYABLE - {grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-class RetryBudget:
-    """Token bucket: each request deposits `ratio` tokens, each retry spends one.
+class RetryBudget(TokenBucket):
+    """Each request deposits `budget_ratio` tokens, each retry spends one; a floor of
+    min_retries_per_s tokens per second keeps retries possible at low traffic."""
 
-    A floor of min_per_s tokens per second keeps retries possible at low traffic.
-    """
-
-    def __init__(self, config: RetryConfig, clock: object = time.monotonic) -> None:
-        self._ratio = config.budget_ratio
-        self._floor_per_s = config.min_retries_per_s
-        self._cap = config.budget_burst
-        self._tokens = self._cap
-        self._clock = clock
-        self._last = clock()  # type: ignore[operator]
-
-    def on_request(self) -> None:
-        self._refill()
-        self._tokens = min(self._cap, self._tokens + self._ratio)
-
-    def try_spend(self) -> bool:
-        self._refill()
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
-
-    def _refill(self) -> None:
-        now = self._clock()  # type: ignore[operator]
-        self._tokens = min(self._cap, self._tokens + (now - self._last) * self._floor_per_s)
-        self._last = now
+    def __init__(self, config: RetryConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(
+            ratio=config.budget_ratio,
+            floor_per_s=config.min_retries_per_s,
+            cap=config.budget_burst,
+            clock=clock,
+        )
 
 
 def backoff_s(attempt: int, config: RetryConfig) -> float:

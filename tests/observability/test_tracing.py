@@ -37,6 +37,7 @@ def _stack(
     models: list[str],
     engines: int = 1,
     per_engine: list[list[str]] | None = None,
+    router_args: tuple[str, ...] = ("--policy", "round_robin"),
 ) -> Stack:
     plan = StackPlan(
         edge_port=free_port(),
@@ -45,7 +46,7 @@ def _stack(
         engine_args=engine_args,
         per_engine_args=per_engine or [],
         model_ids=models,
-        router_args=["--policy", "round_robin"],
+        router_args=list(router_args),
         env=receiver.env,
         edge_env={"TERA_API_KEYS": KEY},
         log_dir=logs,
@@ -80,6 +81,22 @@ def traced_retry(
         engines=2,
         per_engine=[failing, healthy],
     )
+    try:
+        yield RunningStack(stack)
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def traced_hedge(
+    receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningStack]:
+    """Two stand-in replicas; the first is 2 s late with its first token, so it is hedged."""
+    logs = tmp_path_factory.mktemp("traced-hedge")
+    config = logs / "router.yaml"
+    config.write_text(json.dumps({"policy": "round_robin", "hedge": {"delay_s": 0.2}}))
+    slow, fast = scripted_args(first_token_delay_s=2.0), scripted_args()
+    stack = _stack(logs, receiver, [], [SCRIPTED_MODEL], 2, [slow, fast], ("--config", str(config)))
     try:
         yield RunningStack(stack)
     finally:
@@ -180,6 +197,23 @@ async def test_retried_request_shows_each_attempt(
     engines = [s for s in spans if s.service == "tera-engine" and s.kind == SERVER]
     assert len(engines) == 2  # both replicas appear, each under its attempt
     _no_key_anywhere(spans)
+
+
+async def test_hedge_is_its_own_attempt(traced_hedge: RunningStack, receiver: OtlpReceiver) -> None:
+    # Round robin sends one of two requests to the slow replica; that one is hedged.
+    trace_ids = [secrets.token_hex(16), secrets.token_hex(16)]
+    for trace_id in trace_ids:
+        await _chat(traced_hedge, SCRIPTED_MODEL, trace_id)
+    traces = [receiver.wait_for(t, SERVICES) for t in trace_ids]
+    spans = max(traces, key=lambda spans: sum(s.name == "attempt" for s in spans))
+    TREES["hedged request (stand-in engines)"] = tree(spans)
+    router = _one(spans, "tera-router", SERVER)
+    attempts = [s for s in _children(spans, router) if s.name == "attempt"]
+    hedged = {a.attributes["tera.attempt.hedge"]: a for a in attempts}
+    assert len(attempts) == 2 and set(hedged) == {True, False}, tree(spans)
+    assert [a.attributes["tera.attempt"] for a in attempts] == [1, 1]
+    fast = traced_hedge.engine_addresses[1]
+    assert hedged[True].attributes["tera.replica.address"] == fast
 
 
 def test_engine_reexposes_vllm_metrics(traced_vllm: RunningStack) -> None:
