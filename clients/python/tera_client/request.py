@@ -19,7 +19,13 @@ class GenerateParams(TypedDict, total=False):
     temperature: float
     top_p: float
     top_k: int
+    min_p: float
+    frequency_penalty: float
+    presence_penalty: float
+    repetition_penalty: float
     seed: int
+    min_tokens: int
+    ignore_eos: bool
     stop: Sequence[str]
     n: int
     tools: Sequence[Mapping[str, Any]]
@@ -34,7 +40,10 @@ class GenerateParams(TypedDict, total=False):
     request_id: str
 
 
-_SAMPLING = ("temperature", "top_p", "top_k", "seed", "max_tokens")
+_SAMPLING = (
+    *("temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "min_tokens"),
+    *("frequency_penalty", "presence_penalty", "repetition_penalty", "ignore_eos"),
+)
 _MODES = {"auto": pb.ToolChoice.MODE_AUTO, "none": pb.ToolChoice.MODE_NONE}
 _MODES["required"] = pb.ToolChoice.MODE_REQUIRED
 
