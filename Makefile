@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CACHE ?= .cache
 
-.PHONY: run test setup model proto lint format bench clean
+.PHONY: run test setup model proto proto-release lint format bench clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -24,12 +24,17 @@ bench: model
 
 proto: setup
 	@$(PY) scripts/gen_proto.py
+	@$(PY) scripts/proto_check.py
+
+# At a release: today's proto becomes the baseline later changes must stay compatible with.
+proto-release: setup
+	@$(PY) scripts/proto_check.py --release
 
 lint: setup
-	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check services scripts tests bench devstack
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check services scripts tests bench devstack clients
 
 format: setup
-	@$(VENV)/bin/ruff format services scripts tests bench devstack && $(VENV)/bin/ruff check --fix .
+	@$(VENV)/bin/ruff format services scripts tests bench devstack clients && $(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) $(CACHE)

@@ -16,8 +16,9 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import STAND_IN_MODEL, percentile
-from services.common.processes import free_port
-from services.launcher import Stack, StackPlan, scripted_engine_args
+from devstack.engine_args import scripted_engine_args
+from devstack.processes import free_port
+from devstack.stack import Stack, StackPlan
 
 SLOW_FIRST_TOKEN_S = 2.0
 REQUESTS = 200

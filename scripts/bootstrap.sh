@@ -71,10 +71,11 @@ if ! stamp_ok backend "$backend"; then
   stamp_set backend "$backend"
 fi
 
-project_hash=$(cat pyproject.toml | sha256sum | cut -c1-16)
+# The gRPC client is its own distribution (clients/python), installed editable next to tera.
+project_hash=$(cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -c1-16)
 if ! stamp_ok project "$project_hash"; then
   log "installing tera and its dev tools"
-  $PIP install -c "$VENV/constraints.txt" -e ".[dev]"
+  $PIP install -c "$VENV/constraints.txt" -e ".[dev]" -e "clients/python[tracing]"
   stamp_set project "$project_hash"
 fi
 log "environment ready ($backend)"

@@ -37,10 +37,13 @@ from services.router.policies import LoadBalancingPolicy, RouteRequest, create_p
 from services.router.pool import ReplicaPool
 from services.router.replica import Replica
 from services.router.retry import REPLICA_FAULTS, RETRYABLE, RetryBudget, backoff_s
+from services.router.wire import model_of
 
 log = logging.getLogger("tera.router.relay")
 
 RETRY_AFTER = "retry-after"
+# The same delay for gRPC's own retry policy, which reads only this key (milliseconds).
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"
 # Caller metadata passed on to the engine. Trace context is re-injected by the gRPC
 # instrumentation when the router traces; otherwise it is passed through untouched.
 _FORWARDED_PREFIXES = ("tera-",) + (
@@ -58,6 +61,14 @@ class Refusal(Exception):
     message: str
     retry_after_s: int | None = None
     trailing: tuple[tuple[str, str], ...] = ()
+
+
+def _no_model() -> Refusal:
+    return Refusal(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "no model: set the request's `model` field or the `tera-model` metadata",
+        trailing=((metadata.ERROR_PARAM, "model"),),
+    )
 
 
 class Relay:
@@ -82,7 +93,9 @@ class Relay:
     ) -> AsyncIterator[bytes]:
         invocation = tuple(context.invocation_metadata() or ())
         headers = dict(invocation)
-        route = RouteRequest(headers.get(metadata.MODEL, ""), headers.get(metadata.ROUTING_KEY))
+        # Without the metadata, the request's own model field (read from the wire bytes).
+        model = headers.get(metadata.MODEL) or model_of(request)
+        route = RouteRequest(model, headers.get(metadata.ROUTING_KEY))
         trace.get_current_span().set_attribute(GEN_AI_REQUEST_MODEL, route.model)
         forward = tuple((k, v) for k, v in invocation if k.startswith(_FORWARDED_PREFIXES))
         self._budget.on_request()
@@ -99,6 +112,7 @@ class Relay:
                 retry_after = self._config.retry_after_s
             if retry_after is not None:
                 trailing += ((RETRY_AFTER, str(retry_after)),)
+                trailing += ((RETRY_PUSHBACK, str(retry_after * 1000)),)
             await context.abort(refusal.code, refusal.message, trailing_metadata=trailing)
         finally:
             self._metrics.requests.labels(route.model, code.name).inc()
@@ -111,6 +125,8 @@ class Relay:
         forward: tuple[tuple[str, str], ...],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
+        if not route.model:
+            raise _no_model()
         upstream = _Upstream(method, request, route, forward, context)
         tried: set[str] = set()
         last_failure: Refusal | None = None

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common.processes import free_port
+from devstack.processes import free_port
 from tests.conftest import SCRIPTED_MODEL, RunningStack
 
 SETTINGS = {

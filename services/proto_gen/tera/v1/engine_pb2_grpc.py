@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class EngineStub:
-    """Missing associated documentation comment in .proto file."""
+    """Tera's inference service, served alike by engines and the router.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -58,7 +59,8 @@ class EngineStub:
 
 
 class EngineServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Tera's inference service, served alike by engines and the router.
+    """
 
     def Generate(self, request, context):
         """Text generation for chat and completions. One response message per delta (or per
@@ -121,7 +123,8 @@ def add_EngineServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Engine:
-    """Missing associated documentation comment in .proto file."""
+    """Tera's inference service, served alike by engines and the router.
+    """
 
     @staticmethod
     def Generate(request,
