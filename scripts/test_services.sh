@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Servers the test suite starts itself: redis-server (Debian's package) for the shared
-# rate-limit test, prometheus for the observability tests. Installed when missing and we may; otherwise that test is skipped and
-# says why.
+# rate-limit test, prometheus for the observability tests. Installed when missing and we
+# may; otherwise those tests are skipped and say why.
 set -u
 if ! command -v redis-server >/dev/null 2>&1; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
