@@ -7,7 +7,7 @@ import argparse
 import json
 import time
 
-from bench import overhead, profile, relay, speech, vs_vllm
+from bench import overhead, plots, profile, relay, speech, vs_vllm
 from bench.common import CACHE_DIR, ROOT, table
 from services.engine.model_prep import default_model_dir, prepare_default_model
 
@@ -92,6 +92,7 @@ def main() -> None:
             f"{result['ttfb_ms_p50']:.0f} ms (p50), real-time factor {result['rtf_p50']:.3f}"
             " (synthesis time / audio duration, p50)\n",
         ]
+    md += plots.write(results, report)  # PNGs next to report.md
     (results / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (results / "report.md").write_text("\n".join(md))
     print("\n".join(md))
