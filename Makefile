@@ -26,10 +26,10 @@ proto: setup
 	@$(PY) scripts/gen_proto.py
 
 lint: setup
-	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check services scripts tests bench devstack
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check services scripts tests bench devstack deploy
 
 format: setup
-	@$(VENV)/bin/ruff format services scripts tests bench devstack && $(VENV)/bin/ruff check --fix .
+	@$(VENV)/bin/ruff format services scripts tests bench devstack deploy && $(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) $(CACHE)
