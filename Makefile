@@ -31,10 +31,10 @@ proto-release: setup
 	@$(PY) scripts/proto_check.py --release
 
 lint: setup
-	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check services scripts tests bench devstack clients
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check services scripts tests bench devstack clients deploy
 
 format: setup
-	@$(VENV)/bin/ruff format services scripts tests bench devstack clients && $(VENV)/bin/ruff check --fix .
+	@$(VENV)/bin/ruff format services scripts tests bench devstack clients deploy && $(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) $(CACHE)

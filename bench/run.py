@@ -7,7 +7,7 @@ import argparse
 import json
 import time
 
-from bench import hedging, overhead, profile, relay, speech, vs_vllm
+from bench import hedging, overhead, plots, profile, relay, speech, vs_vllm
 from bench.common import CACHE_DIR, ROOT, table
 from services.engine.model_prep import default_model_dir, prepare_default_model
 
@@ -95,6 +95,7 @@ def main() -> None:
     if "hedging" in parts:
         report["hedging"] = rows = hedging.run(results)
         md += _hedging_section(rows)
+    md += plots.write(results, report)  # PNGs next to report.md
     (results / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (results / "report.md").write_text("\n".join(md))
     print("\n".join(md))

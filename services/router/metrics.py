@@ -54,6 +54,13 @@ class RouterMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Retries refused because the retry budget ran dry (the relay counts them).
+        self.retry_budget_exhausted = Counter(
+            "tera_router_retry_budget_exhausted",
+            "Retries not attempted because the retry budget was empty, by model",
+            ["model"],
+            registry=self.registry,
+        )
 
     def watch(self, pool: ReplicaPool) -> None:
         self.registry.register(_ReplicaCollector(pool))
@@ -85,3 +92,20 @@ class _ReplicaCollector(Collector):
         yield up
         yield in_flight
         yield ejections
+        yield self._ready_by_model()
+
+    def _ready_by_model(self) -> GaugeMetricFamily:
+        """Replicas able to serve each model now: 0 while every replica of a known model
+        is down or ejected (the model stays known while its replicas stay in the pool)."""
+        ready = GaugeMetricFamily(
+            "tera_router_model_ready_replicas",
+            "Replicas serving and not ejected, per model",
+            labels=["model"],
+        )
+        counts: dict[str, int] = {}
+        for replica in self._pool.replicas.values():
+            for model in replica.models:
+                counts[model] = counts.get(model, 0) + replica.available
+        for model, count in sorted(counts.items()):
+            ready.add_metric([model], count)
+        return ready

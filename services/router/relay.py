@@ -134,6 +134,7 @@ class Relay:
             if attempt > 1:
                 if not self._budget.try_spend():
                     log.warning("retry budget exhausted; not retrying %s", route.model)
+                    self._metrics.retry_budget_exhausted.labels(route.model).inc()
                     break
                 await asyncio.sleep(backoff_s(attempt - 1, self._config.retry))
             replica = self._choose(route, tried, last_failure)

@@ -61,6 +61,8 @@ def load(config: EdgeConfig) -> tuple[Catalog | None, KeyStore, KeyStore]:
 def build(config: EdgeConfig, registry: CollectorRegistry) -> Tenancy:
     catalog, keys, admin = load(config)
     usage = UsageLedger(registry)
+    if catalog is not None:
+        usage.publish_limits(catalog.keys)
     if catalog is not None and catalog.redis is not None:
         from services.edge.tenancy.redis_store import RedisStore
 

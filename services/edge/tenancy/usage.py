@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from services.catalog.schema import KeyEntry
 
 
 class UsageLedger:
@@ -28,11 +30,24 @@ class UsageLedger:
             "Rate-limit store errors (requests were admitted)",
             registry=registry,
         )
+        # Each key's configured limits, so dashboards can show usage against them.
+        self.limits = Gauge(
+            "tera_key_limit",
+            "Configured per-key limit (requests_per_minute, tokens_per_minute, max_concurrent)",
+            ["key", "limit"],
+            registry=registry,
+        )
         self._totals: dict[str, dict[str, dict[str, int]]] = defaultdict(
             lambda: defaultdict(
                 lambda: {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "errors": 0}
             )
         )
+
+    def publish_limits(self, keys: list[KeyEntry]) -> None:
+        for entry in keys:
+            for limit, value in entry.limits.model_dump().items():
+                if value is not None:
+                    self.limits.labels(entry.name, limit).set(value)
 
     def record(self, key: str, model: str, status: int, prompt: int, completion: int) -> None:
         self.requests.labels(key, model, str(status)).inc()
