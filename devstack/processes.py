@@ -59,6 +59,12 @@ class ManagedProcess:
         )
         return self
 
+    def restart(self) -> ManagedProcess:
+        """Starts the same command again (same port), after clearing out whatever the
+        previous run left behind (e.g. vLLM's EngineCore, orphaned by a SIGKILL)."""
+        self.stop(grace_s=0)
+        return self.start()
+
     @property
     def pid(self) -> int:
         assert self.proc is not None
