@@ -9,9 +9,11 @@ and stops everything on Ctrl-C or SIGTERM, leaving no process behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import select
 import signal
-import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -195,23 +197,37 @@ def _run(plan: StackPlan, started: float, policy: RestartPolicy) -> None:
         print("[tera] every process was given up on; exiting", flush=True)
         raise SystemExit(1)
     except _Stop:
+        _ignore_stop_signals()  # a second Ctrl-C must not cut the shutdown short
         print("\n[tera] stopping ...", flush=True)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _ignore_stop_signals()
         stack.stop()
         print("[tera] stopped", flush=True)
 
 
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _supervise(supervisor: Supervisor) -> None:
-    """Until everything is given up on: a child's exit (SIGCHLD) or a restart falling
-    due wakes the supervisor."""
-    wake = threading.Event()
-    signal.signal(signal.SIGCHLD, lambda signum, frame: wake.set())
-    while not supervisor.all_given_up():
-        wake.clear()
-        supervisor.check()
-        wake.wait(supervisor.next_wake_s())
+    """Until everything is given up on: a child's exit (SIGCHLD, through the signal
+    wakeup fd) or a restart falling due wakes the supervisor. Ctrl-C still raises."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    previous = signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes select() only
+    try:
+        while not supervisor.all_given_up():
+            supervisor.check()
+            select.select([wake_r], [], [], supervisor.next_wake_s())
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 4096)
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(wake_r)
+        os.close(wake_w)
 
 
 def _print_banner(plan: StackPlan, seconds: float) -> None:

@@ -113,7 +113,7 @@ class Supervisor:
         delay = policy.delay_s(crashes)
         w.restart_at = now + delay
         self._say(
-            f"{what}; restarting in {delay:.1f} s (crash {crashes}; giving up at "
+            f"{what}; restarting in {delay:.1f} s (crash {crashes}; the limit is "
             f"{policy.crash_limit} within {policy.crash_window_s:.0f} s)"
         )
 
