@@ -23,12 +23,14 @@ def grpc_serving(address: str, timeout_s: float = 1.0) -> bool:
 
 
 def edge_lists_models(base_url: str, models: list[str], api_key: str | None = None) -> bool:
+    """The edge lists these models as ready (it lists loading ones too, with a status)."""
     request = urllib.request.Request(f"{base_url}/models")
     if api_key:
         request.add_header("Authorization", f"Bearer {api_key}")
     try:
         with urllib.request.urlopen(request, timeout=2) as response:
-            listed = {m["id"] for m in json.load(response)["data"]}
+            data = json.load(response)["data"]
+            listed = {m["id"] for m in data if m.get("status", "ready") == "ready"}
     except (OSError, urllib.error.URLError, ValueError, KeyError):
         return False
     return set(models) <= listed

@@ -133,15 +133,20 @@ def _add_speech_engine(plan: StackPlan, port: int) -> None:
 
 
 def _stand_in_plan(args: argparse.Namespace) -> StackPlan:
+    """Stand-in engines; a replica's behaviour may name its own "model_id"."""
     behaviour = json.loads(args.stand_in)
-    per_replica = behaviour if isinstance(behaviour, list) else [behaviour] * args.replicas
+    listed = behaviour if isinstance(behaviour, list) else [behaviour] * args.replicas
+    per_replica = [dict(b) for b in listed]
+    models = [b.pop("model_id", args.model_id) for b in per_replica]
     return StackPlan(
         host=args.host,
         edge_port=args.port,
         router_port=args.router_port,
         engine_ports=[args.engine_port + i for i in range(len(per_replica))],
-        per_engine_args=[scripted_engine_args(args.model_id, **b) for b in per_replica],
-        model_ids=[args.model_id],
+        per_engine_args=[
+            scripted_engine_args(m, **b) for m, b in zip(models, per_replica, strict=True)
+        ],
+        model_ids=list(dict.fromkeys(models)),
         log_dir=args.log_dir,
     )
 
