@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
-from bench import overhead, profile, relay, speech, vs_vllm
+from bench import overhead, profile, recovery, relay, speech, vs_vllm
 from bench.common import CACHE_DIR, ROOT, table
 from services.engine.model_prep import default_model_dir, prepare_default_model
 
-PARTS = ("vs_vllm", "relay", "overhead", "profile", "speech")
+PARTS = ("vs_vllm", "relay", "overhead", "profile", "speech", "recovery")
+# Also available: recovery_vllm (two real vLLM engines; minutes on CPU).
 
 
 def main() -> None:
@@ -92,10 +94,26 @@ def main() -> None:
             f"{result['ttfb_ms_p50']:.0f} ms (p50), real-time factor {result['rtf_p50']:.3f}"
             " (synthesis time / audio duration, p50)\n",
         ]
+    for part in ("recovery", "recovery_vllm"):
+        if part in parts:
+            md += _recovery_section(results, report, vllm=part == "recovery_vllm")
     (results / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (results / "report.md").write_text("\n".join(md))
     print("\n".join(md))
     print(f"\nwritten to {results}/report.md and report.json")
+
+
+def _recovery_section(results: Path, report: dict, *, vllm: bool) -> list[str]:
+    model_dir = prepare_default_model(default_model_dir(CACHE_DIR)) if vllm else None
+    engine_args = ["--model-dir", str(model_dir)] if model_dir else None
+    result = recovery.run(results, crashes=2 if vllm else 3, engine_args=engine_args)
+    report[f"recovery_{result['engine']}"] = result
+    seconds = ", ".join(f"{s:.2f}" for s in result["back_in_rotation_s"])
+    return [
+        f"## Crash recovery under tera run ({result['engine']} engine, 2 replicas)\n",
+        f"SIGKILL of one engine to its return to rotation, successive crashes (the restart "
+        f"backoff doubles per crash within a minute: 1 s, 2 s, 4 s): {seconds} s\n",
+    ]
 
 
 def _relay_section(result: dict, window: int) -> list[str]:

@@ -8,6 +8,7 @@ engine back into rotation once its health says SERVING.
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import time
@@ -16,6 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from devstack.processes import ManagedProcess
+
+# The lines that report a process's pid ("[tera] supervising NAME (pid N)" and
+# "[tera] NAME restarted (pid N)"), for scripts that watch tera run's output.
+PID_LINE = re.compile(r"\[tera\] (?:supervising )?(\S+) (?:restarted )?\(pid (\d+)\)")
 
 
 @dataclass(frozen=True)

@@ -6,34 +6,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.processes import ManagedProcess, free_port, wait_until
+from devstack.processes import ManagedProcess, free_port, free_ports_in_a_row, wait_until
 from devstack.readiness import http_healthy
+from devstack.supervisor import PID_LINE
 from tests.conftest import SCRIPTED_MODEL
-
-_PID = re.compile(r"\[tera\] (?:supervising )?(\S+) (?:restarted )?\(pid (\d+)\)")
-
-
-def free_ports_in_a_row(n: int) -> int:
-    """The first of n consecutive free ports."""
-    for _ in range(50):
-        first = free_port()
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(first, first + n):
-                    s = stack.enter_context(socket.socket())
-                    s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return first
-    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 @dataclass
@@ -49,7 +31,7 @@ class TeraRun:
 
     def pids(self, name: str) -> list[int]:
         """Every pid the supervisor reported for this process, oldest first."""
-        return [int(pid) for n, pid in _PID.findall(self.text()) if n == name]
+        return [int(pid) for n, pid in PID_LINE.findall(self.text()) if n == name]
 
     def engine(self, i: int) -> str:
         return f"engine:{self.engine_port + i}"
@@ -99,7 +81,7 @@ def tera_run(
         )
         yield run
     finally:
-        pids = [int(p) for _, p in _PID.findall(run.text())]
+        pids = [int(p) for _, p in PID_LINE.findall(run.text())]
         run.process.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
             run.process.proc.wait(30)  # type: ignore[union-attr]
