@@ -53,16 +53,23 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def tera_run(
-    tmp_path: Path, behaviour: dict | list, *, replicas: int = 1, args: list[str] = ()
+    tmp_path: Path,
+    behaviour: dict | list | None,
+    *,
+    replicas: int = 1,
+    args: list[str] = (),
+    ready_timeout_s: float = 60,
 ) -> Iterator[TeraRun]:
-    """Starts the CLI with stand-in engines; on exit stops it with SIGINT (Ctrl-C) and
-    checks that nothing it started is left."""
+    """Starts the CLI with stand-in engines (behaviour None: the engines `args` name);
+    on exit stops it with SIGINT (Ctrl-C) and checks that nothing it started is left."""
     n = len(behaviour) if isinstance(behaviour, list) else replicas
     engine_port, port, router_port = free_ports_in_a_row(n), free_port(), free_port()
     output = tmp_path / "tera-run.log"
+    stand_in = [] if behaviour is None else ["--stand-in", json.dumps(behaviour)]
+    stand_in += ["--model-id", SCRIPTED_MODEL] if stand_in else []
     cli = [
-        *("-m", "devstack.run", "--stand-in", json.dumps(behaviour), "--replicas", str(n)),
-        *("--model-id", SCRIPTED_MODEL, "--port", str(port), "--router-port", str(router_port)),
+        *("-m", "devstack.run", *stand_in, "--replicas", str(n)),
+        *("--port", str(port), "--router-port", str(router_port)),
         *("--engine-port", str(engine_port), *args),
     ]
     run = TeraRun(
@@ -75,7 +82,7 @@ def tera_run(
     try:
         wait_until(
             lambda: http_healthy(run.base_url, "/ready") and "supervising edge" in run.text(),
-            timeout_s=60,
+            timeout_s=ready_timeout_s,
             watch=[run.process],
             what="tera run to be ready",
         )
