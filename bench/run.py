@@ -94,13 +94,19 @@ def main() -> None:
             f"{result['ttfb_ms_p50']:.0f} ms (p50), real-time factor {result['rtf_p50']:.3f}"
             " (synthesis time / audio duration, p50)\n",
         ]
-    for part in ("recovery", "recovery_vllm"):
-        if part in parts:
-            md += _recovery_section(results, report, vllm=part == "recovery_vllm")
+    md += _recovery_sections(results, report, parts)
     (results / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (results / "report.md").write_text("\n".join(md))
     print("\n".join(md))
     print(f"\nwritten to {results}/report.md and report.json")
+
+
+def _recovery_sections(results: Path, report: dict, parts: list[str]) -> list[str]:
+    md = []
+    for part in ("recovery", "recovery_vllm"):
+        if part in parts:
+            md += _recovery_section(results, report, vllm=part == "recovery_vllm")
+    return md
 
 
 def _recovery_section(results: Path, report: dict, *, vllm: bool) -> list[str]:

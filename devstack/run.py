@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the models of this catalog (replicas, parsers, options) "
         "and serve its aliases and keys",
     )
+    _add_restart_flags(p)
+    # Tests and benchmarks: stand-in engines (a JSON ScriptedOptions object for every
+    # replica, or a list of one per replica) instead of vLLM, and no speech engine.
+    p.add_argument("--stand-in", help=argparse.SUPPRESS)
+    p.add_argument("--log-dir", type=Path, help=argparse.SUPPRESS)
+    return p
+
+
+def _add_restart_flags(p: argparse.ArgumentParser) -> None:
     defaults = RestartPolicy()
     p.add_argument(
         "--restart-backoff",
@@ -77,11 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up on a process after this many crashes within --crash-window",
     )
     p.add_argument("--crash-window", type=float, default=defaults.crash_window_s, help="seconds")
-    # Tests and benchmarks: stand-in engines (a JSON ScriptedOptions object for every
-    # replica, or a list of one per replica) instead of vLLM, and no speech engine.
-    p.add_argument("--stand-in", help=argparse.SUPPRESS)
-    p.add_argument("--log-dir", type=Path, help=argparse.SUPPRESS)
-    return p
 
 
 def _policy(args: argparse.Namespace) -> RestartPolicy:
