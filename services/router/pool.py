@@ -68,11 +68,12 @@ class ReplicaPool:
             self._remembered[model_id] = (info, until)
 
     def _known(self) -> dict[str, pb.ModelInfo]:
-        """Every model a replica has named (loading, ready or gone away) or a removed
-        replica named within known_model_ttl_s."""
+        """Every model configured as known, that a replica has named (loading, ready or
+        gone away), or that a removed replica named within known_model_ttl_s."""
         now = time.monotonic()
         self._remembered = {m: v for m, v in self._remembered.items() if v[1] > now}
-        known = {m: info for m, (info, _) in self._remembered.items()}
+        known = {m: pb.ModelInfo(id=m) for m in self._config.known_models}
+        known.update({m: info for m, (info, _) in self._remembered.items()})
         for replica in self.replicas.values():
             known.update(replica.models)
         return known

@@ -130,6 +130,25 @@ async def test_start_up_503_not_404_and_readiness(tmp_path: Path, engines: list)
         assert (await _get(base, "/ready"))[0] == 200
 
 
+async def test_a_known_model_whose_engine_is_not_listening_yet_is_503(
+    tmp_path: Path, engines: list
+) -> None:
+    """vLLM imports for seconds before its engine listens: the router, told which models
+    exist (tera run says), answers 503 for them until then, not 404."""
+    other, later = free_port(), free_port()
+    engines.append(_engine(tmp_path, OTHER, other))
+    replicas = [f"127.0.0.1:{other}", f"127.0.0.1:{later}"]
+    router = [*_router_args(tmp_path, replicas=replicas), "--known-model", SCRIPTED_MODEL]
+    with gateway(tmp_path, router, ready_models=[OTHER], watch=engines) as (_, base):
+        _assert_come_back_later(*await _chat(base, SCRIPTED_MODEL))
+        assert (await _chat(base, UNKNOWN))[0] == 404
+        assert (await _statuses(base))[SCRIPTED_MODEL] == "unavailable"
+        sdk = asyncio.create_task(_through_sdk_retries(base, SCRIPTED_MODEL))
+        await asyncio.sleep(1.0)
+        engines.append(_engine(tmp_path, SCRIPTED_MODEL, later))
+        assert (await sdk).startswith("tok0")
+
+
 async def test_only_replica_killed_and_restarting_503_not_404(tmp_path: Path) -> None:
     behaviours = [{"model_id": OTHER}, {"startup_delay_s": 2}]
     with tera_run(tmp_path, behaviours, args=["--restart-backoff", "1"]) as run:
