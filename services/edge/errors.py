@@ -124,8 +124,10 @@ def from_grpc(
     message = exc.details() or code.name
     if code == grpc.StatusCode.NOT_FOUND and known_model:
         code, message = grpc.StatusCode.UNAVAILABLE, "no replica of this model is up yet"
-        trailing.setdefault("retry-after", "1")
     status, err_type, err_code = _GRPC_TO_HTTP.get(code, (500, "server_error", None))
+    if code == grpc.StatusCode.UNAVAILABLE and not committed:
+        # Nothing can answer right now (the router restarting, no replica up): come back.
+        trailing.setdefault("retry-after", "1")
     headers = {}
     if "retry-after" in trailing:
         headers["Retry-After"] = str(trailing["retry-after"])

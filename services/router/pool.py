@@ -94,7 +94,7 @@ class ReplicaPool:
             holders = [r for r in self.replicas.values() if model_id in r.models]
             entry = pb.ModelInfo()
             entry.CopyFrom(next((r.models[model_id] for r in holders if r.serving), info))
-            entry.state = _state(holders)
+            entry.state = _state(model_id, holders)
             listed.append(entry)
         return listed
 
@@ -108,10 +108,14 @@ class ReplicaPool:
         self._probes.clear()
 
 
-def _state(holders: list[Replica]) -> pb.ModelState:
+def _state(model_id: str, holders: list[Replica]) -> pb.ModelState:
     if any(r.serving for r in holders):
         return pb.MODEL_STATE_READY
-    if any(r.status == NOT_SERVING for r in holders):
+    # Up but not serving: loading, unless the engine says otherwise (draining).
+    if any(
+        r.status == NOT_SERVING and r.models[model_id].state != pb.MODEL_STATE_UNAVAILABLE
+        for r in holders
+    ):
         return pb.MODEL_STATE_LOADING
     return pb.MODEL_STATE_UNAVAILABLE
 

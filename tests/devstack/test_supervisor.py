@@ -8,11 +8,13 @@ import signal
 from pathlib import Path
 
 import grpc
+import openai
 
 from devstack.processes import wait_until
 from devstack.readiness import router_has_replicas
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
+from tests.conftest import SCRIPTED_MODEL
 from tests.devstack.cli import tera_run
 from tests.faults.load import run_load
 
@@ -70,3 +72,18 @@ async def test_a_crash_loop_is_given_up_on_and_the_rest_keep_serving(tmp_path: P
         tally = await run_load(run.base_url, requests=20, concurrency=4, max_tokens=3)
         assert tally.summary()["succeeded"] == 20
         assert run.process.alive()
+
+
+async def test_a_killed_router_or_edge_is_restarted(tmp_path: Path) -> None:
+    with tera_run(tmp_path, FAST, args=["--restart-backoff", "0.2"]) as run:
+        for name in ("router", "edge"):
+            os.kill(run.pids(name)[0], signal.SIGKILL)
+            run.wait_for_output(f"{name} was killed by SIGKILL")
+            run.wait_for_output(f"{name} restarted (pid")
+            # Clients that retry (as the SDK does on 503 + Retry-After) get through.
+            client = openai.AsyncOpenAI(base_url=run.base_url, api_key="unused", max_retries=8)
+            for _ in range(5):
+                reply = await client.chat.completions.create(
+                    model=SCRIPTED_MODEL, messages=[{"role": "user", "content": "hi"}]
+                )
+                assert reply.choices[0].message.content
