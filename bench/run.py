@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
-from bench import hedging, overhead, plots, profile, relay, speech, vs_vllm
+from bench import hedging, overhead, plots, profile, recovery, relay, speech, vs_vllm
 from bench.common import CACHE_DIR, ROOT, table
 from services.engine.model_prep import default_model_dir, prepare_default_model
 
-PARTS = ("vs_vllm", "relay", "overhead", "profile", "speech", "hedging")
+PARTS = ("vs_vllm", "relay", "overhead", "profile", "speech", "hedging", "recovery")
+# Also available: recovery_vllm (two real vLLM engines; minutes on CPU).
 
 
 def main() -> None:
@@ -95,6 +97,7 @@ def main() -> None:
     if "hedging" in parts:
         report["hedging"] = rows = hedging.run(results)
         md += _hedging_section(rows)
+    md += _recovery_sections(results, report, parts)
     md += plots.write(results, report)  # PNGs next to report.md
     (results / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (results / "report.md").write_text("\n".join(md))
@@ -109,6 +112,27 @@ def _hedging_section(rows: list[dict]) -> list[str]:
         f"{hedging.CONCURRENCY} concurrent, {hedging.POLICY})\n",
         table(rows, ["setting", "p50_ttft_ms", "p99_ttft_ms", "hedges_per_request", "hedge_wins"]),
         "",
+    ]
+
+
+def _recovery_sections(results: Path, report: dict, parts: list[str]) -> list[str]:
+    md = []
+    for part in ("recovery", "recovery_vllm"):
+        if part in parts:
+            md += _recovery_section(results, report, vllm=part == "recovery_vllm")
+    return md
+
+
+def _recovery_section(results: Path, report: dict, *, vllm: bool) -> list[str]:
+    model_dir = prepare_default_model(default_model_dir(CACHE_DIR)) if vllm else None
+    engine_args = ["--model-dir", str(model_dir)] if model_dir else None
+    result = recovery.run(results, crashes=2 if vllm else 3, engine_args=engine_args)
+    report[f"recovery_{result['engine']}"] = result
+    seconds = ", ".join(f"{s:.2f}" for s in result["back_in_rotation_s"])
+    return [
+        f"## Crash recovery under tera run ({result['engine']} engine, 2 replicas)\n",
+        f"SIGKILL of one engine to its return to rotation, successive crashes (the restart "
+        f"backoff doubles per crash within a minute: 1 s, 2 s, 4 s): {seconds} s\n",
     ]
 
 

@@ -25,6 +25,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_ports_in_a_row(n: int) -> int:
+    """The first of n consecutive free ports."""
+    for _ in range(50):
+        first = free_port()
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(first, first + n):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return first
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 class ManagedProcess:
     def __init__(
         self,
@@ -58,6 +73,12 @@ class ManagedProcess:
             start_new_session=True,
         )
         return self
+
+    def restart(self) -> ManagedProcess:
+        """Starts the same command again (same port), after clearing out whatever the
+        previous run left behind (e.g. vLLM's EngineCore, orphaned by a SIGKILL)."""
+        self.stop(grace_s=0)
+        return self.start()
 
     @property
     def pid(self) -> int:

@@ -23,12 +23,14 @@ def grpc_serving(address: str, timeout_s: float = 1.0) -> bool:
 
 
 def edge_lists_models(base_url: str, models: list[str], api_key: str | None = None) -> bool:
+    """The edge lists these models as ready (it lists loading ones too, with a status)."""
     request = urllib.request.Request(f"{base_url}/models")
     if api_key:
         request.add_header("Authorization", f"Bearer {api_key}")
     try:
         with urllib.request.urlopen(request, timeout=2) as response:
-            listed = {m["id"] for m in json.load(response)["data"]}
+            data = json.load(response)["data"]
+            listed = {m["id"] for m in data if m.get("status", "ready") == "ready"}
     except (OSError, urllib.error.URLError, ValueError, KeyError):
         return False
     return set(models) <= listed
@@ -49,8 +51,11 @@ def _ask_router(address: str, method: str, timeout_s: float) -> Any | None:
 
 
 def router_lists_models(address: str, models: list[str], timeout_s: float = 2.0) -> bool:
+    """The router has a ready replica of each of these models."""
     listed = _ask_router(address, "ListModels", timeout_s)
-    return listed is not None and set(models) <= {m.id for m in listed.models}
+    if listed is None:
+        return False
+    return set(models) <= {m.id for m in listed.models if m.state == 0}  # MODEL_STATE_READY
 
 
 def router_has_replicas(address: str, replicas: int, timeout_s: float = 2.0) -> bool:
@@ -60,9 +65,10 @@ def router_has_replicas(address: str, replicas: int, timeout_s: float = 2.0) -> 
     return load is not None and load.serving_replicas >= replicas
 
 
-def http_healthy(base_url: str) -> bool:
+def http_healthy(base_url: str, path: str = "/health") -> bool:
+    """The edge answers 200 on path (/health: up; /ready: every model servable)."""
     try:
-        with urllib.request.urlopen(f"{base_url.removesuffix('/v1')}/health", timeout=2) as r:
+        with urllib.request.urlopen(f"{base_url.removesuffix('/v1')}{path}", timeout=2) as r:
             return r.status == 200
     except OSError:
         return False

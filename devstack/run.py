@@ -1,21 +1,31 @@
 """`tera run` / `make run`: the whole gateway on one machine.
 
 Prepares the default model if needed, starts engine replica(s), the router and the edge
-as separate processes, waits until the edge lists the model, prints how to call it, and
-stops everything on Ctrl-C or SIGTERM, leaving no process behind.
+as separate processes, waits until the edge lists the model, prints how to call it, then
+keeps them alive (a crashed process is restarted, with backoff, up to a crash-loop limit)
+and stops everything on Ctrl-C or SIGTERM, leaving no process behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import select
 import signal
-import sys
 import time
 from pathlib import Path
 from types import FrameType
 
-from devstack.engine_args import SPEECH_MODEL_ID, speech_engine_args, vllm_engine_args
+from devstack.engine_args import (
+    SPEECH_MODEL_ID,
+    scripted_engine_args,
+    speech_engine_args,
+    vllm_engine_args,
+)
 from devstack.stack import Stack, StackPlan
+from devstack.supervisor import RestartPolicy, Supervisor
 from services.catalog import CatalogError, load_catalog
 from services.catalog.engine_args import catalog_engine_args
 from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prepare_default_model
@@ -52,7 +62,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the models of this catalog (replicas, parsers, options) "
         "and serve its aliases and keys",
     )
+    _add_restart_flags(p)
+    # Tests and benchmarks: stand-in engines (a JSON ScriptedOptions object for every
+    # replica, or a list of one per replica) instead of vLLM, and no speech engine.
+    p.add_argument("--stand-in", help=argparse.SUPPRESS)
+    p.add_argument("--log-dir", type=Path, help=argparse.SUPPRESS)
     return p
+
+
+def _add_restart_flags(p: argparse.ArgumentParser) -> None:
+    defaults = RestartPolicy()
+    p.add_argument(
+        "--restart-backoff",
+        type=float,
+        default=defaults.backoff_s,
+        help="seconds before restarting a crashed process; doubles per recent crash "
+        f"(up to {defaults.backoff_max_s:.0f} s)",
+    )
+    p.add_argument(
+        "--crash-limit",
+        type=int,
+        default=defaults.crash_limit,
+        help="give up on a process after this many crashes within --crash-window",
+    )
+    p.add_argument("--crash-window", type=float, default=defaults.crash_window_s, help="seconds")
+
+
+def _policy(args: argparse.Namespace) -> RestartPolicy:
+    return RestartPolicy(
+        backoff_s=args.restart_backoff,
+        crash_limit=args.crash_limit,
+        crash_window_s=args.crash_window,
+    )
 
 
 def plan_from_catalog(args: argparse.Namespace) -> StackPlan:
@@ -95,6 +136,25 @@ def _add_speech_engine(plan: StackPlan, port: int) -> None:
     plan.model_ids.append(SPEECH_MODEL_ID)
 
 
+def _stand_in_plan(args: argparse.Namespace) -> StackPlan:
+    """Stand-in engines; a replica's behaviour may name its own "model_id"."""
+    behaviour = json.loads(args.stand_in)
+    listed = behaviour if isinstance(behaviour, list) else [behaviour] * args.replicas
+    per_replica = [dict(b) for b in listed]
+    models = [b.pop("model_id", args.model_id) for b in per_replica]
+    return StackPlan(
+        host=args.host,
+        edge_port=args.port,
+        router_port=args.router_port,
+        engine_ports=[args.engine_port + i for i in range(len(per_replica))],
+        per_engine_args=[
+            scripted_engine_args(m, **b) for m, b in zip(models, per_replica, strict=True)
+        ],
+        model_ids=list(dict.fromkeys(models)),
+        log_dir=args.log_dir,
+    )
+
+
 class _Stop(Exception):
     pass
 
@@ -106,12 +166,15 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     started = time.monotonic()
+    if args.stand_in is not None:
+        _run(_stand_in_plan(args), started, _policy(args))
+        return
     if args.catalog is not None:
         try:
             plan = plan_from_catalog(args)
         except (CatalogError, OSError) as exc:
             raise SystemExit(f"[tera] the catalog cannot be used:\n{exc}") from None
-        _run(plan, started)
+        _run(plan, started, _policy(args))
         return
     model_dir = args.model_dir or prepare_default_model(default_model_dir(args.cache_dir))
     plan = StackPlan(
@@ -126,10 +189,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not args.no_speech:
         _add_speech_engine(plan, args.engine_port + args.replicas)
-    _run(plan, started)
+    _run(plan, started, _policy(args))
 
 
-def _run(plan: StackPlan, started: float) -> None:
+def _run(plan: StackPlan, started: float, policy: RestartPolicy) -> None:
     """Starts the stack, prints how to use it, and supervises it until a signal."""
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
@@ -139,18 +202,41 @@ def _run(plan: StackPlan, started: float) -> None:
         print(f"[tera] starting {engines} engine(s), router and edge ...", flush=True)
         stack.start()
         _print_banner(plan, time.monotonic() - started)
-        while not stack.dead():
-            time.sleep(0.5)
-        dead = ", ".join(p.name for p in stack.dead())
-        print(f"[tera] {dead} exited; stopping the rest", file=sys.stderr, flush=True)
+        _supervise(Supervisor(stack.processes, policy))
+        print("[tera] every process was given up on; exiting", flush=True)
         raise SystemExit(1)
     except _Stop:
+        _ignore_stop_signals()  # a second Ctrl-C must not cut the shutdown short
         print("\n[tera] stopping ...", flush=True)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _ignore_stop_signals()
         stack.stop()
         print("[tera] stopped", flush=True)
+
+
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _supervise(supervisor: Supervisor) -> None:
+    """Until everything is given up on: a child's exit (SIGCHLD, through the signal
+    wakeup fd) or a restart falling due wakes the supervisor. Ctrl-C still raises."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    previous = signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes select() only
+    try:
+        while not supervisor.all_given_up():
+            supervisor.check()
+            select.select([wake_r], [], [], supervisor.next_wake_s())
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 4096)
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(wake_r)
+        os.close(wake_w)
 
 
 def _print_banner(plan: StackPlan, seconds: float) -> None:

@@ -89,6 +89,8 @@ class Stack:
     def _start_router(self) -> None:
         plan = self.plan
         replicas = [a for p in plan.engine_ports for a in ("--replica", f"{plan.host}:{p}")]
+        # The router knows these models before their engines answer: 503 until then.
+        known = [a for m in plan.model_ids for a in ("--known-model", m)]
         self.router = ManagedProcess(
             "router",
             [
@@ -99,6 +101,7 @@ class Stack:
                 "--port",
                 str(plan.router_port),
                 *replicas,
+                *known,
                 *plan.router_args,
             ],
             env=plan.env,

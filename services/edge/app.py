@@ -45,7 +45,11 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
     app[KEYS] = tenancy.keys
 
     async def engine_client(app: web.Application) -> AsyncIterator[None]:
-        client = EngineClient(config.router, models_cache_s=config.models_cache_s)
+        catalog = tenancy.catalog
+        known = frozenset(m.id for m in catalog.models) if catalog else frozenset()
+        client = EngineClient(
+            config.router, models_cache_s=config.models_cache_s, known_models=known
+        )
         gate = tenancy.gate
         app[CHAT] = ChatServing(config, client, metrics, gate)
         app[COMPLETIONS] = CompletionServing(config, client, metrics, gate)

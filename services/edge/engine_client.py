@@ -22,7 +22,13 @@ class StreamIdle(Exception):
 
 
 class EngineClient:
-    def __init__(self, target: str, *, models_cache_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        models_cache_s: float = 2.0,
+        known_models: frozenset[str] = frozenset(),
+    ) -> None:
         self.channel = grpc.aio.insecure_channel(
             target, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
         )
@@ -30,6 +36,9 @@ class EngineClient:
         self._models_cache_s = models_cache_s
         self._models: list[pb.ModelInfo] = []
         self._models_at = float("-inf")
+        # Models that exist whatever the router says (the catalog's): a 404 for one of
+        # them means no replica has been seen yet, and reads as 503.
+        self._known_models = known_models
 
     async def close(self) -> None:
         await self.channel.close()
@@ -58,15 +67,15 @@ class EngineClient:
         request on the engine that holds it.
         """
         md = _metadata(request.model, routing_key)
-        return _relay(self._stub.Generate(request, metadata=md, timeout=timeout_s), idle_timeout_s)
+        call = self._stub.Generate(request, metadata=md, timeout=timeout_s)
+        return _relay(call, idle_timeout_s, known_model=request.model in self._known_models)
 
     def synthesize(
         self, request: pb.SynthesizeRequest, *, timeout_s: float, idle_timeout_s: float
     ) -> AsyncIterator[pb.SynthesizeResponse]:
         md = _metadata(request.model, None)
-        return _relay(
-            self._stub.Synthesize(request, metadata=md, timeout=timeout_s), idle_timeout_s
-        )
+        call = self._stub.Synthesize(request, metadata=md, timeout=timeout_s)
+        return _relay(call, idle_timeout_s, known_model=request.model in self._known_models)
 
 
 def _metadata(model: str, routing_key: str | None) -> list[tuple[str, str]]:
@@ -76,7 +85,9 @@ def _metadata(model: str, routing_key: str | None) -> list[tuple[str, str]]:
     return md
 
 
-async def _relay(call: grpc.aio.UnaryStreamCall, idle_timeout_s: float) -> AsyncIterator[Any]:
+async def _relay(
+    call: grpc.aio.UnaryStreamCall, idle_timeout_s: float, *, known_model: bool
+) -> AsyncIterator[Any]:
     committed = False
     try:
         while True:
@@ -96,6 +107,6 @@ async def _relay(call: grpc.aio.UnaryStreamCall, idle_timeout_s: float) -> Async
             committed = True
             yield message
     except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc, committed=committed) from exc
+        raise from_grpc(exc, committed=committed, known_model=known_model) from exc
     finally:
         call.cancel()

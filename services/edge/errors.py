@@ -113,18 +113,30 @@ _GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str, str | None]] = {
 }
 
 
-def from_grpc(exc: grpc.aio.AioRpcError, *, committed: bool = False) -> OpenAIError:
-    """Maps an upstream failure. After output began, server faults read as 502."""
+def from_grpc(
+    exc: grpc.aio.AioRpcError, *, committed: bool = False, known_model: bool = False
+) -> OpenAIError:
+    """Maps an upstream failure. After output began, server faults read as 502. A model
+    the edge knows exists (its catalog's) that the router has no word of is unavailable
+    for now (503, retried by clients), not missing (404, which they do not retry)."""
     code = exc.code()
-    status, err_type, err_code = _GRPC_TO_HTTP.get(code, (500, "server_error", None))
     trailing = dict(exc.trailing_metadata() or ())
+    message = exc.details() or code.name
+    if code == grpc.StatusCode.NOT_FOUND and known_model:
+        code, message = grpc.StatusCode.UNAVAILABLE, "no replica of this model is up yet"
+    status, err_type, err_code = _GRPC_TO_HTTP.get(code, (500, "server_error", None))
+    if code == grpc.StatusCode.UNAVAILABLE and not committed:
+        # Nothing can answer right now (the router restarting, no replica up): come back.
+        trailing.setdefault("retry-after", "1")
     headers = {}
     if "retry-after" in trailing:
         headers["Retry-After"] = str(trailing["retry-after"])
-    message = exc.details() or code.name
     if status >= 500 and code != grpc.StatusCode.DEADLINE_EXCEEDED:
+        # "Come back later" (a model loading, no replica up) is not a backend failure.
+        unavailable = code == grpc.StatusCode.UNAVAILABLE and not committed
+        if not unavailable:
+            message = f"The model backend failed: {message}"
         status, err_type = (502 if committed or status == 500 else status), "server_error"
-        message = f"The model backend failed: {message}"
     param = trailing.get(metadata.ERROR_PARAM)
     if code == grpc.StatusCode.NOT_FOUND:
         param = "model"

@@ -110,6 +110,14 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def ready(request: web.Request) -> web.Response:
+    """Readiness for probes and scripts: 200 once every configured model is servable,
+    else 503; either way each model's status."""
+    is_ready, models = await request.app[MODELS].readiness()
+    body = {"status": "ready" if is_ready else "not_ready", "models": models}
+    return web.json_response(body, status=200 if is_ready else 503)
+
+
 async def not_offered(request: web.Request) -> web.Response:
     raise OpenAIError(404, f"Tera does not offer {request.path}.", code="unknown_url")
 
@@ -122,6 +130,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_delete("/v1/models/{model:.+}", not_offered)  # fine-tuned model deletion
     app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
     app.router.add_get("/admin/usage", admin_usage)
     app.router.add_get("/metrics", metrics)
     # Stored chat completions (OpenAI's GET/DELETE on these paths): not offered.

@@ -37,6 +37,8 @@ class ScriptedOptions(BaseModel):
     fail_after_tokens: int | None = None
     hang: bool = False
     startup_delay_s: float = 0
+    # The process dies (exit code 3) on its first request, as a crash-looping replica.
+    exit_on_request: bool = False
     first_token_delay_s: float = 0
     default_max_tokens: int = 16
     # Text of token i (str.format with i, and t: time.monotonic() in microseconds when

@@ -34,15 +34,10 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
     backend = create_backend(config)
     admission = InFlightLimit(config.max_in_flight)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=grpc_server_interceptors())
-    pb_grpc.add_EngineServicer_to_server(
-        EngineServicer(
-            backend,
-            admission,
-            coalesce_ms=config.default_coalesce_window_ms,
-            system=config.backend,
-        ),
-        server,
+    servicer = EngineServicer(
+        backend, admission, coalesce_ms=config.default_coalesce_window_ms, system=config.backend
     )
+    pb_grpc.add_EngineServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, ENGINE_SERVICE)
     server.add_insecure_port(config.address)
     await server.start()
@@ -58,9 +53,11 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
     )
     try:
         if await _start_backend(backend, stop):
+            servicer.model_state = pb.MODEL_STATE_READY
             await set_status(health, ENGINE_SERVICE, SERVING)
             log.info("engine SERVING %s on %s", config.model_id, config.address)
             await stop.wait()
+        servicer.model_state = pb.MODEL_STATE_UNAVAILABLE
         await set_status(health, ENGINE_SERVICE, NOT_SERVING)
         log.info("draining: %d in flight, grace %.0f s", admission.in_flight, config.drain_grace_s)
         if not await admission.drain(config.drain_grace_s):

@@ -28,6 +28,8 @@ class EngineServicer(pb_grpc.EngineServicer):
         self._system = system
         self._admission = admission
         self._default_coalesce_ms = coalesce_ms
+        # Reported with the models: LOADING until the server says the backend is ready.
+        self.model_state: pb.ModelState = pb.MODEL_STATE_LOADING
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -50,7 +52,10 @@ class EngineServicer(pb_grpc.EngineServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=self._backend.models())
+        models = self._backend.models()
+        for model in models:
+            model.state = self.model_state
+        return pb.ListModelsResponse(models=models)
 
     async def GetLoad(
         self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext

@@ -27,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--replica", dest="replicas", action="append", help="engine address host:port (repeatable)"
     )
     p.add_argument("--dns", action="append", help="DNS name:port of engine replicas (repeatable)")
+    p.add_argument(
+        "--known-model",
+        dest="known_models",
+        action="append",
+        help="a model that exists before any replica names it: 503, not 404 (repeatable)",
+    )
     p.add_argument("--policy")
     p.add_argument("--metrics-port", type=int)
     p.add_argument(
@@ -44,6 +50,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         catalog = load_catalog(args.catalog, check_weights=False)
         for model in catalog.models:
             config["replicas"] = [*config.get("replicas", []), *model.serving.addresses]
+            config["known_models"] = [*config.get("known_models", []), model.id]
             if model.serving.dns:
                 config["dns"] = [*config.get("dns", []), model.serving.dns]
     return RouterConfig.model_validate(config)

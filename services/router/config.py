@@ -73,6 +73,12 @@ class RouterConfig(BaseModel):
     dns_refresh_s: float = Field(5.0, gt=0)
     # Query this DNS server ("host:port") instead of the system resolver.
     dns_server: str | None = None
+    # A model whose last replica went away (a fleet scaled to zero) is still known this
+    # long: requests for it get 503 + Retry-After, not 404.
+    known_model_ttl_s: float = Field(600.0, ge=0)
+    # Models that exist before any replica names them (the catalog's, those tera run
+    # starts): while none is ready they get 503 + Retry-After too, never 404.
+    known_models: list[str] = Field(default_factory=list)
     policy: str = "p2c"
     # Per-model policy overrides: {"model id": "round_robin"}.
     model_policies: dict[str, str] = Field(default_factory=dict)

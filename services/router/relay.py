@@ -227,13 +227,14 @@ class Relay:
         return self._policy(route.model).select(unsaturated, route)
 
     def _no_candidate(self, route: RouteRequest) -> Refusal:
-        if not self._pool.knows_model(route.model) and any(
-            r.serving for r in self._pool.replicas.values()
-        ):
+        # 404 only for a name no replica has ever given; a known model with no ready
+        # replica (loading, restarting, draining, scaled to zero) is worth retrying.
+        if not self._pool.knows_model(route.model) and self._pool.knows_any():
             return Refusal(grpc.StatusCode.NOT_FOUND, f"The model '{route.model}' does not exist")
         return Refusal(
             grpc.StatusCode.UNAVAILABLE,
-            f"no healthy replica is serving {route.model!r} right now",
+            f"The model '{route.model}' is loading or temporarily unavailable "
+            "(no ready replica); retry later",
             retry_after_s=self._config.retry_after_s,
         )
 

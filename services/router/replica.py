@@ -120,7 +120,9 @@ class Replica:
             health_pb2.HealthCheckResponse.ServingStatus.Name(status),
         )
         self.status = status
-        if status == SERVING:
+        # A loading engine (NOT_SERVING) already names its models: they exist, not ready.
+        # A replica that went away (UNKNOWN) keeps the last list it gave.
+        if status in (SERVING, NOT_SERVING):
             await self._refresh_models()
 
     async def _refresh_models(self) -> None:

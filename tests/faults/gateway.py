@@ -36,6 +36,7 @@ def gateway(
     *,
     ready_models: list[str] | None = None,
     watch: list[ManagedProcess] | None = None,
+    edge_args: list[str] = (),
 ) -> Iterator[tuple[ManagedProcess, str]]:
     """Starts a router (with router_args) and an edge; yields (router, base URL) once the
     edge is healthy, or lists ready_models; stops both after."""
@@ -47,7 +48,10 @@ def gateway(
     ).start()
     edge = ManagedProcess(
         "edge",
-        ["-m", "services.edge", "--port", str(edge_port), "--router", f"127.0.0.1:{router_port}"],
+        [
+            *("-m", "services.edge", "--port", str(edge_port)),
+            *("--router", f"127.0.0.1:{router_port}", *edge_args),
+        ],
         log_path=logs / "edge.log",
     ).start()
     base = f"http://127.0.0.1:{edge_port}/v1"

@@ -8,6 +8,7 @@ on cue, as a real replica might.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -48,6 +49,8 @@ class ScriptedBackend(Backend):
         return BackendLoad(running=self._running)
 
     async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+        if self._script.exit_on_request:
+            os._exit(3)
         self._requests_seen += 1
         self._running += 1
         try:
