@@ -125,8 +125,14 @@ def _service_changes(old: d.FileDescriptorSet, new: d.FileDescriptorSet) -> Iter
 _PASCAL = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 _SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 _UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")
-# Released before the rule; renaming them now would break callers.
-ZERO_VALUE_EXCEPTIONS = {"tera.v1.ToolChoice.Mode", "tera.v1.AudioFormat", "tera.v1.ModelKind"}
+# Released before the rule; renaming them now would break callers. ModelState's zero is
+# READY on purpose: a peer that predates the field reports nothing and is serving.
+ZERO_VALUE_EXCEPTIONS = {
+    "tera.v1.ToolChoice.Mode",
+    "tera.v1.AudioFormat",
+    "tera.v1.ModelKind",
+    "tera.v1.ModelState",
+}
 _MESSAGE, _ENUM, _SERVICE, _NESTED_MESSAGE, _NESTED_ENUM, _METHOD = 4, 5, 6, 3, 4, 2
 
 

@@ -31,6 +31,12 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_CHAT: _ClassVar[ModelKind]
     MODEL_KIND_COMPLETION: _ClassVar[ModelKind]
     MODEL_KIND_SPEECH: _ClassVar[ModelKind]
+
+class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_STATE_READY: _ClassVar[ModelState]
+    MODEL_STATE_LOADING: _ClassVar[ModelState]
+    MODEL_STATE_UNAVAILABLE: _ClassVar[ModelState]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -46,6 +52,9 @@ AUDIO_FORMAT_PCM: AudioFormat
 MODEL_KIND_CHAT: ModelKind
 MODEL_KIND_COMPLETION: ModelKind
 MODEL_KIND_SPEECH: ModelKind
+MODEL_STATE_READY: ModelState
+MODEL_STATE_LOADING: ModelState
+MODEL_STATE_UNAVAILABLE: ModelState
 
 class GenerateRequest(_message.Message):
     __slots__ = ("request_id", "model", "chat", "prompt", "sampling", "output", "tools", "structured", "coalesce_window_ms")
@@ -361,20 +370,22 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "kind", "max_context_length", "created", "owned_by", "voices")
+    __slots__ = ("id", "kind", "max_context_length", "created", "owned_by", "voices", "state")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     OWNED_BY_FIELD_NUMBER: _ClassVar[int]
     VOICES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: ModelKind
     max_context_length: int
     created: int
     owned_by: str
     voices: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., max_context_length: _Optional[int] = ..., created: _Optional[int] = ..., owned_by: _Optional[str] = ..., voices: _Optional[_Iterable[str]] = ...) -> None: ...
+    state: ModelState
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., max_context_length: _Optional[int] = ..., created: _Optional[int] = ..., owned_by: _Optional[str] = ..., voices: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[ModelState, str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
