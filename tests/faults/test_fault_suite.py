@@ -82,9 +82,20 @@ NORMAL = {"tokens_per_second": 50}
 
 
 async def test_1_replica_killed_before_first_tokens(fleet: StackFactory) -> None:
-    stack = fleet([{"tokens_per_second": 50, "first_token_delay_s": 3}, NORMAL])
+    # A would stay silent for 60 s and the router waits 30 s for a first message: only
+    # the kill can move A's requests to B within the test.
+    patient = {**ROUTER_SETTINGS["retry"], "first_message_timeout_s": 30.0}
+    stack = fleet(
+        [{"tokens_per_second": 50, "first_token_delay_s": 60}, NORMAL], router={"retry": patient}
+    )
     load = asyncio.create_task(run_load(stack.base_url, requests=20, concurrency=20, max_tokens=10))
-    await asyncio.sleep(1.0)  # requests are waiting for A's first token
+    for _ in range(100):  # requests are waiting for A's first token
+        await asyncio.sleep(0.1)
+        if (await asyncio.to_thread(stack.engine_load, 0)).in_flight >= 5:
+            break
+    held = (await asyncio.to_thread(stack.engine_load, 0)).in_flight
+    assert held >= 5, "A holds requests when it dies"
+    killed = time.monotonic()
     stack.stack.engines[0].kill_group(signal.SIGKILL)
     tally = await load
     _record("1 killed before first token", tally.summary())
@@ -94,7 +105,10 @@ async def test_1_replica_killed_before_first_tokens(fleet: StackFactory) -> None
         "failed_with_error": 0,
         "silently_truncated": 0,
     }
-    assert _router_metric(stack, "tera_router_retries_total") >= 1
+    assert time.monotonic() - killed < 20, "moved by the kill, not by an attempt deadline"
+    # The kill's status moved them (UNAVAILABLE), never the attempt deadline.
+    assert _router_metric(stack, "tera_router_retries_total", reason="UNAVAILABLE") >= held
+    assert _router_metric(stack, "tera_router_retries_total", reason="DEADLINE_EXCEEDED") == 0
     router = f"{stack.stack.plan.host}:{stack.stack.plan.router_port}"
     assert not router_has_replicas(router, 2)  # the dead replica is out of rotation
     assert router_has_replicas(router, 1)
@@ -125,17 +139,21 @@ async def test_3_hanging_replica_is_skipped_after_attempt_deadline(fleet: StackF
 
 
 async def test_4_draining_replica_loses_nothing(fleet: StackFactory) -> None:
+    # Streams of 3 s (60 tokens at 20/s) outlast the gRPC server's own 1 s stop grace:
+    # only the engine's drain lets them finish.
     slow = {"tokens_per_second": 20}
     stack = fleet([slow, slow], engine_extra=["--drain-grace-s", "20"])
     load = asyncio.create_task(
-        run_load(stack.base_url, requests=40, concurrency=10, max_tokens=20, spacing_s=0.05)
+        run_load(stack.base_url, requests=24, concurrency=10, max_tokens=60, spacing_s=0.05)
     )
     await asyncio.sleep(0.7)
     draining = stack.stack.engines[0]
+    held = (await asyncio.to_thread(stack.engine_load, 0)).in_flight
     draining.send_signal(signal.SIGTERM)
     tally = await load
-    _record("4 draining replica", tally.summary())
-    assert tally.summary()["succeeded"] == 40
+    _record("4 draining replica", {**tally.summary(), "held_at_sigterm": held})
+    assert held > 0, "the draining replica held streams at SIGTERM"
+    assert tally.summary()["succeeded"] == 24
     assert await asyncio.to_thread(draining.proc.wait, 30) == 0  # type: ignore[union-attr]
 
 
