@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -204,34 +202,6 @@ async def test_usage_per_key_and_model(tenants: RunningStack) -> None:
 
 
 # -- limits shared by two edges through Redis ---------------------------------------
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed (scripts/test_services.sh installs it as root)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(
-            lambda: (
-                subprocess.run(
-                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
-                ).returncode
-                == 0
-            ),
-            timeout_s=10,
-            what="redis",
-        )
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def test_two_edges_share_one_limit_through_redis(
