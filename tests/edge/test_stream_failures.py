@@ -1,12 +1,14 @@
 """When the model's stream breaks, through the real edge, router and a stand-in engine
 told to fail: a stream that already sent tokens ends with an error event and a choice
 finishing "error" (never [DONE], never "stop"/"length"); a non-streaming request gets a
-502; a failure before any token is a plain error response."""
+502; a failure before any token is a plain error response; a stream gone quiet for
+longer than the idle timeout ends the same way, as 504 stream_idle_timeout."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -86,3 +88,27 @@ async def test_failure_before_the_first_token_is_a_plain_502(
     error = json.loads(raw)["error"]
     assert error["type"] == "server_error"
     assert "scripted failure before first token" in error["message"]
+
+
+@pytest.fixture
+def goes_quiet(scripted_stack: StackFactory, tmp_path: Path) -> RunningStack:
+    """The first token at once, the next after 4 s; the edge waits 1 s between messages."""
+    config = tmp_path / "edge.yaml"
+    config.write_text("stream_idle_timeout_s: 1.0\n")
+    return scripted_stack(
+        behaviour={"tokens_per_second": 0.25}, edge_args=["--config", str(config)]
+    )
+
+
+@pytest.mark.parametrize("endpoint", list(BODIES))
+async def test_stream_gone_quiet_ends_with_an_idle_timeout(
+    goes_quiet: RunningStack, endpoint: str
+) -> None:
+    status, raw = await _post(goes_quiet, endpoint, stream=True, max_tokens=3)
+    assert status == 200
+    payloads = [json.loads(e) for e in _events(raw)]
+    assert payloads[-1]["error"]["code"] == "stream_idle_timeout"
+    assert "".join(_text(p) for p in payloads[:-1]) == "tok0 "
+    status, raw = await _post(goes_quiet, endpoint, max_tokens=3)
+    assert status == 504
+    assert json.loads(raw)["error"]["code"] == "stream_idle_timeout"
