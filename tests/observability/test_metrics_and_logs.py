@@ -79,9 +79,9 @@ async def test_metrics_move_and_access_log(scripted_stack) -> None:  # type: ign
     )
     assert delta(edge_url, "tera_edge_requests_total", endpoint=chat, status="400") == 1
     assert delta(edge_url, "tera_edge_time_to_first_token_seconds_count", model=SCRIPTED_MODEL) == N
-    assert delta(
-        edge_url, "tera_edge_inter_token_latency_seconds_count", model=SCRIPTED_MODEL
-    ) == N * (MAX_TOKENS - 1)
+    # One gap per message after the first: a busy machine may put two tokens in one.
+    gaps = delta(edge_url, "tera_edge_inter_token_latency_seconds_count", model=SCRIPTED_MODEL)
+    assert N <= gaps <= N * (MAX_TOKENS - 1)
     assert delta(edge_url, "tera_edge_tokens_total", kind="completion") == N * MAX_TOKENS
     assert delta(edge_url, "tera_edge_tokens_total", kind="prompt") > 0
     assert _get(after[edge_url], "tera_edge_in_flight", endpoint=chat) == 0

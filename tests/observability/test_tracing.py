@@ -103,10 +103,12 @@ def traced_hedge(
         stack.stop()
 
 
-async def _chat(stack: RunningStack, model: str, trace_id: str) -> None:
+async def _chat(stack: RunningStack, model: str, trace_id: str) -> str:
+    """Sends a request as part of the client's span; returns that span's id."""
+    client_span = secrets.token_hex(8)
     headers = {
         "Authorization": f"Bearer {KEY}",
-        "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+        "traceparent": f"00-{trace_id}-{client_span}-01",
     }
     body = {
         "model": model,
@@ -121,6 +123,7 @@ async def _chat(stack: RunningStack, model: str, trace_id: str) -> None:
     ):
         assert response.status == 200
         assert (await response.read()).endswith(b"data: [DONE]\n\n")
+    return client_span
 
 
 def _one(spans: list[ReceivedSpan], service: str, kind: int, name: str = "") -> ReceivedSpan:
@@ -142,11 +145,12 @@ async def test_streaming_request_is_one_trace(
     traced_vllm: RunningStack, receiver: OtlpReceiver
 ) -> None:
     trace_id = secrets.token_hex(16)  # the client's traceparent is honoured
-    await _chat(traced_vllm, DEFAULT_MODEL_ID, trace_id)
+    client_span = await _chat(traced_vllm, DEFAULT_MODEL_ID, trace_id)
     spans = receiver.wait_for(trace_id, SERVICES)
     TREES["streaming chat (vLLM)"] = tree(spans)
 
     http = _one(spans, "tera-edge", SERVER)
+    assert http.parent_id == client_span, "the edge's span continues the client's"
     assert http.name.startswith("POST")
     assert http.attributes["gen_ai.request.model"] == DEFAULT_MODEL_ID
     assert http.attributes["gen_ai.request.max_tokens"] == 5
@@ -196,6 +200,14 @@ async def test_retried_request_shows_each_attempt(
     assert failed.attributes["tera.replica.address"] != succeeded.attributes["tera.replica.address"]
     engines = [s for s in spans if s.service == "tera-engine" and s.kind == SERVER]
     assert len(engines) == 2  # both replicas appear, each under its attempt
+    # Each attempt holds its own upstream call, and each engine's span hangs under it.
+    under_attempts = []
+    for attempt in attempts:
+        (call,) = [c for c in _children(spans, attempt) if c.kind == CLIENT]
+        (engine,) = _children(spans, call)
+        assert engine.service == "tera-engine" and engine.kind == SERVER
+        under_attempts.append(engine.span_id)
+    assert sorted(under_attempts) == sorted(e.span_id for e in engines)
     _no_key_anywhere(spans)
 
 

@@ -7,7 +7,10 @@ import pytest
 
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.policies import POLICIES, RouteRequest, create_policy
+from services.router.policies.affinity import AffinityPolicy
+from services.router.policies.least_load import LeastLoadPolicy
 from services.router.policies.p2c import PowerOfTwoChoicesPolicy
+from services.router.policies.round_robin import RoundRobinPolicy
 from services.router.replica import Replica
 
 
@@ -29,8 +32,15 @@ def replicas(*loads: int) -> list[Replica]:
 
 
 def test_registry_builds_every_policy_and_rejects_unknown() -> None:
-    for name in POLICIES:
-        assert create_policy(name)
+    expected = {
+        "round_robin": RoundRobinPolicy,
+        "least_load": LeastLoadPolicy,
+        "p2c": PowerOfTwoChoicesPolicy,
+        "affinity": AffinityPolicy,
+    }
+    assert set(POLICIES) == set(expected)
+    for name, policy_type in expected.items():
+        assert type(create_policy(name)) is policy_type, name
     with pytest.raises(ValueError, match="unknown policy"):
         create_policy("random-ish")
 

@@ -60,12 +60,17 @@ class SpeechServing:
         response.enable_chunked_encoding()
         await response.prepare(ctx.http)
         message = first
-        while message is not None:
-            if message.audio:
-                await response.write(message.audio)
-            message = await anext(stream, None)
-        # A failure mid-stream propagates: the connection closes without the final
-        # chunk, so no client can take a cut-off file for a whole one.
+        try:
+            while message is not None:
+                if message.audio:
+                    await response.write(message.audio)
+                message = await anext(stream, None)
+        except OpenAIError:
+            # Headers are sent, so no error response can follow: the connection closes
+            # without the final chunk, so no client can take a cut-off file for a whole one.
+            if ctx.http.transport is not None:
+                ctx.http.transport.close()
+            return response
         await response.write_eof()
         return response
 

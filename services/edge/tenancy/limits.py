@@ -120,9 +120,10 @@ class Limiter:
                 )
             reservation.reserved_tokens = cost
         if limits.max_concurrent:
-            if not await self.store_call(
-                "acquire", f"con:{tenant.name}", limits.max_concurrent, default=True
-            ):
+            # None: the store failed and the request is admitted without a slot, so
+            # nothing is released for it later (a release would free someone else's).
+            acquired = await self.store_call("acquire", f"con:{tenant.name}", limits.max_concurrent)
+            if acquired is False:
                 await reservation.settle(0)
                 raise OpenAIError(
                     429,
@@ -131,7 +132,7 @@ class Limiter:
                     code="concurrency_limit_exceeded",
                     headers={**reservation.headers, "Retry-After": "1"},
                 )
-            reservation.holds_slot = True
+            reservation.holds_slot = acquired is True
         return reservation
 
     async def _rate(self, key: str, cost: float, per_minute: int) -> Decision:

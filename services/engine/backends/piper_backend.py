@@ -109,10 +109,13 @@ class PiperBackend(Backend):
         rate = voice.config.sample_rate
         encoder = AudioEncoder(request.format, rate)
         stretch = TimeStretch(rate, speed)
-        samples = 0
+        samples = done = 0
         self._running += 1
         try:
             async for sentence in self._sentences(request.input):
+                if done == self._speech.fail_after_sentences:
+                    raise EngineError(grpc.StatusCode.INTERNAL, f"failure after {done} sentences")
+                done += 1
                 chunk = stretch.process(sentence)
                 samples += len(chunk)
                 if len(chunk) and (data := encoder.encode(chunk)):
