@@ -43,6 +43,11 @@ class ScriptedOptions(BaseModel):
     # the token is emitted), e.g. to put newlines or "data:" in a stream, or to let the
     # relay benchmark time each token's delivery.
     token_text: str = "tok{i} "
+    # A simulated prefix cache of this many chunks (services.common.prefix_hash), LRU,
+    # published to routers; 0: none. See services.engine.backends.scripted_cache.
+    prefix_cache_chunks: int = Field(0, ge=0)
+    # Serialised prefill, per prompt token not found in the simulated cache.
+    prefill_ms_per_token: float = Field(0.0, ge=0)
 
 
 class SpeechOptions(BaseModel):
