@@ -7,11 +7,11 @@ import argparse
 import json
 import time
 
-from bench import hedging, overhead, plots, profile, relay, speech, vs_vllm
+from bench import cache_routing, hedging, overhead, plots, profile, relay, speech, vs_vllm
 from bench.common import CACHE_DIR, ROOT, table
 from services.engine.model_prep import default_model_dir, prepare_default_model
 
-PARTS = ("vs_vllm", "relay", "overhead", "profile", "speech", "hedging")
+PARTS = ("vs_vllm", "relay", "overhead", "profile", "speech", "hedging", "cache_routing")
 
 
 def main() -> None:
@@ -95,6 +95,9 @@ def main() -> None:
     if "hedging" in parts:
         report["hedging"] = rows = hedging.run(results)
         md += _hedging_section(rows)
+    if "cache_routing" in parts:
+        report["cache_routing"] = result = cache_routing.run(results)
+        md += _cache_routing_section(result)
     md += plots.write(results, report)  # PNGs next to report.md
     (results / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (results / "report.md").write_text("\n".join(md))
@@ -110,6 +113,20 @@ def _hedging_section(rows: list[dict]) -> list[str]:
         table(rows, ["setting", "p50_ttft_ms", "p99_ttft_ms", "hedges_per_request", "hedge_wins"]),
         "",
     ]
+
+
+def _cache_routing_section(result: dict) -> list[str]:
+    w = cache_routing.Workload()
+    md = [
+        f"## Cache-aware routing ({w.engines} stand-in replicas, {w.groups} prefix groups x "
+        f"{w.sessions_per_group} multi-turn sessions, {w.system_words}-token system prompts, "
+        f"prefix cache of {w.cache_chunks * 16} tokens per replica, serialised prefill "
+        f"{w.prefill_ms_per_token} ms/uncached token, Poisson {w.rate_per_s:g} req/s for "
+        f"{w.duration_s:g} s; oracle: each group pinned to one replica by hand)\n"
+    ]
+    for variant, rows in result.items():
+        md += [f"### {variant}\n", table(rows, cache_routing.COLUMNS), ""]
+    return md
 
 
 def _relay_section(result: dict, window: int) -> list[str]:
