@@ -20,6 +20,8 @@ class VllmOptions(BaseModel):
     pipeline_parallel_size: int = Field(1, ge=1)
     max_num_seqs: int | None = None
     enable_prefix_caching: bool | None = None
+    # Publish the prefix cache's contents to routers (vLLM KV events, ipc socket only).
+    kv_events: bool = True
     quantization: str | None = None
     # CPU only: GiB of RAM for the KV cache (VLLM_CPU_KVCACHE_SPACE).
     cpu_kv_cache_gib: int = 1

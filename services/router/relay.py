@@ -87,6 +87,9 @@ class Relay:
             m: create_policy(p, config.policy_options) for m, p in config.model_policies.items()
         }
 
+    def policies(self) -> list[LoadBalancingPolicy]:
+        return [self._default_policy, *self._policies.values()]
+
     def _policy(self, model: str) -> LoadBalancingPolicy:
         return self._policies.get(model, self._default_policy)
 

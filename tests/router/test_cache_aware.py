@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
+from prometheus_client import generate_latest
 
 from services.common import prefix_hash
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.cache_index import PrefixIndex
 from services.router.config import RouterConfig
+from services.router.metrics import RouterMetrics
 from services.router.policies import RouteRequest, create_policy
 from services.router.policies.cache_aware import CacheAwarePolicy
 from services.router.replica import Replica
@@ -147,3 +150,28 @@ def test_options_come_from_router_config() -> None:
     assert isinstance(policy, CacheAwarePolicy) and policy._margin == 9
     with pytest.raises(ValueError):
         RouterConfig(policy="cache_aware", policy_options={"cache_aware": {"nope": 1}})
+
+
+def test_metrics_show_index_size_and_decisions_by_reason() -> None:
+    replicas = fleet(2)
+    hold(replicas[0], names(1, 3))
+    policy = CacheAwarePolicy()
+    policy.select(replicas, route(names(1, 3)))
+    policy.select(replicas, RouteRequest("m"))
+    seen = {
+        r.address: SimpleNamespace(
+            available=True,
+            models={},
+            in_flight=0,
+            breaker=SimpleNamespace(total_ejections=0),
+            prefix_index=r.prefix_index,
+        )
+        for r in replicas
+    }
+    metrics = RouterMetrics()
+    metrics.watch(SimpleNamespace(replicas=seen))  # type: ignore[arg-type]
+    metrics.watch_policies(lambda: [policy])
+    text = generate_latest(metrics.registry).decode()
+    assert 'tera_router_prefix_index_chunks{replica="10.0.0.0:1"} 3.0' in text
+    assert 'tera_router_route_decisions_total{reason="cache_hit"} 1.0' in text
+    assert 'tera_router_route_decisions_total{reason="no_prefix"} 1.0' in text
