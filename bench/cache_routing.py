@@ -69,10 +69,11 @@ def _replace(w: Workload, **changes: object) -> Workload:
     return Workload(**{**w.__dict__, **changes})
 
 
-def _one(logs: Path, policy: str, w: Workload) -> dict:
+def _one(logs: Path, policy: str, w: Workload, options: dict | None = None) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     config = logs / "router.yaml"
     router = {"policy": "p2c" if policy == "oracle" else policy, "hedge": {"enabled": False}}
+    router["policy_options"] = {policy: options} if options else {}
     config.write_text(json.dumps(router | {"health": {"load_poll_interval_s": 0.2}}))
     behaviour = {
         "prefix_cache_chunks": w.cache_chunks,

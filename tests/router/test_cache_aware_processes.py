@@ -4,14 +4,22 @@ behind a router. Which engine served a call: the one whose admitted count moved.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import random
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import yaml
 
 from devstack.prefix_client import call_metadata, chat, engine_totals, generate
+from devstack.processes import ManagedProcess, free_port, wait_until
+from devstack.readiness import router_has_replicas
+from services.common import prefix_hash
+from services.engine.backends.scripted_cache import prompt_token_ids
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
+from services.router.policies.cache_aware import _rendezvous
 from tests.conftest import SCRIPTED_MODEL, RunningStack
 
 ROUTER = {
@@ -39,11 +47,13 @@ def _router(stack: RunningStack) -> str:
     return f"{stack.stack.plan.host}:{stack.stack.plan.router_port}"
 
 
-async def _served_by(stack: RunningStack, turns: list[tuple[str, str]]) -> tuple[int, int]:
+async def _served_by(
+    stack: RunningStack, turns: list[tuple[str, str]], router: str | None = None
+) -> tuple[int, int]:
     """(index of the engine that served it, its cached tokens), routed by the router."""
     before = engine_totals(stack.engine_addresses)
     request = chat(SCRIPTED_MODEL, turns)
-    async with grpc.aio.insecure_channel(_router(stack)) as channel:
+    async with grpc.aio.insecure_channel(router or _router(stack)) as channel:
         outcome = await generate(pb_grpc.EngineStub(channel), request)
     after = engine_totals(stack.engine_addresses)
     (served,) = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if b > a]
@@ -99,3 +109,61 @@ async def test_a_flood_of_one_prefix_spreads(scripted_stack, tmp_path) -> None:
     shares = [b - a for a, b in zip(before, engine_totals(stack.engine_addresses), strict=True)]
     assert sum(shares) == 24
     assert max(shares) <= 12, f"a hot spot: {shares}"
+
+
+async def test_two_routers_agree(scripted_stack, tmp_path) -> None:
+    """Two routers sent the same calls at the same moment pick the same replica: their
+    view comes from the engines (router B, started later, from the snapshot)."""
+    # A prefill cost, so that neither call of a pair sees the other's cache entry.
+    stack = _start(scripted_stack, tmp_path, prefix_cache_chunks=400, prefill_ms_per_token=0.5)
+    await asyncio.sleep(0.5)
+    rng = random.Random(3)
+    conversations = [[_system(f"s{c}"), ("user", f"c{c}")] for c in range(6)]
+    for turns in conversations:  # each on an engine the no-match fallback would not pick
+        await _prime(stack, _not_the_fallback(stack, turns), turns)
+    with _second_router(stack, tmp_path) as b:
+        agreed = 0
+        for round_ in range(24):
+            if rng.random() < 0.25:  # a new conversation, never seen by either
+                conversations.append([_system(f"new{round_}"), ("user", "hi")])
+            turns = rng.choice(conversations)
+            before = engine_totals(stack.engine_addresses)
+            await asyncio.gather(_call(_router(stack), turns), _call(b, turns))
+            after = engine_totals(stack.engine_addresses)
+            agreed += 2 in [y - x for x, y in zip(before, after, strict=True)]
+            turns += [("assistant", "ok"), ("user", f"more {rng.randrange(99)} " * 20)]
+            await asyncio.sleep(0.2)  # both routers hear of the new turn
+        assert agreed / 24 >= 0.95, f"{agreed}/24"
+
+
+def _not_the_fallback(stack: RunningStack, turns: list[tuple[str, str]]) -> int:
+    request = chat(SCRIPTED_MODEL, turns)
+    key = str(prefix_hash.chunk_hashes(prompt_token_ids(request))[0])
+    addresses = stack.engine_addresses
+    fallback = max(addresses, key=lambda a: _rendezvous(key, a))
+    return (addresses.index(fallback) + 1) % len(addresses)
+
+
+async def _call(router: str, turns: list[tuple[str, str]]) -> None:
+    request = chat(SCRIPTED_MODEL, turns)
+    async with grpc.aio.insecure_channel(router) as channel:
+        await generate(pb_grpc.EngineStub(channel), request)
+
+
+@contextlib.contextmanager
+def _second_router(stack: RunningStack, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    replicas = [a for address in stack.engine_addresses for a in ("--replica", address)]
+    config = str(tmp_path / "router.yaml")
+    second = ManagedProcess(
+        "router-b",
+        ["-m", "services.router", "--port", str(port), "--config", config, *replicas],
+        log_path=tmp_path / "router-b.log",
+    ).start()
+    try:
+        address = f"127.0.0.1:{port}"
+        wait_until(lambda: router_has_replicas(address, 3), timeout_s=30, watch=[second], what="B")
+        time.sleep(0.5)  # B's snapshots arrive
+        yield address
+    finally:
+        second.stop()

@@ -45,7 +45,7 @@ def _index(replica: Any) -> PrefixIndex | None:
 
 class CacheAwarePolicy(LoadBalancingPolicy):
     def __init__(
-        self, *, load_margin: float = 4.0, load_factor: float = 1.5, min_match_chunks: int = 1
+        self, *, load_margin: float = 8.0, load_factor: float = 1.5, min_match_chunks: int = 1
     ) -> None:
         self._margin = load_margin
         self._factor = load_factor
