@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import grpc
 
 from services.common import metadata, prefix_hash
-from services.engine.backends.scripted_cache import prompt_token_ids
+from services.common.word_tokens import prompt_token_ids
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 

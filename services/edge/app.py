@@ -17,6 +17,7 @@ from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
 from services.edge.models.serving import ModelsServing
 from services.edge.observe import EdgeMetrics
+from services.edge.prefix import PrefixNamer
 from services.edge.routes import CHAT, COMPLETIONS, METRICS, MODELS, SPEECH, USAGE, add_routes
 from services.edge.speech.serving import SpeechServing
 from services.edge.tenancy import setup
@@ -45,7 +46,11 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
     app[KEYS] = tenancy.keys
 
     async def engine_client(app: web.Application) -> AsyncIterator[None]:
-        client = EngineClient(config.router, models_cache_s=config.models_cache_s)
+        client = EngineClient(
+            config.router,
+            models_cache_s=config.models_cache_s,
+            prefix_namer=PrefixNamer(config.prefix_tokenizers),
+        )
         gate = tenancy.gate
         app[CHAT] = ChatServing(config, client, metrics, gate)
         app[COMPLETIONS] = CompletionServing(config, client, metrics, gate)

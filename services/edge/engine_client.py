@@ -9,10 +9,11 @@ from typing import Any
 
 import grpc
 
-from services.common import metadata
+from services.common import metadata, prefix_hash
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.telemetry import grpc_client_interceptors
 from services.edge.errors import OpenAIError, from_grpc
+from services.edge.prefix import PrefixNamer
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 
@@ -22,7 +23,10 @@ class StreamIdle(Exception):
 
 
 class EngineClient:
-    def __init__(self, target: str, *, models_cache_s: float = 2.0) -> None:
+    def __init__(
+        self, target: str, *, models_cache_s: float = 2.0, prefix_namer: PrefixNamer | None = None
+    ) -> None:
+        self._prefix_namer = prefix_namer
         self.channel = grpc.aio.insecure_channel(
             target, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
         )
@@ -57,7 +61,10 @@ class EngineClient:
         Closing the iterator early (client gone) cancels the call, and with it the
         request on the engine that holds it.
         """
-        md = _metadata(request.model, routing_key)
+        md: list[tuple[str, Any]] = _metadata(request.model, routing_key)
+        names = self._prefix_namer.names(request) if self._prefix_namer else None
+        if names:
+            md.append((prefix_hash.METADATA_KEY, names))
         return _relay(self._stub.Generate(request, metadata=md, timeout=timeout_s), idle_timeout_s)
 
     def synthesize(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from services.engine.backends.scripted_cache import SimulatedPrefixCache, word_token_ids
+from services.common.word_tokens import word_token_ids
+from services.engine.backends.scripted_cache import SimulatedPrefixCache
 from services.engine.prefix_cache import PrefixCacheFeed
 from services.router.cache_index import PrefixIndex
 

@@ -17,7 +17,7 @@ from devstack.prefix_client import call_metadata, chat, engine_totals, generate
 from devstack.processes import ManagedProcess, free_port, wait_until
 from devstack.readiness import router_has_replicas
 from services.common import prefix_hash
-from services.engine.backends.scripted_cache import prompt_token_ids
+from services.common.word_tokens import prompt_token_ids
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from services.router.policies.cache_aware import _rendezvous
 from tests.conftest import SCRIPTED_MODEL, RunningStack

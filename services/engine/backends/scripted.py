@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from services.common.word_tokens import prompt_token_ids
 from services.engine.backends.base import Backend, BackendLoad
-from services.engine.backends.scripted_cache import SimulatedPrefixCache, prompt_token_ids
+from services.engine.backends.scripted_cache import SimulatedPrefixCache
 from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
 from services.engine.prefix_cache import PrefixCacheFeed

@@ -1,7 +1,6 @@
 """The stand-in's simulated prefix cache: an LRU of chunk names and a prefill cost.
 
-Tokens are whitespace words (id: a hash of the word); a chat's tokens are, per message,
-a role token then its words, so an earlier turn's tokens prefix a later turn's. Prefill
+Tokens are whitespace words (services.common.word_tokens). Prefill
 is serialised, like one accelerator: a request waits for the prefills ahead of it, then
 pays `prefill_ms_per_token` for each prompt token not already cached. Stores and
 evictions go to the engine's PrefixCacheFeed, as vLLM's KV events do for the real one.
@@ -10,31 +9,10 @@ evictions go to the engine's PrefixCacheFeed, as vLLM's KV events do for the rea
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import OrderedDict
 
 from services.common.prefix_hash import CHUNK_TOKENS, chunk_hashes
 from services.engine.prefix_cache import PrefixCacheFeed
-from services.proto_gen.tera.v1 import engine_pb2 as pb
-
-
-def word_token_ids(text: str) -> list[int]:
-    return [
-        int.from_bytes(hashlib.blake2b(w.encode(), digest_size=4).digest(), "little")
-        for w in text.split()
-    ]
-
-
-def prompt_token_ids(request: pb.GenerateRequest) -> list[int]:
-    """The stand-in's tokenization of a request (callers use it to name prefixes)."""
-    if request.WhichOneof("input") == "chat":
-        ids: list[int] = []
-        for m in request.chat.messages:
-            ids += word_token_ids(f"<|{m.role}|> {m.content}")
-        return ids
-    if request.prompt.WhichOneof("prompt") == "token_ids":
-        return list(request.prompt.token_ids.ids)
-    return word_token_ids(request.prompt.text)
 
 
 class SimulatedPrefixCache:
