@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -62,10 +63,23 @@ class EngineClient:
         request on the engine that holds it.
         """
         md: list[tuple[str, Any]] = _metadata(request.model, routing_key)
-        names = self._prefix_namer.names(request) if self._prefix_namer else None
-        if names:
-            md.append((prefix_hash.METADATA_KEY, names))
+        if self._prefix_namer is not None and self._prefix_namer.covers(request.model):
+            return self._named(request, md, timeout_s, idle_timeout_s)
         return _relay(self._stub.Generate(request, metadata=md, timeout=timeout_s), idle_timeout_s)
+
+    async def _named(
+        self, request: pb.GenerateRequest, md: list, timeout_s: float, idle_timeout_s: float
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """Names the prompt's prefix for cache_aware routing, off the event loop
+        (tokenizing takes milliseconds), then relays as generate does."""
+        assert self._prefix_namer is not None
+        names = await asyncio.to_thread(self._prefix_namer.names, request)
+        if names:
+            md = [*md, (prefix_hash.METADATA_KEY, names)]
+        call = self._stub.Generate(request, metadata=md, timeout=timeout_s)
+        async with contextlib.aclosing(_relay(call, idle_timeout_s)) as stream:
+            async for message in stream:
+                yield message
 
     def synthesize(
         self, request: pb.SynthesizeRequest, *, timeout_s: float, idle_timeout_s: float

@@ -61,6 +61,9 @@ class PrefixNamer:
         self._sources = dict(tokenizers)
         self._loaded: dict[str, Tokenize | None] = {}
 
+    def covers(self, model: str) -> bool:
+        return model in self._sources
+
     def names(self, request: pb.GenerateRequest) -> bytes | None:
         tokenize = self._tokenizer(request.model)
         if tokenize is None:

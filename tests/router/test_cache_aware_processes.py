@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import grpc
 import yaml
 
@@ -38,8 +39,13 @@ def _system(group: str, words: int = 64) -> tuple[str, str]:
 def _start(scripted_stack: Callable[..., RunningStack], tmp_path: Path, **cache: object):
     config = tmp_path / "router.yaml"
     config.write_text(yaml.safe_dump(ROUTER))
+    edge = tmp_path / "edge.yaml"  # the edge names stand-in prompts' prefixes
+    edge.write_text(yaml.safe_dump({"prefix_tokenizers": {SCRIPTED_MODEL: "words"}}))
     return scripted_stack(
-        engines=3, behaviour={**CACHE, **cache}, router_args=["--config", str(config)]
+        engines=3,
+        behaviour={**CACHE, **cache},
+        router_args=["--config", str(config)],
+        edge_args=["--config", str(edge)],
     )
 
 
@@ -77,6 +83,24 @@ async def test_calls_land_where_their_prefix_is_resident(scripted_stack, tmp_pat
         served, cached = await _served_by(stack, [_system(group), ("user", "another question")])
         assert served == engine, f"group {group} went to engine {served}, not {engine}"
         assert cached >= 64
+
+
+async def test_through_the_edge(scripted_stack, tmp_path) -> None:
+    """HTTP calls carry prefix names too: the edge tokenizes as the stand-in does."""
+    stack = _start(scripted_stack, tmp_path)
+    await asyncio.sleep(0.5)
+    turns = [_system("web"), ("user", "first")]
+    owner = _not_the_fallback(stack, turns)
+    await _prime(stack, owner, turns)
+    before = engine_totals(stack.engine_addresses)
+    messages = [{"role": r, "content": c} for r, c in turns]
+    body = {"model": SCRIPTED_MODEL, "messages": messages, "max_tokens": 2}
+    url = f"{stack.base_url}/chat/completions"
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as response:
+        usage = (await response.json())["usage"]
+    after = engine_totals(stack.engine_addresses)
+    assert [i for i in range(3) if after[i] > before[i]] == [owner]
+    assert usage["prompt_tokens_details"]["cached_tokens"] >= 64
 
 
 async def test_an_eviction_is_noticed(scripted_stack, tmp_path) -> None:
