@@ -8,11 +8,30 @@ import json
 import time
 from pathlib import Path
 
-from bench import hedging, overhead, plots, profile, recovery, relay, speech, vs_vllm
+from bench import (
+    cache_routing,
+    hedging,
+    overhead,
+    plots,
+    profile,
+    recovery,
+    relay,
+    speech,
+    vs_vllm,
+)
 from bench.common import CACHE_DIR, ROOT, table
 from services.engine.model_prep import default_model_dir, prepare_default_model
 
-PARTS = ("vs_vllm", "relay", "overhead", "profile", "speech", "hedging", "recovery")
+PARTS = (
+    "vs_vllm",
+    "relay",
+    "overhead",
+    "profile",
+    "speech",
+    "hedging",
+    "recovery",
+    "cache_routing",
+)
 # Also available: recovery_vllm (two real vLLM engines; minutes on CPU).
 
 
@@ -98,6 +117,9 @@ def main() -> None:
         report["hedging"] = rows = hedging.run(results)
         md += _hedging_section(rows)
     md += _recovery_sections(results, report, parts)
+    if "cache_routing" in parts:
+        report["cache_routing"] = result = cache_routing.run(results)
+        md += _cache_routing_section(result)
     md += plots.write(results, report)  # PNGs next to report.md
     (results / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (results / "report.md").write_text("\n".join(md))
@@ -134,6 +156,20 @@ def _recovery_section(results: Path, report: dict, *, vllm: bool) -> list[str]:
         f"SIGKILL of one engine to its return to rotation, successive crashes (the restart "
         f"backoff doubles per crash within a minute: 1 s, 2 s, 4 s): {seconds} s\n",
     ]
+
+
+def _cache_routing_section(result: dict) -> list[str]:
+    w = cache_routing.Workload()
+    md = [
+        f"## Cache-aware routing ({w.engines} stand-in replicas, {w.groups} prefix groups x "
+        f"{w.sessions_per_group} multi-turn sessions, {w.system_words}-token system prompts, "
+        f"prefix cache of {w.cache_chunks * 16} tokens per replica, serialised prefill "
+        f"{w.prefill_ms_per_token} ms/uncached token, Poisson {w.rate_per_s:g} req/s for "
+        f"{w.duration_s:g} s; oracle: each group pinned to one replica by hand)\n"
+    ]
+    for variant, rows in result.items():
+        md += [f"### {variant}\n", table(rows, cache_routing.COLUMNS), ""]
+    return md
 
 
 def _relay_section(result: dict, window: int) -> list[str]:

@@ -17,6 +17,7 @@ from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
 from services.edge.models.serving import ModelsServing
 from services.edge.observe import EdgeMetrics
+from services.edge.prefix import PrefixNamer
 from services.edge.routes import CHAT, COMPLETIONS, METRICS, MODELS, SPEECH, USAGE, add_routes
 from services.edge.speech.serving import SpeechServing
 from services.edge.tenancy import setup
@@ -48,7 +49,10 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
         catalog = tenancy.catalog
         known = frozenset(m.id for m in catalog.models) if catalog else frozenset()
         client = EngineClient(
-            config.router, models_cache_s=config.models_cache_s, known_models=known
+            config.router,
+            models_cache_s=config.models_cache_s,
+            known_models=known,
+            prefix_namer=PrefixNamer(config.prefix_tokenizers),
         )
         gate = tenancy.gate
         app[CHAT] = ChatServing(config, client, metrics, gate)

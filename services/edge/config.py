@@ -31,6 +31,10 @@ class EdgeConfig(BaseModel):
     # Characters of the prompt hashed into the routing key when no session is given.
     affinity_prefix_chars: int = Field(256, ge=0)
     models_cache_s: float = Field(2.0, ge=0)
+    # Per model id: the tokenizer (a Hugging Face name or folder; "words": the stand-in
+    # engine's) with which the edge names prompt prefixes for the router's cache_aware
+    # policy. Models not listed send no names.
+    prefix_tokenizers: dict[str, str] = Field(default_factory=dict)
 
 
 def is_loopback(host: str) -> bool:

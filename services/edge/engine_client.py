@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from services.common import metadata
+from services.common import metadata, prefix_hash
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.telemetry import grpc_client_interceptors
 from services.edge.errors import OpenAIError, from_grpc
+from services.edge.prefix import PrefixNamer
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 
@@ -28,7 +30,9 @@ class EngineClient:
         *,
         models_cache_s: float = 2.0,
         known_models: frozenset[str] = frozenset(),
+        prefix_namer: PrefixNamer | None = None,
     ) -> None:
+        self._prefix_namer = prefix_namer
         self.channel = grpc.aio.insecure_channel(
             target, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
         )
@@ -66,9 +70,26 @@ class EngineClient:
         Closing the iterator early (client gone) cancels the call, and with it the
         request on the engine that holds it.
         """
-        md = _metadata(request.model, routing_key)
+        md: list[tuple[str, Any]] = _metadata(request.model, routing_key)
+        if self._prefix_namer is not None and self._prefix_namer.covers(request.model):
+            return self._named(request, md, timeout_s, idle_timeout_s)
         call = self._stub.Generate(request, metadata=md, timeout=timeout_s)
         return _relay(call, idle_timeout_s, known_model=request.model in self._known_models)
+
+    async def _named(
+        self, request: pb.GenerateRequest, md: list, timeout_s: float, idle_timeout_s: float
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """Names the prompt's prefix for cache_aware routing, off the event loop
+        (tokenizing takes milliseconds), then relays as generate does."""
+        assert self._prefix_namer is not None
+        names = await asyncio.to_thread(self._prefix_namer.names, request)
+        if names:
+            md = [*md, (prefix_hash.METADATA_KEY, names)]
+        call = self._stub.Generate(request, metadata=md, timeout=timeout_s)
+        known = request.model in self._known_models
+        async with contextlib.aclosing(_relay(call, idle_timeout_s, known_model=known)) as stream:
+            async for message in stream:
+                yield message
 
     def synthesize(
         self, request: pb.SynthesizeRequest, *, timeout_s: float, idle_timeout_s: float

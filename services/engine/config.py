@@ -20,6 +20,8 @@ class VllmOptions(BaseModel):
     pipeline_parallel_size: int = Field(1, ge=1)
     max_num_seqs: int | None = None
     enable_prefix_caching: bool | None = None
+    # Publish the prefix cache's contents to routers (vLLM KV events, ipc socket only).
+    kv_events: bool = True
     quantization: str | None = None
     # CPU only: GiB of RAM for the KV cache (VLLM_CPU_KVCACHE_SPACE).
     cpu_kv_cache_gib: int = 1
@@ -45,6 +47,11 @@ class ScriptedOptions(BaseModel):
     # the token is emitted), e.g. to put newlines or "data:" in a stream, or to let the
     # relay benchmark time each token's delivery.
     token_text: str = "tok{i} "
+    # A simulated prefix cache of this many chunks (services.common.prefix_hash), LRU,
+    # published to routers; 0: none. See services.engine.backends.scripted_cache.
+    prefix_cache_chunks: int = Field(0, ge=0)
+    # Serialised prefill, per prompt token not found in the simulated cache.
+    prefill_ms_per_token: float = Field(0.0, ge=0)
 
 
 class SpeechOptions(BaseModel):

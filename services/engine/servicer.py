@@ -71,6 +71,15 @@ class EngineServicer(pb_grpc.EngineServicer):
             serving_replicas=1,
         )
 
+    async def WatchPrefixCache(
+        self, request: pb.WatchPrefixCacheRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PrefixCacheEvent]:
+        feed = self._backend.prefix_cache()
+        if feed is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this engine has no prefix cache")
+        async for event in feed.watch():
+            yield event
+
     async def _admitted(self, start: Callable[[], AsyncIterator[Any]]) -> AsyncIterator[Any]:
         with self._admission.admit():
             async for message in start():

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from services.router.policies import check_policy_name
+from services.router.policies import check_policy_name, create_policy
 
 
 class RetryConfig(BaseModel):
@@ -82,6 +82,8 @@ class RouterConfig(BaseModel):
     policy: str = "p2c"
     # Per-model policy overrides: {"model id": "round_robin"}.
     model_policies: dict[str, str] = Field(default_factory=dict)
+    # Knobs per policy name, e.g. {"cache_aware": {"load_margin": 8}}.
+    policy_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     hedge: HedgeConfig = Field(default_factory=HedgeConfig)
@@ -96,6 +98,8 @@ class RouterConfig(BaseModel):
     @model_validator(mode="after")
     def _policies_exist(self) -> RouterConfig:
         for name in [self.policy, *self.model_policies.values()]:
+            create_policy(name, self.policy_options)
+        for name in self.policy_options:
             check_policy_name(name)
         return self
 

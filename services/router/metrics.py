@@ -3,7 +3,8 @@ the pool at scrape time, so it is never stale."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -65,6 +66,10 @@ class RouterMetrics:
     def watch(self, pool: ReplicaPool) -> None:
         self.registry.register(_ReplicaCollector(pool))
 
+    def watch_policies(self, policies: Callable[[], Iterable[Any]]) -> None:
+        """Decisions by reason of the policies that count them (cache_aware)."""
+        self.registry.register(_DecisionCollector(policies))
+
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host, registry=self.registry)
 
@@ -85,13 +90,19 @@ class _ReplicaCollector(Collector):
         ejections = CounterMetricFamily(
             "tera_router_replica_ejections", "Times a replica was ejected", labels=["replica"]
         )
+        prefix = GaugeMetricFamily(
+            "tera_router_prefix_index_chunks",
+            "Prefix-cache chunks an engine reports resident, as the router's index holds them",
+            labels=["replica"],
+        )
         for address, replica in sorted(self._pool.replicas.items()):
             up.add_metric([address], 1.0 if replica.available else 0.0)
             in_flight.add_metric([address], replica.in_flight)
             ejections.add_metric([address], replica.breaker.total_ejections)
-        yield up
-        yield in_flight
-        yield ejections
+            index = getattr(replica, "prefix_index", None)
+            if index is not None:
+                prefix.add_metric([address], len(index))
+        yield from (up, in_flight, ejections, prefix)
         yield self._ready_by_model()
 
     def _ready_by_model(self) -> GaugeMetricFamily:
@@ -109,3 +120,22 @@ class _ReplicaCollector(Collector):
         for model, count in sorted(counts.items()):
             ready.add_metric([model], count)
         return ready
+
+
+class _DecisionCollector(Collector):
+    def __init__(self, policies: Callable[[], Iterable[Any]]) -> None:
+        self._policies = policies
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "tera_router_route_decisions",
+            "cache_aware decisions by reason (cache_hit, load_escape, no_match, no_prefix)",
+            labels=["reason"],
+        )
+        totals: dict[str, int] = {}
+        for policy in self._policies():
+            for reason, count in getattr(policy, "decisions", {}).items():
+                totals[reason] = totals.get(reason, 0) + count
+        for reason, count in sorted(totals.items()):
+            family.add_metric([reason], count)
+        yield family

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.router.cache_index import follow_prefix_cache
 from services.router.config import HealthConfig
 from services.router.replica import UNKNOWN, Replica
 
@@ -29,6 +30,12 @@ class ReplicaProbes:
             asyncio.create_task(self._watch_health(), name=f"watch {address}"),
             asyncio.create_task(self._check_health(), name=f"check {address}"),
             asyncio.create_task(self._poll_load(), name=f"load {address}"),
+            asyncio.create_task(
+                follow_prefix_cache(
+                    replica.stub, replica.prefix_index, address, config.check_interval_s
+                ),
+                name=f"prefix cache {address}",
+            ),
         ]
 
     async def close(self) -> None:

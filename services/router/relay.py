@@ -82,8 +82,13 @@ class Relay:
         self._config = config
         self._budget = RetryBudget(config.retry)
         self._hedger = Hedger(config, self._metrics)
-        self._default_policy = create_policy(config.policy)
-        self._policies = {m: create_policy(p) for m, p in config.model_policies.items()}
+        self._default_policy = create_policy(config.policy, config.policy_options)
+        self._policies = {
+            m: create_policy(p, config.policy_options) for m, p in config.model_policies.items()
+        }
+
+    def policies(self) -> list[LoadBalancingPolicy]:
+        return [self._default_policy, *self._policies.values()]
 
     def _policy(self, model: str) -> LoadBalancingPolicy:
         return self._policies.get(model, self._default_policy)
@@ -95,7 +100,7 @@ class Relay:
         headers = dict(invocation)
         # Without the metadata, the request's own model field (read from the wire bytes).
         model = headers.get(metadata.MODEL) or model_of(request)
-        route = RouteRequest(model, headers.get(metadata.ROUTING_KEY))
+        route = RouteRequest.from_metadata(model, headers)
         trace.get_current_span().set_attribute(GEN_AI_REQUEST_MODEL, route.model)
         forward = tuple((k, v) for k, v in invocation if k.startswith(_FORWARDED_PREFIXES))
         self._budget.on_request()

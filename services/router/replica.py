@@ -19,6 +19,7 @@ from services.common.telemetry import grpc_client_interceptors
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from services.router.breaker import CircuitBreaker
+from services.router.cache_index import PrefixIndex
 from services.router.config import BreakerConfig, HealthConfig
 
 log = logging.getLogger("tera.router.replica")
@@ -42,6 +43,7 @@ class Replica:
         self.in_flight = 0
         self.reported = pb.LoadReport()
         self.breaker = CircuitBreaker(breaker)
+        self.prefix_index = PrefixIndex()  # what the engine's prefix cache holds
         self.ttft_ewma_s: float | None = None
         self.requests = 0
         self.failures = 0

@@ -21,6 +21,7 @@ class RouterRuntime:
         self.pool = ReplicaPool(config)
         self.metrics.watch(self.pool)
         self.relay = Relay(self.pool, config, self.metrics)
+        self.metrics.watch_policies(self.relay.policies)
         self._dns_tasks: dict[str, asyncio.Task[None]] = {}
         self._apply_discovery(config)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import grpc
 
 from services.engine.errors import EngineError
+from services.engine.prefix_cache import PrefixCacheFeed
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 
@@ -34,6 +35,10 @@ class Backend(abc.ABC):
 
     def load(self) -> BackendLoad:
         return BackendLoad()
+
+    def prefix_cache(self) -> PrefixCacheFeed | None:
+        """What the backend's prefix cache holds, if it has one routers can watch."""
+        return None
 
     def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
         raise EngineError(grpc.StatusCode.UNIMPLEMENTED, "this engine does not generate text")

@@ -14,9 +14,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from services.common.word_tokens import prompt_token_ids
 from services.engine.backends.base import Backend, BackendLoad
+from services.engine.backends.scripted_cache import SimulatedPrefixCache
 from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
+from services.engine.prefix_cache import PrefixCacheFeed
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 
@@ -27,6 +30,17 @@ class ScriptedBackend(Backend):
         self._running = 0
         self._requests_seen = 0
         self._created = int(time.time())
+        self._cache = (
+            SimulatedPrefixCache(
+                capacity_chunks=self._script.prefix_cache_chunks,
+                prefill_s_per_token=self._script.prefill_ms_per_token / 1000,
+            )
+            if self._script.prefix_cache_chunks
+            else None
+        )
+
+    def prefix_cache(self) -> PrefixCacheFeed | None:
+        return self._cache.feed if self._cache else None
 
     async def start(self) -> None:
         await asyncio.sleep(self._script.startup_delay_s)
@@ -66,6 +80,7 @@ class ScriptedBackend(Backend):
         if script.hang:
             await asyncio.Event().wait()
         await asyncio.sleep(script.first_token_delay_s)
+        cached = await self._cache.prefill(prompt_token_ids(request)) if self._cache else 0
         if script.fail_before_first or self._requests_seen <= script.fail_first_requests:
             raise EngineError(grpc.StatusCode.INTERNAL, "scripted failure before first token")
         s = request.sampling
@@ -91,7 +106,7 @@ class ScriptedBackend(Backend):
                     grpc.StatusCode.INTERNAL,
                     f"scripted failure after {script.fail_after_tokens} tokens",
                 )
-            yield self._message(request, batch, max_tokens)
+            yield self._message(request, batch, max_tokens, cached)
             i = batch[-1] + 1
             if rate > 0 and i < max_tokens:
                 await asyncio.sleep(max(started + i / rate - loop.time(), step_s))
@@ -99,7 +114,7 @@ class ScriptedBackend(Backend):
                 await asyncio.sleep(0)
 
     def _message(
-        self, request: pb.GenerateRequest, batch: range, max_tokens: int
+        self, request: pb.GenerateRequest, batch: range, max_tokens: int, cached: int = 0
     ) -> pb.GenerateResponse:
         n = request.sampling.n or 1
         last = batch[-1] == max_tokens - 1
@@ -118,7 +133,11 @@ class ScriptedBackend(Backend):
         )
         if last:
             response.usage.CopyFrom(
-                pb.Usage(prompt_tokens=_prompt_tokens(request), completion_tokens=n * max_tokens)
+                pb.Usage(
+                    prompt_tokens=_prompt_tokens(request),
+                    completion_tokens=n * max_tokens,
+                    cached_tokens=cached,
+                )
             )
         return response
 

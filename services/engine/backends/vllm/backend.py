@@ -24,10 +24,12 @@ from services.engine.backends.vllm.engine import (
     shut_down,
     warm_up,
 )
+from services.engine.backends.vllm.kv_events import KvEventReader
 from services.engine.backends.vllm.prepare import LoadedModel, Prepared
 from services.engine.backends.vllm.profiles import ChatProfile, build_profiles
 from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
+from services.engine.prefix_cache import PrefixCacheFeed
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 log = logging.getLogger("tera.engine.vllm")
@@ -42,11 +44,19 @@ class VllmBackend(Backend):
         self._profiles: dict[str, ChatProfile] = {}
         self._max_model_len = config.max_context_length  # until the engine says
         self._created = int(time.time())
+        self._feed = PrefixCacheFeed()
+        self._kv_events: KvEventReader | None = None
+
+    def prefix_cache(self) -> PrefixCacheFeed | None:
+        return self._feed if self._kv_events else None
 
     async def start(self) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._config.vllm.cpu_kv_cache_gib))
         started = time.monotonic()
-        engine = self._engine = await load_engine(self._config, self._scheduler)
+        if self._config.vllm.kv_events:
+            self._kv_events = KvEventReader(self._feed)
+        endpoint = self._kv_events.endpoint if self._kv_events else None
+        engine = self._engine = await load_engine(self._config, self._scheduler, endpoint)
         self._model = LoadedModel(
             engine,
             defaults=engine.model_config.get_diff_sampling_param(),
@@ -67,6 +77,8 @@ class VllmBackend(Backend):
             await shut_down(self._engine)
             self._engine = None
             self._model = None
+        if self._kv_events is not None:
+            await self._kv_events.close()
 
     def models(self) -> list[pb.ModelInfo]:
         return [

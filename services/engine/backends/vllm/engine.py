@@ -14,12 +14,13 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from services.engine.backends.base import BackendLoad
+from services.engine.backends.vllm.kv_events import events_config
 from services.engine.config import EngineConfig
 
 WARMUP_PROMPT = "Hello"
 
 
-def engine_args(config: EngineConfig) -> AsyncEngineArgs:
+def engine_args(config: EngineConfig, kv_events_endpoint: str | None = None) -> AsyncEngineArgs:
     opts = config.vllm
     optional = {
         "max_num_seqs": opts.max_num_seqs,
@@ -37,6 +38,7 @@ def engine_args(config: EngineConfig) -> AsyncEngineArgs:
         gpu_memory_utilization=opts.gpu_memory_utilization,
         tensor_parallel_size=opts.tensor_parallel_size,
         pipeline_parallel_size=opts.pipeline_parallel_size,
+        kv_events_config=events_config(kv_events_endpoint) if kv_events_endpoint else None,
         **{k: v for k, v in optional.items() if v is not None},
     )
 
@@ -74,12 +76,13 @@ class _SnapshotLogger(StatLoggerBase):
         pass
 
 
-async def load_engine(config: EngineConfig, snapshot: SchedulerSnapshot) -> AsyncLLM:
+async def load_engine(
+    config: EngineConfig, snapshot: SchedulerSnapshot, kv_events_endpoint: str | None = None
+) -> AsyncLLM:
     # Loading takes tens of seconds: off the event loop, so health checks and signals
     # are answered meanwhile.
-    return await asyncio.to_thread(
-        AsyncLLM.from_engine_args, engine_args(config), stat_loggers=[snapshot.factory]
-    )
+    args = engine_args(config, kv_events_endpoint)
+    return await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[snapshot.factory])
 
 
 async def warm_up(engine: AsyncLLM) -> None:

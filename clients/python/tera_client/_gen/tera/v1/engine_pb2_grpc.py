@@ -56,6 +56,11 @@ class EngineStub:
                 request_serializer=tera_dot_v1_dot_engine__pb2.GetLoadRequest.SerializeToString,
                 response_deserializer=tera_dot_v1_dot_engine__pb2.LoadReport.FromString,
                 _registered_method=True)
+        self.WatchPrefixCache = channel.unary_stream(
+                '/tera.v1.Engine/WatchPrefixCache',
+                request_serializer=tera_dot_v1_dot_engine__pb2.WatchPrefixCacheRequest.SerializeToString,
+                response_deserializer=tera_dot_v1_dot_engine__pb2.PrefixCacheEvent.FromString,
+                _registered_method=True)
 
 
 class EngineServicer:
@@ -91,6 +96,16 @@ class EngineServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchPrefixCache(self, request, context):
+        """The engine's prefix (KV) cache as it changes: first a snapshot of every resident
+        chunk (reset set), then the chunks stored and evicted, as they happen. Routers
+        subscribe to each engine, so every router sees the same picture. Engines without a
+        prefix cache answer UNIMPLEMENTED; a router does not serve it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngineServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +128,11 @@ def add_EngineServicer_to_server(servicer, server):
                     servicer.GetLoad,
                     request_deserializer=tera_dot_v1_dot_engine__pb2.GetLoadRequest.FromString,
                     response_serializer=tera_dot_v1_dot_engine__pb2.LoadReport.SerializeToString,
+            ),
+            'WatchPrefixCache': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchPrefixCache,
+                    request_deserializer=tera_dot_v1_dot_engine__pb2.WatchPrefixCacheRequest.FromString,
+                    response_serializer=tera_dot_v1_dot_engine__pb2.PrefixCacheEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +244,33 @@ class Engine:
             '/tera.v1.Engine/GetLoad',
             tera_dot_v1_dot_engine__pb2.GetLoadRequest.SerializeToString,
             tera_dot_v1_dot_engine__pb2.LoadReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPrefixCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tera.v1.Engine/WatchPrefixCache',
+            tera_dot_v1_dot_engine__pb2.WatchPrefixCacheRequest.SerializeToString,
+            tera_dot_v1_dot_engine__pb2.PrefixCacheEvent.FromString,
             options,
             channel_credentials,
             insecure,

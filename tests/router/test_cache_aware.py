@@ -1,0 +1,177 @@
+"""The router's prefix index and the cache_aware policy, with fake replicas."""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client import generate_latest
+
+from services.common import prefix_hash
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.router.cache_index import PrefixIndex
+from services.router.config import RouterConfig
+from services.router.metrics import RouterMetrics
+from services.router.policies import RouteRequest, create_policy
+from services.router.policies.cache_aware import CacheAwarePolicy
+from services.router.replica import Replica
+
+
+class FakeReplica(Replica):
+    def __init__(self, address: str, in_flight: int = 0) -> None:
+        self.address = address
+        self.in_flight = in_flight
+        self.requests = 0
+        self.reported = pb.LoadReport()
+        self.prefix_index = PrefixIndex()
+
+
+def names(group: int, chunks: int) -> list[int]:
+    return prefix_hash.chunk_hashes([group] * 3 + list(range(chunks * 16)))[:chunks]
+
+
+def route(prefix: list[int]) -> RouteRequest:
+    return RouteRequest("m", prefix_hashes=tuple(prefix))
+
+
+def fleet(n: int = 3) -> list[FakeReplica]:
+    return [FakeReplica(f"10.0.0.{i}:1") for i in range(n)]
+
+
+def hold(replica: FakeReplica, prefix: list[int]) -> None:
+    replica.prefix_index.apply(pb.PrefixCacheEvent(stored=prefix))
+
+
+def test_hashes_chain_and_round_trip_metadata() -> None:
+    a = prefix_hash.chunk_hashes(list(range(40)))
+    assert len(a) == 2  # the partial third chunk is not named
+    assert prefix_hash.chunk_hashes(list(range(32)) + [7] * 16)[:2] == a
+    assert prefix_hash.chunk_hashes([1, *range(1, 40)])[0] != a[0]
+    assert prefix_hash.decode(prefix_hash.encode(a)) == tuple(a)
+    assert prefix_hash.decode(b"\x01\x02") == ()
+
+
+def test_index_applies_stores_evictions_resets_and_stays_bounded() -> None:
+    index = PrefixIndex(capacity=4)
+    p = names(1, 6)
+    index.apply(pb.PrefixCacheEvent(stored=p[:3]))
+    assert index.match(p) == 3
+    index.apply(pb.PrefixCacheEvent(removed=[p[1]]))
+    assert index.match(p) == 1  # a hole ends the cached prefix
+    index.apply(pb.PrefixCacheEvent(stored=p))
+    assert len(index) == 4  # the oldest names made room
+    index.apply(pb.PrefixCacheEvent(reset=True, stored=p[:2]))
+    assert index.match(p) == 2 and len(index) == 2
+
+
+def test_routes_to_the_longest_resident_prefix() -> None:
+    replicas = fleet()
+    p = names(1, 8)
+    hold(replicas[1], p[:2])
+    hold(replicas[2], p[:6])
+    policy = CacheAwarePolicy()
+    assert policy.select(replicas, route(p)) is replicas[2]
+    assert policy.decisions["cache_hit"] == 1
+
+
+def test_follows_an_eviction() -> None:
+    replicas = fleet()
+    p = names(1, 8)
+    hold(replicas[2], p)
+    hold(replicas[0], p[:4])
+    policy = CacheAwarePolicy()
+    assert policy.select(replicas, route(p)) is replicas[2]
+    replicas[2].prefix_index.apply(pb.PrefixCacheEvent(removed=p[:1]))
+    assert policy.select(replicas, route(p)) is replicas[0]
+
+
+def test_load_escape_and_hot_prefix_spreads_to_one_second_replica() -> None:
+    replicas = fleet(4)
+    p = names(1, 8)
+    hold(replicas[0], p)
+    policy = CacheAwarePolicy(load_margin=4, load_factor=1.5)
+    replicas[0].in_flight = 4  # at the edge of the band: still preferred
+    assert policy.select(replicas, route(p)) is replicas[0]
+    replicas[0].in_flight = 5
+    escaped = {policy.select(replicas, route(p)).address for _ in range(5)}
+    assert len(escaped) == 1 and escaped != {replicas[0].address}
+    assert policy.decisions["load_escape"] == 5
+    # The second replica now holds the prefix too: equal matches go to the less loaded.
+    second = next(r for r in replicas if r.address in escaped)
+    hold(second, p)
+    second.in_flight = 2
+    assert policy.select(replicas, route(p)) is second
+
+
+def test_flood_of_one_prefix_never_builds_a_hot_spot() -> None:
+    """Simulated: every chosen replica caches the prefix and keeps the request."""
+    replicas = fleet(4)
+    p = names(1, 8)
+    policy = CacheAwarePolicy(load_margin=2, load_factor=1.5)
+    for _ in range(40):
+        chosen = policy.select(replicas, route(p))
+        chosen.in_flight += 1
+        hold(chosen, p)
+    loads = [r.in_flight for r in replicas]
+    assert max(loads) - min(loads) <= 3, loads
+
+
+def test_new_prefixes_spread_and_ties_are_deterministic() -> None:
+    replicas = fleet(4)
+    picks = Counter(
+        CacheAwarePolicy().select(replicas, route(names(g, 4))).address for g in range(200)
+    )
+    assert len(picks) == 4 and min(picks.values()) > 25
+    # Two routers (two policy objects) agree on a new prefix and on a tie.
+    p = names(7, 4)
+    assert CacheAwarePolicy().select(replicas, route(p)) is CacheAwarePolicy().select(
+        list(reversed(replicas)), route(p)
+    )
+    hold(replicas[1], p)
+    hold(replicas[3], p)
+    assert CacheAwarePolicy().select(replicas, route(p)) is CacheAwarePolicy().select(
+        list(reversed(replicas)), route(p)
+    )
+
+
+def test_without_prefix_names_uses_routing_key_then_load() -> None:
+    replicas = fleet(3)
+    replicas[0].in_flight = 1
+    policy = CacheAwarePolicy()
+    keyed = RouteRequest("m", routing_key="conversation-9")
+    assert len({policy.select(replicas, keyed).address for _ in range(5)}) == 1
+    assert policy.select(replicas, RouteRequest("m")) is replicas[1]
+
+
+def test_options_come_from_router_config() -> None:
+    config = RouterConfig(policy="cache_aware", policy_options={"cache_aware": {"load_margin": 9}})
+    policy = create_policy(config.policy, config.policy_options)
+    assert isinstance(policy, CacheAwarePolicy) and policy._margin == 9
+    with pytest.raises(ValueError):
+        RouterConfig(policy="cache_aware", policy_options={"cache_aware": {"nope": 1}})
+
+
+def test_metrics_show_index_size_and_decisions_by_reason() -> None:
+    replicas = fleet(2)
+    hold(replicas[0], names(1, 3))
+    policy = CacheAwarePolicy()
+    policy.select(replicas, route(names(1, 3)))
+    policy.select(replicas, RouteRequest("m"))
+    seen = {
+        r.address: SimpleNamespace(
+            available=True,
+            models={},
+            in_flight=0,
+            breaker=SimpleNamespace(total_ejections=0),
+            prefix_index=r.prefix_index,
+        )
+        for r in replicas
+    }
+    metrics = RouterMetrics()
+    metrics.watch(SimpleNamespace(replicas=seen))  # type: ignore[arg-type]
+    metrics.watch_policies(lambda: [policy])
+    text = generate_latest(metrics.registry).decode()
+    assert 'tera_router_prefix_index_chunks{replica="10.0.0.0:1"} 3.0' in text
+    assert 'tera_router_route_decisions_total{reason="cache_hit"} 1.0' in text
+    assert 'tera_router_route_decisions_total{reason="no_prefix"} 1.0' in text

@@ -1,0 +1,193 @@
+"""cache_aware with real processes: three stand-in engines with simulated prefix caches
+behind a router. Which engine served a call: the one whose admitted count moved."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import grpc
+import yaml
+
+from devstack.prefix_client import call_metadata, chat, engine_totals, generate
+from devstack.processes import ManagedProcess, free_port, wait_until
+from devstack.readiness import router_has_replicas
+from services.common import prefix_hash
+from services.common.word_tokens import prompt_token_ids
+from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
+from services.router.policies.cache_aware import _rendezvous
+from tests.conftest import SCRIPTED_MODEL, RunningStack
+
+ROUTER = {
+    "policy": "cache_aware",
+    "policy_options": {"cache_aware": {"load_margin": 2, "load_factor": 1.5}},
+    "health": {"check_interval_s": 0.2, "check_timeout_s": 0.5, "load_poll_interval_s": 0.2},
+    "hedge": {"enabled": False},
+}
+CACHE = {"prefix_cache_chunks": 24}  # 384 tokens per engine
+
+
+def _system(group: str, words: int = 64) -> tuple[str, str]:
+    return ("system", " ".join(f"{group}{i}" for i in range(words)))
+
+
+def _start(scripted_stack: Callable[..., RunningStack], tmp_path: Path, **cache: object):
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(ROUTER))
+    edge = tmp_path / "edge.yaml"  # the edge names stand-in prompts' prefixes
+    edge.write_text(yaml.safe_dump({"prefix_tokenizers": {SCRIPTED_MODEL: "words"}}))
+    return scripted_stack(
+        engines=3,
+        behaviour={**CACHE, **cache},
+        router_args=["--config", str(config)],
+        edge_args=["--config", str(edge)],
+    )
+
+
+def _router(stack: RunningStack) -> str:
+    return f"{stack.stack.plan.host}:{stack.stack.plan.router_port}"
+
+
+async def _served_by(
+    stack: RunningStack, turns: list[tuple[str, str]], router: str | None = None
+) -> tuple[int, int]:
+    """(index of the engine that served it, its cached tokens), routed by the router."""
+    before = engine_totals(stack.engine_addresses)
+    request = chat(SCRIPTED_MODEL, turns)
+    async with grpc.aio.insecure_channel(router or _router(stack)) as channel:
+        outcome = await generate(pb_grpc.EngineStub(channel), request)
+    after = engine_totals(stack.engine_addresses)
+    (served,) = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if b > a]
+    return served, outcome.cached_tokens
+
+
+async def _prime(stack: RunningStack, engine: int, turns: list[tuple[str, str]]) -> None:
+    """Serves a call on one engine directly, so its cache holds the prompt."""
+    request = chat(SCRIPTED_MODEL, turns)
+    async with grpc.aio.insecure_channel(stack.engine_addresses[engine]) as channel:
+        await generate(pb_grpc.EngineStub(channel), request)
+    await asyncio.sleep(0.3)  # the engine's event reaches the router
+
+
+async def test_calls_land_where_their_prefix_is_resident(scripted_stack, tmp_path) -> None:
+    stack = _start(scripted_stack, tmp_path)
+    await asyncio.sleep(0.5)
+    for engine, group in enumerate("abc"):
+        await _prime(stack, engine, [_system(group), ("user", "hello there")])
+    for engine, group in enumerate("abc"):
+        served, cached = await _served_by(stack, [_system(group), ("user", "another question")])
+        assert served == engine, f"group {group} went to engine {served}, not {engine}"
+        assert cached >= 64
+
+
+async def test_through_the_edge(scripted_stack, tmp_path) -> None:
+    """HTTP calls carry prefix names too: the edge tokenizes as the stand-in does."""
+    stack = _start(scripted_stack, tmp_path)
+    await asyncio.sleep(0.5)
+    turns = [_system("web"), ("user", "first")]
+    owner = _not_the_fallback(stack, turns)
+    await _prime(stack, owner, turns)
+    before = engine_totals(stack.engine_addresses)
+    messages = [{"role": r, "content": c} for r, c in turns]
+    body = {"model": SCRIPTED_MODEL, "messages": messages, "max_tokens": 2}
+    url = f"{stack.base_url}/chat/completions"
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as response:
+        usage = (await response.json())["usage"]
+    after = engine_totals(stack.engine_addresses)
+    assert [i for i in range(3) if after[i] > before[i]] == [owner]
+    assert usage["prompt_tokens_details"]["cached_tokens"] >= 64
+
+
+async def test_an_eviction_is_noticed(scripted_stack, tmp_path) -> None:
+    stack = _start(scripted_stack, tmp_path)
+    await asyncio.sleep(0.5)
+    long_turns = [_system("g", 96), ("user", "x")]
+    await _prime(stack, 0, long_turns)  # engine 0 holds 6 chunks of the prefix
+    await _prime(stack, 1, [_system("g", 48)])  # engine 1 holds 3
+    assert (await _served_by(stack, long_turns))[0] == 0
+    for flood in range(3):  # 3 x 8 other chunks evict all of engine 0's
+        await _prime(stack, 0, [_system(f"f{flood}", 128)])
+    served, cached = await _served_by(stack, long_turns)
+    assert served == 1 and cached == 48
+
+
+async def test_a_flood_of_one_prefix_spreads(scripted_stack, tmp_path) -> None:
+    # Slow streams, so the calls are all in flight together.
+    stack = _start(scripted_stack, tmp_path, tokens_per_second=20)
+    await asyncio.sleep(0.5)
+    turns = [_system("hot"), ("user", "same again")]
+    request = chat(SCRIPTED_MODEL, turns, max_tokens=20)
+    before = engine_totals(stack.engine_addresses)
+    async with grpc.aio.insecure_channel(_router(stack)) as channel:
+        stub = pb_grpc.EngineStub(channel)
+        calls = []
+        for _ in range(24):
+            calls.append(asyncio.create_task(generate(stub, request, call_metadata(request))))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*calls)
+    shares = [b - a for a, b in zip(before, engine_totals(stack.engine_addresses), strict=True)]
+    assert sum(shares) == 24
+    assert max(shares) <= 12, f"a hot spot: {shares}"
+
+
+async def test_two_routers_agree(scripted_stack, tmp_path) -> None:
+    """Two routers sent the same calls at the same moment pick the same replica: their
+    view comes from the engines (router B, started later, from the snapshot)."""
+    # A prefill cost, so that neither call of a pair sees the other's cache entry.
+    stack = _start(scripted_stack, tmp_path, prefix_cache_chunks=400, prefill_ms_per_token=0.5)
+    await asyncio.sleep(0.5)
+    rng = random.Random(3)
+    conversations = [[_system(f"s{c}"), ("user", f"c{c}")] for c in range(6)]
+    for turns in conversations:  # each on an engine the no-match fallback would not pick
+        await _prime(stack, _not_the_fallback(stack, turns), turns)
+    with _second_router(stack, tmp_path) as b:
+        agreed = 0
+        for round_ in range(24):
+            if rng.random() < 0.25:  # a new conversation, never seen by either
+                conversations.append([_system(f"new{round_}"), ("user", "hi")])
+            turns = rng.choice(conversations)
+            before = engine_totals(stack.engine_addresses)
+            await asyncio.gather(_call(_router(stack), turns), _call(b, turns))
+            after = engine_totals(stack.engine_addresses)
+            agreed += 2 in [y - x for x, y in zip(before, after, strict=True)]
+            turns += [("assistant", "ok"), ("user", f"more {rng.randrange(99)} " * 20)]
+            await asyncio.sleep(0.2)  # both routers hear of the new turn
+        assert agreed / 24 >= 0.95, f"{agreed}/24"
+
+
+def _not_the_fallback(stack: RunningStack, turns: list[tuple[str, str]]) -> int:
+    request = chat(SCRIPTED_MODEL, turns)
+    key = str(prefix_hash.chunk_hashes(prompt_token_ids(request))[0])
+    addresses = stack.engine_addresses
+    fallback = max(addresses, key=lambda a: _rendezvous(key, a))
+    return (addresses.index(fallback) + 1) % len(addresses)
+
+
+async def _call(router: str, turns: list[tuple[str, str]]) -> None:
+    request = chat(SCRIPTED_MODEL, turns)
+    async with grpc.aio.insecure_channel(router) as channel:
+        await generate(pb_grpc.EngineStub(channel), request)
+
+
+@contextlib.contextmanager
+def _second_router(stack: RunningStack, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    replicas = [a for address in stack.engine_addresses for a in ("--replica", address)]
+    config = str(tmp_path / "router.yaml")
+    second = ManagedProcess(
+        "router-b",
+        ["-m", "services.router", "--port", str(port), "--config", config, *replicas],
+        log_path=tmp_path / "router-b.log",
+    ).start()
+    try:
+        address = f"127.0.0.1:{port}"
+        wait_until(lambda: router_has_replicas(address, 3), timeout_s=30, watch=[second], what="B")
+        time.sleep(0.5)  # B's snapshots arrive
+        yield address
+    finally:
+        second.stop()
