@@ -8,6 +8,7 @@ import pytest
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.policies import POLICIES, RouteRequest, create_policy
 from services.router.policies.affinity import AffinityPolicy
+from services.router.policies.cache_aware import CacheAwarePolicy
 from services.router.policies.least_load import LeastLoadPolicy
 from services.router.policies.p2c import PowerOfTwoChoicesPolicy
 from services.router.policies.round_robin import RoundRobinPolicy
@@ -37,6 +38,7 @@ def test_registry_builds_every_policy_and_rejects_unknown() -> None:
         "least_load": LeastLoadPolicy,
         "p2c": PowerOfTwoChoicesPolicy,
         "affinity": AffinityPolicy,
+        "cache_aware": CacheAwarePolicy,
     }
     assert set(POLICIES) == set(expected)
     for name, policy_type in expected.items():
