@@ -6,3 +6,7 @@ ROUTING_KEY = "tera-routing-key"
 ERROR_PARAM = "tera-error-param"
 # Trailing metadata set by the router: the replica that served the call.
 REPLICA = "tera-replica"
+# Request metadata: "off" opts a call out of mid-stream resume (see router/resume.py).
+RESUME = "tera-resume"
+# Trailing metadata set by a draining engine on the streams it hands off at the grace.
+HANDOFF = "tera-handoff"

@@ -36,6 +36,8 @@ QUEUE_TIME = "tera.queue_time_s"
 REPLICA = "tera.replica.address"
 ATTEMPT = "tera.attempt"
 RETRY_REASON = "tera.retry.reason"
+# On a resumed attempt: the generated tokens it was given to continue from.
+RESUMED_TOKENS = "tera.resume.tokens"
 
 
 def tracing_enabled() -> bool:

@@ -2,8 +2,9 @@
 
 Until the first response message reaches the caller, a failed attempt is retried on
 another replica (jittered backoff, attempt cap, retry budget). After that the answer is
-committed: a failure ends the caller's stream with the replica's error status, so a
-truncated answer can never pass for a complete one.
+committed: a cut Generate stream is continued token-exactly on another replica
+(resume.py); one that cannot be ends the caller's stream with the replica's error
+status, so a truncated answer can never pass for a complete one.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from services.router.metrics import RouterMetrics
 from services.router.policies import LoadBalancingPolicy, RouteRequest, create_policy
 from services.router.pool import ReplicaPool
 from services.router.replica import Replica
+from services.router.resume import Cut, Journal, Resumer, Upstream, open_journal
 from services.router.retry import REPLICA_FAULTS, RETRYABLE, RetryBudget, backoff_s
 
 log = logging.getLogger("tera.router.relay")
@@ -68,6 +70,8 @@ class Relay:
         self._budget = RetryBudget(config.retry)
         self._default_policy = create_policy(config.policy)
         self._policies = {m: create_policy(p) for m, p in config.model_policies.items()}
+        upstream = Upstream(self._choose, self._failed, _remaining, _refusal)
+        self._resumer = Resumer(config.resume, self._metrics, upstream)
 
     def _policy(self, model: str) -> LoadBalancingPolicy:
         return self._policies.get(model, self._default_policy)
@@ -83,7 +87,7 @@ class Relay:
         self._budget.on_request()
         code = grpc.StatusCode.CANCELLED  # unless the call ends otherwise
         try:
-            async for chunk in self._attempts(method, request, route, forward, context):
+            async for chunk in self._relay(method, request, route, forward, context):
                 yield chunk
             code = grpc.StatusCode.OK
         except Refusal as refusal:
@@ -98,7 +102,7 @@ class Relay:
         finally:
             self._metrics.requests.labels(route.model, code.name).inc()
 
-    async def _attempts(
+    async def _relay(
         self,
         method: str,
         request: bytes,
@@ -106,7 +110,25 @@ class Relay:
         forward: tuple[tuple[str, str], ...],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
-        tried: set[str] = set()
+        """The attempts; a stream cut after its first message goes on in a resume."""
+        journal = open_journal(method, request, dict(forward), self._config.resume)
+        try:
+            async for chunk in self._attempts(method, request, route, forward, context, journal):
+                yield chunk
+        except Cut as cut:
+            async for chunk in self._resumer.resume(journal, cut, route, forward, context):
+                yield chunk
+
+    async def _attempts(
+        self,
+        method: str,
+        request: bytes,
+        route: RouteRequest,
+        forward: tuple[tuple[str, str], ...],
+        context: grpc.aio.ServicerContext,
+        journal: Journal,
+    ) -> AsyncIterator[bytes]:
+        tried = journal.tried
         last_failure: Refusal | None = None
         for attempt in range(1, self._config.retry.max_attempts + 1):
             if attempt > 1:
@@ -129,9 +151,9 @@ class Relay:
                     if first is None:  # finished with no message: a valid, empty answer
                         replica.record_success()
                         return
-                    yield first
+                    yield journal.keep(first)
                     async for chunk in self._rest(call, replica):
-                        yield chunk
+                        yield journal.keep(chunk)
                     return
                 except _AttemptFailed as failure:
                     last_failure = failure.refusal
@@ -206,9 +228,8 @@ class Relay:
             while (message := await call.read()) is not grpc.aio.EOF:
                 yield message  # type: ignore[misc]
         except grpc.aio.AioRpcError as exc:
-            # Committed: the caller has tokens already. End with the error, never retry.
-            failure = self._failed(exc, replica)
-            raise failure.refusal from None
+            # Committed: the caller has tokens already. Never retried from the start.
+            raise Cut(self._failed(exc, replica).refusal) from None
         replica.record_success()
 
     @staticmethod
@@ -221,6 +242,10 @@ class Relay:
         return _AttemptFailed(refusal, retryable=code in RETRYABLE)
 
 
+def _refusal(code: grpc.StatusCode, message: str, trailing: tuple) -> Refusal:
+    return Refusal(code, message, trailing=trailing)
+
+
 @contextlib.contextmanager
 def _ends_after(span: trace.Span) -> Iterator[None]:
     """Ends an attempt's span; a failure after the first message marks it failed."""
@@ -228,6 +253,10 @@ def _ends_after(span: trace.Span) -> Iterator[None]:
         yield
     except Refusal as refusal:
         span.set_status(Status(StatusCode.ERROR, refusal.message))
+        raise
+    except Cut as cut:
+        span.set_attribute(RETRY_REASON, cut.refusal.code.name)  # type: ignore[attr-defined]
+        span.set_status(Status(StatusCode.ERROR, cut.refusal.message))  # type: ignore[attr-defined]
         raise
     finally:
         span.end()
