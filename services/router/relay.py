@@ -229,15 +229,16 @@ class Relay:
                 yield message  # type: ignore[misc]
         except grpc.aio.AioRpcError as exc:
             # Committed: the caller has tokens already. Never retried from the start.
-            raise Cut(self._failed(exc, replica).refusal) from None
+            raise Cut(self._failed(exc, replica).refusal, replica.address) from None
         replica.record_success()
 
     @staticmethod
     def _failed(exc: grpc.aio.AioRpcError, replica: Replica) -> _AttemptFailed:
         code = exc.code()
-        if code in REPLICA_FAULTS:
-            replica.record_failure(code.name)
         trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str))
+        # A stream handed off by a draining replica is no fault of the replica.
+        if code in REPLICA_FAULTS and not any(k == metadata.HANDOFF for k, _ in trailing):
+            replica.record_failure(code.name)
         refusal = Refusal(code, exc.details() or code.name, trailing=trailing)
         return _AttemptFailed(refusal, retryable=code in RETRYABLE)
 

@@ -40,6 +40,7 @@ class Cut(Exception):
     """A committed stream failed; `refusal` is what the caller gets if it is not resumed."""
 
     refusal: object  # relay.Refusal (not imported: relay imports this module)
+    replica: str  # the address that cut it
 
 
 class Journal:
@@ -127,8 +128,12 @@ class Resumer:
     ) -> AsyncIterator[bytes]:
         """Continues the stream on other replicas until it ends, or ends it with the
         cut's error when it cannot be continued."""
-        failure, cut_at = cut.refusal, time.monotonic()
+        failure, cut_at, cutter = cut.refusal, time.monotonic(), cut.replica
         while True:
+            if _reason(failure) == "drain":
+                # Handed off, not failed: it is out of rotation while it drains, and may
+                # be back (restarted) for a later resume.
+                journal.tried.discard(cutter)
             request, tokens = self._next_request(journal, failure, context)
             if request is None:
                 return  # the caller had everything but the end of the call
@@ -157,7 +162,7 @@ class Resumer:
                     return
                 except grpc.aio.AioRpcError as exc:
                     failure = self._up.failed(exc, replica).refusal  # type: ignore[attr-defined]
-                    cut_at = cut_at or time.monotonic()
+                    cut_at, cutter = cut_at or time.monotonic(), replica.address
                     span.set_attribute(RETRY_REASON, failure.code.name)
                     span.set_status(Status(StatusCode.ERROR, failure.message))
                 finally:

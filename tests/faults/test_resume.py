@@ -9,40 +9,21 @@ is the same stand-in engine, in process and unfailed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
-import yaml
 
-from services.common.processes import free_port
 from services.engine.backends.scripted import ScriptedBackend
 from services.engine.config import EngineConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
-from tests.conftest import SCRIPTED_MODEL, RunningStack
-from tests.faults.test_fault_suite import ROUTER_SETTINGS, _router_metric
+from tests.conftest import SCRIPTED_MODEL
+from tests.faults.test_fault_suite import _router_metric
 
 # Byte-sliced tokens: é (2 bytes) and 😀 (4 bytes) are split across tokens.
 UTF8 = {"token_text": "é{i}😀 ", "bytes_per_token": 3, "tokens_per_second": 200}
 PROMPT = "Tell me a story."
-
-
-@pytest.fixture
-def resuming_fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path):
-    def start(replicas: int, behaviour: dict, resume: dict | None = None) -> RunningStack:
-        config = tmp_path / f"router-{replicas}.yaml"
-        settings = {**ROUTER_SETTINGS, "resume": resume or {}}
-        config.write_text(yaml.safe_dump(settings))
-        return scripted_stack(
-            engines=replicas,
-            per_engine_args=[["--scripted", json.dumps(behaviour)]] * replicas,
-            router_args=["--config", str(config), "--metrics-port", str(free_port())],
-        )
-
-    return start
 
 
 async def reference(behaviour: dict, body: dict) -> dict:
