@@ -26,6 +26,7 @@ from services.engine.backends.vllm.engine import (
 )
 from services.engine.backends.vllm.prepare import LoadedModel, Prepared
 from services.engine.backends.vllm.profiles import ChatProfile, build_profiles
+from services.engine.backends.vllm.resume import continue_prepared
 from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -91,6 +92,8 @@ class VllmBackend(Backend):
     async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
         model = self._require_model()
         prepared = await self._prepare(model, request)
+        if request.continuation.choices:
+            prepared = continue_prepared(prepared, request, model.engine.get_tokenizer())
         # Request ids must be unique inside vLLM; a retried call may reuse the caller's id.
         vllm_id = f"{request.request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         # W3C context for vLLM's own request span (when its tracing is configured).
@@ -104,6 +107,8 @@ class VllmBackend(Backend):
                 **prepared.generate_kwargs,
             ):
                 yield prepared.translator.translate(out)
+                if prepared.translator.finished:
+                    break  # leaving the loop aborts the request inside vLLM
         except VLLMClientError as exc:
             raise invalid_argument(str(exc), param=getattr(exc, "parameter", None)) from exc
         except EngineDeadError as exc:
