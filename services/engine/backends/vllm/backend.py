@@ -24,6 +24,7 @@ from services.engine.backends.vllm.engine import (
     shut_down,
     warm_up,
 )
+from services.engine.backends.vllm.grammar import xgrammar_backend
 from services.engine.backends.vllm.prepare import LoadedModel, Prepared
 from services.engine.backends.vllm.profiles import ChatProfile, build_profiles
 from services.engine.backends.vllm.resume import continue_prepared
@@ -52,6 +53,7 @@ class VllmBackend(Backend):
             engine,
             defaults=engine.model_config.get_diff_sampling_param(),
             max_model_len=engine.model_config.max_model_len,
+            xgrammar=xgrammar_backend(engine.vllm_config, engine.get_tokenizer()),
         )
         self._max_model_len = self._model.max_model_len
         self._profiles = build_profiles(self._config, engine)
@@ -93,7 +95,7 @@ class VllmBackend(Backend):
         model = self._require_model()
         prepared = await self._prepare(model, request)
         if request.continuation.choices:
-            prepared = continue_prepared(prepared, request, model.engine.get_tokenizer())
+            prepared = continue_prepared(model, prepared, request)
         # Request ids must be unique inside vLLM; a retried call may reuse the caller's id.
         vllm_id = f"{request.request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         # W3C context for vLLM's own request span (when its tracing is configured).

@@ -9,9 +9,10 @@ straddles the cut still stops (and text held back for it is not lost), and the r
 through the OutputTranslator puts the tool-call/reasoning parsers, text offsets, token
 counts and echo exactly where the cut stream left them; nothing emitted is sent again.
 
-Not resumable here (FAILED_PRECONDITION, so the router ends the stream with an explicit
-error): n > 1, and structured outputs / forced tool calls (vLLM would restart the
-grammar at its root, see the README).
+Structured outputs (and forced tool calls) continue through grammar.py's logits
+processor, the grammar advanced over the emitted tokens. Not resumable here
+(FAILED_PRECONDITION, so the router ends the stream with an explicit error): n > 1, and
+structured outputs that only start after the reasoning (see the README).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import grpc
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.v1.engine.detokenizer import IncrementalDetokenizer
 
+from services.engine.backends.vllm.grammar import EXTRA_ARG, fits, grammar_key
 from services.engine.backends.vllm.outputs import OutputTranslator
-from services.engine.backends.vllm.prepare import Prepared
+from services.engine.backends.vllm.prepare import LoadedModel, Prepared
 from services.engine.errors import EngineError
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
@@ -34,19 +36,20 @@ def _refuse(why: str) -> EngineError:
     return EngineError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot resume this stream: {why}")
 
 
-def continue_prepared(prepared: Prepared, request: pb.GenerateRequest, tokenizer: Any) -> Prepared:
+def continue_prepared(
+    model: LoadedModel, prepared: Prepared, request: pb.GenerateRequest
+) -> Prepared:
     """The prepared request, turned into the continuation of its cut stream."""
     params = prepared.params
     progress = list(request.continuation.choices)
     if params.n != 1 or len(progress) != 1 or progress[0].index != 0:
         raise _refuse("n > 1 is not resumable on the vLLM backend")
-    if params.structured_outputs is not None:
-        raise _refuse("structured outputs (and forced tool calls) are not resumable")
     emitted = list(progress[0].token_ids)
     if progress[0].finish_reason or len(emitted) >= (params.max_tokens or 0):
         raise _refuse("the choice had already finished")
     prompt_ids = list(prepared.prompt["prompt_token_ids"])
-    text = _ContinuedText(tokenizer, prompt_ids, params)
+    grammar = _grammar_args(model, prepared, emitted)
+    text = _ContinuedText(model.engine.get_tokenizer(), prompt_ids, params)
     prepared.translator.prompt_offset = len(emitted)
     text.replay(emitted, prepared.translator)
     continued = params.clone()
@@ -54,10 +57,25 @@ def continue_prepared(prepared: Prepared, request: pb.GenerateRequest, tokenizer
     continued.min_tokens = max(params.min_tokens - len(emitted), 0)
     continued.stop = []
     continued.output_text_buffer_length = 0
+    if grammar:
+        continued.structured_outputs = None  # vLLM would restart it at the root
+        continued.extra_args = {**(continued.extra_args or {}), **grammar}
     prompt = {k: v for k, v in prepared.prompt.items() if k != "prompt"}
     prompt["prompt_token_ids"] = prompt_ids + emitted
     translator = _ContinuedTranslator(prepared.translator, text)
     return dataclasses.replace(prepared, prompt=prompt, params=continued, translator=translator)  # type: ignore[arg-type]
+
+
+def _grammar_args(model: LoadedModel, prepared: Prepared, emitted: list[int]) -> dict:
+    """Extra args that carry structured outputs across the cut (grammar.py)."""
+    if prepared.params.structured_outputs is None:
+        return {}
+    if prepared.generate_kwargs.get("reasoning_ended") is False:
+        raise _refuse("structured outputs that start after the reasoning are not resumable")
+    kind, spec = grammar_key(prepared.params)
+    if not fits(model.xgrammar, (kind, spec), emitted):
+        raise _refuse("the emitted tokens do not fit the request's structured outputs")
+    return {EXTRA_ARG: {"kind": kind, "spec": spec, "emitted": emitted}}
 
 
 class _ContinuedText:
