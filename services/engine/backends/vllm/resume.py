@@ -70,7 +70,8 @@ def _grammar_args(model: LoadedModel, prepared: Prepared, emitted: list[int]) ->
     """Extra args that carry structured outputs across the cut (grammar.py)."""
     if prepared.params.structured_outputs is None:
         return {}
-    if prepared.generate_kwargs.get("reasoning_ended") is False:
+    gated = model.engine.vllm_config.structured_outputs_config.reasoning_parser
+    if gated and prepared.generate_kwargs.get("reasoning_ended") is False:
         raise _refuse("structured outputs that start after the reasoning are not resumable")
     kind, spec = grammar_key(prepared.params)
     if not fits(model.xgrammar, (kind, spec), emitted):
