@@ -125,6 +125,14 @@ def test_min_tokens_hold_across_the_cut(engine) -> None:
     same(want, got, 3)
 
 
+def test_frequency_and_presence_penalties_count_the_emitted_tokens(engine) -> None:
+    penalties = {"frequency_penalty": 1.5, "presence_penalty": 1.0}
+    want, got = resumed(engine, chat("Write a short poem about the sea.", 40, s=penalties), 12)
+    # Strict: without the emitted tokens' penalties the outputs part at once (token 14
+    # here), which a near-tie allowance would hide.
+    assert got == want
+
+
 def test_completion_with_echo_and_logprobs(engine) -> None:
     request = pb.GenerateRequest(
         model=DEFAULT_MODEL_ID,

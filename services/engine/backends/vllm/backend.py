@@ -24,10 +24,10 @@ from services.engine.backends.vllm.engine import (
     shut_down,
     warm_up,
 )
-from services.engine.backends.vllm.grammar import xgrammar_backend
 from services.engine.backends.vllm.prepare import LoadedModel, Prepared
 from services.engine.backends.vllm.profiles import ChatProfile, build_profiles
 from services.engine.backends.vllm.resume import continue_prepared
+from services.engine.backends.vllm.resumed_logits import xgrammar_backend
 from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
 from services.proto_gen.tera.v1 import engine_pb2 as pb

@@ -14,7 +14,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from services.engine.backends.base import BackendLoad
-from services.engine.backends.vllm.grammar import PROCESSOR as GRAMMAR_PROCESSOR
+from services.engine.backends.vllm.resumed_logits import PROCESSOR as GRAMMAR_PROCESSOR
 from services.engine.config import EngineConfig
 
 WARMUP_PROMPT = "Hello"
@@ -38,7 +38,7 @@ def engine_args(config: EngineConfig) -> AsyncEngineArgs:
         gpu_memory_utilization=opts.gpu_memory_utilization,
         tensor_parallel_size=opts.tensor_parallel_size,
         pipeline_parallel_size=opts.pipeline_parallel_size,
-        # Structured outputs across a resumed stream (grammar.py).
+        # Structured outputs and penalties across a resumed stream (resumed_logits.py).
         logits_processors=[GRAMMAR_PROCESSOR],
         **{k: v for k, v in optional.items() if v is not None},
     )

@@ -9,8 +9,9 @@ straddles the cut still stops (and text held back for it is not lost), and the r
 through the OutputTranslator puts the tool-call/reasoning parsers, text offsets, token
 counts and echo exactly where the cut stream left them; nothing emitted is sent again.
 
-Structured outputs (and forced tool calls) continue through grammar.py's logits
-processor, the grammar advanced over the emitted tokens. Not resumable here
+Structured outputs (and forced tool calls) continue through resumed_logits.py's
+logits processor, the grammar advanced over the emitted tokens; so do frequency and
+presence penalties. Not resumable here
 (FAILED_PRECONDITION, so the router ends the stream with an explicit error): n > 1, and
 structured outputs that only start after the reasoning (see the README).
 """
@@ -25,9 +26,9 @@ import grpc
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.v1.engine.detokenizer import IncrementalDetokenizer
 
-from services.engine.backends.vllm.grammar import EXTRA_ARG, fits, grammar_key
 from services.engine.backends.vllm.outputs import OutputTranslator
 from services.engine.backends.vllm.prepare import LoadedModel, Prepared
+from services.engine.backends.vllm.resumed_logits import EXTRA_ARG, fits, grammar_key
 from services.engine.errors import EngineError
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
@@ -48,7 +49,7 @@ def continue_prepared(
     if progress[0].finish_reason or len(emitted) >= (params.max_tokens or 0):
         raise _refuse("the choice had already finished")
     prompt_ids = list(prepared.prompt["prompt_token_ids"])
-    grammar = _grammar_args(model, prepared, emitted)
+    logits = _logits_args(model, prepared, emitted)
     text = _ContinuedText(model.engine.get_tokenizer(), prompt_ids, params)
     prepared.translator.prompt_offset = len(emitted)
     text.replay(emitted, prepared.translator)
@@ -57,26 +58,34 @@ def continue_prepared(
     continued.min_tokens = max(params.min_tokens - len(emitted), 0)
     continued.stop = []
     continued.output_text_buffer_length = 0
-    if grammar:
+    if logits:
         continued.structured_outputs = None  # vLLM would restart it at the root
-        continued.extra_args = {**(continued.extra_args or {}), **grammar}
+        continued.extra_args = {**(continued.extra_args or {}), EXTRA_ARG: logits}
     prompt = {k: v for k, v in prepared.prompt.items() if k != "prompt"}
     prompt["prompt_token_ids"] = prompt_ids + emitted
     translator = _ContinuedTranslator(prepared.translator, text)
     return dataclasses.replace(prepared, prompt=prompt, params=continued, translator=translator)  # type: ignore[arg-type]
 
 
-def _grammar_args(model: LoadedModel, prepared: Prepared, emitted: list[int]) -> dict:
-    """Extra args that carry structured outputs across the cut (grammar.py)."""
-    if prepared.params.structured_outputs is None:
-        return {}
+def _logits_args(model: LoadedModel, prepared: Prepared, emitted: list[int]) -> dict:
+    """What resumed_logits.py must do for this continuation (nothing: {})."""
+    params = prepared.params
+    args: dict = {"emitted": emitted}
+    if params.frequency_penalty or params.presence_penalty:
+        args["penalties"] = True
+    if params.structured_outputs is not None:
+        args.update(_grammar(model, prepared, emitted))
+    return args if len(args) > 1 else {}
+
+
+def _grammar(model: LoadedModel, prepared: Prepared, emitted: list[int]) -> dict:
     gated = model.engine.vllm_config.structured_outputs_config.reasoning_parser
     if gated and prepared.generate_kwargs.get("reasoning_ended") is False:
         raise _refuse("structured outputs that start after the reasoning are not resumable")
     kind, spec = grammar_key(prepared.params)
     if not fits(model.xgrammar, (kind, spec), emitted):
         raise _refuse("the emitted tokens do not fit the request's structured outputs")
-    return {EXTRA_ARG: {"kind": kind, "spec": spec, "emitted": emitted}}
+    return {"kind": kind, "spec": spec}
 
 
 class _ContinuedText:
