@@ -7,11 +7,11 @@ import argparse
 import json
 import time
 
-from bench import overhead, profile, relay, speech, vs_vllm
+from bench import overhead, profile, relay, resume, speech, vs_vllm
 from bench.common import CACHE_DIR, ROOT, table
 from services.engine.model_prep import default_model_dir, prepare_default_model
 
-PARTS = ("vs_vllm", "relay", "overhead", "profile", "speech")
+PARTS = ("vs_vllm", "relay", "resume", "overhead", "profile", "speech")
 
 
 def main() -> None:
@@ -63,6 +63,13 @@ def main() -> None:
             result = relay.run(results, streams, rates, window)
             report[f"relay_coalesce_{window}ms"] = result
             md += _relay_section(result, window)
+    if "resume" in parts:
+        report["resume"] = result = resume.run(results)
+        md += [
+            "## Mid-stream resume (3 stand-in replicas, every call cut after 20 tokens)\n",
+            table([result], list(result)),
+            "",
+        ]
     if "overhead" in parts:
         result = overhead.run(results)
         report["overhead"] = result
