@@ -177,12 +177,18 @@ async def test_real_3_resumed_streams_match_an_unfailed_run(two_vllm: RunningSta
             "identical_to_reference": _identical(results, reference),
             "unfailed_control_identical": _identical(control, reference),
             "common_prefix_chars_min": min(map(_common, results, reference)),
+            "resume_gap_mean_ms": round(1000 * _gap_mean(two_vllm), 1),
         },
     )
     for got, want in zip(results, reference, strict=True):
         assert got["error"] is None and got["finish"][0] in ("stop", "length")
         assert got["usage"]["prompt_tokens"] == want["usage"]["prompt_tokens"]
     jsonschema.validate(json.loads(results[-1]["texts"][0]), PERSON)
+
+
+def _gap_mean(stack: RunningStack) -> float:
+    count = _router_metric(stack, "tera_router_resume_gap_seconds_count")
+    return _router_metric(stack, "tera_router_resume_gap_seconds_sum") / max(count, 1)
 
 
 def _identical(runs: list[dict], reference: list[dict]) -> int:
