@@ -85,6 +85,25 @@ def traced_retry(
         stack.stop()
 
 
+@pytest.fixture(scope="module")
+def traced_resume(
+    receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningStack]:
+    """Two stand-in replicas that cut every call after 3 tokens: a 5-token stream is
+    resumed once."""
+    stack = _stack(
+        tmp_path_factory.mktemp("traced-resume"),
+        receiver,
+        scripted_args(fail_after_tokens=3),
+        [SCRIPTED_MODEL],
+        engines=2,
+    )
+    try:
+        yield RunningStack(stack)
+    finally:
+        stack.stop()
+
+
 async def _chat(stack: RunningStack, model: str, trace_id: str) -> None:
     headers = {
         "Authorization": f"Bearer {KEY}",
@@ -179,6 +198,23 @@ async def test_retried_request_shows_each_attempt(
     engines = [s for s in spans if s.service == "tera-engine" and s.kind == SERVER]
     assert len(engines) == 2  # both replicas appear, each under its attempt
     _no_key_anywhere(spans)
+
+
+async def test_resumed_stream_shows_each_attempt(
+    traced_resume: RunningStack, receiver: OtlpReceiver
+) -> None:
+    trace_id = secrets.token_hex(16)
+    await _chat(traced_resume, SCRIPTED_MODEL, trace_id)
+    spans = receiver.wait_for(trace_id, SERVICES)
+    TREES["resumed stream (stand-in engines)"] = tree(spans)
+    router = _one(spans, "tera-router", SERVER)
+    cut, resumed = sorted(
+        (s for s in _children(spans, router) if s.name == "attempt"),
+        key=lambda s: s.attributes["tera.attempt"],
+    )
+    assert cut.attributes["tera.retry.reason"] == "INTERNAL" and cut.status_code == 2
+    assert resumed.attributes["tera.resume.tokens"] == 3
+    assert cut.attributes["tera.replica.address"] != resumed.attributes["tera.replica.address"]
 
 
 def test_engine_reexposes_vllm_metrics(traced_vllm: RunningStack) -> None:
