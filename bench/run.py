@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from bench import overhead, profile, relay, resume, speech, vs_vllm
 from bench.common import CACHE_DIR, ROOT, table
@@ -64,12 +65,7 @@ def main() -> None:
             report[f"relay_coalesce_{window}ms"] = result
             md += _relay_section(result, window)
     if "resume" in parts:
-        report["resume"] = result = resume.run(results)
-        md += [
-            "## Mid-stream resume (3 stand-in replicas, every call cut after 20 tokens)\n",
-            table([result], list(result)),
-            "",
-        ]
+        md += _resume_section(report, results)
     if "overhead" in parts:
         result = overhead.run(results)
         report["overhead"] = result
@@ -103,6 +99,15 @@ def main() -> None:
     (results / "report.md").write_text("\n".join(md))
     print("\n".join(md))
     print(f"\nwritten to {results}/report.md and report.json")
+
+
+def _resume_section(report: dict, results: Path) -> list[str]:
+    report["resume"] = result = resume.run(results)
+    return [
+        "## Mid-stream resume (3 stand-in replicas, every call cut after 20 tokens)\n",
+        table([result], list(result)),
+        "",
+    ]
 
 
 def _relay_section(result: dict, window: int) -> list[str]:

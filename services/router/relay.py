@@ -128,7 +128,6 @@ class Relay:
         context: grpc.aio.ServicerContext,
         journal: Journal,
     ) -> AsyncIterator[bytes]:
-        tried = journal.tried
         last_failure: Refusal | None = None
         for attempt in range(1, self._config.retry.max_attempts + 1):
             if attempt > 1:
@@ -136,8 +135,8 @@ class Relay:
                     log.warning("retry budget exhausted; not retrying %s", route.model)
                     break
                 await asyncio.sleep(backoff_s(attempt - 1, self._config.retry))
-            replica = self._choose(route, tried, last_failure)
-            tried.add(replica.address)
+            replica = self._choose(route, journal.tried, last_failure)
+            journal.tried.add(replica.address)
             span = self._tracer.start_span(
                 "attempt", attributes={ATTEMPT: attempt, REPLICA: replica.address}
             )
