@@ -4,3 +4,7 @@ MODEL = "tera-model"
 ROUTING_KEY = "tera-routing-key"
 # Trailing metadata on INVALID_ARGUMENT: the request field at fault.
 ERROR_PARAM = "tera-error-param"
+# Request metadata: "off" opts a call out of mid-stream resume (see router/resume.py).
+RESUME = "tera-resume"
+# Trailing metadata set by a draining engine on the streams it hands off at the grace.
+HANDOFF = "tera-handoff"

@@ -37,6 +37,8 @@ REPLICA = "tera.replica.address"
 ATTEMPT = "tera.attempt"
 RETRY_REASON = "tera.retry.reason"
 HEDGE = "tera.attempt.hedge"
+# On a resumed attempt: the generated tokens it was given to continue from.
+RESUMED_TOKENS = "tera.resume.tokens"
 
 
 def tracing_enabled() -> bool:

@@ -19,6 +19,8 @@ class InFlightLimit:
         self.in_flight = 0
         self.admitted_total = 0
         self.draining = False
+        self.handed_off = False
+        self._streams: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -49,3 +51,22 @@ class InFlightLimit:
         except TimeoutError:
             return False
         return True
+
+    @contextlib.contextmanager
+    def handed_off_at_grace(self) -> Iterator[None]:
+        """The calling task (one stream) is cancelled if it outlives the drain's grace."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            yield
+        finally:
+            self._streams.discard(task)
+
+    def hand_off(self) -> int:
+        """Ends the streams still running (the servicer answers them with a status the
+        router resumes elsewhere); returns how many."""
+        self.handed_off = True
+        for task in self._streams:
+            task.cancel()
+        return len(self._streams)

@@ -36,7 +36,8 @@ class ScriptedOptions(BaseModel):
     step_ms: float = Field(2.0, gt=0)
     fail_before_first: bool = False
     fail_first_requests: int = 0  # the first N requests fail before their first token
-    fail_after_tokens: int | None = None
+    # Fail each call after it has sent this many tokens (a continuation counts afresh).
+    fail_after_tokens: int | None = Field(None, ge=0)
     hang: bool = False
     startup_delay_s: float = 0
     # The process dies (exit code 3) on its first request, as a crash-looping replica.
@@ -52,6 +53,9 @@ class ScriptedOptions(BaseModel):
     prefix_cache_chunks: int = Field(0, ge=0)
     # Serialised prefill, per prompt token not found in the simulated cache.
     prefill_ms_per_token: float = Field(0.0, ge=0)
+    # 0: token i is piece i (token_text). N: token i is the i-th N-byte slice of all the
+    # pieces' UTF-8 bytes, so a multi-byte character can be split across tokens.
+    bytes_per_token: int = Field(0, ge=0)
 
 
 class SpeechOptions(BaseModel):

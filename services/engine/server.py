@@ -1,7 +1,9 @@
 """Engine process lifecycle: serve health at once, load the model, drain on SIGTERM.
 
 Health is NOT_SERVING while the model loads and warms up, SERVING after, and NOT_SERVING
-again from the first SIGTERM, while in-flight streams finish (up to drain_grace_s).
+again from the first SIGTERM, while in-flight streams finish (up to drain_grace_s); the
+streams still running then are handed off: ended UNAVAILABLE with trailing metadata
+tera-handoff, which the router resumes on another replica.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ ENGINE_SERVICE = pb.DESCRIPTOR.services_by_name["Engine"].full_name
 # Liveness is separate from readiness: a draining engine is NOT_SERVING (take no new
 # work) yet alive (do not kill it), so Kubernetes probes liveness on this name.
 LIVENESS_SERVICE = "liveness"
+# After the grace, how long handed-off streams get to send their final status.
+_HANDOFF_S = 2.0
 
 
 async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
@@ -61,7 +65,8 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
         await set_status(health, ENGINE_SERVICE, NOT_SERVING)
         log.info("draining: %d in flight, grace %.0f s", admission.in_flight, config.drain_grace_s)
         if not await admission.drain(config.drain_grace_s):
-            log.warning("grace period over with %d streams still running", admission.in_flight)
+            log.warning("grace period over: handing off %d streams", admission.hand_off())
+            await admission.drain(_HANDOFF_S)
     finally:
         await server.stop(grace=1.0)
         await backend.stop()

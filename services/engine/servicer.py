@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -39,8 +40,9 @@ class EngineServicer(pb_grpc.EngineServicer):
         observed = observe_generation(
             request, coalesce(stream, window_ms / 1000), system=self._system
         )
-        async for message in _abort_on_error(observed, context):
-            yield message
+        with self._admission.handed_off_at_grace():
+            async for message in _abort_on_error(observed, context, self._admission):
+                yield message
 
     async def Synthesize(
         self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext
@@ -87,12 +89,24 @@ class EngineServicer(pb_grpc.EngineServicer):
 
 
 async def _abort_on_error(
-    stream: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    stream: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext,
+    admission: InFlightLimit | None = None,
 ) -> AsyncIterator[Any]:
-    """Ends the call with the error's status code; unexpected errors become INTERNAL."""
+    """Ends the call with the error's status code; unexpected errors become INTERNAL. A
+    stream handed off at the end of a drain ends UNAVAILABLE, marked for the router to
+    resume it on another replica."""
     try:
         async for message in stream:
             yield message
+    except asyncio.CancelledError:
+        if admission is None or not admission.handed_off:
+            raise
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            "the engine is shutting down; the stream is handed off",
+            trailing_metadata=((metadata.HANDOFF, "drain"),),
+        )
     except EngineError as exc:
         trailing = ((metadata.ERROR_PARAM, exc.param),) if exc.param else ()
         await context.abort(exc.code, exc.message, trailing_metadata=trailing)

@@ -17,7 +17,7 @@ from services.common.telemetry import RETRY_REASON
 from services.router.replica import Replica
 
 if TYPE_CHECKING:
-    from services.router.relay import Refusal
+    from services.router.refusal import Refusal
 
 
 class AttemptFailed(Exception):

@@ -24,6 +24,14 @@ class RetryConfig(BaseModel):
     first_message_timeout_s: float = Field(30.0, gt=0)
 
 
+class ResumeConfig(BaseModel):
+    # Times one stream may be continued on another replica after a cut (0: never).
+    max_resumes: int = Field(2, ge=0)
+    # Response bytes kept per stream to build a continuation from (about 10-20 bytes a
+    # token); a stream past it is no longer resumable, so memory stays bounded.
+    max_kept_bytes: int = Field(4 << 20, ge=0)
+
+
 class BreakerConfig(BaseModel):
     consecutive_failures: int = Field(5, ge=1)
     base_ejection_s: float = Field(1.0, gt=0)
@@ -85,6 +93,7 @@ class RouterConfig(BaseModel):
     # Knobs per policy name, e.g. {"cache_aware": {"load_margin": 8}}.
     policy_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    resume: ResumeConfig = Field(default_factory=ResumeConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     hedge: HedgeConfig = Field(default_factory=HedgeConfig)
     # Per-model hedge settings over `hedge`: {"model id": {"enabled": false}}.

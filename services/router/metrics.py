@@ -48,6 +48,18 @@ class RouterMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.resumes = Counter(
+            "tera_router_resumes",
+            "Streams continued on another replica after a cut, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.resume_gap = Histogram(
+            "tera_router_resume_gap_seconds",
+            "Time from a stream's cut to the next message of its continuation",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.first_message = Histogram(
             "tera_router_first_message_seconds",
             "Time to the first response message",

@@ -2,9 +2,10 @@
 
 Until the first response message reaches the caller, a failed attempt is retried on
 another replica (jittered backoff, attempt cap, retry budget), and an attempt slow to send
-it is hedged on a second replica (services/router/hedge.py). After that the answer is
-committed: a failure ends the caller's stream with the replica's error status, so a
-truncated answer can never pass for a complete one.
+it is hedged on a second replica (hedge.py). After that the answer is committed: a cut
+Generate stream is continued token-exactly on another replica (resume.py); one that
+cannot be ends the caller's stream with the replica's error status, so a truncated answer
+can never pass for a complete one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from services.common.telemetry import (
     GEN_AI_REQUEST_MODEL,
     HEDGE,
     REPLICA,
+    RETRY_REASON,
     tracing_enabled,
 )
 from services.router.attempt import Attempt, AttemptFailed
@@ -35,40 +37,30 @@ from services.router.hedge import Hedger, first_answer
 from services.router.metrics import RouterMetrics
 from services.router.policies import LoadBalancingPolicy, RouteRequest, create_policy
 from services.router.pool import ReplicaPool
+from services.router.refusal import Refusal, no_model, remaining
 from services.router.replica import Replica
+from services.router.resume import Cut, Journal, ResumeHooks, Resumer, open_journal
 from services.router.retry import REPLICA_FAULTS, RETRYABLE, RetryBudget, backoff_s
 from services.router.wire import model_of
 
 log = logging.getLogger("tera.router.relay")
 
-RETRY_AFTER = "retry-after"
-# The same delay for gRPC's own retry policy, which reads only this key (milliseconds).
-RETRY_PUSHBACK = "grpc-retry-pushback-ms"
 # Caller metadata passed on to the engine. Trace context is re-injected by the gRPC
 # instrumentation when the router traces; otherwise it is passed through untouched.
 _FORWARDED_PREFIXES = ("tera-",) + (
     () if tracing_enabled() else ("traceparent", "tracestate", "baggage")
 )
-# Final answers after which the caller should come back later.
-_TRY_LATER = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 
 
-@dataclass
-class Refusal(Exception):
-    """The router ends the call itself: no replica could (or should) take it."""
+@dataclass(frozen=True)
+class _Upstream:
+    """What every attempt of one call sends upstream."""
 
-    code: grpc.StatusCode
-    message: str
-    retry_after_s: int | None = None
-    trailing: tuple[tuple[str, str], ...] = ()
-
-
-def _no_model() -> Refusal:
-    return Refusal(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "no model: set the request's `model` field or the `tera-model` metadata",
-        trailing=((metadata.ERROR_PARAM, "model"),),
-    )
+    method: str
+    request: bytes
+    route: RouteRequest
+    forward: tuple[tuple[str, str], ...]
+    context: grpc.aio.ServicerContext
 
 
 class Relay:
@@ -86,6 +78,8 @@ class Relay:
         self._policies = {
             m: create_policy(p, config.policy_options) for m, p in config.model_policies.items()
         }
+        hooks = ResumeHooks(choose=self._choose, failed=self._failed)
+        self._resumer = Resumer(config.resume, self._metrics, hooks)
 
     def policies(self) -> list[LoadBalancingPolicy]:
         return [self._default_policy, *self._policies.values()]
@@ -106,34 +100,32 @@ class Relay:
         self._budget.on_request()
         code = grpc.StatusCode.CANCELLED  # unless the call ends otherwise
         try:
-            async for chunk in self._attempts(method, request, route, forward, context):
+            if not route.model:
+                raise no_model()
+            upstream = _Upstream(method, request, route, forward, context)
+            async for chunk in self._relay(upstream):
                 yield chunk
             code = grpc.StatusCode.OK
         except Refusal as refusal:
             code = refusal.code
-            trailing = refusal.trailing
-            retry_after = refusal.retry_after_s
-            if retry_after is None and code in _TRY_LATER:
-                retry_after = self._config.retry_after_s
-            if retry_after is not None:
-                trailing += ((RETRY_AFTER, str(retry_after)),)
-                trailing += ((RETRY_PUSHBACK, str(retry_after * 1000)),)
+            trailing = refusal.trailing_metadata(self._config.retry_after_s)
             await context.abort(refusal.code, refusal.message, trailing_metadata=trailing)
         finally:
             self._metrics.requests.labels(route.model, code.name).inc()
 
-    async def _attempts(
-        self,
-        method: str,
-        request: bytes,
-        route: RouteRequest,
-        forward: tuple[tuple[str, str], ...],
-        context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[bytes]:
-        if not route.model:
-            raise _no_model()
-        upstream = _Upstream(method, request, route, forward, context)
-        tried: set[str] = set()
+    async def _relay(self, up: _Upstream) -> AsyncIterator[bytes]:
+        """The attempts; a stream cut after its first message goes on in a resume."""
+        journal = open_journal(up.method, up.request, dict(up.forward), self._config.resume)
+        try:
+            async for chunk in self._attempts(up, journal):
+                yield chunk
+        except Cut as cut:
+            resumed = self._resumer.resume(journal, cut, up.route, up.forward, up.context)
+            async for chunk in resumed:
+                yield chunk
+
+    async def _attempts(self, up: _Upstream, journal: Journal) -> AsyncIterator[bytes]:
+        route, tried = up.route, journal.tried
         last_failure: Refusal | None = None
         for attempt in range(1, self._config.retry.max_attempts + 1):
             if attempt > 1:
@@ -141,32 +133,32 @@ class Relay:
                     log.warning("retry budget exhausted; not retrying %s", route.model)
                     self._metrics.retry_budget_exhausted.labels(route.model).inc()
                     break
+                self._metrics.retries.labels(last_failure.code.name).inc()  # type: ignore[union-attr]
                 await asyncio.sleep(backoff_s(attempt - 1, self._config.retry))
             replica = self._choose(route, tried, last_failure)
             if attempt == 1:  # a model some replica serves: worth hedging state
                 self._hedger.on_request(route.model)
             opened: list[Attempt] = []
             try:
-                winner, first = await self._race(upstream, replica, attempt, opened, tried)
+                winner, first = await self._race(up, replica, attempt, opened, tried)
                 with _marks_failure(winner.span):
                     if first is None:  # finished with no message: a valid, empty answer
                         winner.replica.record_success()
                         return
-                    yield first
+                    yield journal.keep(first)
                     async for chunk in self._rest(winner.call, winner.replica):
-                        yield chunk
+                        yield journal.keep(chunk)
                     return
             except AttemptFailed as failure:
                 last_failure = failure.refusal
-                if not failure.retryable or _remaining(context) == 0:
+                if not failure.retryable or remaining(up.context) == 0:
                     break
                 log.info(
-                    "attempt %d on %s failed (%s); retrying",
+                    "attempt %d on %s failed (%s)",
                     attempt,
                     ", ".join(a.replica.address for a in opened),
                     failure.refusal.code.name,
                 )
-                self._metrics.retries.labels(failure.refusal.code.name).inc()
             finally:
                 for opened_attempt in opened:
                     opened_attempt.close()
@@ -193,7 +185,7 @@ class Relay:
         )
         with trace.use_span(span, end_on_exit=False):  # parent of the upstream call
             call = replica.channel.unary_stream(up.method)(
-                up.request, metadata=up.forward, timeout=_remaining(up.context)
+                up.request, metadata=up.forward, timeout=remaining(up.context)
             )
         opened.append(started := Attempt(replica, call, span, hedge))
         first = self._first_message(call, replica, up.route.model)
@@ -274,17 +266,17 @@ class Relay:
             while (message := await call.read()) is not grpc.aio.EOF:
                 yield message  # type: ignore[misc]
         except grpc.aio.AioRpcError as exc:
-            # Committed: the caller has tokens already. End with the error, never retry.
-            failure = self._failed(exc, replica)
-            raise failure.refusal from None
+            # Committed: the caller has tokens already. Never retried from the start.
+            raise Cut(self._failed(exc, replica).refusal, replica.address) from None
         replica.record_success()
 
     @staticmethod
     def _failed(exc: grpc.aio.AioRpcError, replica: Replica) -> AttemptFailed:
         code = exc.code()
-        if code in REPLICA_FAULTS:
-            replica.record_failure(code.name)
         trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str))
+        # A stream handed off by a draining replica is no fault of the replica.
+        if code in REPLICA_FAULTS and not any(k == metadata.HANDOFF for k, _ in trailing):
+            replica.record_failure(code.name)
         refusal = Refusal(code, exc.details() or code.name, trailing=trailing)
         return AttemptFailed(refusal, retryable=code in RETRYABLE)
 
@@ -297,21 +289,7 @@ def _marks_failure(span: trace.Span) -> Iterator[None]:
     except Refusal as refusal:
         span.set_status(Status(StatusCode.ERROR, refusal.message))
         raise
-
-
-@dataclass(frozen=True)
-class _Upstream:
-    """What every attempt of one call sends upstream."""
-
-    method: str
-    request: bytes
-    route: RouteRequest
-    forward: tuple[tuple[str, str], ...]
-    context: grpc.aio.ServicerContext
-
-
-def _remaining(context: grpc.aio.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    if remaining is None:
-        return None
-    return max(remaining, 0.0)
+    except Cut as cut:
+        span.set_attribute(RETRY_REASON, cut.refusal.code.name)
+        span.set_status(Status(StatusCode.ERROR, cut.refusal.message))
+        raise

@@ -103,6 +103,25 @@ def traced_hedge(
         stack.stop()
 
 
+@pytest.fixture(scope="module")
+def traced_resume(
+    receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningStack]:
+    """Two stand-in replicas that cut every call after 3 tokens: a 5-token stream is
+    resumed once."""
+    stack = _stack(
+        tmp_path_factory.mktemp("traced-resume"),
+        receiver,
+        scripted_args(fail_after_tokens=3),
+        [SCRIPTED_MODEL],
+        engines=2,
+    )
+    try:
+        yield RunningStack(stack)
+    finally:
+        stack.stop()
+
+
 async def _chat(stack: RunningStack, model: str, trace_id: str) -> str:
     """Sends a request as part of the client's span; returns that span's id."""
     client_span = secrets.token_hex(8)
@@ -226,6 +245,23 @@ async def test_hedge_is_its_own_attempt(traced_hedge: RunningStack, receiver: Ot
     assert [a.attributes["tera.attempt"] for a in attempts] == [1, 1]
     fast = traced_hedge.engine_addresses[1]
     assert hedged[True].attributes["tera.replica.address"] == fast
+
+
+async def test_resumed_stream_shows_each_attempt(
+    traced_resume: RunningStack, receiver: OtlpReceiver
+) -> None:
+    trace_id = secrets.token_hex(16)
+    await _chat(traced_resume, SCRIPTED_MODEL, trace_id)
+    spans = receiver.wait_for(trace_id, SERVICES)
+    TREES["resumed stream (stand-in engines)"] = tree(spans)
+    router = _one(spans, "tera-router", SERVER)
+    cut, resumed = sorted(
+        (s for s in _children(spans, router) if s.name == "attempt"),
+        key=lambda s: s.attributes["tera.attempt"],
+    )
+    assert cut.attributes["tera.retry.reason"] == "INTERNAL" and cut.status_code == 2
+    assert resumed.attributes["tera.resume.tokens"] == 3
+    assert cut.attributes["tera.replica.address"] != resumed.attributes["tera.replica.address"]
 
 
 def test_engine_reexposes_vllm_metrics(traced_vllm: RunningStack) -> None:

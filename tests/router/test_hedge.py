@@ -10,7 +10,7 @@ from services.router.attempt import AttemptFailed
 from services.router.config import HedgeConfig, RouterConfig
 from services.router.hedge import AdaptiveDelay, Hedger, first_answer
 from services.router.metrics import RouterMetrics
-from services.router.relay import Refusal
+from services.router.refusal import Refusal
 
 
 def adaptive(**settings: float) -> AdaptiveDelay:

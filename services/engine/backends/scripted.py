@@ -1,14 +1,14 @@
 """A stand-in model with scripted behaviour, for fault tests and the relay benchmark.
 
 It speaks the real engine contract through the real servicer; only the tokens are fake:
-choice i emits "tok0 tok1 ..." at a configured rate, and can fail, hang or start slowly
-on cue, as a real replica might.
+every choice emits "tok0 tok1 ..." (see scripted_text.py) at a configured rate, can
+continue a cut stream token-exactly, and can fail, hang or start slowly on cue, as a
+real replica might.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator
 
@@ -17,6 +17,7 @@ import grpc
 from services.common.word_tokens import prompt_token_ids
 from services.engine.backends.base import Backend, BackendLoad
 from services.engine.backends.scripted_cache import SimulatedPrefixCache
+from services.engine.backends.scripted_text import ChoiceText, TokenTape
 from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
 from services.engine.prefix_cache import PrefixCacheFeed
@@ -63,8 +64,6 @@ class ScriptedBackend(Backend):
         return BackendLoad(running=self._running)
 
     async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
-        if self._script.exit_on_request:
-            os._exit(3)
         self._requests_seen += 1
         self._running += 1
         try:
@@ -90,53 +89,98 @@ class ScriptedBackend(Backend):
                 f"This model's maximum context length is {self._config.max_context_length} tokens.",
                 param="max_tokens",
             )
+        gen = _Generation(request, TokenTape(script.token_text, script.bytes_per_token))
+        gen.cached_tokens = cached
+        start = gen.resume(request.continuation)
+        if gen.done(max_tokens):  # the cut came after the last token: only usage is due
+            yield gen.message(start, start, max_tokens, last=True)
+            return
         rate, step_s = script.tokens_per_second, script.step_ms / 1000
         loop = asyncio.get_running_loop()
         started = loop.time()
-        i = 0
-        while i < max_tokens:
+        i = start
+        while not gen.done(max_tokens):
             # Everything due by now goes in one message (at most one wake-up per step),
             # so the stand-in keeps its rate without a timer per token.
-            due = max_tokens if rate <= 0 else int((loop.time() - started) * rate) + 1
-            batch = range(i, min(max(due, i + 1), max_tokens))
-            if script.fail_after_tokens is not None and batch[-1] >= script.fail_after_tokens:
-                if i < script.fail_after_tokens:
-                    yield self._message(request, range(i, script.fail_after_tokens), max_tokens)
+            due = max_tokens if rate <= 0 else start + int((loop.time() - started) * rate) + 1
+            end = min(max(due, i + 1), max_tokens)
+            fail = script.fail_after_tokens is not None and end - start > script.fail_after_tokens
+            if fail:
+                end = start + script.fail_after_tokens  # type: ignore[operator]
+            end = gen.advance(i, end)
+            if end > i:
+                yield gen.message(i, end, max_tokens, last=gen.done(max_tokens))
+            if fail and not gen.done(max_tokens):
                 raise EngineError(
                     grpc.StatusCode.INTERNAL,
                     f"scripted failure after {script.fail_after_tokens} tokens",
                 )
-            yield self._message(request, batch, max_tokens, cached)
-            i = batch[-1] + 1
-            if rate > 0 and i < max_tokens:
-                await asyncio.sleep(max(started + i / rate - loop.time(), step_s))
+            i = end
+            if rate > 0 and not gen.done(max_tokens):
+                await asyncio.sleep(max(started + (i - start) / rate - loop.time(), step_s))
             elif rate <= 0:
                 await asyncio.sleep(0)
 
-    def _message(
-        self, request: pb.GenerateRequest, batch: range, max_tokens: int, cached: int = 0
-    ) -> pb.GenerateResponse:
+
+class _Generation:
+    """Every choice of one request: the same text, so they advance together."""
+
+    def __init__(self, request: pb.GenerateRequest, tape: TokenTape) -> None:
+        self._request = request
+        self.cached_tokens = 0  # prompt tokens the (simulated) prefix cache held
         n = request.sampling.n or 1
-        last = batch[-1] == max_tokens - 1
-        now_us = int(time.monotonic() * 1e6)
-        text = "".join(self._script.token_text.format(i=k, t=now_us) for k in batch)
+        self._choices = [ChoiceText(tape, request.sampling.stop) for _ in range(n)]
+
+    def resume(self, continuation: pb.Continuation) -> int:
+        """Replays what the caller already has; returns the position to go on from."""
+        done = {p.index: len(p.token_ids) for p in continuation.choices}
+        if not done:
+            return 0
+        m = done.get(0, 0)
+        for p in continuation.choices:
+            if list(p.token_ids) != list(range(m)) or p.index >= len(self._choices):
+                raise EngineError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"continuation of choice {p.index} is not this model's output",
+                )
+        self.advance(0, m)
+        for choice in self._choices:
+            choice.take(final=False)
+        return m
+
+    def advance(self, i: int, end: int) -> int:
+        """Generates tokens i..end-1, or up to a stop string; returns the new position."""
+        while i < end and not self._choices[0].stopped:
+            for choice in self._choices:
+                choice.step()
+            i += 1
+        return i
+
+    def done(self, max_tokens: int) -> bool:
+        first = self._choices[0]
+        return first.stopped or first.position >= max_tokens
+
+    def message(self, i: int, end: int, max_tokens: int, *, last: bool) -> pb.GenerateResponse:
+        stopped = self._choices[0].stopped
+        finish = pb.FINISH_REASON_STOP if stopped else pb.FINISH_REASON_LENGTH
         response = pb.GenerateResponse(
             choices=[
                 pb.ChoiceDelta(
                     index=c,
-                    text=text,
-                    num_tokens=len(batch),
-                    finish_reason=pb.FINISH_REASON_LENGTH if last else 0,
+                    text=choice.take(final=last),
+                    num_tokens=end - i,
+                    token_ids=range(i, end),
+                    finish_reason=finish if last else 0,
                 )
-                for c in range(n)
+                for c, choice in enumerate(self._choices)
             ]
         )
         if last:
             response.usage.CopyFrom(
                 pb.Usage(
-                    prompt_tokens=_prompt_tokens(request),
-                    completion_tokens=n * max_tokens,
-                    cached_tokens=cached,
+                    prompt_tokens=_prompt_tokens(self._request),
+                    completion_tokens=len(self._choices) * self._choices[0].position,
+                    cached_tokens=self.cached_tokens,
                 )
             )
         return response

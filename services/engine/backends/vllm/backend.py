@@ -27,6 +27,8 @@ from services.engine.backends.vllm.engine import (
 from services.engine.backends.vllm.kv_events import KvEventReader
 from services.engine.backends.vllm.prepare import LoadedModel, Prepared
 from services.engine.backends.vllm.profiles import ChatProfile, build_profiles
+from services.engine.backends.vllm.resume import continue_prepared
+from services.engine.backends.vllm.resumed_logits import xgrammar_backend
 from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
 from services.engine.prefix_cache import PrefixCacheFeed
@@ -61,6 +63,7 @@ class VllmBackend(Backend):
             engine,
             defaults=engine.model_config.get_diff_sampling_param(),
             max_model_len=engine.model_config.max_model_len,
+            xgrammar=xgrammar_backend(engine.vllm_config, engine.get_tokenizer()),
         )
         self._max_model_len = self._model.max_model_len
         self._profiles = build_profiles(self._config, engine)
@@ -103,6 +106,8 @@ class VllmBackend(Backend):
     async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
         model = self._require_model()
         prepared = await self._prepare(model, request)
+        if request.continuation.choices:
+            prepared = continue_prepared(model, prepared, request)
         # Request ids must be unique inside vLLM; a retried call may reuse the caller's id.
         vllm_id = f"{request.request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         # W3C context for vLLM's own request span (when its tracing is configured).
@@ -116,6 +121,8 @@ class VllmBackend(Backend):
                 **prepared.generate_kwargs,
             ):
                 yield prepared.translator.translate(out)
+                if prepared.translator.finished:
+                    break  # leaving the loop aborts the request inside vLLM
         except VLLMClientError as exc:
             raise invalid_argument(str(exc), param=getattr(exc, "parameter", None)) from exc
         except EngineDeadError as exc:

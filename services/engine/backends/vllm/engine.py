@@ -15,6 +15,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 
 from services.engine.backends.base import BackendLoad
 from services.engine.backends.vllm.kv_events import events_config
+from services.engine.backends.vllm.resumed_logits import PROCESSOR as GRAMMAR_PROCESSOR
 from services.engine.config import EngineConfig
 
 WARMUP_PROMPT = "Hello"
@@ -39,6 +40,8 @@ def engine_args(config: EngineConfig, kv_events_endpoint: str | None = None) -> 
         tensor_parallel_size=opts.tensor_parallel_size,
         pipeline_parallel_size=opts.pipeline_parallel_size,
         kv_events_config=events_config(kv_events_endpoint) if kv_events_endpoint else None,
+        # Structured outputs and penalties across a resumed stream (resumed_logits.py).
+        logits_processors=[GRAMMAR_PROCESSOR],
         **{k: v for k, v in optional.items() if v is not None},
     )
 

@@ -31,10 +31,14 @@ class OutputTranslator:
     _choices: dict[int, _ChoiceState] = field(default_factory=dict)
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    # A continuation's prompt ends with the emitted tokens: they count as completion.
+    prompt_offset: int = 0
+    # Set when the stream must end before vLLM says so (a continuation's stop string).
+    finished: bool = False
 
     def translate(self, out: RequestOutput) -> pb.GenerateResponse:
-        self.prompt_tokens = len(out.prompt_token_ids or ())
-        self.cached_tokens = out.num_cached_tokens or 0
+        self.prompt_tokens = len(out.prompt_token_ids or ()) - self.prompt_offset
+        self.cached_tokens = min(out.num_cached_tokens or 0, self.prompt_tokens)
         response = pb.GenerateResponse()
         for completion in out.outputs:
             delta = self._choice(completion)
@@ -58,6 +62,9 @@ class OutputTranslator:
             ),
         )
 
+    def translate_choice(self, completion: CompletionOutput) -> pb.ChoiceDelta | None:
+        return self._choice(completion)
+
     def _state(self, index: int) -> _ChoiceState:
         state = self._choices.get(index)
         if state is None:
@@ -68,7 +75,11 @@ class OutputTranslator:
     def _choice(self, completion: CompletionOutput) -> pb.ChoiceDelta | None:
         state = self._state(completion.index)
         finish = completion.finish_reason
-        delta = pb.ChoiceDelta(index=completion.index, num_tokens=len(completion.token_ids))
+        delta = pb.ChoiceDelta(
+            index=completion.index,
+            num_tokens=len(completion.token_ids),
+            token_ids=completion.token_ids,
+        )
         if state.parser is None:
             delta.text = self._echo(state) + completion.text
         else:

@@ -22,6 +22,8 @@ class LoadedModel:
     engine: AsyncLLM
     defaults: dict[str, Any]  # sampling defaults from the model's generation_config
     max_model_len: int
+    # Checks that a continuation's emitted tokens fit its structured outputs.
+    xgrammar: Any = None
 
 
 @dataclasses.dataclass

@@ -1,0 +1,181 @@
+"""One function a `make bench` part: runs it, stores its figures in the report, and
+returns its markdown. bench/run.py lists them in PARTS, in the order they run."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import (
+    cache_routing,
+    hedging,
+    overhead,
+    profile,
+    recovery,
+    relay,
+    resume,
+    speech,
+    vs_vllm,
+)
+from bench.common import CACHE_DIR, table
+from services.engine.model_prep import default_model_dir, prepare_default_model
+
+Part = Callable[[argparse.Namespace, Path, dict], list[str]]
+
+
+def vs_vllm_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    model_dir = prepare_default_model(default_model_dir(CACHE_DIR))
+    rows = vs_vllm.run(model_dir, results, tuple(map(int, args.concurrency.split(","))))
+    report["vs_vllm"] = rows
+    columns = ["target", "concurrency", "output_throughput", "request_throughput"]
+    columns += ["p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms", "p99_itl_ms"]
+    return [
+        "## Tera vs vLLM's own server (vllm bench serve, openai-chat, random "
+        f"{vs_vllm.INPUT_LEN} in / {vs_vllm.OUTPUT_LEN} out, streaming; per concurrency "
+        "vLLM, Tera, Tera, vLLM with seeds 0, 0, 1, 1, each target's halves pooled)\n",
+        "Ratio rows: throughput as Tera/vLLM, latencies as Tera minus vLLM (ms).\n",
+        table(rows, columns),
+        "",
+    ]
+
+
+def relay_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    streams = tuple(map(int, args.streams.split(",")))
+    rates = tuple(map(float, args.rates.split(",")))
+    md: list[str] = []
+    for window in sorted({0, args.coalesce_window_ms}):
+        result = relay.run(results, streams, rates, window)
+        report[f"relay_coalesce_{window}ms"] = result
+        md += _relay_section(result, window)
+    return md
+
+
+def resume_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    report["resume"] = result = resume.run(results)
+    return [
+        "## Mid-stream resume (3 stand-in replicas, every call cut after 20 tokens)\n",
+        table([result], list(result)),
+        "",
+    ]
+
+
+def overhead_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    report["overhead"] = result = overhead.run(results)
+    rows = [{"hop": k, "p50_ms": v} for k, v in result["p50_ms"].items()]
+    return [
+        f"## Per-hop overhead, p50 over {result['requests']} traced requests (ms)\n",
+        table(rows, ["hop", "p50_ms"]),
+        "",
+    ]
+
+
+def profile_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    report["profile"] = result = profile.run(results)
+    md: list[str] = []
+    for name, top in result.items():
+        md += [
+            f"## Profile: {name} (py-spy, self time, {profile.STREAMS} streams x "
+            f"{profile.RATE:g} tok/s, window {profile.WINDOW_MS} ms)\n",
+            table([{"function": f, "share": s} for f, s in top], ["function", "share"]),
+            "",
+        ]
+    return md
+
+
+def speech_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    report["speech"] = result = speech.run(results)
+    return [
+        "## Speech (Piper, mp3, full stack)\n",
+        f"{result['characters']} characters: time to first audio byte "
+        f"{result['ttfb_ms_p50']:.0f} ms (p50), real-time factor {result['rtf_p50']:.3f}"
+        " (synthesis time / audio duration, p50)\n",
+    ]
+
+
+def hedging_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    report["hedging"] = rows = hedging.run(results)
+    return [
+        f"## Hedged first tokens (2 stand-in replicas, one {hedging.SLOW_FIRST_TOKEN_S:g} s "
+        f"late with its first token; {hedging.REQUESTS} requests, "
+        f"{hedging.CONCURRENCY} concurrent, {hedging.POLICY})\n",
+        table(rows, ["setting", "p50_ttft_ms", "p99_ttft_ms", "hedges_per_request", "hedge_wins"]),
+        "",
+    ]
+
+
+def recovery_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    return _recovery_section(results, report, vllm=False)
+
+
+def recovery_vllm_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    return _recovery_section(results, report, vllm=True)
+
+
+def _recovery_section(results: Path, report: dict, *, vllm: bool) -> list[str]:
+    model_dir = prepare_default_model(default_model_dir(CACHE_DIR)) if vllm else None
+    engine_args = ["--model-dir", str(model_dir)] if model_dir else None
+    result = recovery.run(results, crashes=2 if vllm else 3, engine_args=engine_args)
+    report[f"recovery_{result['engine']}"] = result
+    seconds = ", ".join(f"{s:.2f}" for s in result["back_in_rotation_s"])
+    return [
+        f"## Crash recovery under tera run ({result['engine']} engine, 2 replicas)\n",
+        f"SIGKILL of one engine to its return to rotation, successive crashes (the restart "
+        f"backoff doubles per crash within a minute: 1 s, 2 s, 4 s): {seconds} s\n",
+    ]
+
+
+def cache_routing_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    report["cache_routing"] = result = cache_routing.run(results)
+    w = cache_routing.Workload()
+    md = [
+        f"## Cache-aware routing ({w.engines} stand-in replicas, {w.groups} prefix groups x "
+        f"{w.sessions_per_group} multi-turn sessions, {w.system_words}-token system prompts, "
+        f"prefix cache of {w.cache_chunks * 16} tokens per replica, serialised prefill "
+        f"{w.prefill_ms_per_token} ms/uncached token, Poisson {w.rate_per_s:g} req/s for "
+        f"{w.duration_s:g} s; oracle: each group pinned to one replica by hand)\n"
+    ]
+    for variant, rows in result.items():
+        md += [f"### {variant}\n", table(rows, cache_routing.COLUMNS), ""]
+    return md
+
+
+def _relay_section(result: dict, window: int) -> list[str]:
+    rows = [
+        step | {f"{name} cores": cores for name, cores in step["cores"].items()}
+        for step in result["steps"]
+    ]
+    best = ", ".join(
+        f"{n} streams: {b['tokens_per_s']:.0f} tok/s (p99 added ITL {b['added_itl_p99_ms']:.1f} ms)"
+        for n, b in result["best"].items()
+    )
+    return [
+        f"## Relay capacity (stand-in engine, {relay.STEP_MS:g} ms decode step, "
+        f"coalescing window {window} ms)\n",
+        "Added ITL: gap between SSE chunks at the client minus the gap between the "
+        "emissions of their newest tokens. Added latency: arrival minus emission, per "
+        "token. CPU per 1k tokens in seconds.\n",
+        table(
+            rows,
+            [
+                "streams",
+                "rate_per_stream",
+                "tokens_per_s",
+                "added_itl_p50_ms",
+                "added_itl_p99_ms",
+                "added_latency_p50_ms",
+                "added_latency_p99_ms",
+                "edge_cpu_per_1k",
+                "router_cpu_per_1k",
+                "edge cores",
+                "router cores",
+                "engine cores",
+                "load generator cores",
+                "errors",
+            ],
+        ),
+        f"\nBest passing step (p99 added ITL <= {relay.ADDED_ITL_LIMIT_MS:g} ms, no errors): "
+        + (best or "none"),
+        f"\nShort requests (1 token, not streamed, 64 concurrent): "
+        f"{result['short_requests_per_s']:.0f} req/s\n",
+    ]

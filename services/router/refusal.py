@@ -1,0 +1,55 @@
+"""How the router ends a call itself, and the status details callers act on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from services.common import metadata
+
+RETRY_AFTER = "retry-after"
+# The same delay for gRPC's own retry policy, which reads only this key (milliseconds).
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"
+# Final answers after which the caller should come back later.
+TRY_LATER = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+
+
+@dataclass
+class Refusal(Exception):
+    """The router ends the call itself: no replica could (or should) take it."""
+
+    code: grpc.StatusCode
+    message: str
+    retry_after_s: int | None = None
+    trailing: tuple[tuple[str, str], ...] = ()
+
+    def trailing_metadata(self, default_retry_after_s: int) -> tuple[tuple[str, str], ...]:
+        """The trailers to end the call with: Retry-After (seconds, and as gRPC's
+        pushback in ms) whenever the caller should come back later."""
+        retry_after = self.retry_after_s
+        if retry_after is None and self.code in TRY_LATER:
+            retry_after = default_retry_after_s
+        if retry_after is None:
+            return self.trailing
+        return (
+            *self.trailing,
+            (RETRY_AFTER, str(retry_after)),
+            (RETRY_PUSHBACK, str(retry_after * 1000)),
+        )
+
+
+def no_model() -> Refusal:
+    return Refusal(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "no model: set the request's `model` field or the `tera-model` metadata",
+        trailing=((metadata.ERROR_PARAM, "model"),),
+    )
+
+
+def remaining(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's deadline as a timeout for an upstream call (None: no deadline)."""
+    left = context.time_remaining()
+    if left is None:
+        return None
+    return max(left, 0.0)

@@ -1,0 +1,37 @@
+"""Fixtures of the fault tests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devstack.processes import free_port
+from tests.conftest import RunningStack
+from tests.faults.test_fault_suite import ROUTER_SETTINGS
+
+
+@pytest.fixture
+def resuming_fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path):
+    """resuming_fleet(replicas, behaviour, resume={...}, engine_extra=[...]): stand-in
+    replicas that all behave alike, behind a router with these resume settings."""
+
+    def start(
+        replicas: int,
+        behaviour: dict,
+        resume: dict | None = None,
+        engine_extra: list[str] | None = None,
+    ) -> RunningStack:
+        config = tmp_path / f"router-{replicas}.yaml"
+        config.write_text(yaml.safe_dump({**ROUTER_SETTINGS, "resume": resume or {}}))
+        engine_args = ["--scripted", json.dumps(behaviour), *(engine_extra or [])]
+        return scripted_stack(
+            engines=replicas,
+            per_engine_args=[engine_args] * replicas,
+            router_args=["--config", str(config), "--metrics-port", str(free_port())],
+        )
+
+    return start
