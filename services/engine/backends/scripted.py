@@ -92,9 +92,10 @@ class ScriptedBackend(Backend):
         gen = _Generation(request, TokenTape(script.token_text, script.bytes_per_token))
         gen.cached_tokens = cached
         start = gen.resume(request.continuation)
-        if gen.done(max_tokens):  # the cut came after the last token: only usage is due
-            yield gen.message(start, start, max_tokens, last=True)
-            return
+        if gen.done(max_tokens):
+            if start:  # the cut came after the last token: only usage is due
+                yield gen.message(start, start, max_tokens, last=True)
+            return  # nothing asked for (max_tokens 0): an empty, complete stream
         rate, step_s = script.tokens_per_second, script.step_ms / 1000
         loop = asyncio.get_running_loop()
         started = loop.time()
