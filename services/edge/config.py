@@ -31,6 +31,10 @@ class EdgeConfig(BaseModel):
     # Characters of the prompt hashed into the routing key when no session is given.
     affinity_prefix_chars: int = Field(256, ge=0)
     models_cache_s: float = Field(2.0, ge=0)
+    # Stored responses (the Responses API's store=true): kept this long, in Redis when the
+    # catalog names one, else in memory, at most this many.
+    responses_ttl_s: float = Field(30 * 24 * 3600.0, gt=0)
+    responses_max_stored: int = Field(10_000, ge=1)
 
 
 def is_loopback(host: str) -> bool:
