@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag
 
 from services.edge.errors import FieldError
 from services.edge.generation.protocol import OpenAIModel
@@ -31,16 +31,6 @@ class TextPart(OpenAIModel):
     type: Literal["input_text", "output_text", "refusal"]
     text: str | None = None
     refusal: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _text_only(cls, data: Any) -> Any:
-        kind = data.get("type") if isinstance(data, dict) else None
-        if kind not in ("input_text", "output_text", "refusal"):
-            raise FieldError(
-                "type", f"content parts of type {kind!r} are not supported: this model takes text"
-            )
-        return data
 
 
 class MessageItem(OpenAIModel):
@@ -84,14 +74,27 @@ class ReasoningItem(OpenAIModel):
 SUPPORTED = ("message", "function_call", "function_call_output", "reasoning")
 
 
-def _item_type(value: Any) -> str:
-    if isinstance(value, dict):
-        kind = value.get("type", "message")
-    else:
-        kind = getattr(value, "type", "message")
-    if kind not in SUPPORTED:
-        raise FieldError("type", f"input items of type {kind!r} are not supported")
-    return str(kind)
+def item_type(value: Any) -> str | None:
+    """The item's kind (a message when untyped); None, a validation error, if unsupported."""
+    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in SUPPORTED else None
+
+
+def check_item_types(items: Any) -> None:
+    """Names the first unsupported input item (input[i]) before pydantic's union does."""
+    for i, value in enumerate(items if isinstance(items, list) else ()):
+        if item_type(value) is None:
+            kind = value.get("type") if isinstance(value, dict) else value
+            raise FieldError(f"input[{i}]", f"input items of type {kind!r} are not supported")
+        is_message = isinstance(value, dict) and value.get("type", "message") == "message"
+        content = value.get("content") if is_message else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in ("input_text", "output_text", "refusal"):
+                raise FieldError(
+                    f"input[{i}].content[{j}]",
+                    f"content parts of type {kind!r} are not supported: this model takes text",
+                )
 
 
 InputItem = Annotated[
@@ -99,7 +102,7 @@ InputItem = Annotated[
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
     | Annotated[ReasoningItem, Tag("reasoning")],
-    Discriminator(_item_type),
+    Discriminator(item_type),
 ]
 
 

@@ -15,7 +15,14 @@ from pydantic import Field, field_validator, model_validator
 
 from services.edge.errors import FieldError
 from services.edge.generation.protocol import INT32_MAX, OpenAIModel, SamplingRequest
-from services.edge.responses.items import InputItem, Item, MessageItem, resource, to_messages
+from services.edge.responses.items import (
+    InputItem,
+    Item,
+    MessageItem,
+    check_item_types,
+    resource,
+    to_messages,
+)
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 TOOL_CHOICE_MODES = {
@@ -110,6 +117,7 @@ class ResponseRequest(SamplingRequest):
         for name in ("conversation", "prompt"):
             if data.get(name) is not None:
                 raise FieldError(name, f"{name} is not supported: use previous_response_id")
+        check_item_types(data.get("input"))
         choice = data.get("tool_choice")
         if isinstance(choice, dict) and choice.get("type") != "function":
             raise FieldError(
