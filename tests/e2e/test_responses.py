@@ -86,7 +86,11 @@ def test_stream_events_in_order(client: OpenAI) -> None:
 
 
 def test_stream_helper_final_response(client: OpenAI) -> None:
-    with client.responses.stream(model=MODEL, input="Say hi.", max_output_tokens=8) as stream:
+    # The helper wants response.completed: force a short answer that finishes.
+    forced = {"structured_outputs": {"regex": r"Hi there\."}}
+    with client.responses.stream(
+        model=MODEL, input="Say hi.", max_output_tokens=20, extra_body=forced
+    ) as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert "".join(deltas) == final.output_text
