@@ -12,7 +12,10 @@ rather than in Tera:
   does not serve);
 - negative_data_rejection: the spec leaves many fields unconstrained that OpenAI does
   constrain (e.g. stop's 4 sequences), and OpenAI ignores unknown fields, which
-  schemathesis counts as "negative" data.
+  schemathesis counts as "negative" data;
+- the body of deleteResponse's 404 only: the spec documents it as a bare Error object,
+  while OpenAI (and its SDK, which reads `error.message`) send the {"error": {...}}
+  envelope, as for every other error.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+import yaml
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
     negative_data_rejection,
     positive_data_acceptance,
+    response_schema_conformance,
     status_code_conformance,
 )
 
@@ -66,7 +71,18 @@ if not SPEC.exists():
     pytest.skip(f"OpenAI's spec is not at {SPEC}", allow_module_level=True)
 
 KEY = "sk-tera-conformance"
-schema = schemathesis.openapi.from_path(SPEC).include(operation_id=OPERATIONS)
+
+
+def _load_spec() -> dict:
+    """The spec, less one defect: ItemResource (input_items' data) names `type` as its
+    discriminator with no mapping, so a validator expects the schema's name
+    ("InputMessageResource") where OpenAI sends "message". Its oneOf still applies."""
+    raw = yaml.load(SPEC.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    raw["components"]["schemas"]["ItemResource"].pop("discriminator", None)
+    return raw
+
+
+schema = schemathesis.openapi.from_dict(_load_spec()).include(operation_id=OPERATIONS)
 cases_run: dict[str, int] = {}
 
 
@@ -102,12 +118,12 @@ def test_spec_conformance(case: schemathesis.Case, keyed_stack: RunningStack) ->
     cases_run[operation] = count + 1
     _serve_a_real_model(case, count)
     _name_a_stored_response(case, count, keyed_stack)
-    case.call_and_validate(
-        base_url=keyed_stack.base_url,
-        excluded_checks=EXCLUDED,
-        headers={"Authorization": f"Bearer {KEY}"},
-        timeout=30,
-    )
+    headers = {"Authorization": f"Bearer {KEY}"}
+    response = case.call(base_url=keyed_stack.base_url, headers=headers, timeout=30)
+    excluded = list(EXCLUDED)
+    if operation == "deleteResponse" and response.status_code == 404:
+        excluded.append(response_schema_conformance)
+    case.validate_response(response, excluded_checks=excluded, headers=headers)
 
 
 def _serve_a_real_model(case: schemathesis.Case, count: int) -> None:

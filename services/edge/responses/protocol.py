@@ -228,7 +228,7 @@ class ResponseRequest(SamplingRequest):
             "previous_response_id": self.previous_response_id,
             "store": self.store is not False,
             "truncation": self.truncation or "disabled",
-            "user": self.user,
+            **({"user": self.user} if self.user is not None else {}),  # not nullable
             "background": False,
             "service_tier": "default",
             "top_logprobs": self.top_logprobs or 0,

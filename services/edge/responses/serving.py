@@ -206,7 +206,6 @@ def _envelope(ctx: RequestContext, body: ResponseRequest, admitted: Admitted) ->
         "error": None,
         "incomplete_details": None,
         "model": admitted.reported,
-        "output": [],
-        "usage": None,
+        "output": [],  # usage (not nullable) comes with the end
         **body.echo(),
     }
