@@ -68,10 +68,12 @@ class MemoryResponseStore:
             self._records.popitem(last=False)
 
     async def get(self, tenant: str, response_id: str) -> StoredResponse | None:
-        entry = self._records.get(_key(tenant, response_id))
-        if entry is None or entry[0] < time.monotonic():
+        key = _key(tenant, response_id)
+        entry = self._records.get(key)
+        if entry is not None and entry[0] < time.monotonic():
+            del self._records[key]  # expired
             return None
-        return entry[1]
+        return None if entry is None else entry[1]
 
     async def delete(self, tenant: str, response_id: str) -> bool:
         return self._records.pop(_key(tenant, response_id), None) is not None
