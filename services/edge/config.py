@@ -35,6 +35,10 @@ class EdgeConfig(BaseModel):
     # engine's) with which the edge names prompt prefixes for the router's cache_aware
     # policy. Models not listed send no names.
     prefix_tokenizers: dict[str, str] = Field(default_factory=dict)
+    # Stored responses (the Responses API's store=true): kept this long, in Redis when the
+    # catalog names one, else in memory, at most this many.
+    responses_ttl_s: float = Field(30 * 24 * 3600.0, gt=0)
+    responses_max_stored: int = Field(10_000, ge=1)
 
 
 def is_loopback(host: str) -> bool:

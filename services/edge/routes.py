@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
-from pydantic import BaseModel, ValidationError
 
+from services.edge.body import parse_body
 from services.edge.chat.protocol import ChatCompletionRequest
 from services.edge.chat.serving import ChatServing
 from services.edge.completions.protocol import CompletionRequest
 from services.edge.completions.serving import CompletionServing
-from services.edge.errors import OpenAIError, bad_request
+from services.edge.errors import OpenAIError
 from services.edge.generation.serving import RequestContext
 from services.edge.models.serving import ModelsServing
 from services.edge.observe import EdgeMetrics
+from services.edge.responses import routes as responses
 from services.edge.speech.protocol import SpeechRequest
 from services.edge.speech.serving import SpeechServing
 from services.edge.tenancy.gate import tenant_of
@@ -29,8 +28,6 @@ METRICS = web.AppKey("metrics", EdgeMetrics)
 SPEECH = web.AppKey("speech", SpeechServing)
 USAGE = web.AppKey("usage", UsageLedger)
 
-M = TypeVar("M", bound=BaseModel)
-
 # Endpoints of OpenAI's API that Tera does not offer: a clear 404 says so.
 NOT_OFFERED = (
     "/v1/embeddings",
@@ -41,30 +38,11 @@ NOT_OFFERED = (
     "/v1/batches{tail:.*}",
     "/v1/assistants{tail:.*}",
     "/v1/threads{tail:.*}",
-    "/v1/responses{tail:.*}",
+    "/v1/responses/input_tokens",
+    "/v1/responses/compact",
     "/v1/audio/transcriptions",
     "/v1/audio/translations",
 )
-
-
-async def parse_body(request: web.Request, model: type[M]) -> M:
-    """Validates the raw body in one pass (pydantic parses the JSON itself)."""
-    raw = await request.read()
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        if first["type"] == "json_invalid" or not raw.strip():
-            raise bad_request(
-                "We could not parse the JSON body of your request. (HINT: This likely means "
-                "you aren't using your HTTP library correctly.)",
-                code="invalid_json",
-            ) from None
-        if first["type"] == "model_type" and not first["loc"]:
-            raise bad_request(
-                "The request body must be a JSON object.", code="invalid_json"
-            ) from None
-        raise
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -129,6 +107,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_delete("/v1/models/{model:.+}", not_offered)  # fine-tuned model deletion
+    responses.add_routes(app)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/admin/usage", admin_usage)

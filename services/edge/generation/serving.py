@@ -87,8 +87,26 @@ class GenerationServing(ABC, Generic[B]):
     @abstractmethod
     def upstreams(self, ctx: RequestContext, body: B, admitted: Admitted) -> list[Upstream]: ...
 
-    @abstractmethod
-    def renderer(self, body: B) -> Renderer: ...
+    def renderer(self, body: B) -> Renderer:
+        """The endpoint's JSON shapes, for the default `respond`."""
+        raise NotImplementedError(f"{type(self).__name__} must supply renderer or respond")
+
+    async def respond(
+        self,
+        ctx: RequestContext,
+        body: B,
+        admitted: Admitted,
+        first: tuple[int, pb.GenerateResponse] | None,
+        messages: Messages,
+    ) -> web.StreamResponse:
+        """Turns the upstream messages into the HTTP answer: chat-style choices by default;
+        an endpoint with another shape (Responses' typed events) overrides this."""
+        n = body.n or 1
+        _, prompts = self.measure(body)
+        reply = _Reply(ctx, admitted, self.renderer(body), n, n * prompts, body.include_usage)
+        if body.stream:
+            return await _stream(reply, first, messages)
+        return await _complete(reply, first, messages)
 
     async def create(self, ctx: RequestContext, body: B) -> web.StreamResponse:
         resolved = self.gate.resolve(ctx.http, body.model)
@@ -102,13 +120,10 @@ class GenerationServing(ABC, Generic[B]):
                 for u in self.upstreams(ctx, body, admitted)
             ]
             merged = merge_streams(streams)  # type: ignore[arg-type]
-            reply = _Reply(ctx, admitted, self.renderer(body), n, n * prompts, body.include_usage)
             try:
                 # Waits for the first message, so errors before it get a proper HTTP status.
                 first = await anext(merged, None)
-                if body.stream:
-                    return await _stream(reply, first, merged)  # type: ignore[arg-type]
-                return await _complete(reply, first, merged)  # type: ignore[arg-type]
+                return await self.respond(ctx, body, admitted, first, merged)  # type: ignore[arg-type]
             finally:
                 await merged.aclose()  # type: ignore[attr-defined]
 
