@@ -11,7 +11,7 @@ import yaml
 
 from devstack.processes import free_port
 from tests.conftest import RunningStack
-from tests.faults.test_fault_suite import ROUTER_SETTINGS
+from tests.faults.fleet import ROUTER_SETTINGS
 
 
 @pytest.fixture
@@ -31,6 +31,28 @@ def resuming_fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path):
         return scripted_stack(
             engines=replicas,
             per_engine_args=[engine_args] * replicas,
+            router_args=["--config", str(config), "--metrics-port", str(free_port())],
+        )
+
+    return start
+
+
+@pytest.fixture
+def fleet(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path
+) -> Callable[..., RunningStack]:
+    """fleet([behaviour_a, behaviour_b], router={...}) -> a stack with those replicas."""
+
+    def start(
+        behaviours: list[dict], router: dict | None = None, engine_extra: list[str] | None = None
+    ) -> RunningStack:
+        config = tmp_path / "router.yaml"
+        config.write_text(yaml.safe_dump({**ROUTER_SETTINGS, **(router or {})}))
+        return scripted_stack(
+            engines=len(behaviours),
+            per_engine_args=[
+                ["--scripted", json.dumps(b), *(engine_extra or [])] for b in behaviours
+            ],
             router_args=["--config", str(config), "--metrics-port", str(free_port())],
         )
 

@@ -22,8 +22,9 @@ from devstack.engine_args import scripted_engine_args
 from devstack.processes import ManagedProcess, free_port
 from tests.conftest import SCRIPTED_MODEL
 from tests.devstack.cli import tera_run
+from tests.faults.dns import DnsServer
+from tests.faults.fleet import ROUTER_SETTINGS
 from tests.faults.gateway import gateway
-from tests.faults.test_fault_suite import ROUTER_SETTINGS, DnsServer
 
 OTHER = "tera-test/other"
 UNKNOWN = "tera-test/no-such-model"

@@ -9,8 +9,8 @@ import signal
 
 from devstack.processes import wait_until
 from devstack.readiness import router_has_replicas
+from tests.faults.fleet import router_metric
 from tests.faults.load import run_load
-from tests.faults.test_fault_suite import _router_metric
 
 GRACE_S = 0.5
 
@@ -42,4 +42,4 @@ async def test_rolling_restart_with_streams_longer_than_the_grace(resuming_fleet
         "silently_truncated": 0,
     }
     assert exits == [0, 0]
-    assert _router_metric(stack, "tera_router_resumes_total", reason="drain") >= 16
+    assert router_metric(stack, "tera_router_resumes_total", reason="drain") >= 16

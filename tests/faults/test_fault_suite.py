@@ -10,7 +10,6 @@ import asyncio
 import json
 import signal
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,67 +17,18 @@ import aiohttp
 import grpc
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.processes import ManagedProcess, free_port
 from devstack.readiness import router_has_replicas
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import SCRIPTED_MODEL, RunningStack
+from tests.faults.dns import DnsServer
+from tests.faults.fleet import RESULTS, ROUTER_SETTINGS, engine_total, record, router_metric
 from tests.faults.gateway import gateway, stand_in
-from tests.faults.load import run_load, stream_once
-
-ROUTER_SETTINGS = {
-    "policy": "round_robin",
-    "health": {"check_interval_s": 0.2, "check_timeout_s": 0.5, "load_poll_interval_s": 0.2},
-    "retry": {"first_message_timeout_s": 1.0, "backoff_base_s": 0.01, "max_attempts": 3},
-    "breaker": {"consecutive_failures": 3, "base_ejection_s": 0.5, "max_ejection_s": 2.0},
-}
-RESULTS: dict[str, dict[str, int]] = {}
+from tests.faults.load import rss_kib, run_load, stream_once
 
 StackFactory = Callable[..., RunningStack]
-
-
-def _write_yaml(path: Path, data: dict) -> str:
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
-def _scripted(**behaviour: object) -> list[str]:
-    return ["--scripted", json.dumps(behaviour)]
-
-
-@pytest.fixture
-def fleet(scripted_stack: StackFactory, tmp_path: Path) -> Callable[..., RunningStack]:
-    """fleet([behaviour_a, behaviour_b], router={...}) -> a stack with those replicas."""
-
-    def start(
-        behaviours: list[dict], router: dict | None = None, engine_extra: list[str] | None = None
-    ) -> RunningStack:
-        config = _write_yaml(tmp_path / "router.yaml", {**ROUTER_SETTINGS, **(router or {})})
-        return scripted_stack(
-            engines=len(behaviours),
-            per_engine_args=[[*_scripted(**b), *(engine_extra or [])] for b in behaviours],
-            router_args=["--config", config, "--metrics-port", str(free_port())],
-        )
-
-    return start
-
-
-def _record(name: str, summary: dict[str, int]) -> None:
-    RESULTS[name] = summary
-    print(f"\n[fault] {name}: {summary}")
-
-
-def _router_metric(stack: RunningStack, name: str, **labels: str) -> float:
-    args = stack.stack.plan.router_args
-    port = args[args.index("--metrics-port") + 1]
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 NORMAL = {"tokens_per_second": 50}
@@ -101,7 +51,7 @@ async def test_1_replica_killed_before_first_tokens(fleet: StackFactory) -> None
     killed = time.monotonic()
     stack.stack.engines[0].kill_group(signal.SIGKILL)
     tally = await load
-    _record("1 killed before first token", tally.summary())
+    record("1 killed before first token", tally.summary())
     assert tally.summary() == {
         "sent": 20,
         "succeeded": 20,
@@ -110,8 +60,8 @@ async def test_1_replica_killed_before_first_tokens(fleet: StackFactory) -> None
     }
     assert time.monotonic() - killed < 20, "moved by the kill, not by an attempt deadline"
     # The kill's status moved them (UNAVAILABLE), never the attempt deadline.
-    assert _router_metric(stack, "tera_router_retries_total", reason="UNAVAILABLE") >= held
-    assert _router_metric(stack, "tera_router_retries_total", reason="DEADLINE_EXCEEDED") == 0
+    assert router_metric(stack, "tera_router_retries_total", reason="UNAVAILABLE") >= held
+    assert router_metric(stack, "tera_router_retries_total", reason="DEADLINE_EXCEEDED") == 0
     router = f"{stack.stack.plan.host}:{stack.stack.plan.router_port}"
     assert not router_has_replicas(router, 2)  # the dead replica is out of rotation
     assert router_has_replicas(router, 1)
@@ -125,16 +75,16 @@ async def test_2_replica_killed_mid_stream(fleet: StackFactory) -> None:
     stack.stack.engines[0].kill_group(signal.SIGKILL)
     tally = await load
     summary = tally.summary()
-    _record("2 killed mid-stream", summary)
+    record("2 killed mid-stream", summary)
     # A's streams are resumed on B token-exactly (see test_resume.py): none is lost.
     assert summary == {"sent": 20, "succeeded": 20, "failed_with_error": 0, "silently_truncated": 0}
-    assert _router_metric(stack, "tera_router_resumes_total", reason="unavailable") >= 1
+    assert router_metric(stack, "tera_router_resumes_total", reason="unavailable") >= 1
 
 
 async def test_3_hanging_replica_is_skipped_after_attempt_deadline(fleet: StackFactory) -> None:
     stack = fleet([{"hang": True}, NORMAL])
     tally = await run_load(stack.base_url, requests=10, concurrency=10, max_tokens=5)
-    _record("3 hanging replica", tally.summary())
+    record("3 hanging replica", tally.summary())
     assert tally.summary()["succeeded"] == 10
     slowest = max(o.seconds for o in tally.outcomes)
     assert 1.0 <= slowest < 5.0, "moved on after the 1 s attempt deadline"
@@ -153,7 +103,7 @@ async def test_4_draining_replica_loses_nothing(fleet: StackFactory) -> None:
     held = (await asyncio.to_thread(stack.engine_load, 0)).in_flight
     draining.send_signal(signal.SIGTERM)
     tally = await load
-    _record("4 draining replica", {**tally.summary(), "held_at_sigterm": held})
+    record("4 draining replica", {**tally.summary(), "held_at_sigterm": held})
     assert held > 0, "the draining replica held streams at SIGTERM"
     assert tally.summary()["succeeded"] == 24
     assert await asyncio.to_thread(draining.proc.wait, 30) == 0  # type: ignore[union-attr]
@@ -163,7 +113,7 @@ async def test_5_flapping_replica_is_ejected_then_readmitted(fleet: StackFactory
     stack = fleet([{"fail_first_requests": 5, "tokens_per_second": 200}, NORMAL])
     flapper = stack.engine_addresses[0]
     tally = await run_load(stack.base_url, requests=40, concurrency=2, max_tokens=3, spacing_s=0.05)
-    assert _router_metric(stack, "tera_router_replica_ejections_total", replica=flapper) >= 1
+    assert router_metric(stack, "tera_router_replica_ejections_total", replica=flapper) >= 1
     # Ejections back off (0.5 s, 1 s, 2 s); keep traffic flowing until it is back.
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -171,13 +121,13 @@ async def test_5_flapping_replica_is_ejected_then_readmitted(fleet: StackFactory
         tally.outcomes += more.outcomes
         if (
             stack.engine_load(0).total_requests > 5
-            and _router_metric(stack, "tera_router_replica_up", replica=flapper) == 1
+            and router_metric(stack, "tera_router_replica_up", replica=flapper) == 1
         ):
             break
         await asyncio.sleep(0.2)
-    _record("5 flapping replica", tally.summary())
+    record("5 flapping replica", tally.summary())
     assert tally.summary()["succeeded"] == len(tally.outcomes)
-    assert _router_metric(stack, "tera_router_replica_up", replica=flapper) == 1
+    assert router_metric(stack, "tera_router_replica_up", replica=flapper) == 1
     assert stack.engine_load(0).total_requests > 5, "readmitted: it served after failing"
 
 
@@ -210,7 +160,7 @@ async def test_6_client_disconnect_frees_the_engine(fleet: StackFactory) -> None
         while await in_flight() and time.monotonic() - closed < 10:
             await asyncio.sleep(0.005)
         elapsed = time.monotonic() - closed
-    _record("6 client disconnect", {"ms_to_free_engine": round(elapsed * 1000)})
+    record("6 client disconnect", {"ms_to_free_engine": round(elapsed * 1000)})
     assert elapsed < 2.0
 
 
@@ -220,7 +170,7 @@ async def test_7_saturated_fleet_answers_429_and_loses_nothing(fleet: StackFacto
     await asyncio.sleep(0.5)  # the router has polled the engines' limits
     tally = await run_load(stack.base_url, requests=12, concurrency=12, max_tokens=15)
     statuses = sorted(o.status for o in tally.outcomes)
-    _record("7 saturated fleet", {**tally.summary(), "429s": statuses.count(429)})
+    record("7 saturated fleet", {**tally.summary(), "429s": statuses.count(429)})
     admitted = [o for o in tally.outcomes if o.status == 200]
     rejected = [o for o in tally.outcomes if o.status == 429]
     assert len(admitted) == 4 and all(o.kind == "ok" for o in admitted)
@@ -229,13 +179,13 @@ async def test_7_saturated_fleet_answers_429_and_loses_nothing(fleet: StackFacto
     assert all(json.loads(o.detail)["error"]["type"] == "rate_limit_error" for o in rejected)
     # Memory stays flat under a burst of refusals.
     router_pid = stack.stack.router.pid  # type: ignore[union-attr]
-    before = _rss_kib(router_pid)
+    before = rss_kib(router_pid)
     busy = asyncio.create_task(run_load(stack.base_url, requests=4, concurrency=4, max_tokens=40))
     await asyncio.sleep(0.3)
     burst = await run_load(stack.base_url, requests=300, concurrency=50, max_tokens=5)
     await busy
     assert burst.counts["error"] == 300 - burst.counts["ok"]
-    assert _rss_kib(router_pid) - before < 20_000
+    assert rss_kib(router_pid) - before < 20_000
 
 
 async def test_8_no_replica_answers_503_at_once(tmp_path: Path) -> None:
@@ -243,53 +193,13 @@ async def test_8_no_replica_answers_503_at_once(tmp_path: Path) -> None:
     with gateway(tmp_path, ["--replica", nowhere]) as (_, base):
         async with aiohttp.ClientSession() as session:
             outcome = await stream_once(session, base, 5)
-    _record("8 no replica", {"status": outcome.status, "ms": round(outcome.seconds * 1000)})
+    record("8 no replica", {"status": outcome.status, "ms": round(outcome.seconds * 1000)})
     assert outcome.status == 503
     assert outcome.headers.get("Retry-After") == "1"
     assert outcome.seconds < 1.0
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 # -- 9: DNS discovery ---------------------------------------------------------------
-
-
-class DnsServer:
-    """A real DNS server (dnslib) answering A records for one name from a mutable list."""
-
-    def __init__(self, name: str) -> None:
-        from dnslib import QTYPE, RR, A
-        from dnslib.server import BaseResolver, DNSServer
-
-        self.name = name
-        self.addresses: list[str] = []
-        server = self
-
-        class Resolver(BaseResolver):
-            def resolve(self, request, handler):  # type: ignore[no-untyped-def]
-                reply = request.reply()
-                qname = str(request.q.qname).rstrip(".")
-                if qname == server.name and request.q.qtype == QTYPE.A:
-                    for ip in list(server.addresses):
-                        reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(ip), ttl=0))
-                elif qname != server.name:
-                    reply.header.rcode = 3  # NXDOMAIN
-                return reply
-
-        self.port = free_port()
-        self._server = DNSServer(Resolver(), port=self.port, address="127.0.0.1")
-
-    def __enter__(self) -> DnsServer:
-        self._server.start_thread()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.stop()
 
 
 @pytest.fixture
@@ -300,17 +210,15 @@ def dns_fleet(tmp_path: Path) -> Iterator[tuple[DnsServer, list[ManagedProcess],
     try:
         with DnsServer("engines.tera.test") as dns:
             dns.addresses = [ips[0]]
-            config = _write_yaml(
-                tmp_path / "router.yaml",
-                {
-                    **ROUTER_SETTINGS,
-                    "dns": [f"engines.tera.test:{port}"],
-                    "dns_server": f"127.0.0.1:{dns.port}",
-                    "dns_refresh_s": 0.2,
-                },
-            )
+            config = tmp_path / "router.yaml"
+            settings = {
+                "dns": [f"engines.tera.test:{port}"],
+                "dns_server": f"127.0.0.1:{dns.port}",
+                "dns_refresh_s": 0.2,
+            }
+            config.write_text(yaml.safe_dump({**ROUTER_SETTINGS, **settings}))
             with gateway(
-                tmp_path, ["--config", config], ready_models=[SCRIPTED_MODEL], watch=engines
+                tmp_path, ["--config", str(config)], ready_models=[SCRIPTED_MODEL], watch=engines
             ) as (_, base):
                 yield dns, engines, base, port
     finally:
@@ -328,25 +236,15 @@ async def test_9_dns_replicas_come_and_go_under_load(dns_fleet) -> None:  # type
     await asyncio.sleep(1.5)
     dns.addresses = ["127.0.0.3"]  # the first one goes away (still finishing its streams)
     tally = await load
-    _record("9 DNS replicas come and go", tally.summary())
+    record("9 DNS replicas come and go", tally.summary())
     assert tally.summary()["succeeded"] == 80
-    loads = [await asyncio.to_thread(_engine_total, f"127.0.0.{i}:{port}") for i in (2, 3)]
+    loads = [await asyncio.to_thread(engine_total, f"127.0.0.{i}:{port}") for i in (2, 3)]
     assert all(n > 0 for n in loads), f"both replicas served: {loads}"
     # After removal the old replica gets nothing new.
-    before = await asyncio.to_thread(_engine_total, f"127.0.0.2:{port}")
+    before = await asyncio.to_thread(engine_total, f"127.0.0.2:{port}")
     after_tally = await run_load(base, requests=10, concurrency=5, max_tokens=3)
     assert after_tally.summary()["succeeded"] == 10
-    assert await asyncio.to_thread(_engine_total, f"127.0.0.2:{port}") == before
-
-
-def _engine_total(address: str) -> int:
-    import grpc
-
-    from services.proto_gen.tera.v1 import engine_pb2 as pb
-    from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        return pb_grpc.EngineStub(channel).GetLoad(pb.GetLoadRequest(), timeout=5).total_requests
+    assert await asyncio.to_thread(engine_total, f"127.0.0.2:{port}") == before
 
 
 def test_zz_print_fault_table() -> None:

@@ -20,8 +20,8 @@ from devstack.readiness import grpc_serving
 from devstack.stack import Stack, StackPlan
 from services.engine.model_prep import DEFAULT_MODEL_ID
 from tests.conftest import CACHE_DIR, RunningStack
+from tests.faults.fleet import ROUTER_SETTINGS, record, router_metric
 from tests.faults.load import Tally, run_load
-from tests.faults.test_fault_suite import ROUTER_SETTINGS, _record, _router_metric
 from tests.faults.test_resume import stream
 
 
@@ -80,16 +80,16 @@ async def test_real_1_killed_before_first_token(two_vllm: RunningStack) -> None:
     address_a = two_vllm.engine_addresses[0]
     for _ in range(100):  # the router has sent some of them to A
         await asyncio.sleep(0.1)
-        held = _router_metric(two_vllm, "tera_router_replica_in_flight", replica=address_a)
+        held = router_metric(two_vllm, "tera_router_replica_in_flight", replica=address_a)
         if held >= 1:
             break
     assert held >= 1, "A holds requests when it dies"
-    retried = _router_metric(two_vllm, "tera_router_retries_total", reason="UNAVAILABLE")
+    retried = router_metric(two_vllm, "tera_router_retries_total", reason="UNAVAILABLE")
     engine_a.kill_group(signal.SIGKILL)
     tally = await load
-    moved = _router_metric(two_vllm, "tera_router_retries_total", reason="UNAVAILABLE") - retried
+    moved = router_metric(two_vllm, "tera_router_retries_total", reason="UNAVAILABLE") - retried
     assert moved >= held, "every request A held was retried because A died"
-    _record("real vLLM 1: killed before first token", tally.summary())
+    record("real vLLM 1: killed before first token", tally.summary())
     failures = [o.detail for o in tally.outcomes if o.kind != "ok"][:3]
     assert tally.summary() == {
         "sent": 12,
@@ -134,10 +134,10 @@ async def test_real_2_killed_mid_stream(two_vllm: RunningStack) -> None:
     victim.kill_group(signal.SIGKILL)
     await load
     summary = tally.summary()
-    _record("real vLLM 2: killed mid-stream", summary)
+    record("real vLLM 2: killed mid-stream", summary)
     # The victim's streams are resumed on the other replica: every stream completes.
     assert summary == {"sent": 8, "succeeded": 8, "failed_with_error": 0, "silently_truncated": 0}
-    assert _router_metric(two_vllm, "tera_router_resumes_total") >= on_victim > 0
+    assert router_metric(two_vllm, "tera_router_resumes_total") >= on_victim > 0
     await asyncio.to_thread(_restart_engine, two_vllm, holding[0])
 
 
@@ -180,7 +180,7 @@ async def test_real_3_resumed_streams_match_an_unfailed_run(two_vllm: RunningSta
     assert two_vllm.engine_load(holding).in_flight > 0
     two_vllm.stack.engines[holding].kill_group(signal.SIGKILL)
     results = await runs
-    _record(
+    record(
         "real vLLM 3: resumed streams",
         {
             "streams": len(bodies),
@@ -197,8 +197,8 @@ async def test_real_3_resumed_streams_match_an_unfailed_run(two_vllm: RunningSta
 
 
 def _gap_mean(stack: RunningStack) -> float:
-    count = _router_metric(stack, "tera_router_resume_gap_seconds_count")
-    return _router_metric(stack, "tera_router_resume_gap_seconds_sum") / max(count, 1)
+    count = router_metric(stack, "tera_router_resume_gap_seconds_count")
+    return router_metric(stack, "tera_router_resume_gap_seconds_sum") / max(count, 1)
 
 
 def _identical(runs: list[dict], reference: list[dict]) -> int:

@@ -10,9 +10,9 @@ import yaml
 
 from devstack.processes import ManagedProcess, free_port
 from tests.conftest import SCRIPTED_MODEL
+from tests.faults.fleet import ROUTER_SETTINGS, engine_total
 from tests.faults.gateway import gateway, stand_in
 from tests.faults.load import run_load
-from tests.faults.test_fault_suite import ROUTER_SETTINGS, _engine_total
 
 
 async def test_sighup_reloads_replicas(tmp_path: Path) -> None:
@@ -35,19 +35,19 @@ async def _reload_scenario(
     router: ManagedProcess, config: Path, base: str, addresses: list[str]
 ) -> None:
     assert (await run_load(base, requests=6, concurrency=3, max_tokens=3)).counts["ok"] == 6
-    assert _engine_total(addresses[1]) == 0, "B is not configured yet"
+    assert engine_total(addresses[1]) == 0, "B is not configured yet"
 
     config.write_text(yaml.safe_dump({**ROUTER_SETTINGS, "replicas": addresses[1:]}))
     router.send_signal(signal.SIGHUP)
     for _ in range(50):  # until the reload has taken effect
         await run_load(base, requests=1, concurrency=1, max_tokens=1)
-        if _engine_total(addresses[1]) > 0:
+        if engine_total(addresses[1]) > 0:
             break
         await asyncio.sleep(0.1)
-    served_a = _engine_total(addresses[0])
+    served_a = engine_total(addresses[0])
     assert (await run_load(base, requests=6, concurrency=3, max_tokens=3)).counts["ok"] == 6
-    assert _engine_total(addresses[0]) == served_a, "A was removed by the reload"
-    assert _engine_total(addresses[1]) >= 6
+    assert engine_total(addresses[0]) == served_a, "A was removed by the reload"
+    assert engine_total(addresses[1]) >= 6
 
     config.write_text("replicas: [this is not: valid")
     router.send_signal(signal.SIGHUP)

@@ -19,7 +19,7 @@ from services.engine.config import EngineConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import SCRIPTED_MODEL
-from tests.faults.test_fault_suite import _router_metric
+from tests.faults.fleet import router_metric
 
 # Byte-sliced tokens: é (2 bytes) and 😀 (4 bytes) are split across tokens.
 UTF8 = {"token_text": "é{i}😀 ", "bytes_per_token": 3, "tokens_per_second": 200}
@@ -102,8 +102,8 @@ async def test_cut_once_after_k_tokens_equals_unfailed(resuming_fleet, k: int, n
     assert got["texts"] == want["texts"]
     assert got["finish"] == want["finish"] == {i: "length" for i in range(n)}
     assert got["usage"] == want["usage"]
-    assert _router_metric(stack, "tera_router_resumes_total", reason="internal") == 1
-    assert _router_metric(stack, "tera_router_resume_gap_seconds_count") == 1
+    assert router_metric(stack, "tera_router_resumes_total", reason="internal") == 1
+    assert router_metric(stack, "tera_router_resume_gap_seconds_count") == 1
 
 
 async def test_stop_string_across_the_cut(resuming_fleet) -> None:
@@ -127,7 +127,7 @@ async def test_two_cuts_in_one_stream(resuming_fleet) -> None:
         want["finish"],
         want["usage"],
     )
-    assert _router_metric(stack, "tera_router_resumes_total", reason="internal") == 2
+    assert router_metric(stack, "tera_router_resumes_total", reason="internal") == 2
 
 
 @pytest.mark.parametrize("fleet", ["no-replica-left", "resume-limit"])

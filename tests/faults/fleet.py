@@ -1,0 +1,49 @@
+"""What the fault tests share: the router settings that make faults show quickly, and
+probes of a running router's metrics and an engine's counters."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
+from tests.conftest import RunningStack
+
+# Fast health checks, a 1 s first-message deadline and a quick breaker: a fault shows in
+# about a second.
+ROUTER_SETTINGS = {
+    "policy": "round_robin",
+    "health": {"check_interval_s": 0.2, "check_timeout_s": 0.5, "load_poll_interval_s": 0.2},
+    "retry": {"first_message_timeout_s": 1.0, "backoff_base_s": 0.01, "max_attempts": 3},
+    "breaker": {"consecutive_failures": 3, "base_ejection_s": 0.5, "max_ejection_s": 2.0},
+}
+
+# Sent / succeeded / failed / silently truncated per scenario, printed as one table at
+# the end of the fault suite.
+RESULTS: dict[str, dict[str, int]] = {}
+
+
+def record(name: str, summary: dict[str, int]) -> None:
+    RESULTS[name] = summary
+    print(f"\n[fault] {name}: {summary}")
+
+
+def router_metric(stack: RunningStack, name: str, **labels: str) -> float:
+    """A sample of the stack's router metrics (its --metrics-port); 0 when absent."""
+    args = stack.stack.plan.router_args
+    port = args[args.index("--metrics-port") + 1]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def engine_total(address: str) -> int:
+    """Requests an engine has admitted since it started."""
+    with grpc.insecure_channel(address) as channel:
+        return pb_grpc.EngineStub(channel).GetLoad(pb.GetLoadRequest(), timeout=5).total_requests
