@@ -43,6 +43,7 @@ ORDER = (("vllm", 0), ("tera", 0), ("tera", 1), ("vllm", 1))
 
 
 def _bench(base_url: str, model_dir: Path, concurrency: int, seed: int, out: Path) -> dict:
+    # Over 50 lines only because `vllm bench serve`'s arguments stand one per line.
     name = out.name
     subprocess.run(
         [

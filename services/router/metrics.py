@@ -3,6 +3,7 @@ the pool at scrape time, so it is never stale."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -18,61 +19,41 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 class RouterMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.requests = Counter(
-            "tera_router_requests",
-            "Calls relayed, by model and final gRPC code",
-            ["model", "code"],
-            registry=self.registry,
+        counter = functools.partial(Counter, registry=self.registry)
+        self.requests = counter(
+            "tera_router_requests", "Calls relayed, by model and final gRPC code", ["model", "code"]
         )
-        self.retries = Counter(
-            "tera_router_retries",
-            "Attempts retried on another replica, by reason",
-            ["reason"],
-            registry=self.registry,
+        self.retries = counter(
+            "tera_router_retries", "Attempts retried on another replica, by reason", ["reason"]
         )
-        self.hedges = Counter(
-            "tera_router_hedges",
-            "Hedge attempts sent to a second replica, by model",
-            ["model"],
-            registry=self.registry,
-        )
-        self.hedge_wins = Counter(
-            "tera_router_hedge_wins",
-            "Hedged calls whose hedge answered first, by model",
-            ["model"],
-            registry=self.registry,
-        )
-        self.hedge_cancelled = Counter(
-            "tera_router_hedge_cancelled",
-            "Attempts cancelled because the other one of a hedged pair answered first",
-            ["model"],
-            registry=self.registry,
-        )
-        self.resumes = Counter(
-            "tera_router_resumes",
-            "Streams continued on another replica after a cut, by reason",
-            ["reason"],
-            registry=self.registry,
-        )
-        self.resume_gap = Histogram(
-            "tera_router_resume_gap_seconds",
-            "Time from a stream's cut to the next message of its continuation",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.first_message = Histogram(
-            "tera_router_first_message_seconds",
-            "Time to the first response message",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        # Retries refused because the retry budget ran dry (the relay counts them).
-        self.retry_budget_exhausted = Counter(
+        self.retry_budget_exhausted = counter(
             "tera_router_retry_budget_exhausted",
             "Retries not attempted because the retry budget was empty, by model",
             ["model"],
-            registry=self.registry,
+        )
+        self.hedges = counter(
+            "tera_router_hedges", "Hedge attempts sent to a second replica, by model", ["model"]
+        )
+        self.hedge_wins = counter(
+            "tera_router_hedge_wins", "Hedged calls whose hedge answered first, by model", ["model"]
+        )
+        self.hedge_cancelled = counter(
+            "tera_router_hedge_cancelled",
+            "Attempts cancelled because the other one of a hedged pair answered first",
+            ["model"],
+        )
+        self.resumes = counter(
+            "tera_router_resumes",
+            "Streams continued on another replica after a cut, by reason",
+            ["reason"],
+        )
+        histogram = functools.partial(Histogram, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.resume_gap = histogram(
+            "tera_router_resume_gap_seconds",
+            "Time from a stream's cut to the next message of its continuation",
+        )
+        self.first_message = histogram(
+            "tera_router_first_message_seconds", "Time to the first response message", ["model"]
         )
 
     def watch(self, pool: ReplicaPool) -> None:

@@ -54,6 +54,7 @@ async def _requests(base_url: str, n: int) -> list[str]:
 
 
 async def test_metrics_move_and_access_log(scripted_stack) -> None:  # type: ignore[no-untyped-def]
+    # Long on purpose: one stack, one request, then every service's metrics and the log line.
     router_metrics, engine_metrics = free_port(), free_port()
     stack: RunningStack = scripted_stack(
         behaviour={"tokens_per_second": 100},  # one token per message
