@@ -4,3 +4,9 @@ MODEL = "tera-model"
 ROUTING_KEY = "tera-routing-key"
 # Trailing metadata on INVALID_ARGUMENT: the request field at fault.
 ERROR_PARAM = "tera-error-param"
+# Fair sharing (set by the edge from the catalog's key; trusted from internal callers):
+# the tenant (the key's name), its share weight, its class, and its estimated tokens.
+TENANT = "tera-tenant"
+WEIGHT = "tera-weight"
+PRIORITY = "tera-priority"
+COST = "tera-cost"

@@ -10,16 +10,13 @@ truncated answer can never pass for a complete one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import grpc
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 
 from services.common import metadata
 from services.common.telemetry import (
@@ -31,12 +28,17 @@ from services.common.telemetry import (
 )
 from services.router.attempt import Attempt, AttemptFailed
 from services.router.config import RouterConfig
+from services.router.fairness import Ticket
 from services.router.hedge import Hedger, first_answer
 from services.router.metrics import RouterMetrics
 from services.router.policies import LoadBalancingPolicy, RouteRequest, create_policy
 from services.router.pool import ReplicaPool
+from services.router.queue import FairQueue, Shed
+from services.router.queue_metrics import QueueMetrics
+from services.router.refusal import Refusal
 from services.router.replica import Replica
 from services.router.retry import REPLICA_FAULTS, RETRYABLE, RetryBudget, backoff_s
+from services.router.upstream import Upstream, marks_failure, remaining
 from services.router.wire import model_of
 
 log = logging.getLogger("tera.router.relay")
@@ -53,16 +55,6 @@ _FORWARDED_PREFIXES = ("tera-",) + (
 _TRY_LATER = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 
 
-@dataclass
-class Refusal(Exception):
-    """The router ends the call itself: no replica could (or should) take it."""
-
-    code: grpc.StatusCode
-    message: str
-    retry_after_s: int | None = None
-    trailing: tuple[tuple[str, str], ...] = ()
-
-
 def _no_model() -> Refusal:
     return Refusal(
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -76,6 +68,7 @@ class Relay:
         self._pool = pool
         self._metrics = metrics
         self._tracer = trace.get_tracer("tera.router")
+        self._queue = FairQueue(pool, config.fair, QueueMetrics(metrics.registry))
         self.reconfigure(config)
 
     def reconfigure(self, config: RouterConfig) -> None:
@@ -84,6 +77,7 @@ class Relay:
         self._hedger = Hedger(config, self._metrics)
         self._default_policy = create_policy(config.policy)
         self._policies = {m: create_policy(p) for m, p in config.model_policies.items()}
+        self._queue.reconfigure(config.fair)
 
     def _policy(self, model: str) -> LoadBalancingPolicy:
         return self._policies.get(model, self._default_policy)
@@ -100,9 +94,10 @@ class Relay:
         forward = tuple((k, v) for k, v in invocation if k.startswith(_FORWARDED_PREFIXES))
         self._budget.on_request()
         code = grpc.StatusCode.CANCELLED  # unless the call ends otherwise
+        ticket, last = self._queue.ticket(headers, remaining(context)), None
         try:
-            async for chunk in self._attempts(method, request, route, forward, context):
-                yield chunk
+            async for chunk in self._attempts(method, request, route, forward, context, ticket):
+                yield (last := chunk)
             code = grpc.StatusCode.OK
         except Refusal as refusal:
             code = refusal.code
@@ -115,6 +110,7 @@ class Relay:
                 trailing += ((RETRY_PUSHBACK, str(retry_after * 1000)),)
             await context.abort(refusal.code, refusal.message, trailing_metadata=trailing)
         finally:
+            self._queue.done(route.model, ticket, method, last)
             self._metrics.requests.labels(route.model, code.name).inc()
 
     async def _attempts(
@@ -124,10 +120,16 @@ class Relay:
         route: RouteRequest,
         forward: tuple[tuple[str, str], ...],
         context: grpc.aio.ServicerContext,
+        ticket: Ticket | None,
     ) -> AsyncIterator[bytes]:
         if not route.model:
             raise _no_model()
-        upstream = _Upstream(method, request, route, forward, context)
+        try:  # when every replica is at capacity, wait for a slot in the fair queue
+            await self._queue.turn(route.model, ticket)
+        except Shed as shed:
+            exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+            raise Refusal(exhausted, str(shed), shed.retry_after_s) from None
+        upstream = Upstream(method, request, route, forward, context)
         tried: set[str] = set()
         last_failure: Refusal | None = None
         for attempt in range(1, self._config.retry.max_attempts + 1):
@@ -143,7 +145,7 @@ class Relay:
             opened: list[Attempt] = []
             try:
                 winner, first = await self._race(upstream, replica, attempt, opened, tried)
-                with _marks_failure(winner.span):
+                with marks_failure(winner.span):
                     if first is None:  # finished with no message: a valid, empty answer
                         winner.replica.record_success()
                         return
@@ -153,7 +155,7 @@ class Relay:
                     return
             except AttemptFailed as failure:
                 last_failure = failure.refusal
-                if not failure.retryable or _remaining(context) == 0:
+                if not failure.retryable or remaining(context) == 0:
                     break
                 log.info(
                     "attempt %d on %s failed (%s); retrying",
@@ -165,10 +167,11 @@ class Relay:
             finally:
                 for opened_attempt in opened:
                     opened_attempt.close()
+                self._queue.freed(route.model)  # their slots go to the queue's next
         raise last_failure or Refusal(grpc.StatusCode.UNAVAILABLE, "no replica answered")
 
     async def _race(
-        self, up: _Upstream, replica: Replica, attempt: int, opened: list[Attempt], tried: set[str]
+        self, up: Upstream, replica: Replica, attempt: int, opened: list[Attempt], tried: set[str]
     ) -> tuple[Attempt, bytes | None]:
         """The attempt on `replica`, hedged: the first of the attempts opened to answer."""
         primary = self._open(up, replica, attempt, opened, tried)
@@ -178,7 +181,7 @@ class Relay:
         return winner, first
 
     def _open(
-        self, up: _Upstream, replica: Replica, attempt: int, opened: list[Attempt], tried: set[str]
+        self, up: Upstream, replica: Replica, attempt: int, opened: list[Attempt], tried: set[str]
     ) -> Attempt:
         """Starts the call on `replica`; its first message is awaited in a task."""
         tried.add(replica.address)
@@ -188,7 +191,7 @@ class Relay:
         )
         with trace.use_span(span, end_on_exit=False):  # parent of the upstream call
             call = replica.channel.unary_stream(up.method)(
-                up.request, metadata=up.forward, timeout=_remaining(up.context)
+                up.request, metadata=up.forward, timeout=remaining(up.context)
             )
         opened.append(started := Attempt(replica, call, span, hedge))
         first = self._first_message(call, replica, up.route.model)
@@ -196,7 +199,7 @@ class Relay:
         return started
 
     def _hedge(
-        self, up: _Upstream, attempt: int, opened: list[Attempt], tried: set[str]
+        self, up: Upstream, attempt: int, opened: list[Attempt], tried: set[str]
     ) -> Attempt | None:
         """A second attempt on another replica, if one can take it and the budget allows."""
         candidates = [
@@ -282,31 +285,3 @@ class Relay:
         trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str))
         refusal = Refusal(code, exc.details() or code.name, trailing=trailing)
         return AttemptFailed(refusal, retryable=code in RETRYABLE)
-
-
-@contextlib.contextmanager
-def _marks_failure(span: trace.Span) -> Iterator[None]:
-    """A failure after the first message marks the attempt's span failed."""
-    try:
-        yield
-    except Refusal as refusal:
-        span.set_status(Status(StatusCode.ERROR, refusal.message))
-        raise
-
-
-@dataclass(frozen=True)
-class _Upstream:
-    """What every attempt of one call sends upstream."""
-
-    method: str
-    request: bytes
-    route: RouteRequest
-    forward: tuple[tuple[str, str], ...]
-    context: grpc.aio.ServicerContext
-
-
-def _remaining(context: grpc.aio.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    if remaining is None:
-        return None
-    return max(remaining, 0.0)
