@@ -60,13 +60,15 @@ class EngineClient:
         routing_key: str | None,
         timeout_s: float,
         idle_timeout_s: float,
+        fair: list[tuple[str, str]] | None = None,
     ) -> AsyncIterator[pb.GenerateResponse]:
-        """Yields the stream's messages; failures arrive as OpenAIError.
+        """Yields the stream's messages; failures arrive as OpenAIError. `fair`: the
+        tenant metadata the router's fair queue reads.
 
         Closing the iterator early (client gone) cancels the call, and with it the
         request on the engine that holds it.
         """
-        md = _metadata(request.model, routing_key)
+        md = _metadata(request.model, routing_key) + (fair or [])
         call = self._stub.Generate(request, metadata=md, timeout=timeout_s)
         return _relay(call, idle_timeout_s, known_model=request.model in self._known_models)
 
