@@ -81,20 +81,23 @@ class FairQueue:
         q.waiters[ticket] = future
         q.scheduler.push(ticket)
         self._gauge(model, q)
+        taken = False
         try:
             async with asyncio.timeout(limit):
                 await future
+            taken = True  # the relay takes the slot before it next awaits
         except TimeoutError:
             self._shed(model, ticket, "deadline")
             raise Shed("waited the longest its class or deadline allows", 1, "deadline") from None
         finally:
             del q.waiters[ticket]
             if future.done() and not future.cancelled() and future.exception() is None:
-                q.pending -= 1  # it holds its slot now, or gave it up
+                q.pending -= 1
             else:
                 q.scheduler.discard(ticket)
             self._gauge(model, q)
-            self.freed(model)  # a slot given up by a caller that left goes to the next
+            if not taken:  # a slot granted to a caller that left goes to the next one
+                self.freed(model)
         self._metrics.wait.labels(model, PRIORITIES[ticket.rank]).observe(
             time.monotonic() - ticket.enqueued
         )
