@@ -8,11 +8,11 @@ import json
 import time
 from pathlib import Path
 
-from bench import hedging, overhead, plots, profile, recovery, relay, speech, vs_vllm
+from bench import fairness, hedging, overhead, plots, profile, recovery, relay, speech, vs_vllm
 from bench.common import CACHE_DIR, ROOT, table
 from services.engine.model_prep import default_model_dir, prepare_default_model
 
-PARTS = ("vs_vllm", "relay", "overhead", "profile", "speech", "hedging", "recovery")
+PARTS = ("vs_vllm", "relay", "overhead", "profile", "speech", "hedging", "fairness", "recovery")
 # Also available: recovery_vllm (two real vLLM engines; minutes on CPU).
 
 
@@ -97,6 +97,9 @@ def main() -> None:
     if "hedging" in parts:
         report["hedging"] = rows = hedging.run(results)
         md += _hedging_section(rows)
+    if "fairness" in parts:
+        report["fairness"] = rows = fairness.run(results)
+        md += _fairness_section(rows)
     md += _recovery_sections(results, report, parts)
     md += plots.write(results, report)  # PNGs next to report.md
     (results / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -111,6 +114,17 @@ def _hedging_section(rows: list[dict]) -> list[str]:
         f"late with its first token; {hedging.REQUESTS} requests, "
         f"{hedging.CONCURRENCY} concurrent, {hedging.POLICY})\n",
         table(rows, ["setting", "p50_ttft_ms", "p99_ttft_ms", "hedges_per_request", "hedge_wins"]),
+        "",
+    ]
+
+
+def _fairness_section(rows: list[dict]) -> list[str]:
+    columns = ["setting", "tenants", "ref_p50_ttft_ms", "ref_p99_ttft_ms", "flood_p50_ttft_ms"]
+    columns += ["flood_p99_ttft_ms", "p99_ratio", "protected_refused", "flooder_req_per_s"]
+    return [
+        "## Fair sharing under overload (2 stand-in replicas x 2 slots, 20 tok/s; the "
+        "protected tenant steady at 1 request / 0.3 s, the other steady, then flooding 10x)\n",
+        table(rows, [*columns, "flooder_shed"]),
         "",
     ]
 
