@@ -74,6 +74,9 @@ class FairConfig(BaseModel):
     max_wait_s: dict[str, float] = Field(
         default_factory=lambda: {"interactive": 5.0, "standard": 10.0, "batch": 30.0}
     )
+    # Slots per model that only `interactive` requests may take, so they need not wait
+    # for a lower class's stream to end (costs that much capacity under overload).
+    interactive_headroom: int = Field(0, ge=0)
     # A waiting lower class gets at least one dispatch in this many.
     starvation_every: int = Field(10, ge=2)
     # Tokens a request is charged when the caller sends no `tera-cost` estimate.

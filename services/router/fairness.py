@@ -61,8 +61,9 @@ class FairScheduler:
         self._queues[ticket.rank].setdefault(ticket.tenant, deque()).append(ticket)
         self.size += 1
 
-    def pop(self) -> Ticket | None:
-        rank = self._rank_to_serve()
+    def pop(self, *, lowest_rank: int = len(PRIORITIES) - 1) -> Ticket | None:
+        """The next ticket of a class at or above `lowest_rank`, charged; None if none."""
+        rank = self._rank_to_serve(lowest_rank)
         if rank is None:
             return None
         queues = self._queues[rank]
@@ -119,8 +120,8 @@ class FairScheduler:
             count += min(max(room, 0.0), len(queue))
         return count
 
-    def _rank_to_serve(self) -> int | None:
-        waiting = [r for r, queues in enumerate(self._queues) if queues]
+    def _rank_to_serve(self, lowest_rank: int) -> int | None:
+        waiting = [r for r, queues in enumerate(self._queues[: lowest_rank + 1]) if queues]
         if not waiting:
             return None
         rank = waiting[0]

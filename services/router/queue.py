@@ -73,14 +73,15 @@ class FairQueue:
         if ticket is None:
             return
         q = self._queue(model)
-        if not self._pool.candidates(model) or (q.scheduler.size == 0 and self._free(model, q)):
+        free = self._free(model, q) - (self._headroom if ticket.rank else 0)
+        if not self._pool.candidates(model) or (q.scheduler.size == 0 and free > 0):
             self._start(model, q, ticket)  # the relay answers for a fleet that is missing
             return
         limit = self._admit(model, q, ticket)
         future = asyncio.get_running_loop().create_future()
         q.waiters[ticket] = future
         q.scheduler.push(ticket)
-        self._gauge(model, q)
+        self.freed(model)  # a free slot only its class may take (headroom) is taken now
         taken = False
         try:
             async with asyncio.timeout(limit):
@@ -107,9 +108,11 @@ class FairQueue:
         q = self._queues.get(model)
         if q is None:
             return
-        while q.scheduler.size and self._free(model, q):
-            ticket = q.scheduler.pop()
-            assert ticket is not None
+        while q.scheduler.size and (free := self._free(model, q)) > 0:
+            # The last `interactive_headroom` free slots go to interactive requests only.
+            ticket = q.scheduler.pop(lowest_rank=0 if free <= self._headroom else len(PRIORITIES))
+            if ticket is None:
+                break
             ticket.started = time.monotonic()
             q.pending += 1
             q.waiters[ticket].set_result(None)
@@ -157,15 +160,19 @@ class FairQueue:
         ticket.started = time.monotonic()
         q.scheduler.charge(ticket)
 
-    def _free(self, model: str, q: _ModelQueue) -> bool:
-        """Whether some replica has a slot not already promised to a dispatched request."""
+    @property
+    def _headroom(self) -> int:
+        return self._config.interactive_headroom
+
+    def _free(self, model: str, q: _ModelQueue) -> float:
+        """Slots free on the model's replicas, less those promised to dispatched requests."""
         free = 0
         for replica in self._pool.candidates(model):
             limit = replica.reported.max_in_flight
             if not limit:
-                return True  # no admission limit reported: never full
+                return math.inf  # no admission limit reported: never full
             free += max(0, limit - replica.in_flight)
-        return free - q.pending > 0
+        return free - q.pending
 
     def _drain_rate(self, model: str, q: _ModelQueue) -> float | None:
         """Requests per second the queue empties at, once a request's hold time is known."""

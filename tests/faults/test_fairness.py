@@ -123,7 +123,7 @@ async def test_token_shares_follow_the_weights(fleet: Fleet) -> None:
 
 
 async def test_the_highest_class_keeps_its_latency_while_batch_absorbs(fleet: Fleet) -> None:
-    stack = fleet()
+    stack = fleet(interactive_headroom=1)  # one of the 4 slots never goes to batch
     base = stack.base_url
     ref = await reference(base, "inter")
     bulk = asyncio.create_task(flood(base, "sk-bulk", workers=20, seconds=5.0, max_tokens=TOKENS))
@@ -134,6 +134,8 @@ async def test_the_highest_class_keeps_its_latency_while_batch_absorbs(fleet: Fl
     report("interactive vs batch flood", ref, inter, bulk_load)
     assert len(inter.ok) == len(inter.results)
     assert percentile(inter.ttfts(), 99) <= percentile(ref, 99) + PROTECTED_S
+    # Its own slot: the median request does not wait for a batch stream to end (~0.45 s).
+    assert percentile(inter.ttfts(), 50) <= percentile(ref, 50) + 0.15
     assert len(bulk_load.ok) >= 3  # starvation protection: batch still moves
     assert bulk_load.shed and all(r.retry_after for r in bulk_load.shed)
 

@@ -109,3 +109,15 @@ async def test_the_queue_is_bounded_and_sheds_the_lowest_class_first() -> None:
     await interactive  # the interactive request goes first
     for task in batch:
         task.cancel()
+
+
+async def test_headroom_keeps_a_slot_for_interactive_requests() -> None:
+    queue, pool = make(limit=2, interactive_headroom=1)
+    await occupy(queue, pool, "a")
+    standard = asyncio.create_task(occupy(queue, pool, "b"))
+    await asyncio.sleep(0.01)
+    assert not standard.done()  # the last free slot is not for it
+    await asyncio.wait_for(occupy(queue, pool, "i", "interactive"), 0.1)
+    release(queue, pool)
+    release(queue, pool)
+    await asyncio.wait_for(standard, 0.1)  # two free: it may take one
