@@ -1,6 +1,6 @@
 """Part: fair sharing under overload. Two stand-in engines taking two streams each at 20
-tokens/s (10-token answers: ~8 requests/s in all), a router with and without its fair
-queue, an edge whose catalog names the tenants.
+tokens/s (10-token answers: ~8 requests/s in all), a router without its fair queue,
+with it, and with one slot kept for interactive requests, an edge whose catalog names the tenants.
 
 Per setting and pair of tenants: the protected tenant's TTFT p50/p99 in a reference run
 (both tenants steady at one request every 0.3 s) and with the other tenant flooding
@@ -30,7 +30,11 @@ KEYS = {
     "inter": {"priority": "interactive"},
     "bulk": {"priority": "batch"},
 }
-SETTINGS = {"no queue (429 at once)": 0, "fair queue": 64}
+SETTINGS = {
+    "no queue (429 at once)": {"queue_size": 0},
+    "fair queue": {"queue_size": 64},
+    "fair queue, 1 interactive slot": {"queue_size": 64, "interactive_headroom": 1},
+}
 PAIRS = {
     "quiet vs noisy (equal weights)": ("quiet", "noisy"),
     "interactive vs batch": ("inter", "bulk"),
@@ -39,8 +43,8 @@ PAIRS = {
 
 def run(results: Path) -> list[dict]:
     rows = []
-    for i, (setting, queue_size) in enumerate(SETTINGS.items()):
-        plan = _plan(results / f"fairness-{i}", queue_size)
+    for i, (setting, fair) in enumerate(SETTINGS.items()):
+        plan = _plan(results / f"fairness-{i}", fair)
         stack = Stack(plan).start(timeout_s=60)
         try:
             for pair, (protected, other) in PAIRS.items():
@@ -82,7 +86,7 @@ def _ms(load: TenantLoad, q: float) -> float:
     return round(percentile(ttfts, q) * 1000, 1) if ttfts else float("nan")
 
 
-def _plan(logs: Path, queue_size: int) -> StackPlan:
+def _plan(logs: Path, fair: dict) -> StackPlan:
     logs.mkdir(parents=True, exist_ok=True)
     router = logs / "router.yaml"
     router.write_text(
@@ -90,7 +94,7 @@ def _plan(logs: Path, queue_size: int) -> StackPlan:
             {
                 "hedge": {"enabled": False},
                 "health": {"load_poll_interval_s": 0.2},
-                "fair": {"queue_size": queue_size},
+                "fair": fair,
             }
         )
     )
