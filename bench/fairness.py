@@ -1,6 +1,7 @@
 """Part: fair sharing under overload. Two stand-in engines taking two streams each at 20
-tokens/s (10-token answers: ~8 requests/s in all), a router without its fair queue,
-with it, and with one slot kept for interactive requests, an edge whose catalog names the tenants.
+tokens/s (10-token answers: ~8 requests/s in all), a router without its fair queue, with
+it, and with one slot kept for interactive requests; an edge whose catalog names the
+tenants.
 
 Per setting and pair of tenants: the protected tenant's TTFT p50/p99 in a reference run
 (both tenants steady at one request every 0.3 s) and with the other tenant flooding
