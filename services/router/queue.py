@@ -16,23 +16,23 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import grpc
+
 from services.common import metadata
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.config import FairConfig
 from services.router.fairness import PRIORITIES, FairScheduler, Ticket, priority_rank
 from services.router.pool import ReplicaPool
 from services.router.queue_metrics import QueueMetrics
+from services.router.refusal import Refusal
 
 _HOLD_EWMA = 0.2
 
 
-class Shed(Exception):
-    """The queue refuses the request; come back after `retry_after_s`."""
-
-    def __init__(self, message: str, retry_after_s: float, reason: str) -> None:
-        super().__init__(message)
-        self.retry_after_s = max(1, math.ceil(retry_after_s))
-        self.reason = reason
+def shed(message: str, wait_s: float) -> Refusal:
+    """The queue's refusal: come back after about `wait_s` (whole seconds, at least 1)."""
+    retry_after = max(1, math.ceil(wait_s))
+    return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_after_s=retry_after)
 
 
 @dataclass
@@ -68,8 +68,9 @@ class FairQueue:
         )
 
     async def turn(self, model: str, ticket: Ticket | None) -> None:
-        """Returns when a replica has a slot for the request; raises Shed if it would
-        wait too long, or was made room for and dropped."""
+        """Returns when a replica has a slot for the request; raises a Refusal
+        (RESOURCE_EXHAUSTED, Retry-After) if it would wait too long, or was dropped to
+        make room for a higher class."""
         if ticket is None:
             return
         q = self._queue(model)
@@ -89,7 +90,7 @@ class FairQueue:
             taken = True  # the relay takes the slot before it next awaits
         except TimeoutError:
             self._shed(model, ticket, "deadline")
-            raise Shed("waited the longest its class or deadline allows", 1, "deadline") from None
+            raise shed("waited the longest its class or deadline allows", 1) from None
         finally:
             del q.waiters[ticket]
             if future.done() and not future.cancelled() and future.exception() is None:
@@ -133,7 +134,7 @@ class FairQueue:
         self.freed(model)
 
     def _admit(self, model: str, q: _ModelQueue, ticket: Ticket) -> float:
-        """How long `ticket` may wait; raises Shed if the queue says it would wait longer,
+        """How long `ticket` may wait; raises a Refusal if the queue says it would wait longer,
         or is full of classes at or above its own."""
         limit = self._config.max_wait_for(ticket.rank)
         if ticket.deadline is not None:
@@ -143,16 +144,16 @@ class FairQueue:
             wait = (q.scheduler.ahead(ticket) + 1) / rate
             if wait > limit:
                 self._shed(model, ticket, "wait")
-                raise Shed(f"the queue for {model} is about {wait:.1f} s long", wait, "wait")
+                raise shed(f"the queue for {model} is about {wait:.1f} s long", wait)
         if q.scheduler.size >= self._config.queue_size:
             evicted = q.scheduler.evict_below(ticket.rank)
             if evicted is None:
                 wait = q.scheduler.size / rate if rate else limit
                 self._shed(model, ticket, "full")
-                raise Shed(f"the queue for {model} is full", wait, "full")
+                raise shed(f"the queue for {model} is full", wait)
             self._shed(model, evicted, "evicted")
             q.waiters[evicted].set_exception(
-                Shed(f"made room for a higher class in {model}'s queue", limit, "evicted")
+                shed(f"made room for a higher class in {model}'s queue", limit)
             )
         return max(limit, 0.0)
 

@@ -28,12 +28,11 @@ from services.common.telemetry import (
 )
 from services.router.attempt import Attempt, AttemptFailed
 from services.router.config import RouterConfig
-from services.router.fairness import Ticket
 from services.router.hedge import Hedger, first_answer
 from services.router.metrics import RouterMetrics
 from services.router.policies import LoadBalancingPolicy, RouteRequest, create_policy
 from services.router.pool import ReplicaPool
-from services.router.queue import FairQueue, Shed
+from services.router.queue import FairQueue
 from services.router.queue_metrics import QueueMetrics
 from services.router.refusal import Refusal
 from services.router.replica import Replica
@@ -96,7 +95,8 @@ class Relay:
         code = grpc.StatusCode.CANCELLED  # unless the call ends otherwise
         ticket, last = self._queue.ticket(headers, remaining(context)), None
         try:
-            async for chunk in self._attempts(method, request, route, forward, context, ticket):
+            await self._queue.turn(route.model, ticket)  # while every replica is full
+            async for chunk in self._attempts(method, request, route, forward, context):
                 yield (last := chunk)
             code = grpc.StatusCode.OK
         except Refusal as refusal:
@@ -120,15 +120,9 @@ class Relay:
         route: RouteRequest,
         forward: tuple[tuple[str, str], ...],
         context: grpc.aio.ServicerContext,
-        ticket: Ticket | None,
     ) -> AsyncIterator[bytes]:
         if not route.model:
             raise _no_model()
-        try:  # when every replica is at capacity, wait for a slot in the fair queue
-            await self._queue.turn(route.model, ticket)
-        except Shed as shed:
-            exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
-            raise Refusal(exhausted, str(shed), shed.retry_after_s) from None
         upstream = Upstream(method, request, route, forward, context)
         tried: set[str] = set()
         last_failure: Refusal | None = None

@@ -11,8 +11,9 @@ from prometheus_client import CollectorRegistry
 
 from services.common import metadata
 from services.router.config import FairConfig
-from services.router.queue import FairQueue, Shed
+from services.router.queue import FairQueue
 from services.router.queue_metrics import QueueMetrics
+from services.router.refusal import Refusal
 
 MODEL = "m"
 
@@ -74,7 +75,7 @@ async def test_sheds_at_once_with_retry_after_from_the_drain_rate() -> None:
     waiting = [asyncio.create_task(occupy(queue, pool, "a")) for _ in range(3)]
     await asyncio.sleep(0)
     started = time.monotonic()
-    with pytest.raises(Shed) as shed:  # 4th in line at 2/s: about 2 s > 1 s
+    with pytest.raises(Refusal) as shed:  # 4th in line at 2/s: about 2 s > 1 s
         await occupy(queue, pool, "a")
     assert time.monotonic() - started < 0.1
     assert shed.value.retry_after_s == 2
@@ -102,8 +103,8 @@ async def test_the_queue_is_bounded_and_sheds_the_lowest_class_first() -> None:
     await asyncio.sleep(0.01)
     assert queue._queue(MODEL).scheduler.size == 3
     shed = [t for t in batch if t.done()]
-    assert len(shed) == 1 and isinstance(shed[0].exception(), Shed)
-    with pytest.raises(Shed):  # full of classes at or above batch
+    assert len(shed) == 1 and isinstance(shed[0].exception(), Refusal)
+    with pytest.raises(Refusal):  # full of classes at or above batch
         await occupy(queue, pool, "b", "batch")
     release(queue, pool)
     await interactive  # the interactive request goes first
