@@ -104,6 +104,11 @@ class FairQueue:
             time.monotonic() - ticket.enqueued
         )
 
+    def busy(self, model: str) -> bool:
+        """Whether requests for the model wait or hold promised slots: no time for hedges."""
+        q = self._queues.get(model)
+        return q is not None and bool(q.scheduler.size or q.pending)
+
     def freed(self, model: str) -> None:
         """An attempt ended: dispatches queued requests while replicas have free slots."""
         q = self._queues.get(model)

@@ -201,7 +201,9 @@ class Relay:
             for r in self._pool.candidates(up.route.model)
             if r.address not in tried and not r.saturated
         ]
-        if not candidates or not self._hedger.try_spend(up.route.model):
+        if not candidates or self._queue.busy(up.route.model):
+            return None  # a hedge would take a slot a queued request is waiting for
+        if not self._hedger.try_spend(up.route.model):
             return None
         # The least loaded, not the policy's pick: a hedge must not shift its rotation.
         replica = min(candidates, key=Replica.load_score)

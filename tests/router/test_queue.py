@@ -89,9 +89,11 @@ async def test_a_caller_that_leaves_is_out_of_the_queue_at_once() -> None:
     waiter = asyncio.create_task(occupy(queue, pool, "b"))
     await asyncio.sleep(0)
     assert queue._queue(MODEL).scheduler.size == 1
+    assert queue.busy(MODEL)  # no hedges while requests wait
     waiter.cancel()
     await asyncio.sleep(0)
     assert queue._queue(MODEL).scheduler.size == 0
+    assert not queue.busy(MODEL)
 
 
 async def test_the_queue_is_bounded_and_sheds_the_lowest_class_first() -> None:
