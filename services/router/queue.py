@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import grpc
+from opentelemetry import trace
 
 from services.common import metadata
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -27,6 +28,7 @@ from services.router.queue_metrics import QueueMetrics
 from services.router.refusal import Refusal
 
 _HOLD_EWMA = 0.2
+_tracer = trace.get_tracer("tera.router")
 
 
 def shed(message: str, wait_s: float) -> Refusal:
@@ -85,8 +87,12 @@ class FairQueue:
         self.freed(model)  # a free slot only its class may take (headroom) is taken now
         taken = False
         try:
-            async with asyncio.timeout(limit):
-                await future
+            # Queue time as its own span in the call's trace.
+            with _tracer.start_as_current_span(
+                "queue", attributes={"tera.priority": PRIORITIES[ticket.rank]}
+            ):
+                async with asyncio.timeout(limit):
+                    await future
             taken = True  # the relay takes the slot before it next awaits
         except TimeoutError:
             self._shed(model, ticket, "deadline")
