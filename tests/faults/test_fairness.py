@@ -4,8 +4,8 @@ a router with its fair queue on, and an edge whose catalog gives the tenants.
 
 Bounds are generous (a shared 2-core machine): the protected tenant's TTFT p99 may grow
 by at most PROTECTED_S over its own unloaded p99. Without the queue it is refused; with
-a first-come queue it waits behind the flood (about 2 s); with fair queuing it waits
-for about the next free slot (~0.15 s).
+a first-come queue it waits behind the flood (about 3 s); with fair queuing it waits
+for the next slot to free (the stand-ins' streams end in step: up to ~0.45 s).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tests.conftest import SCRIPTED_MODEL, RunningStack
 from tests.faults.fair_load import TenantLoad, burst, flood, percentile, steady
 
 TOKENS = 10
-PROTECTED_S = 0.6
+PROTECTED_S = 0.8
 ENGINE = {"tokens_per_second": 20}
 KEYS = {
     "quiet": {},
@@ -112,14 +112,14 @@ async def test_token_shares_follow_the_weights(fleet: Fleet) -> None:
     stack = fleet()
     started = time.monotonic()
     gold, bronze = await asyncio.gather(
-        flood(stack.base_url, "sk-gold", workers=12, seconds=6.0, max_tokens=TOKENS),
-        flood(stack.base_url, "sk-bronze", workers=12, seconds=6.0, max_tokens=TOKENS),
+        flood(stack.base_url, "sk-gold", workers=12, seconds=8.0, max_tokens=TOKENS),
+        flood(stack.base_url, "sk-bronze", workers=12, seconds=8.0, max_tokens=TOKENS),
     )
     # While both are backlogged: not the ramp-up, nor the queue draining after the flood.
-    window = (started + 1.0, started + 6.0)
+    window = (started + 1.0, started + 8.0)
     g, b = gold.served_between(*window), bronze.served_between(*window)
     print(f"\n[fair] weights 3:1: served {g}:{b} = {g / max(1, b):.2f} while both flood")
-    assert 2.0 <= g / max(1, b) <= 4.5
+    assert 2.0 <= g / max(1, b) <= 5.0
 
 
 async def test_the_highest_class_keeps_its_latency_while_batch_absorbs(fleet: Fleet) -> None:
