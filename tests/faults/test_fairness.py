@@ -17,13 +17,14 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.processes import free_port
 from tests.conftest import SCRIPTED_MODEL, RunningStack
-from tests.faults.fair_load import TenantLoad, burst, flood, percentile, steady
+from tests.faults.fair_load import TenantLoad, burst, flood, one, percentile, steady
 
 TOKENS = 10
 PROTECTED_S = 0.8
@@ -167,6 +168,26 @@ async def test_a_burst_is_shed_early_with_retry_after_and_the_queue_stays_bounde
     assert reasons["deadline"] <= len(shed) // 20, "shed after waiting, not at once"
     assert all(r.retry_after and 1 <= r.retry_after <= 10 for r in shed)
     assert grown < 20_000
+
+
+async def test_a_caller_that_leaves_the_queue_is_out_of_it_at_once(fleet: Fleet) -> None:
+    stack = fleet()
+    base = stack.base_url
+    # Four 2-second streams hold all four slots.
+    busy = asyncio.create_task(flood(base, "sk-noisy", workers=4, seconds=0.5, max_tokens=40))
+    await asyncio.sleep(0.5)
+    async with aiohttp.ClientSession() as session:
+        waiting = asyncio.create_task(one(session, base, "sk-quiet", TOKENS))
+        await asyncio.sleep(0.5)
+        assert router_metric(stack, "tera_router_queue_length") == 1
+        waiting.cancel()
+        left = time.monotonic()
+        while router_metric(stack, "tera_router_queue_length") and time.monotonic() - left < 2:
+            await asyncio.sleep(0.02)
+        gone = time.monotonic() - left
+    print(f"\n[fair] a queued caller that left was out of the queue after {gone * 1000:.0f} ms")
+    assert gone < 0.5
+    assert len((await busy).ok) == 4
 
 
 def rss_kib(pid: int) -> int:
