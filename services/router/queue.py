@@ -120,6 +120,10 @@ class FairQueue:
         q = self._queues.get(model)
         if q is None:
             return
+        if not self._pool.candidates(model):  # none left: on to the relay's 503 at once
+            while (ticket := q.scheduler.pop()) is not None:
+                q.pending += 1
+                q.waiters[ticket].set_result(None)
         while q.scheduler.size and (free := self._free(model, q)) > 0:
             # The last `interactive_headroom` free slots go to interactive requests only.
             ticket = q.scheduler.pop(lowest_rank=0 if free <= self._headroom else len(PRIORITIES))

@@ -21,9 +21,10 @@ MODEL = "m"
 class FakePool:
     def __init__(self, limit: int) -> None:
         self.replica = SimpleNamespace(reported=SimpleNamespace(max_in_flight=limit), in_flight=0)
+        self.up = True
 
     def candidates(self, model: str) -> list[SimpleNamespace]:
-        return [self.replica]
+        return [self.replica] if self.up else []
 
 
 def make(limit: int = 1, **fair: object) -> tuple[FairQueue, FakePool]:
@@ -124,3 +125,13 @@ async def test_headroom_keeps_a_slot_for_interactive_requests() -> None:
     release(queue, pool)
     release(queue, pool)
     await asyncio.wait_for(standard, 0.1)  # two free: it may take one
+
+
+async def test_waiters_go_on_at_once_when_the_last_replica_goes() -> None:
+    queue, pool = make(limit=1)
+    await occupy(queue, pool, "a")
+    waiter = asyncio.create_task(occupy(queue, pool, "b"))
+    await asyncio.sleep(0)
+    pool.up = False  # its attempt failed and the replica is out of rotation
+    release(queue, pool)
+    await asyncio.wait_for(waiter, 0.1)  # to the relay, which answers 503
