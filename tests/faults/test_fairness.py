@@ -22,7 +22,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.processes import free_port
+from devstack.processes import ManagedProcess, free_port, wait_until
+from devstack.readiness import http_healthy
 from tests.conftest import SCRIPTED_MODEL, RunningStack
 from tests.faults.fair_load import TenantLoad, burst, flood, one, percentile, steady
 
@@ -188,6 +189,31 @@ async def test_a_caller_that_leaves_the_queue_is_out_of_it_at_once(fleet: Fleet)
     print(f"\n[fair] a queued caller that left was out of the queue after {gone * 1000:.0f} ms")
     assert gone < 0.5
     assert len((await busy).ok) == 4
+
+
+async def test_two_edges_share_one_fairness_budget(fleet: Fleet, tmp_path: Path) -> None:
+    """Fair state lives in the router: a tenant flooding through one edge cannot starve
+    one that comes through another."""
+    stack = fleet()
+    port = free_port()
+    args = ["-m", "services.edge", "--port", str(port), "--catalog", str(tmp_path / "catalog.yaml")]
+    router = f"127.0.0.1:{stack.stack.plan.router_port}"
+    second = ManagedProcess("edge-2", [*args, "--router", router], log_path=tmp_path / "edge2.log")
+    second.start()
+    try:
+        other = f"http://127.0.0.1:{port}/v1"
+        wait_until(lambda: http_healthy(other), timeout_s=60, watch=[second], what="edge 2")
+        ref = await reference(other, "quiet")
+        noisy = asyncio.create_task(
+            flood(stack.base_url, "sk-noisy", workers=20, seconds=4.0, max_tokens=TOKENS)
+        )
+        await asyncio.sleep(0.5)
+        quiet = await steady(other, "sk-quiet", every_s=0.3, seconds=3.0, max_tokens=TOKENS)
+        report("quiet on edge 2 vs flood on edge 1", ref, quiet, await noisy)
+    finally:
+        second.stop()
+    assert len(quiet.ok) == len(quiet.results)
+    assert percentile(quiet.ttfts(), 99) <= percentile(ref, 99) + PROTECTED_S
 
 
 def rss_kib(pid: int) -> int:
