@@ -19,6 +19,7 @@ PARTS: dict[str, sections.Part] = {
     "profile": sections.profile_part,
     "speech": sections.speech_part,
     "hedging": sections.hedging_part,
+    "fairness": sections.fairness_part,
     "recovery": sections.recovery_part,
     "cache_routing": sections.cache_routing_part,
 }

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench import (
     cache_routing,
+    fairness,
     hedging,
     overhead,
     profile,
@@ -100,6 +101,18 @@ def hedging_part(args: argparse.Namespace, results: Path, report: dict) -> list[
         f"late with its first token; {hedging.REQUESTS} requests, "
         f"{hedging.CONCURRENCY} concurrent, {hedging.POLICY})\n",
         table(rows, ["setting", "p50_ttft_ms", "p99_ttft_ms", "hedges_per_request", "hedge_wins"]),
+        "",
+    ]
+
+
+def fairness_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    report["fairness"] = rows = fairness.run(results)
+    columns = ["setting", "tenants", "ref_p50_ttft_ms", "ref_p99_ttft_ms", "flood_p50_ttft_ms"]
+    columns += ["flood_p99_ttft_ms", "p99_ratio", "protected_refused", "flooder_req_per_s"]
+    return [
+        "## Fair sharing under overload (2 stand-in replicas x 2 slots, 20 tok/s; the "
+        "protected tenant steady at 1 request / 0.3 s, the other steady, then flooding 10x)\n",
+        table(rows, [*columns, "flooder_shed"]),
         "",
     ]
 

@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 ModelKind = Literal["chat", "completion", "speech"]
+# The router's fair-queue classes, highest first (services/router/fairness.py).
+Priority = Literal["interactive", "standard", "batch"]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -70,6 +72,10 @@ class KeyEntry(Strict):
     key: SecretStr | None = None
     models: list[str] | None = None  # allowlist of ids or aliases; None: every model
     limits: Limits = Field(default_factory=Limits)
+    # Under overload: the key's share of a model's replicas, in tokens, relative to the
+    # other keys' weights, and its class (higher classes go first, lower are shed first).
+    weight: float = Field(1.0, gt=0)
+    priority: Priority = "standard"
 
     @model_validator(mode="after")
     def _one_source(self) -> KeyEntry:

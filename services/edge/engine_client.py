@@ -64,13 +64,15 @@ class EngineClient:
         routing_key: str | None,
         timeout_s: float,
         idle_timeout_s: float,
+        fair: list[tuple[str, str]] | None = None,
     ) -> AsyncIterator[pb.GenerateResponse]:
-        """Yields the stream's messages; failures arrive as OpenAIError.
+        """Yields the stream's messages; failures arrive as OpenAIError. `fair`: the
+        tenant metadata the router's fair queue reads.
 
         Closing the iterator early (client gone) cancels the call, and with it the
         request on the engine that holds it.
         """
-        md: list[tuple[str, Any]] = _metadata(request.model, routing_key)
+        md: list[tuple[str, Any]] = _metadata(request.model, routing_key) + (fair or [])
         if self._prefix_namer is not None and self._prefix_namer.covers(request.model):
             return self._named(request, md, timeout_s, idle_timeout_s)
         call = self._stub.Generate(request, metadata=md, timeout=timeout_s)

@@ -14,6 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from services.common.telemetry import RETRY_REASON
+from services.router.policies import RouteRequest
 from services.router.replica import Replica
 
 if TYPE_CHECKING:
@@ -62,3 +63,14 @@ class Attempt:
             self.replica.breaker.on_abandoned()
         self._held.close()
         self.span.end()
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """What every attempt of one call sends upstream."""
+
+    method: str
+    request: bytes
+    route: RouteRequest
+    forward: tuple[tuple[str, str], ...]
+    context: grpc.aio.ServicerContext

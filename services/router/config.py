@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from services.router.fairness import PRIORITIES
 from services.router.policies import check_policy_name, create_policy
 
 
@@ -71,6 +72,35 @@ class HedgeConfig(BaseModel):
         return self
 
 
+class FairConfig(BaseModel):
+    """The fair queue in front of each model's replicas (services/router/queue.py)."""
+
+    # Requests that may wait per model; 0: no queue, a saturated fleet answers 429 at once.
+    queue_size: int = Field(0, ge=0)
+    # The longest a request of each class may wait; one that would wait longer (by the
+    # queue's drain rate) is refused at once with a Retry-After.
+    max_wait_s: dict[str, float] = Field(
+        default_factory=lambda: {"interactive": 5.0, "standard": 10.0, "batch": 30.0}
+    )
+    # Slots per model that only `interactive` requests may take, so they need not wait
+    # for a lower class's stream to end (costs that much capacity under overload).
+    interactive_headroom: int = Field(0, ge=0)
+    # A waiting lower class gets at least one dispatch in this many.
+    starvation_every: int = Field(10, ge=2)
+    # Tokens a request is charged when the caller sends no `tera-cost` estimate.
+    default_cost: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _classes_known(self) -> FairConfig:
+        unknown = set(self.max_wait_s) - set(PRIORITIES)
+        if unknown:
+            raise ValueError(f"max_wait_s: unknown classes {sorted(unknown)}; use {PRIORITIES}")
+        return self
+
+    def max_wait_for(self, rank: int) -> float:
+        return self.max_wait_s.get(PRIORITIES[rank], 10.0)
+
+
 class RouterConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 50051
@@ -99,6 +129,7 @@ class RouterConfig(BaseModel):
     # Per-model hedge settings over `hedge`: {"model id": {"enabled": false}}.
     model_hedges: dict[str, dict[str, Any]] = Field(default_factory=dict)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    fair: FairConfig = Field(default_factory=FairConfig)
     # Retry-After (seconds) suggested to callers when no replica can take a request.
     retry_after_s: int = 1
     # Prometheus /metrics on this port (None: off).

@@ -16,7 +16,6 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
 import grpc
 from opentelemetry import trace
@@ -31,12 +30,14 @@ from services.common.telemetry import (
     RETRY_REASON,
     tracing_enabled,
 )
-from services.router.attempt import Attempt, AttemptFailed
+from services.router.attempt import Attempt, AttemptFailed, Upstream
 from services.router.config import RouterConfig
 from services.router.hedge import Hedger, first_answer
 from services.router.metrics import RouterMetrics
 from services.router.policies import LoadBalancingPolicy, RouteRequest, create_policy
 from services.router.pool import ReplicaPool
+from services.router.queue import FairQueue
+from services.router.queue_metrics import QueueMetrics
 from services.router.refusal import Refusal, no_model, remaining
 from services.router.replica import Replica
 from services.router.resume import Cut, Journal, ResumeHooks, Resumer, open_journal
@@ -52,22 +53,12 @@ _FORWARDED_PREFIXES = ("tera-",) + (
 )
 
 
-@dataclass(frozen=True)
-class _Upstream:
-    """What every attempt of one call sends upstream."""
-
-    method: str
-    request: bytes
-    route: RouteRequest
-    forward: tuple[tuple[str, str], ...]
-    context: grpc.aio.ServicerContext
-
-
 class Relay:
     def __init__(self, pool: ReplicaPool, config: RouterConfig, metrics: RouterMetrics) -> None:
         self._pool = pool
         self._metrics = metrics
         self._tracer = trace.get_tracer("tera.router")
+        self._queue = FairQueue(pool, config.fair, QueueMetrics(metrics.registry))
         self.reconfigure(config)
 
     def reconfigure(self, config: RouterConfig) -> None:
@@ -80,6 +71,7 @@ class Relay:
         }
         hooks = ResumeHooks(choose=self._choose, failed=self._failed)
         self._resumer = Resumer(config.resume, self._metrics, hooks)
+        self._queue.reconfigure(config.fair)
 
     def policies(self) -> list[LoadBalancingPolicy]:
         return [self._default_policy, *self._policies.values()]
@@ -99,21 +91,24 @@ class Relay:
         forward = tuple((k, v) for k, v in invocation if k.startswith(_FORWARDED_PREFIXES))
         self._budget.on_request()
         code = grpc.StatusCode.CANCELLED  # unless the call ends otherwise
+        ticket, last = self._queue.ticket(headers, remaining(context)), None
         try:
             if not route.model:
                 raise no_model()
-            upstream = _Upstream(method, request, route, forward, context)
+            await self._queue.turn(route.model, ticket)  # while every replica is full
+            upstream = Upstream(method, request, route, forward, context)
             async for chunk in self._relay(upstream):
-                yield chunk
+                yield (last := chunk)
             code = grpc.StatusCode.OK
         except Refusal as refusal:
             code = refusal.code
             trailing = refusal.trailing_metadata(self._config.retry_after_s)
             await context.abort(refusal.code, refusal.message, trailing_metadata=trailing)
         finally:
+            self._queue.done(route.model, ticket, method, last)
             self._metrics.requests.labels(route.model, code.name).inc()
 
-    async def _relay(self, up: _Upstream) -> AsyncIterator[bytes]:
+    async def _relay(self, up: Upstream) -> AsyncIterator[bytes]:
         """The attempts; a stream cut after its first message goes on in a resume."""
         journal = open_journal(up.method, up.request, dict(up.forward), self._config.resume)
         try:
@@ -124,7 +119,7 @@ class Relay:
             async for chunk in resumed:
                 yield chunk
 
-    async def _attempts(self, up: _Upstream, journal: Journal) -> AsyncIterator[bytes]:
+    async def _attempts(self, up: Upstream, journal: Journal) -> AsyncIterator[bytes]:
         route, tried = up.route, journal.tried
         last_failure: Refusal | None = None
         for attempt in range(1, self._config.retry.max_attempts + 1):
@@ -162,10 +157,11 @@ class Relay:
             finally:
                 for opened_attempt in opened:
                     opened_attempt.close()
+                self._queue.freed(route.model)  # their slots go to the queue's next
         raise last_failure or Refusal(grpc.StatusCode.UNAVAILABLE, "no replica answered")
 
     async def _race(
-        self, up: _Upstream, replica: Replica, attempt: int, opened: list[Attempt], tried: set[str]
+        self, up: Upstream, replica: Replica, attempt: int, opened: list[Attempt], tried: set[str]
     ) -> tuple[Attempt, bytes | None]:
         """The attempt on `replica`, hedged: the first of the attempts opened to answer."""
         primary = self._open(up, replica, attempt, opened, tried)
@@ -175,7 +171,7 @@ class Relay:
         return winner, first
 
     def _open(
-        self, up: _Upstream, replica: Replica, attempt: int, opened: list[Attempt], tried: set[str]
+        self, up: Upstream, replica: Replica, attempt: int, opened: list[Attempt], tried: set[str]
     ) -> Attempt:
         """Starts the call on `replica`; its first message is awaited in a task."""
         tried.add(replica.address)
@@ -193,7 +189,7 @@ class Relay:
         return started
 
     def _hedge(
-        self, up: _Upstream, attempt: int, opened: list[Attempt], tried: set[str]
+        self, up: Upstream, attempt: int, opened: list[Attempt], tried: set[str]
     ) -> Attempt | None:
         """A second attempt on another replica, if one can take it and the budget allows."""
         candidates = [
@@ -201,7 +197,9 @@ class Relay:
             for r in self._pool.candidates(up.route.model)
             if r.address not in tried and not r.saturated
         ]
-        if not candidates or not self._hedger.try_spend(up.route.model):
+        if not candidates or self._queue.busy(up.route.model):
+            return None  # a hedge would take a slot a queued request is waiting for
+        if not self._hedger.try_spend(up.route.model):
             return None
         # The least loaded, not the policy's pick: a hedge must not shift its rotation.
         replica = min(candidates, key=Replica.load_score)

@@ -115,10 +115,9 @@ class GenerationServing(ABC, Generic[B]):
             n = body.n or 1
             admitted = admit(self.config, resolved, body, prompt_chars=chars, choices=n * prompts)
             await account.reserve(admitted.estimated_tokens)
-            streams = [
-                self._generate(ctx, u, account, body.user)
-                for u in self.upstreams(ctx, body, admitted)
-            ]
+            upstreams = self.upstreams(ctx, body, admitted)
+            fair = account.tenant.fair_metadata(admitted.estimated_tokens // max(1, len(upstreams)))
+            streams = [self._generate(ctx, u, account, body.user, fair) for u in upstreams]
             merged = merge_streams(streams)  # type: ignore[arg-type]
             try:
                 # Waits for the first message, so errors before it get a proper HTTP status.
@@ -128,7 +127,12 @@ class GenerationServing(ABC, Generic[B]):
                 await merged.aclose()  # type: ignore[attr-defined]
 
     def _generate(
-        self, ctx: RequestContext, upstream: Upstream, account: Account, user: str | None
+        self,
+        ctx: RequestContext,
+        upstream: Upstream,
+        account: Account,
+        user: str | None,
+        fair: list[tuple[str, str]],
     ) -> AsyncIterator[pb.GenerateResponse]:
         request = upstream.request
         if self.config.coalesce_window_ms:  # unset: the engine's default applies
@@ -148,6 +152,7 @@ class GenerationServing(ABC, Generic[B]):
                 routing_key=self.routing_key(ctx.http, user, upstream.routing_text),
                 timeout_s=self.config.request_timeout_s,
                 idle_timeout_s=self.config.stream_idle_timeout_s,
+                fair=fair,
             )
         )
 

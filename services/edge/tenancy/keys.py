@@ -7,6 +7,7 @@ import hmac
 from dataclasses import dataclass, field
 
 from services.catalog import KeyEntry, Limits
+from services.common import metadata
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,18 @@ class Tenant:
     name: str
     models: frozenset[str] | None = None  # allowlist; None: every model
     limits: Limits = field(default_factory=Limits)
+    weight: float = 1.0
+    priority: str = "standard"
+
+    def fair_metadata(self, cost: int) -> list[tuple[str, str]]:
+        """What the router's fair queue needs: who, their share and class, and the
+        request's estimated tokens."""
+        return [
+            (metadata.TENANT, self.name),
+            (metadata.WEIGHT, f"{self.weight:g}"),
+            (metadata.PRIORITY, self.priority),
+            (metadata.COST, str(cost)),
+        ]
 
     def allows(self, *names: str) -> bool:
         return self.models is None or any(n in self.models for n in names)
@@ -33,7 +46,13 @@ class KeyStore:
             [
                 (
                     k.digest(),
-                    Tenant(k.name, frozenset(k.models) if k.models is not None else None, k.limits),
+                    Tenant(
+                        k.name,
+                        frozenset(k.models) if k.models is not None else None,
+                        k.limits,
+                        k.weight,
+                        k.priority,
+                    ),
                 )
                 for k in keys
             ]

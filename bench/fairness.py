@@ -1,0 +1,115 @@
+"""Part: fair sharing under overload. Two stand-in engines taking two streams each at 20
+tokens/s (10-token answers: ~8 requests/s in all), a router without its fair queue, with
+it, and with one slot kept for interactive requests; an edge whose catalog names the
+tenants.
+
+Per setting and pair of tenants: the protected tenant's TTFT p50/p99 in a reference run
+(both tenants steady at one request every 0.3 s) and with the other tenant flooding
+(20 closed loops, about 10x), their p99 ratio, what the protected tenant had refused,
+and the flooder's throughput and sheds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import yaml
+
+from bench.common import percentile
+from devstack.engine_args import scripted_engine_args
+from devstack.processes import free_port
+from devstack.stack import Stack, StackPlan
+from tests.conftest import SCRIPTED_MODEL
+from tests.faults.fair_load import TenantLoad, flood, steady
+
+TOKENS = 10
+SECONDS = 6.0
+KEYS = {
+    "quiet": {},
+    "noisy": {},
+    "inter": {"priority": "interactive"},
+    "bulk": {"priority": "batch"},
+}
+SETTINGS = {
+    "no queue (429 at once)": {"queue_size": 0},
+    "fair queue": {"queue_size": 64},
+    "fair queue, 1 interactive slot": {"queue_size": 64, "interactive_headroom": 1},
+}
+PAIRS = {
+    "quiet vs noisy (equal weights)": ("quiet", "noisy"),
+    "interactive vs batch": ("inter", "bulk"),
+}
+
+
+def run(results: Path) -> list[dict]:
+    rows = []
+    for i, (setting, fair) in enumerate(SETTINGS.items()):
+        plan = _plan(results / f"fairness-{i}", fair)
+        stack = Stack(plan).start(timeout_s=60)
+        try:
+            for pair, (protected, other) in PAIRS.items():
+                row = asyncio.run(_pair(plan.base_url, protected, other))
+                rows.append({"setting": setting, "tenants": pair, **row})
+        finally:
+            stack.stop()
+    return rows
+
+
+async def _pair(base: str, protected: str, other: str) -> dict:
+    steady_load = {"every_s": 0.3, "seconds": SECONDS / 2, "max_tokens": TOKENS}
+    ref, _ = await asyncio.gather(
+        steady(base, f"sk-{protected}", **steady_load),
+        steady(base, f"sk-{other}", **steady_load),
+    )
+    noisy = asyncio.create_task(
+        flood(base, f"sk-{other}", workers=20, seconds=SECONDS, max_tokens=TOKENS)
+    )
+    await asyncio.sleep(0.5)
+    quiet = await steady(
+        base, f"sk-{protected}", every_s=0.3, seconds=SECONDS - 1, max_tokens=TOKENS
+    )
+    flooder = await noisy
+    return {
+        "ref_p50_ttft_ms": _ms(ref, 50),
+        "ref_p99_ttft_ms": _ms(ref, 99),
+        "flood_p50_ttft_ms": _ms(quiet, 50),
+        "flood_p99_ttft_ms": _ms(quiet, 99),
+        "p99_ratio": round(_ms(quiet, 99) / max(_ms(ref, 99), 1e-3), 1),
+        "protected_refused": len(quiet.results) - len(quiet.ok),
+        "flooder_req_per_s": round(len(flooder.ok) / SECONDS, 1),
+        "flooder_shed": len(flooder.shed),
+    }
+
+
+def _ms(load: TenantLoad, q: float) -> float:
+    ttfts = load.ttfts()
+    return round(percentile(ttfts, q) * 1000, 1) if ttfts else float("nan")
+
+
+def _plan(logs: Path, fair: dict) -> StackPlan:
+    logs.mkdir(parents=True, exist_ok=True)
+    router = logs / "router.yaml"
+    router.write_text(
+        yaml.safe_dump(
+            {
+                "hedge": {"enabled": False},
+                "health": {"load_poll_interval_s": 0.2},
+                "fair": fair,
+            }
+        )
+    )
+    catalog = logs / "catalog.yaml"
+    keys = [{"name": n, "key": f"sk-{n}", **extra} for n, extra in KEYS.items()]
+    catalog.write_text(yaml.safe_dump({"models": [{"id": SCRIPTED_MODEL}], "keys": keys}))
+    engine = [*scripted_engine_args(SCRIPTED_MODEL, tokens_per_second=20), "--max-in-flight", "2"]
+    return StackPlan(
+        edge_port=free_port(),
+        router_port=free_port(),
+        engine_ports=[free_port(), free_port()],
+        per_engine_args=[engine, engine],
+        model_ids=[SCRIPTED_MODEL],
+        router_args=["--config", str(router)],
+        edge_args=["--catalog", str(catalog)],
+        log_dir=logs,
+    )

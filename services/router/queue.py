@@ -1,0 +1,232 @@
+"""Queue, don't bounce: when every replica of a model is at capacity, a request waits in
+the model's bounded queue and is dispatched, in the order services/router/fairness.py
+decides, as soon as an attempt ends and frees a slot (an event, not polling).
+
+A request that would wait longer than its deadline or its class's `max_wait_s`, going by
+the queue's drain rate (slots / how long a request holds one), is refused at once with a
+Retry-After of that wait; a full queue makes room by shedding the lowest class first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import grpc
+from opentelemetry import trace
+
+from services.common import metadata
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.router.config import FairConfig
+from services.router.fairness import PRIORITIES, FairScheduler, Ticket, priority_rank
+from services.router.pool import ReplicaPool
+from services.router.queue_metrics import QueueMetrics
+from services.router.refusal import Refusal
+
+_HOLD_EWMA = 0.2
+_tracer = trace.get_tracer("tera.router")
+
+
+def shed(message: str, wait_s: float) -> Refusal:
+    """The queue's refusal: come back after about `wait_s` (whole seconds, at least 1)."""
+    retry_after = max(1, math.ceil(wait_s))
+    return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_after_s=retry_after)
+
+
+@dataclass
+class _ModelQueue:
+    scheduler: FairScheduler
+    waiters: dict[Ticket, asyncio.Future[None]] = field(default_factory=dict)
+    pending: int = 0  # dispatched, not yet holding a slot on a replica
+    hold_s: float | None = None  # how long a request holds a slot (EWMA)
+
+
+class FairQueue:
+    def __init__(self, pool: ReplicaPool, config: FairConfig, metrics: QueueMetrics) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        self._queues: dict[str, _ModelQueue] = {}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: FairConfig) -> None:
+        self._config = config
+
+    def ticket(self, headers: Mapping[str, str], remaining_s: float | None) -> Ticket | None:
+        """The request as the queue sees it, from the caller's metadata; None: no queue."""
+        if not self._config.queue_size:
+            return None
+        now = time.monotonic()
+        return Ticket(
+            tenant=headers.get(metadata.TENANT, "anonymous"),
+            weight=_positive(headers.get(metadata.WEIGHT), 1.0),
+            rank=priority_rank(headers.get(metadata.PRIORITY)),
+            cost=_positive(headers.get(metadata.COST), self._config.default_cost),
+            deadline=None if remaining_s is None else now + remaining_s,
+            enqueued=now,
+        )
+
+    async def turn(self, model: str, ticket: Ticket | None) -> None:
+        """Returns when a replica has a slot for the request; raises a Refusal
+        (RESOURCE_EXHAUSTED, Retry-After) if it would wait too long, or was dropped to
+        make room for a higher class."""
+        if ticket is None:
+            return
+        q = self._queue(model)
+        free = self._free(model, q) - (self._headroom if ticket.rank else 0)
+        if not self._pool.candidates(model) or (q.scheduler.size == 0 and free > 0):
+            self._start(model, q, ticket)  # the relay answers for a fleet that is missing
+            return
+        limit = self._admit(model, q, ticket)
+        future = asyncio.get_running_loop().create_future()
+        q.waiters[ticket] = future
+        q.scheduler.push(ticket)
+        self.freed(model)  # a free slot only its class may take (headroom) is taken now
+        taken = False
+        try:
+            # Queue time as its own span in the call's trace.
+            with _tracer.start_as_current_span(
+                "queue", attributes={"tera.priority": PRIORITIES[ticket.rank]}
+            ):
+                async with asyncio.timeout(limit):
+                    await future
+            taken = True  # the relay takes the slot before it next awaits
+        except TimeoutError:
+            self._shed(model, ticket, "deadline")
+            raise shed("waited the longest its class or deadline allows", 1) from None
+        finally:
+            del q.waiters[ticket]
+            if future.done() and not future.cancelled() and future.exception() is None:
+                q.pending -= 1
+            else:
+                q.scheduler.discard(ticket)
+            self._gauge(model, q)
+            if not taken:  # a slot granted to a caller that left goes to the next one
+                self.freed(model)
+        self._metrics.wait.labels(model, PRIORITIES[ticket.rank]).observe(
+            time.monotonic() - ticket.enqueued
+        )
+
+    def busy(self, model: str) -> bool:
+        """Whether requests for the model wait or hold promised slots: no time for hedges."""
+        q = self._queues.get(model)
+        return q is not None and bool(q.scheduler.size or q.pending)
+
+    def freed(self, model: str) -> None:
+        """An attempt ended: dispatches queued requests while replicas have free slots."""
+        q = self._queues.get(model)
+        if q is None:
+            return
+        if not self._pool.candidates(model):  # none left: on to the relay's 503 at once
+            while (ticket := q.scheduler.pop()) is not None:
+                q.pending += 1
+                q.waiters[ticket].set_result(None)
+        while q.scheduler.size and (free := self._free(model, q)) > 0:
+            # The last `interactive_headroom` free slots go to interactive requests only.
+            ticket = q.scheduler.pop(lowest_rank=0 if free <= self._headroom else len(PRIORITIES))
+            if ticket is None:
+                break
+            ticket.started = time.monotonic()
+            q.pending += 1
+            q.waiters[ticket].set_result(None)
+        self._gauge(model, q)
+
+    def done(self, model: str, ticket: Ticket | None, method: str, last: bytes | None) -> None:
+        """The call ended: its tenant is charged its actual tokens (the usage in the last
+        GenerateResponse), and how long it held a slot feeds the drain rate."""
+        q = self._queues.get(model)
+        if ticket is None or q is None or ticket.started is None:
+            return
+        held = time.monotonic() - ticket.started
+        q.hold_s = held if q.hold_s is None else q.hold_s + _HOLD_EWMA * (held - q.hold_s)
+        actual = _usage_tokens(method, last)
+        if actual is not None:
+            q.scheduler.correct(ticket, actual)
+        self._metrics.tokens.labels(model, ticket.tenant).inc(ticket.charged)
+        self.freed(model)
+
+    def _admit(self, model: str, q: _ModelQueue, ticket: Ticket) -> float:
+        """How long `ticket` may wait; raises a Refusal if the queue says it would wait longer,
+        or is full of classes at or above its own."""
+        limit = self._config.max_wait_for(ticket.rank)
+        if ticket.deadline is not None:
+            limit = min(limit, ticket.deadline - ticket.enqueued)
+        rate = self._drain_rate(model, q)
+        if rate:
+            wait = (q.scheduler.ahead(ticket) + 1) / rate
+            if wait > limit:
+                self._shed(model, ticket, "wait")
+                raise shed(f"the queue for {model} is about {wait:.1f} s long", wait)
+        if q.scheduler.size >= self._config.queue_size:
+            evicted = q.scheduler.evict_below(ticket.rank)
+            if evicted is None:
+                wait = q.scheduler.size / rate if rate else limit
+                self._shed(model, ticket, "full")
+                raise shed(f"the queue for {model} is full", wait)
+            self._shed(model, evicted, "evicted")
+            q.waiters[evicted].set_exception(
+                shed(f"made room for a higher class in {model}'s queue", limit)
+            )
+        return max(limit, 0.0)
+
+    def _start(self, model: str, q: _ModelQueue, ticket: Ticket) -> None:
+        ticket.started = time.monotonic()
+        q.scheduler.charge(ticket)
+
+    @property
+    def _headroom(self) -> int:
+        return self._config.interactive_headroom
+
+    def _free(self, model: str, q: _ModelQueue) -> float:
+        """Slots free on the model's replicas, less those promised to dispatched requests."""
+        free = 0
+        for replica in self._pool.candidates(model):
+            limit = replica.reported.max_in_flight
+            if not limit:
+                return math.inf  # no admission limit reported: never full
+            free += max(0, limit - replica.in_flight)
+        return free - q.pending
+
+    def _drain_rate(self, model: str, q: _ModelQueue) -> float | None:
+        """Requests per second the queue empties at, once a request's hold time is known."""
+        slots = sum(r.reported.max_in_flight for r in self._pool.candidates(model))
+        if not q.hold_s or not slots:
+            return None
+        return slots / q.hold_s
+
+    def _queue(self, model: str) -> _ModelQueue:
+        if model not in self._queues:
+            every = self._config.starvation_every
+            self._queues[model] = _ModelQueue(FairScheduler(starvation_every=every))
+        return self._queues[model]
+
+    def _shed(self, model: str, ticket: Ticket, reason: str) -> None:
+        self._metrics.shed.labels(model, PRIORITIES[ticket.rank], reason).inc()
+
+    def _gauge(self, model: str, q: _ModelQueue) -> None:
+        for name, length in zip(PRIORITIES, q.scheduler.lengths(), strict=True):
+            self._metrics.length.labels(model, name).set(length)
+
+
+def _positive(value: str | None, default: float) -> float:
+    with contextlib.suppress(TypeError, ValueError):
+        number = float(value)  # type: ignore[arg-type]
+        if number > 0 and math.isfinite(number):
+            return number
+    return default
+
+
+def _usage_tokens(method: str, last: bytes | None) -> int | None:
+    """Prompt + completion tokens in a Generate stream's last message, if it has usage."""
+    if last is None or not method.endswith("/Generate"):
+        return None
+    try:
+        message = pb.GenerateResponse.FromString(last)
+    except Exception:  # an opaque relay: a message it cannot read carries no usage
+        return None
+    if not message.HasField("usage"):
+        return None
+    return message.usage.prompt_tokens + message.usage.completion_tokens
