@@ -1,6 +1,8 @@
 """PNG plots for a benchmark report, written next to report.md: TTFT CDFs per target,
-output throughput by concurrency, and the relay's added latency by offered token rate.
-Each plot is drawn only when its part ran; write() returns the markdown that shows them."""
+output throughput by concurrency, and the relay's added latency by offered token rate;
+bench/part_plots.py adds those of the stand-in parts (cache routing, resume, hedging,
+fairness). Each plot is drawn only when its part ran; write() returns the markdown that
+shows them."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 
+from bench.part_plots import PLOTS as PART_PLOTS
+from bench.part_plots import save as _save
+
 TARGETS = ("vllm", "tera")
 
 
@@ -24,6 +29,7 @@ def write(results: Path, report: dict) -> list[str]:
         "ttft_cdf.png": ("Time to first token, CDF per target", _ttft_cdf),
         "throughput.png": ("Output throughput by concurrency", _throughput),
         "relay_added_latency.png": ("Relay: added latency by offered rate", _relay_latency),
+        **PART_PLOTS,
     }
     md = []
     for name, (title, draw) in plots.items():
@@ -100,10 +106,3 @@ def _relay_latency(results: Path, report: dict) -> bool:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
     return _save(fig, results / "relay_added_latency.png")
-
-
-def _save(fig: plt.Figure, path: Path) -> bool:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True

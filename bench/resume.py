@@ -3,7 +3,8 @@ after K tokens, so each stream of 3K tokens is cut twice and resumed twice (rout
 resume: decode the kept messages, pick another replica, re-send prompt + emitted ids).
 
 The client times every SSE chunk; a stream's two largest inter-chunk gaps are its two
-resumes, reported minus the stand-in's own token interval, as p50/p99 over all resumes.
+resumes, reported minus the stand-in's own token interval, as p50/p99 over all resumes
+and, for the plot, every stall (resume_gaps_ms).
 Re-prefill cost: a continuation re-sends the prompt plus every emitted token (the
 stand-in computes nothing for them; a real engine prefills them, see the README).
 """
@@ -79,5 +80,7 @@ def run(results: Path, streams: int = 32, rate: float = 50.0, cut_after: int = 2
         "tokens_per_s_per_stream": rate,
         "resume_gap_p50_ms": round(percentile(stalls_ms, 50), 1),
         "resume_gap_p99_ms": round(percentile(stalls_ms, 99), 1),
+        # Every resume's stall, for the report's CDF (bench/part_plots.py).
+        "resume_gaps_ms": sorted(round(s, 2) for s in stalls_ms),
         "re_prefill_tokens_per_resume": f"prompt + emitted ({cut_after} and {2 * cut_after})",
     }
