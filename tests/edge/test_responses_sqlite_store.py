@@ -93,7 +93,7 @@ async def test_survives_reopening_the_file(open_store: Opener) -> None:
     assert again is not None and again.response["output"][0]["content"][0]["text"] == "kept"
 
 
-async def test_two_stores_share_one_file(open_store: Opener) -> None:
+async def test_two_stores_share_one_file(open_store: Opener, tmp_path: Path) -> None:
     one, two = open_store(), open_store()
     await one.put("k", _record("a"))
     assert await two.get("k", "a") is not None
@@ -101,6 +101,8 @@ async def test_two_stores_share_one_file(open_store: Opener) -> None:
     assert await one.get("k", "b") is not None
     assert await two.delete("k", "a")
     assert await one.get("k", "a") is None
+    with sqlite3.connect(tmp_path / "responses.sqlite3") as db:  # readers never block writers
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 async def test_unusable_path_is_503(open_store: Opener, tmp_path: Path) -> None:
