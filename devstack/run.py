@@ -96,6 +96,12 @@ def _policy(args: argparse.Namespace) -> RestartPolicy:
     )
 
 
+def responses_db(cache_dir: Path) -> Path:
+    """The edge's stored responses, kept across edge restarts (the supervisor restarts a
+    crashed edge) and `tera run` runs; a catalog that names Redis takes precedence."""
+    return cache_dir / "responses.sqlite3"
+
+
 def plan_from_catalog(args: argparse.Namespace) -> StackPlan:
     """One engine process per replica of each catalog model, on consecutive ports."""
     catalog = load_catalog(args.catalog, check_parsers=True)
@@ -106,6 +112,7 @@ def plan_from_catalog(args: argparse.Namespace) -> StackPlan:
         engine_ports=[],
         model_ids=[],
         edge_args=["--catalog", str(args.catalog)],
+        responses_db=responses_db(args.cache_dir),
     )
     port = args.engine_port
     base = args.catalog.parent
@@ -177,6 +184,11 @@ def main(argv: list[str] | None = None) -> None:
         _run(plan, started, _policy(args))
         return
     model_dir = args.model_dir or prepare_default_model(default_model_dir(args.cache_dir))
+    _run(default_plan(args, model_dir), started, _policy(args))
+
+
+def default_plan(args: argparse.Namespace, model_dir: Path) -> StackPlan:
+    """The default model on vLLM (and the speech engine unless --no-speech)."""
     plan = StackPlan(
         host=args.host,
         edge_port=args.port,
@@ -186,10 +198,11 @@ def main(argv: list[str] | None = None) -> None:
             model_dir, args.cache_dir, model_id=args.model_id, eager=not args.compile
         ),
         model_ids=[args.model_id],
+        responses_db=responses_db(args.cache_dir),
     )
     if not args.no_speech:
         _add_speech_engine(plan, args.engine_port + args.replicas)
-    _run(plan, started, _policy(args))
+    return plan
 
 
 def _run(plan: StackPlan, started: float, policy: RestartPolicy) -> None:

@@ -30,6 +30,8 @@ class StackPlan:
     router_args: list[str] = field(default_factory=list)
     edge_args: list[str] = field(default_factory=list)
     edge_env: dict[str, str] = field(default_factory=dict)
+    # The edge's SQLite file for stored responses (None: memory, lost on a restart).
+    responses_db: Path | None = None
     # Environment for every process (e.g. OTEL_* settings).
     env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
@@ -110,6 +112,7 @@ class Stack:
 
     def _start_edge(self) -> None:
         plan = self.plan
+        store = ["--responses-db", str(plan.responses_db)] if plan.responses_db else []
         self.edge = ManagedProcess(
             "edge",
             [
@@ -121,6 +124,7 @@ class Stack:
                 str(plan.edge_port),
                 "--router",
                 f"{plan.host}:{plan.router_port}",
+                *store,
                 *plan.edge_args,
             ],
             env={**plan.env, **plan.edge_env},

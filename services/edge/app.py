@@ -18,9 +18,9 @@ from services.edge.engine_client import EngineClient
 from services.edge.models.serving import ModelsServing
 from services.edge.observe import EdgeMetrics
 from services.edge.prefix import PrefixNamer
+from services.edge.responses.backends import build_store
 from services.edge.responses.routes import RESPONSES, STORED
 from services.edge.responses.serving import ResponsesServing
-from services.edge.responses.store import build_store
 from services.edge.responses.stored import StoredResponses
 from services.edge.routes import CHAT, COMPLETIONS, METRICS, MODELS, SPEECH, USAGE, add_routes
 from services.edge.speech.serving import SpeechServing
@@ -64,7 +64,10 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
         app[MODELS] = ModelsServing(client, tenancy.catalog)
         app[SPEECH] = SpeechServing(config, client, gate)
         store = build_store(
-            tenancy.catalog, ttl_s=config.responses_ttl_s, max_items=config.responses_max_stored
+            tenancy.catalog,
+            ttl_s=config.responses_ttl_s,
+            max_items=config.responses_max_stored,
+            db_path=config.responses_db,
         )
         app[RESPONSES] = ResponsesServing(config, client, metrics, gate, store=store)
         app[STORED] = StoredResponses(store)

@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--router", help="router (or engine) address host:port")
     p.add_argument("--coalesce-window-ms", type=int)
     p.add_argument("--catalog", type=Path, help="model catalog and keys (YAML)")
+    p.add_argument(
+        "--responses-db",
+        type=Path,
+        help="SQLite file for stored responses (unless the catalog names Redis)",
+    )
     return p
 
 

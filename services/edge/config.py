@@ -36,7 +36,9 @@ class EdgeConfig(BaseModel):
     # policy. Models not listed send no names.
     prefix_tokenizers: dict[str, str] = Field(default_factory=dict)
     # Stored responses (the Responses API's store=true): kept this long, in Redis when the
-    # catalog names one, else in memory, at most this many.
+    # catalog names one, else in the SQLite file responses_db when set (`tera run` sets
+    # one under its cache folder), else in memory; at most this many (SQLite, memory).
+    responses_db: Path | None = None
     responses_ttl_s: float = Field(30 * 24 * 3600.0, gt=0)
     responses_max_stored: int = Field(10_000, ge=1)
 

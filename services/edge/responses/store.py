@@ -1,5 +1,6 @@
-"""Where stored responses live: Redis when the catalog names one (shared by every edge
-replica), else a bounded in-memory map. Both expire records after a TTL.
+"""The response store's protocol, and two of its kinds: Redis (shared by every edge
+replica) and a bounded in-memory map; a SQLite file is the third (sqlite_store.py), and
+backends.py picks one. Each expires records after a TTL.
 
 Records are keyed by tenant and id, so a key can reach only its own responses: another
 key's id is simply not there (404). A store that fails answers 503, for the requests
@@ -18,7 +19,6 @@ from typing import Any, Protocol
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from services.catalog import Catalog
 from services.edge.errors import OpenAIError
 
 
@@ -50,7 +50,7 @@ def unavailable() -> OpenAIError:
     )
 
 
-def _key(tenant: str, response_id: str) -> str:
+def record_key(tenant: str, response_id: str) -> str:
     return hashlib.blake2b(f"{tenant}\0{response_id}".encode(), digest_size=16).hexdigest()
 
 
@@ -61,14 +61,14 @@ class MemoryResponseStore:
         self._records: OrderedDict[str, tuple[float, StoredResponse]] = OrderedDict()
 
     async def put(self, tenant: str, record: StoredResponse) -> None:
-        key = _key(tenant, record.response["id"])
+        key = record_key(tenant, record.response["id"])
         self._records[key] = (time.monotonic() + self._ttl_s, record)
         self._records.move_to_end(key)
         while len(self._records) > self._max_items:
             self._records.popitem(last=False)
 
     async def get(self, tenant: str, response_id: str) -> StoredResponse | None:
-        key = _key(tenant, response_id)
+        key = record_key(tenant, response_id)
         entry = self._records.get(key)
         if entry is not None and entry[0] < time.monotonic():
             del self._records[key]  # expired
@@ -76,7 +76,7 @@ class MemoryResponseStore:
         return None if entry is None else entry[1]
 
     async def delete(self, tenant: str, response_id: str) -> bool:
-        return self._records.pop(_key(tenant, response_id), None) is not None
+        return self._records.pop(record_key(tenant, response_id), None) is not None
 
     async def close(self) -> None:
         self._records.clear()
@@ -91,7 +91,7 @@ class RedisResponseStore:
         self._ttl_ms = int(ttl_s * 1000)
 
     def _name(self, tenant: str, response_id: str) -> str:
-        return f"{self._prefix}:response:{_key(tenant, response_id)}"
+        return f"{self._prefix}:response:{record_key(tenant, response_id)}"
 
     async def put(self, tenant: str, record: StoredResponse) -> None:
         name = self._name(tenant, record.response["id"])
@@ -115,14 +115,3 @@ class RedisResponseStore:
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-def build_store(catalog: Catalog | None, *, ttl_s: float, max_items: int) -> ResponseStore:
-    settings = catalog.redis if catalog else None
-    if settings is None:
-        return MemoryResponseStore(ttl_s=ttl_s, max_items=max_items)
-    # Records are larger than limiter counters: allow them more than the limiter's timeout.
-    timeout_s = max(settings.timeout_s, 1.0)
-    return RedisResponseStore(
-        settings.url, prefix=settings.prefix, timeout_s=timeout_s, ttl_s=ttl_s
-    )
