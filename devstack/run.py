@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tera run", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="edge HTTP port")
+    p.add_argument(
+        "--ops-port",
+        type=int,
+        default=9400,
+        help="edge operations port (/metrics, /admin/*), on 127.0.0.1",
+    )
     p.add_argument("--router-port", type=int, default=50051)
     p.add_argument(
         "--engine-port",
@@ -102,6 +108,7 @@ def plan_from_catalog(args: argparse.Namespace) -> StackPlan:
     plan = StackPlan(
         host=args.host,
         edge_port=args.port,
+        edge_ops_port=args.ops_port,
         router_port=args.router_port,
         engine_ports=[],
         model_ids=[],
@@ -145,6 +152,7 @@ def _stand_in_plan(args: argparse.Namespace) -> StackPlan:
     return StackPlan(
         host=args.host,
         edge_port=args.port,
+        edge_ops_port=args.ops_port,
         router_port=args.router_port,
         engine_ports=[args.engine_port + i for i in range(len(per_replica))],
         per_engine_args=[
@@ -180,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = StackPlan(
         host=args.host,
         edge_port=args.port,
+        edge_ops_port=args.ops_port,
         router_port=args.router_port,
         engine_ports=[args.engine_port + i for i in range(args.replicas)],
         engine_args=vllm_engine_args(
@@ -251,6 +260,7 @@ def _print_banner(plan: StackPlan, seconds: float) -> None:
     print(
         f"""
 [tera] ready in {seconds:.0f} s. OpenAI API: {plan.base_url}
+  (metrics and /admin/usage: {plan.ops_url}, not on the API port)
 
   curl {plan.base_url}/chat/completions \\
     -H 'Content-Type: application/json' -H 'Authorization: Bearer sk-tera-local' \\

@@ -21,6 +21,8 @@ class StackPlan:
 
     host: str = "127.0.0.1"
     edge_port: int = 8000
+    # The edge's operations port (/metrics, /admin/*); None: not served.
+    edge_ops_port: int | None = None
     router_port: int = 50051
     engine_ports: list[int] = field(default_factory=lambda: [50061])
     engine_args: list[str] = field(default_factory=list)
@@ -37,6 +39,13 @@ class StackPlan:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.edge_port}/v1"
+
+    @property
+    def ops_url(self) -> str:
+        """The edge's operations listener (no /v1): /metrics, /admin/usage."""
+        if self.edge_ops_port is None:
+            raise ValueError("this stack's edge has no operations port")
+        return f"http://{self.host}:{self.edge_ops_port}"
 
 
 class Stack:
@@ -121,6 +130,7 @@ class Stack:
                 str(plan.edge_port),
                 "--router",
                 f"{plan.host}:{plan.router_port}",
+                *(["--ops-port", str(plan.edge_ops_port)] if plan.edge_ops_port else []),
                 *plan.edge_args,
             ],
             env={**plan.env, **plan.edge_env},

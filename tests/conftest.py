@@ -40,6 +40,10 @@ class RunningStack:
         return self.stack.plan.base_url
 
     @property
+    def ops_url(self) -> str:
+        return self.stack.plan.ops_url
+
+    @property
     def engine_addresses(self) -> list[str]:
         plan = self.stack.plan
         return [f"{plan.host}:{p}" for p in plan.engine_ports]
@@ -54,6 +58,7 @@ def _plan(
 ) -> StackPlan:
     return StackPlan(
         edge_port=free_port(),
+        edge_ops_port=free_port(),
         router_port=free_port(),
         engine_ports=[free_port() for _ in range(engines)],
         engine_args=engine_args,

@@ -17,7 +17,17 @@ from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
 from services.edge.models.serving import ModelsServing
 from services.edge.observe import EdgeMetrics
-from services.edge.routes import CHAT, COMPLETIONS, METRICS, MODELS, SPEECH, USAGE, add_routes
+from services.edge.ops import create_ops_app
+from services.edge.routes import (
+    ADMIN,
+    CHAT,
+    COMPLETIONS,
+    METRICS,
+    MODELS,
+    SPEECH,
+    USAGE,
+    add_routes,
+)
 from services.edge.speech.serving import SpeechServing
 from services.edge.tenancy import setup
 from services.edge.tenancy.keys import KeyStore
@@ -35,7 +45,7 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
     chain = [
         middleware.access(metrics),
         middleware.errors,
-        middleware.auth(tenancy.keys, tenancy.admin),
+        middleware.auth(tenancy.keys),
     ]
     if tracer_provider is not None:
         instrument_aiohttp_server(tracer_provider)  # adds its middleware in front
@@ -43,6 +53,7 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
     app[METRICS] = metrics
     app[USAGE] = tenancy.gate.usage
     app[KEYS] = tenancy.keys
+    app[ADMIN] = tenancy.admin
 
     async def engine_client(app: web.Application) -> AsyncIterator[None]:
         catalog = tenancy.catalog
@@ -72,9 +83,29 @@ async def serve(
     app = create_app(config, tracer_provider)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    if app[KEYS]:
+    runners = [runner]
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+        _log_listening(config, bool(app[KEYS]))
+        if config.ops_port is not None:
+            ops = web.AppRunner(create_ops_app(app), access_log=None)
+            await ops.setup()
+            runners.append(ops)
+            await web.TCPSite(ops, config.ops_host, config.ops_port).start()
+            log.info(
+                "edge operations (/metrics, /admin/*) on http://%s:%d",
+                config.ops_host,
+                config.ops_port,
+            )
+        await stop.wait()
+    finally:
+        for r in reversed(runners):
+            await r.cleanup()
+        log.info("edge stopped")
+
+
+def _log_listening(config: EdgeConfig, keyed: bool) -> None:
+    if keyed:
         log.info("edge listening on http://%s:%d/v1", config.host, config.port)
     else:
         log.warning(
@@ -82,8 +113,3 @@ async def serve(
             config.host,
             config.port,
         )
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-        log.info("edge stopped")

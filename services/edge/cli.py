@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML file with EdgeConfig fields")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--ops-host", help="operations listener address (default 127.0.0.1)")
+    p.add_argument("--ops-port", type=int, help="operations port: /metrics and /admin/*")
     p.add_argument("--router", help="router (or engine) address host:port")
     p.add_argument("--coalesce-window-ms", type=int)
     p.add_argument("--catalog", type=Path, help="model catalog and keys (YAML)")

@@ -12,6 +12,10 @@ class EdgeConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     router: str = "127.0.0.1:50051"
+    # The operations listener: /metrics and /admin/* (never on the public port). None:
+    # neither is served. Expose it to Prometheus and operators only.
+    ops_host: str = "127.0.0.1"
+    ops_port: int | None = None
     # Bearer keys accepted (besides the catalog's). None at all: no auth, and
     # loopback-only binding.
     api_keys: list[SecretStr] = Field(default_factory=list)
