@@ -22,6 +22,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from services.common import metadata
+from services.common.bounded import clip_message, clip_trailers
 from services.common.telemetry import (
     ATTEMPT,
     GEN_AI_REQUEST_MODEL,
@@ -61,6 +62,9 @@ class Refusal(Exception):
     message: str
     retry_after_s: int | None = None
     trailing: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:  # relayed engine text: bounded, whatever it quotes
+        self.message, self.trailing = clip_message(self.message), clip_trailers(self.trailing)
 
 
 def _no_model() -> Refusal:
