@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from devstack.certs import ensure_local_certs
 from devstack.engine_args import (
     SPEECH_MODEL_ID,
     scripted_engine_args,
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="start the models of this catalog (replicas, parsers, options) "
         "and serve its aliases and keys",
+    )
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no mutual TLS between the services (loopback only); by default a local CA "
+        "and certificates are made in CACHE_DIR/tls on first start and used",
     )
     _add_restart_flags(p)
     # Tests and benchmarks: stand-in engines (a JSON ScriptedOptions object for every
@@ -175,14 +182,14 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     started = time.monotonic()
     if args.stand_in is not None:
-        _run(_stand_in_plan(args), started, _policy(args))
+        _run(_secured(_stand_in_plan(args), args), started, _policy(args))
         return
     if args.catalog is not None:
         try:
             plan = plan_from_catalog(args)
         except (CatalogError, OSError) as exc:
             raise SystemExit(f"[tera] the catalog cannot be used:\n{exc}") from None
-        _run(plan, started, _policy(args))
+        _run(_secured(plan, args), started, _policy(args))
         return
     model_dir = args.model_dir or prepare_default_model(default_model_dir(args.cache_dir))
     plan = StackPlan(
@@ -198,7 +205,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not args.no_speech:
         _add_speech_engine(plan, args.engine_port + args.replicas)
-    _run(plan, started, _policy(args))
+    _run(_secured(plan, args), started, _policy(args))
+
+
+def _secured(plan: StackPlan, args: argparse.Namespace) -> StackPlan:
+    """Mutual TLS on every gRPC hop unless --plaintext."""
+    if not args.plaintext:
+        plan.tls_dir = ensure_local_certs(args.cache_dir / "tls")
+    return plan
 
 
 def _run(plan: StackPlan, started: float, policy: RestartPolicy) -> None:

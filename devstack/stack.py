@@ -7,11 +7,13 @@ from pathlib import Path
 
 from devstack.processes import ManagedProcess, wait_until
 from devstack.readiness import (
+    client_tls,
     grpc_serving,
     http_healthy,
     router_has_replicas,
     router_lists_models,
 )
+from services.common.tls import TLSConfig
 from services.engine.model_prep import DEFAULT_MODEL_ID
 
 
@@ -35,6 +37,16 @@ class StackPlan:
     # Environment for every process (e.g. OTEL_* settings).
     env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
+    # Mutual TLS on every gRPC hop: a devstack.certs folder (edge/, router/, engine/).
+    # None: plaintext, which the services allow on loopback only.
+    tls_dir: Path | None = None
+
+    def tls_args(self, service: str) -> list[str]:
+        return ["--tls-dir", str(self.tls_dir / service)] if self.tls_dir else []
+
+    def client_tls(self, service: str) -> TLSConfig | None:
+        """What `service` presents as a client (the harness probes with it)."""
+        return client_tls(self.tls_dir / service if self.tls_dir else None)
 
     @property
     def base_url(self) -> str:
@@ -74,6 +86,7 @@ class Stack:
                 "--port",
                 str(port),
                 *plan.engine_args,
+                *plan.tls_args("engine"),
                 *(extra or []),
             ],
             env=plan.env,
@@ -111,6 +124,7 @@ class Stack:
                 str(plan.router_port),
                 *replicas,
                 *known,
+                *plan.tls_args("router"),
                 *plan.router_args,
             ],
             env=plan.env,
@@ -131,6 +145,7 @@ class Stack:
                 "--router",
                 f"{plan.host}:{plan.router_port}",
                 *(["--ops-port", str(plan.edge_ops_port)] if plan.edge_ops_port else []),
+                *plan.tls_args("edge"),
                 *plan.edge_args,
             ],
             env={**plan.env, **plan.edge_env},
@@ -143,14 +158,18 @@ class Stack:
         plan = self.plan
         addresses = [f"{plan.host}:{port}" for port in plan.engine_ports]
         router = f"{plan.host}:{plan.router_port}"
+        as_router, as_edge = plan.client_tls("router"), plan.client_tls("edge")
         for check, what in (
-            (lambda: all(grpc_serving(a) for a in addresses), "every engine to serve"),
             (
-                lambda: router_lists_models(router, plan.model_ids),
+                lambda: all(grpc_serving(a, tls=as_router) for a in addresses),
+                "every engine to serve",
+            ),
+            (
+                lambda: router_lists_models(router, plan.model_ids, tls=as_edge),
                 f"the router to serve {', '.join(plan.model_ids)}",
             ),
             (
-                lambda: router_has_replicas(router, len(addresses)),
+                lambda: router_has_replicas(router, len(addresses), tls=as_edge),
                 f"the router to have all {len(addresses)} replicas in rotation",
             ),
             (lambda: http_healthy(plan.base_url), f"the edge at {plan.base_url}"),

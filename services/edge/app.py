@@ -59,7 +59,10 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
         catalog = tenancy.catalog
         known = frozenset(m.id for m in catalog.models) if catalog else frozenset()
         client = EngineClient(
-            config.router, models_cache_s=config.models_cache_s, known_models=known
+            config.router,
+            models_cache_s=config.models_cache_s,
+            known_models=known,
+            tls=config.tls,
         )
         gate = tenancy.gate
         app[CHAT] = ChatServing(config, client, metrics, gate)

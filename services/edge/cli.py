@@ -14,6 +14,7 @@ from services.common.aio import run
 from services.common.config_merge import merge_config
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
+from services.common.tls import add_tls_flag
 from services.edge.app import serve
 from services.edge.config import EdgeConfig
 from services.edge.tenancy import setup
@@ -29,11 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--router", help="router (or engine) address host:port")
     p.add_argument("--coalesce-window-ms", type=int)
     p.add_argument("--catalog", type=Path, help="model catalog and keys (YAML)")
+    add_tls_flag(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> EdgeConfig:
-    config = merge_config(args)
+    config = merge_config(args, sections=("tls",))
     env_keys = [k.strip() for k in os.environ.get("TERA_API_KEYS", "").split(",") if k.strip()]
     if env_keys:
         config["api_keys"] = env_keys

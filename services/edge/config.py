@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
+
+from services.common.tls import TLSConfig, is_loopback, require_tls_off_loopback
+
+__all__ = ["EdgeConfig", "is_loopback"]
 
 
 class EdgeConfig(BaseModel):
@@ -35,12 +38,10 @@ class EdgeConfig(BaseModel):
     # Characters of the prompt hashed into the routing key when no session is given.
     affinity_prefix_chars: int = Field(256, ge=0)
     models_cache_s: float = Field(2.0, ge=0)
+    # Mutual TLS to the router (this edge's certificate, and the CA the router's is from).
+    tls: TLSConfig | None = None
 
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    @model_validator(mode="after")
+    def _plaintext_on_loopback_only(self) -> EdgeConfig:
+        require_tls_off_loopback(self.tls, [self.router], "to the router at")
+        return self

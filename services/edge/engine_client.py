@@ -12,6 +12,7 @@ import grpc
 from services.common import metadata
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.telemetry import grpc_client_interceptors
+from services.common.tls import TLSConfig, aio_channel
 from services.edge.errors import OpenAIError, from_grpc
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
@@ -28,9 +29,10 @@ class EngineClient:
         *,
         models_cache_s: float = 2.0,
         known_models: frozenset[str] = frozenset(),
+        tls: TLSConfig | None = None,
     ) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            target, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
+        self.channel = aio_channel(
+            target, tls, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
         )
         self._stub = pb_grpc.EngineStub(self.channel)
         self._models_cache_s = models_cache_s

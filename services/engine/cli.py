@@ -11,6 +11,7 @@ from services.common.aio import run
 from services.common.config_merge import merge_config
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
+from services.common.tls import add_tls_flag
 from services.engine.backends import BACKENDS
 from services.engine.config import EngineConfig
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vllm", type=json.loads, help='vLLM options as JSON, e.g. {"dtype": "bfloat16"}'
     )
     p.add_argument("--scripted", type=json.loads, help="stand-in behaviour as JSON")
+    add_tls_flag(p)
     p.add_argument(
         "--cache-dir",
         type=Path,
@@ -63,7 +65,7 @@ def _vllm_env_defaults(cache_dir: Path) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
-    merged = merge_config(args, skip={"cache_dir"}, sections=("vllm", "scripted"))
+    merged = merge_config(args, skip={"cache_dir"}, sections=("vllm", "scripted", "tls"))
     return EngineConfig.model_validate(merged)
 
 

@@ -14,6 +14,7 @@ import grpc
 from services.common.grpc_options import SERVER_OPTIONS
 from services.common.health import NOT_SERVING, SERVING, add_health_and_reflection, set_status
 from services.common.telemetry import grpc_server_interceptors
+from services.common.tls import add_port
 from services.engine.admission import InFlightLimit
 from services.engine.backends import create_backend
 from services.engine.config import EngineConfig
@@ -39,7 +40,7 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
     )
     pb_grpc.add_EngineServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, ENGINE_SERVICE)
-    server.add_insecure_port(config.address)
+    add_port(server, config.address, config.tls)
     await server.start()
     await health.set(LIVENESS_SERVICE, SERVING)
     if config.metrics_port is not None:

@@ -14,6 +14,7 @@ from services.common.aio import run
 from services.common.config_merge import merge_config
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
+from services.common.tls import add_tls_flag
 from services.router.config import RouterConfig
 from services.router.server import serve
 
@@ -40,12 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="also route to the addresses and DNS names the catalog's models list",
     )
+    add_tls_flag(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> RouterConfig:
     """Re-read on SIGHUP too: edits to the config or the catalog apply without restart."""
-    config = merge_config(args, skip={"catalog"})
+    config = merge_config(args, skip={"catalog"}, sections=("tls",))
     if args.catalog is not None:
         catalog = load_catalog(args.catalog, check_weights=False)
         for model in catalog.models:

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from services.common.tls import TLSConfig, require_tls_off_loopback
 from services.router.policies import check_policy_name
 
 
@@ -92,6 +93,9 @@ class RouterConfig(BaseModel):
     retry_after_s: int = 1
     # Prometheus /metrics on this port (None: off).
     metrics_port: int | None = None
+    # Mutual TLS, both ways: callers must present a certificate from tls.ca, and the
+    # router presents its own to the engines (tls.server_name: the engines' name).
+    tls: TLSConfig | None = None
 
     @model_validator(mode="after")
     def _policies_exist(self) -> RouterConfig:
@@ -102,6 +106,11 @@ class RouterConfig(BaseModel):
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @model_validator(mode="after")
+    def _plaintext_on_loopback_only(self) -> RouterConfig:
+        require_tls_off_loopback(self.tls, [self.address, *self.replicas, *self.dns], "to")
+        return self
 
     @model_validator(mode="after")
     def _model_hedges_valid(self) -> RouterConfig:

@@ -38,7 +38,12 @@ class ReplicaPool:
         wanted = set().union(*self._sources.values())
         for address in sorted(wanted - self.replicas.keys()):
             log.info("adding replica %s (from %s)", address, source)
-            replica = Replica(address, health=self._config.health, breaker=self._config.breaker)
+            replica = Replica(
+                address,
+                health=self._config.health,
+                breaker=self._config.breaker,
+                tls=self._config.tls,
+            )
             self.replicas[address] = replica
             self._probes[address] = ReplicaProbes(replica, self._config.health)
         for address in sorted(self.replicas.keys() - wanted):

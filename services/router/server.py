@@ -12,6 +12,7 @@ import grpc
 from services.common.grpc_options import SERVER_OPTIONS
 from services.common.health import SERVING, add_health_and_reflection, set_status
 from services.common.telemetry import grpc_server_interceptors
+from services.common.tls import add_port
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.config import RouterConfig
 from services.router.pool import ReplicaPool
@@ -72,7 +73,7 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=grpc_server_interceptors())
     server.add_generic_rpc_handlers((build_handler(runtime.pool, runtime.relay),))
     health = add_health_and_reflection(server, SERVICE)
-    server.add_insecure_port(config.address)
+    add_port(server, config.address, config.tls)
     await server.start()
     await set_status(health, SERVICE, SERVING)
     asyncio.get_running_loop().add_signal_handler(

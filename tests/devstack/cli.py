@@ -70,7 +70,7 @@ def tera_run(
     cli = [
         *("-m", "devstack.run", *stand_in, "--replicas", str(n)),
         *("--port", str(port), "--router-port", str(router_port)),
-        *("--ops-port", str(free_port())),
+        *("--ops-port", str(free_port()), "--plaintext"),
         *("--engine-port", str(engine_port), *args),
     ]
     run = TeraRun(
