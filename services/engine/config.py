@@ -91,6 +91,8 @@ class EngineConfig(BaseModel):
     speech: SpeechOptions = Field(default_factory=SpeechOptions)
     # Mutual TLS (server side: callers must present a certificate from tls.ca).
     tls: TLSConfig | None = None
+    # grpc.health.v1 alone, in plaintext, for Kubernetes' probes (None: off).
+    health_port: int | None = None
 
     @field_validator("backend")
     @classmethod

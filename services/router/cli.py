@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--policy")
     p.add_argument("--metrics-port", type=int)
+    p.add_argument("--health-port", type=int, help="plaintext grpc.health.v1 only, for probes")
     p.add_argument(
         "--catalog",
         type=Path,

@@ -96,6 +96,8 @@ class RouterConfig(BaseModel):
     # Mutual TLS, both ways: callers must present a certificate from tls.ca, and the
     # router presents its own to the engines (tls.server_name: the engines' name).
     tls: TLSConfig | None = None
+    # grpc.health.v1 alone, in plaintext, for Kubernetes' probes (None: off).
+    health_port: int | None = None
 
     @model_validator(mode="after")
     def _policies_exist(self) -> RouterConfig:

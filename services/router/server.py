@@ -10,7 +10,12 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from services.common.grpc_options import SERVER_OPTIONS
-from services.common.health import SERVING, add_health_and_reflection, set_status
+from services.common.health import (
+    SERVING,
+    add_health_and_reflection,
+    serve_health_only,
+    set_status,
+)
 from services.common.telemetry import grpc_server_interceptors
 from services.common.tls import add_port
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -75,6 +80,7 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
     health = add_health_and_reflection(server, SERVICE)
     add_port(server, config.address, config.tls)
     await server.start()
+    probes = await serve_health_only(health, config.host, config.health_port)
     await set_status(health, SERVICE, SERVING)
     asyncio.get_running_loop().add_signal_handler(
         signal.SIGHUP, lambda: _reload(runtime, load_config)
@@ -91,6 +97,8 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
     finally:
         await health.enter_graceful_shutdown()
         await server.stop(grace=5.0)
+        if probes is not None:
+            await probes.stop(grace=None)
         await runtime.close()
         log.info("router stopped")
 

@@ -114,3 +114,44 @@ def test_engine_with_a_wrong_certificate_never_enters_rotation(
             time.sleep(0.5)
     finally:
         stack.stop()
+
+
+def test_probe_port_tells_health_and_nothing_else(
+    scripted_stack: Callable[..., RunningStack], certs: Path
+) -> None:
+    port = free_port()
+    stack = scripted_stack(tls_dir=certs, router_args=["--health-port", str(port)])
+    probe = f"127.0.0.1:{port}"
+    assert grpc_serving(probe), "the kubelet's plaintext gRPC probe"
+    with grpc.insecure_channel(probe) as channel:
+        assert _list_models(probe, channel) == grpc.StatusCode.UNIMPLEMENTED
+    assert stack.stack.router is not None and stack.stack.router.alive()
+
+
+def test_servers_pick_up_renewed_certificates(tmp_path: Path) -> None:
+    from services.common.tls import _Reloading
+
+    folder = issue(new_authority(), "router", tmp_path / "router")
+    reloading = _Reloading(client_tls(folder))  # type: ignore[arg-type]
+    assert reloading() is None, "unchanged files: the current configuration stays"
+    time.sleep(0.01)
+    issue(new_authority(), "router", folder)  # cert-manager renews the Secret
+    assert reloading() is not None
+    assert reloading() is None
+
+
+async def test_tera_run_uses_mutual_tls_by_default(tmp_path: Path) -> None:
+    from tests.devstack.cli import tera_run
+
+    cache = tmp_path / "cache"
+    with tera_run(tmp_path, {}, plaintext=False, args=["--cache-dir", str(cache)]) as run:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{run.base_url}/chat/completions", json=CHAT) as r,
+        ):
+            assert r.status == 200, await r.text()
+        with grpc.insecure_channel(run.router) as channel:
+            assert _list_models(run.router, channel) == grpc.StatusCode.UNAVAILABLE
+        with sync_channel(run.router, client_tls(cache / "tls" / "edge")) as channel:
+            assert _list_models(run.router, channel) == grpc.StatusCode.OK
+    assert oct((cache / "tls" / "ca.key").stat().st_mode & 0o777) == "0o600"
