@@ -1,5 +1,5 @@
-"""Hostile inputs through the real edge, router and vLLM engine: each is a clean 4xx
-with a bounded message naming the parameter, never a 429 or a 5xx, and never the input
+"""Hostile inputs through the real edge, router and vLLM engine (mutual TLS on): each is
+a clean 4xx with a bounded message naming the parameter, never a 429 or a 5xx, and never the input
 echoed back (nor into gRPC trailers, where it once blew the metadata limit: a
 100,000-entry logit_bias came back as 429 "received metadata size exceeds hard limit")."""
 
@@ -87,7 +87,7 @@ def _body(endpoint: str, fields: dict[str, Any]) -> dict[str, Any]:
     ("name", "endpoint", "fields", "status", "param"), CASES, ids=[c[0] for c in CASES]
 )
 async def test_hostile_input_is_a_bounded_4xx(
-    vllm_stack: RunningStack,
+    vllm_mtls_stack: RunningStack,
     name: str,
     endpoint: str,
     fields: dict[str, Any],
@@ -97,7 +97,7 @@ async def test_hostile_input_is_a_bounded_4xx(
     path = "chat/completions" if endpoint == "chat" else "completions"
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"{vllm_stack.base_url}/{path}", json=_body(endpoint, fields)) as r,
+        session.post(f"{vllm_mtls_stack.base_url}/{path}", json=_body(endpoint, fields)) as r,
     ):
         body = await r.json()
     error = body["error"]

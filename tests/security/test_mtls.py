@@ -155,3 +155,19 @@ async def test_tera_run_uses_mutual_tls_by_default(tmp_path: Path) -> None:
         with sync_channel(run.router, client_tls(cache / "tls" / "edge")) as channel:
             assert _list_models(run.router, channel) == grpc.StatusCode.OK
     assert oct((cache / "tls" / "ca.key").stat().st_mode & 0o777) == "0o600"
+
+
+async def test_real_vllm_behind_mutual_tls(vllm_mtls_stack: RunningStack) -> None:
+    from services.engine.model_prep import DEFAULT_MODEL_ID
+
+    body = {**CHAT, "model": DEFAULT_MODEL_ID}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{vllm_mtls_stack.base_url}/chat/completions", json=body) as r,
+    ):
+        assert r.status == 200, await r.text()
+        assert (await r.json())["choices"][0]["message"]["content"]
+    engine = vllm_mtls_stack.engine_addresses[0]
+    with grpc.insecure_channel(engine) as channel:
+        assert _list_models(engine, channel) == grpc.StatusCode.UNAVAILABLE
+    assert vllm_mtls_stack.engine_load().in_flight == 0  # the router's certificate works
