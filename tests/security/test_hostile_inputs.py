@@ -1,7 +1,7 @@
-"""Hostile inputs through the real edge, router and vLLM engine (mutual TLS on): each is
-a clean 4xx with a bounded message naming the parameter, never a 429 or a 5xx, and never the input
-echoed back (nor into gRPC trailers, where it once blew the metadata limit: a
-100,000-entry logit_bias came back as 429 "received metadata size exceeds hard limit")."""
+"""Hostile inputs through the real edge, router and vLLM engine (mutual TLS on): each
+is a clean 4xx with a bounded message naming the parameter, never a 429 or a 5xx, and
+never the input echoed back (nor into gRPC trailers, where it once blew the metadata
+limit: a 100,000-entry logit_bias came back as 429 "received metadata size exceeds")."""
 
 from __future__ import annotations
 
