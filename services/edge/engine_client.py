@@ -60,6 +60,7 @@ class EngineClient:
         request: pb.GenerateRequest,
         *,
         routing_key: str | None,
+        tenant: str | None = None,
         timeout_s: float,
         idle_timeout_s: float,
     ) -> AsyncIterator[pb.GenerateResponse]:
@@ -68,22 +69,30 @@ class EngineClient:
         Closing the iterator early (client gone) cancels the call, and with it the
         request on the engine that holds it.
         """
-        md = _metadata(request.model, routing_key)
+        md = _metadata(request.model, routing_key, tenant)
         call = self._stub.Generate(request, metadata=md, timeout=timeout_s)
         return _relay(call, idle_timeout_s, known_model=request.model in self._known_models)
 
     def synthesize(
-        self, request: pb.SynthesizeRequest, *, timeout_s: float, idle_timeout_s: float
+        self,
+        request: pb.SynthesizeRequest,
+        *,
+        timeout_s: float,
+        idle_timeout_s: float,
+        tenant: str | None = None,
     ) -> AsyncIterator[pb.SynthesizeResponse]:
-        md = _metadata(request.model, None)
+        md = _metadata(request.model, None, tenant)
         call = self._stub.Synthesize(request, metadata=md, timeout=timeout_s)
         return _relay(call, idle_timeout_s, known_model=request.model in self._known_models)
 
 
-def _metadata(model: str, routing_key: str | None) -> list[tuple[str, str]]:
+def _metadata(model: str, routing_key: str | None, tenant: str | None) -> list[tuple[str, str]]:
+    """The router believes `tenant` from this edge's certificate only (router/auth.py)."""
     md = [(metadata.MODEL, model)]
     if routing_key:
         md.append((metadata.ROUTING_KEY, routing_key))
+    if tenant:
+        md.append((metadata.TENANT, tenant))
     return md
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from services.catalog import CatalogError, load_catalog
+from services.catalog import Catalog, CatalogError, load_catalog
 from services.common.aio import run
 from services.common.config_merge import merge_config
 from services.common.logs import setup_logging
@@ -51,6 +52,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     config = merge_config(args, skip={"catalog"}, sections=("tls",))
     if args.catalog is not None:
         catalog = load_catalog(args.catalog, check_weights=False)
+        config["auth"] = {**config.get("auth", {}), "tenants": tenant_keys(catalog)}
         for model in catalog.models:
             config["replicas"] = [*config.get("replicas", []), *model.serving.addresses]
             config["known_models"] = [*config.get("known_models", []), model.id]
@@ -71,3 +73,19 @@ def main(argv: list[str] | None = None) -> None:
         run(lambda stop: serve(lambda: config_from_args(args), stop))
     finally:
         shutdown_tracing(provider)
+
+
+def tenant_keys(catalog: Catalog) -> list[dict[str, Any]]:
+    """The catalog's keys as the router checks them: digests, and allowlists spelled
+    out as every id and alias of each allowed model."""
+    names = catalog.names()
+    return [
+        {
+            "name": key.name,
+            "sha256": key.digest(),
+            "models": None
+            if key.models is None
+            else sorted({n for m in key.models for n in (names[m].id, *names[m].aliases)}),
+        }
+        for key in catalog.keys
+    ]

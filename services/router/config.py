@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from services.common.tls import TLSConfig, require_tls_off_loopback
+from services.router.auth import AuthConfig
 from services.router.policies import check_policy_name
 
 
@@ -98,6 +99,8 @@ class RouterConfig(BaseModel):
     tls: TLSConfig | None = None
     # grpc.health.v1 alone, in plaintext, for Kubernetes' probes (None: off).
     health_port: int | None = None
+    # Callers as tenants (services/router/auth.py); keys come from --catalog.
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @model_validator(mode="after")
     def _policies_exist(self) -> RouterConfig:

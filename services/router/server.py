@@ -19,6 +19,7 @@ from services.common.health import (
 from services.common.telemetry import grpc_server_interceptors
 from services.common.tls import add_port
 from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.router.auth import Authenticator, AuthInterceptor
 from services.router.config import RouterConfig
 from services.router.pool import ReplicaPool
 from services.router.relay import Relay
@@ -75,7 +76,10 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
     runtime = RouterRuntime(config)
     if config.metrics_port is not None:
         runtime.metrics.serve(config.metrics_port, config.host)
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=grpc_server_interceptors())
+    interceptors = grpc_server_interceptors()
+    if config.auth.required:
+        interceptors.append(AuthInterceptor(Authenticator(config.auth)))
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     server.add_generic_rpc_handlers((build_handler(runtime.pool, runtime.relay),))
     health = add_health_and_reflection(server, SERVICE)
     add_port(server, config.address, config.tls)
