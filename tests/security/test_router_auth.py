@@ -111,3 +111,22 @@ async def test_the_edge_speaks_for_its_users(guarded: RunningStack) -> None:
     ):
         assert r.status == 200, await r.text()
     assert await _generate(guarded, OPEN, cert="edge") == grpc.StatusCode.OK
+
+
+async def test_no_secret_reaches_the_logs(guarded: RunningStack) -> None:
+    """Keys, bearer tokens and private keys never appear in any process's output or the
+    edge's metrics, after traffic that carried them (good and bad) through every door."""
+    await test_internal_callers_need_a_tenant_key(guarded)
+    await test_the_edge_speaks_for_its_users(guarded)
+    plan = guarded.stack.plan
+    assert plan.log_dir is not None and plan.tls_dir is not None
+    logs = "".join(p.read_text(errors="replace") for p in plan.log_dir.glob("*.log"))
+    async with aiohttp.ClientSession() as session, session.get(guarded.ops_url + "/metrics") as r:
+        logs += await r.text()  # and the metrics
+    assert "router" in logs and "edge" in logs, "the logs were captured"
+    secrets = [*KEYS.values(), "sk-nope", "PRIVATE KEY"]
+    secrets += [
+        (plan.tls_dir / s / "tls.key").read_text().splitlines()[1]
+        for s in ("edge", "router", "engine")
+    ]
+    assert not [s for s in secrets if s in logs]
