@@ -13,13 +13,18 @@ import hashlib
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from pydantic import BaseModel, Field
 
+from services.catalog.schema import Limits
+from services.catalog.schema import Redis as RedisSettings
 from services.common import metadata
 from services.router.wire import WireError, model_of
+
+if TYPE_CHECKING:  # tenant_limits imports the edge's limiter; config imports this module
+    from services.router.tenant_limits import TenantLimits
 
 GUARDED_PREFIX = "/tera.v1.Engine/"
 _MODEL_METHODS = ("Generate", "Synthesize")
@@ -30,6 +35,7 @@ class TenantKey(BaseModel):
     sha256: str
     # Names the key may use (ids and aliases); None: every model.
     models: list[str] | None = None
+    limits: Limits = Field(default_factory=Limits)
 
 
 class AuthConfig(BaseModel):
@@ -37,12 +43,15 @@ class AuthConfig(BaseModel):
     # Client-certificate common names whose `tera-tenant` metadata is trusted.
     edge_identities: list[str] = Field(default_factory=lambda: ["tera-edge"])
     tenants: list[TenantKey] = Field(default_factory=list)
+    # Where limits are kept; the catalog's, so HTTP and gRPC traffic share them.
+    redis: RedisSettings | None = None
 
 
 @dataclass(frozen=True)
 class Caller:
     tenant: str
     models: frozenset[str] | None = None
+    limits: Limits | None = None  # None: limited elsewhere (the edge)
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -57,7 +66,7 @@ class Refused(Exception):
 class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
         self._keys = [
-            (bytes.fromhex(t.sha256), Caller(t.name, frozenset(t.models) if t.models else None))
+            (bytes.fromhex(t.sha256), Caller(t.name, _allowlist(t), t.limits))
             for t in config.tenants
         ]
         self._edges = frozenset(config.edge_identities)
@@ -86,6 +95,10 @@ class Authenticator:
         return found
 
 
+def _allowlist(key: TenantKey) -> frozenset[str] | None:
+    return frozenset(key.models) if key.models is not None else None
+
+
 def check(auth: Authenticator, method: str, request: Any, context: Any) -> Caller:
     """Raises Refused; returns the caller otherwise."""
     invocation = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
@@ -101,8 +114,9 @@ def check(auth: Authenticator, method: str, request: Any, context: Any) -> Calle
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, auth: Authenticator) -> None:
+    def __init__(self, auth: Authenticator, limits: TenantLimits) -> None:
         self._auth = auth
+        self._limits = limits
 
     async def intercept_service(
         self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails
@@ -112,21 +126,25 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not method.startswith(GUARDED_PREFIX):
             return handler
         if handler.unary_stream:
-            return _guard_stream(handler, self._auth, method)
+            return _guard_stream(handler, self._auth, self._limits, method)
         if handler.unary_unary:
             return _guard_unary(handler, self._auth, method)
         return handler
 
 
-def _guard_stream(handler: Any, auth: Authenticator, method: str) -> grpc.RpcMethodHandler:
+def _guard_stream(
+    handler: Any, auth: Authenticator, limits: TenantLimits, method: str
+) -> grpc.RpcMethodHandler:
     inner = handler.unary_stream
 
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            check(auth, method, request, context)
+            caller = check(auth, method, request, context)
         except Refused as exc:
             await context.abort(exc.code, exc.message)
-        async for item in inner(request, context):
+        stream = inner(request, context)
+        admitted = limits.admitted(stream, context, tenant=caller.tenant, limits=caller.limits)
+        async for item in admitted:
             yield item
 
     return grpc.unary_stream_rpc_method_handler(

@@ -52,7 +52,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     config = merge_config(args, skip={"catalog"}, sections=("tls",))
     if args.catalog is not None:
         catalog = load_catalog(args.catalog, check_weights=False)
-        config["auth"] = {**config.get("auth", {}), "tenants": tenant_keys(catalog)}
+        redis = catalog.redis.model_dump() if catalog.redis else None
+        config["auth"] = {**config.get("auth", {}), "tenants": tenant_keys(catalog), "redis": redis}
         for model in catalog.models:
             config["replicas"] = [*config.get("replicas", []), *model.serving.addresses]
             config["known_models"] = [*config.get("known_models", []), model.id]
@@ -83,6 +84,7 @@ def tenant_keys(catalog: Catalog) -> list[dict[str, Any]]:
         {
             "name": key.name,
             "sha256": key.digest(),
+            "limits": key.limits.model_dump(),
             "models": None
             if key.models is None
             else sorted({n for m in key.models for n in (names[m].id, *names[m].aliases)}),

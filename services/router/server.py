@@ -24,6 +24,7 @@ from services.router.config import RouterConfig
 from services.router.pool import ReplicaPool
 from services.router.relay import Relay
 from services.router.runtime import RouterRuntime
+from services.router.tenant_limits import TenantLimits
 
 log = logging.getLogger("tera.router")
 
@@ -78,7 +79,8 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
         runtime.metrics.serve(config.metrics_port, config.host)
     interceptors = grpc_server_interceptors()
     if config.auth.required:
-        interceptors.append(AuthInterceptor(Authenticator(config.auth)))
+        limits = TenantLimits(config.auth.redis, runtime.metrics.registry)
+        interceptors.append(AuthInterceptor(Authenticator(config.auth), limits))
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     server.add_generic_rpc_handlers((build_handler(runtime.pool, runtime.relay),))
     health = add_health_and_reflection(server, SERVICE)

@@ -5,7 +5,7 @@ certificate from the CA), and believes `tera-tenant` metadata only from the edge
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -21,26 +21,44 @@ from services.common.tls import aio_channel
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import RunningStack
+from tests.tenancy.conftest import RedisServer, redis_binary
 
 OPEN, CLOSED = "org/open", "org/closed"
-KEYS = {"wide": "sk-internal-wide", "narrow": "sk-internal-narrow"}
+KEYS = {"wide": "sk-internal-wide", "narrow": "sk-internal-narrow", "limited": "sk-internal-rpm"}
 
 
-def _catalog(path: Path) -> Path:
-    data = {
+def _catalog(path: Path, redis_url: str | None = None) -> Path:
+    data: dict = {
         "models": [{"id": OPEN, "aliases": ["open-alias"]}, {"id": CLOSED}],
         "keys": [
             {"name": "wide", "sha256": sha256_hex(KEYS["wide"])},
             {"name": "narrow", "sha256": sha256_hex(KEYS["narrow"]), "models": ["open-alias"]},
+            {
+                "name": "limited",
+                "sha256": sha256_hex(KEYS["limited"]),
+                "limits": {"requests_per_minute": 2},
+            },
         ],
     }
+    if redis_url:
+        data["redis"] = {"url": redis_url}
     path.write_text(yaml.safe_dump(data))
     return path
 
 
 @pytest.fixture
-def guarded(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> RunningStack:
-    catalog = _catalog(tmp_path / "catalog.yaml")
+def redis_url() -> Iterator[str]:
+    server = RedisServer(redis_binary()).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _guarded(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path, redis_url: str | None = None
+) -> RunningStack:
+    catalog = _catalog(tmp_path / "catalog.yaml", redis_url)
     (tmp_path / "router.yaml").write_text(yaml.safe_dump({"auth": {"required": True}}))
     return scripted_stack(
         engines=2,
@@ -50,6 +68,11 @@ def guarded(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Runn
         router_args=["--config", str(tmp_path / "router.yaml"), "--catalog", str(catalog)],
         edge_args=["--catalog", str(catalog)],
     )
+
+
+@pytest.fixture
+def guarded(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> RunningStack:
+    return _guarded(scripted_stack, tmp_path)
 
 
 async def _generate(
@@ -130,3 +153,21 @@ async def test_no_secret_reaches_the_logs(guarded: RunningStack) -> None:
         for s in ("edge", "router", "engine")
     ]
     assert not [s for s in secrets if s in logs]
+
+
+async def test_rpm_limit_is_shared_with_http_through_redis(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path, redis_url: str
+) -> None:
+    stack = _guarded(scripted_stack, tmp_path, redis_url)
+    body = {"model": OPEN, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    headers = {"Authorization": f"Bearer {KEYS['limited']}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stack.base_url}/chat/completions", json=body, headers=headers) as r,
+    ):
+        assert r.status == 200, "the first of 2 per minute, over HTTP"
+    limited = _bearer("limited")
+    assert await _generate(stack, OPEN, cert="engine", md=limited) == grpc.StatusCode.OK
+    assert await _generate(stack, OPEN, cert="engine", md=limited) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    ), "the third, over gRPC, counts the HTTP one"
