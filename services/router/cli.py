@@ -52,8 +52,9 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     config = merge_config(args, skip={"catalog"}, sections=("tls",))
     if args.catalog is not None:
         catalog = load_catalog(args.catalog, check_weights=False)
-        redis = catalog.redis.model_dump() if catalog.redis else None
-        config["auth"] = {**config.get("auth", {}), "tenants": tenant_keys(catalog), "redis": redis}
+        if config.get("auth", {}).get("required"):  # keys from env must then be set here
+            redis = catalog.redis.model_dump() if catalog.redis else None
+            config["auth"] |= {"tenants": tenant_keys(catalog), "redis": redis}
         for model in catalog.models:
             config["replicas"] = [*config.get("replicas", []), *model.serving.addresses]
             config["known_models"] = [*config.get("known_models", []), model.id]
