@@ -65,6 +65,10 @@ def host_of(address: str) -> str:
     return address.rpartition(":")[0] or address
 
 
+def allowed_without_tls(tls: TLSConfig | None, address: str) -> bool:
+    return tls is not None or is_loopback(host_of(address))
+
+
 def require_tls_off_loopback(tls: TLSConfig | None, addresses: Sequence[str], what: str) -> None:
     """Plaintext gRPC only between loopback addresses."""
     public = [a for a in addresses if not is_loopback(host_of(a))]

@@ -114,7 +114,8 @@ class RouterConfig(BaseModel):
 
     @model_validator(mode="after")
     def _plaintext_on_loopback_only(self) -> RouterConfig:
-        require_tls_off_loopback(self.tls, [self.address, *self.replicas, *self.dns], "to")
+        # DNS names are checked per resolved address (pool.py): a name may mean loopback.
+        require_tls_off_loopback(self.tls, [self.address, *self.replicas], "to")
         return self
 
     @model_validator(mode="after")
