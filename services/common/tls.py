@@ -11,6 +11,7 @@ loopback only.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -152,3 +153,51 @@ def sync_channel(address: str, tls: TLSConfig | None) -> grpc.Channel:
     if tls is None:
         return grpc.insecure_channel(address)
     return grpc.secure_channel(address, channel_credentials(tls), options=_options(tls, ()))
+
+
+class RotatingChannel:
+    """A client channel whose certificate follows its files: once they change (a
+    renewal), new calls go over a new channel, and the old one is closed after its
+    calls had `grace_s` to finish. Without TLS, one plain channel."""
+
+    def __init__(
+        self,
+        address: str,
+        tls: TLSConfig | None,
+        *,
+        options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[Any] | None = None,
+        grace_s: float = 600.0,
+    ) -> None:
+        self._open = lambda: aio_channel(address, tls, options=options, interceptors=interceptors)
+        self._tls = tls
+        self._grace_s = grace_s
+        self._stamp = _stamp(tls)
+        self._channel = self._open()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def current(self) -> grpc.aio.Channel:
+        try:
+            stamp = _stamp(self._tls)
+        except OSError:  # mid-rotation: keep the current channel
+            return self._channel
+        if stamp != self._stamp:
+            log.info("client certificate changed on disk: new calls use it")
+            old, self._channel, self._stamp = self._channel, self._open(), stamp
+            task = asyncio.create_task(self._retire(old))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return self._channel
+
+    async def _retire(self, old: grpc.aio.Channel) -> None:
+        await asyncio.sleep(self._grace_s)
+        await old.close()
+
+    async def close(self) -> None:
+        for task in self._retiring:
+            task.cancel()
+        await self._channel.close()
+
+
+def _stamp(tls: TLSConfig | None) -> tuple[int, ...]:
+    return () if tls is None else tuple(p.stat().st_mtime_ns for p in (tls.cert, tls.key, tls.ca))

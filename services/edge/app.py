@@ -63,6 +63,7 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
             models_cache_s=config.models_cache_s,
             known_models=known,
             tls=config.tls,
+            grace_s=config.request_timeout_s,
         )
         gate = tenancy.gate
         app[CHAT] = ChatServing(config, client, metrics, gate)

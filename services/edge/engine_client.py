@@ -12,7 +12,7 @@ import grpc
 from services.common import metadata
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.telemetry import grpc_client_interceptors
-from services.common.tls import TLSConfig, aio_channel
+from services.common.tls import RotatingChannel, TLSConfig
 from services.edge.errors import OpenAIError, from_grpc
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
@@ -30,11 +30,17 @@ class EngineClient:
         models_cache_s: float = 2.0,
         known_models: frozenset[str] = frozenset(),
         tls: TLSConfig | None = None,
+        grace_s: float = 600.0,
     ) -> None:
-        self.channel = aio_channel(
-            target, tls, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
+        # A renewed certificate is picked up by new calls; streams on the old channel
+        # get grace_s (the request timeout) to finish.
+        self._channel = RotatingChannel(
+            target,
+            tls,
+            options=CHANNEL_OPTIONS,
+            interceptors=grpc_client_interceptors(),
+            grace_s=grace_s,
         )
-        self._stub = pb_grpc.EngineStub(self.channel)
         self._models_cache_s = models_cache_s
         self._models: list[pb.ModelInfo] = []
         self._models_at = float("-inf")
@@ -42,8 +48,12 @@ class EngineClient:
         # them means no replica has been seen yet, and reads as 503.
         self._known_models = known_models
 
+    @property
+    def _stub(self) -> pb_grpc.EngineStub:
+        return pb_grpc.EngineStub(self._channel.current())
+
     async def close(self) -> None:
-        await self.channel.close()
+        await self._channel.close()
 
     async def list_models(self) -> list[pb.ModelInfo]:
         if time.monotonic() - self._models_at > self._models_cache_s:
