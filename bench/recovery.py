@@ -24,6 +24,7 @@ def run(results: Path, *, crashes: int = 3, engine_args: list[str] | None = None
     cli = [
         *("-m", "devstack.run", "--replicas", "2", "--no-speech", "--port", str(port)),
         *("--router-port", str(router_port), "--engine-port", str(engine_port)),
+        *("--ops-port", str(free_port()), "--plaintext"),
         *(engine_args if engine_args is not None else model),
     ]
     output = results / f"recovery-{'vllm' if engine_args else 'stand-in'}.log"

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.tls import TLSConfig, sync_channel, tls_dir
 
-def grpc_serving(address: str, timeout_s: float = 1.0) -> bool:
-    with grpc.insecure_channel(address) as channel:
+
+def grpc_serving(address: str, timeout_s: float = 1.0, *, tls: TLSConfig | None = None) -> bool:
+    with sync_channel(address, tls) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout_s
@@ -36,13 +39,15 @@ def edge_lists_models(base_url: str, models: list[str], api_key: str | None = No
     return set(models) <= listed
 
 
-def _ask_router(address: str, method: str, timeout_s: float) -> Any | None:
+def _ask_router(
+    address: str, method: str, timeout_s: float, tls: TLSConfig | None = None
+) -> Any | None:
     """One unary call on the router's Engine service; None if it does not answer."""
     from services.proto_gen.tera.v1 import engine_pb2 as pb
     from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 
     requests = {"ListModels": pb.ListModelsRequest, "GetLoad": pb.GetLoadRequest}
-    with grpc.insecure_channel(address) as channel:
+    with sync_channel(address, tls) as channel:
         stub = pb_grpc.EngineStub(channel)
         try:
             return getattr(stub, method)(requests[method](), timeout=timeout_s)
@@ -50,18 +55,22 @@ def _ask_router(address: str, method: str, timeout_s: float) -> Any | None:
             return None
 
 
-def router_lists_models(address: str, models: list[str], timeout_s: float = 2.0) -> bool:
+def router_lists_models(
+    address: str, models: list[str], timeout_s: float = 2.0, *, tls: TLSConfig | None = None
+) -> bool:
     """The router has a ready replica of each of these models."""
-    listed = _ask_router(address, "ListModels", timeout_s)
+    listed = _ask_router(address, "ListModels", timeout_s, tls)
     if listed is None:
         return False
     return set(models) <= {m.id for m in listed.models if m.state == 0}  # MODEL_STATE_READY
 
 
-def router_has_replicas(address: str, replicas: int, timeout_s: float = 2.0) -> bool:
+def router_has_replicas(
+    address: str, replicas: int, timeout_s: float = 2.0, *, tls: TLSConfig | None = None
+) -> bool:
     """The router has this many replicas in rotation (its own health view, which can
     lag behind the engines' own readiness)."""
-    load = _ask_router(address, "GetLoad", timeout_s)
+    load = _ask_router(address, "GetLoad", timeout_s, tls)
     return load is not None and load.serving_replicas >= replicas
 
 
@@ -72,3 +81,8 @@ def http_healthy(base_url: str, path: str = "/health") -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def client_tls(folder: Path | None) -> TLSConfig | None:
+    """A service's certificate folder (devstack.certs layout) as client credentials."""
+    return None if folder is None else TLSConfig.model_validate(tls_dir(str(folder)))

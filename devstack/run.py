@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from devstack.banner import print_banner
+from devstack.certs import ensure_local_certs
 from devstack.engine_args import (
     SPEECH_MODEL_ID,
     scripted_engine_args,
@@ -35,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tera run", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="edge HTTP port")
+    p.add_argument(
+        "--ops-port",
+        type=int,
+        default=9400,
+        help="edge operations port (/metrics, /admin/*), on 127.0.0.1",
+    )
     p.add_argument("--router-port", type=int, default=50051)
     p.add_argument(
         "--engine-port",
@@ -61,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="start the models of this catalog (replicas, parsers, options) "
         "and serve its aliases and keys",
+    )
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no mutual TLS between the services (loopback only); by default a local CA "
+        "and certificates are made in CACHE_DIR/tls on first start and used",
     )
     _add_restart_flags(p)
     # Tests and benchmarks: stand-in engines (a JSON ScriptedOptions object for every
@@ -108,6 +122,7 @@ def plan_from_catalog(args: argparse.Namespace) -> StackPlan:
     plan = StackPlan(
         host=args.host,
         edge_port=args.port,
+        edge_ops_port=args.ops_port,
         router_port=args.router_port,
         engine_ports=[],
         model_ids=[],
@@ -152,6 +167,7 @@ def _stand_in_plan(args: argparse.Namespace) -> StackPlan:
     return StackPlan(
         host=args.host,
         edge_port=args.port,
+        edge_ops_port=args.ops_port,
         router_port=args.router_port,
         engine_ports=[args.engine_port + i for i in range(len(per_replica))],
         per_engine_args=[
@@ -174,17 +190,17 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     started = time.monotonic()
     if args.stand_in is not None:
-        _run(_stand_in_plan(args), started, _policy(args))
+        _run(_secured(_stand_in_plan(args), args), started, _policy(args))
         return
     if args.catalog is not None:
         try:
             plan = plan_from_catalog(args)
         except (CatalogError, OSError) as exc:
             raise SystemExit(f"[tera] the catalog cannot be used:\n{exc}") from None
-        _run(plan, started, _policy(args))
+        _run(_secured(plan, args), started, _policy(args))
         return
     model_dir = args.model_dir or prepare_default_model(default_model_dir(args.cache_dir))
-    _run(default_plan(args, model_dir), started, _policy(args))
+    _run(_secured(default_plan(args, model_dir), args), started, _policy(args))
 
 
 def default_plan(args: argparse.Namespace, model_dir: Path) -> StackPlan:
@@ -192,6 +208,7 @@ def default_plan(args: argparse.Namespace, model_dir: Path) -> StackPlan:
     plan = StackPlan(
         host=args.host,
         edge_port=args.port,
+        edge_ops_port=args.ops_port,
         router_port=args.router_port,
         engine_ports=[args.engine_port + i for i in range(args.replicas)],
         engine_args=vllm_engine_args(
@@ -205,6 +222,13 @@ def default_plan(args: argparse.Namespace, model_dir: Path) -> StackPlan:
     return plan
 
 
+def _secured(plan: StackPlan, args: argparse.Namespace) -> StackPlan:
+    """Mutual TLS on every gRPC hop unless --plaintext."""
+    if not args.plaintext:
+        plan.tls_dir = ensure_local_certs(args.cache_dir / "tls")
+    return plan
+
+
 def _run(plan: StackPlan, started: float, policy: RestartPolicy) -> None:
     """Starts the stack, prints how to use it, and supervises it until a signal."""
     signal.signal(signal.SIGINT, _raise_stop)
@@ -214,7 +238,7 @@ def _run(plan: StackPlan, started: float, policy: RestartPolicy) -> None:
         engines = len(plan.engine_ports)
         print(f"[tera] starting {engines} engine(s), router and edge ...", flush=True)
         stack.start()
-        _print_banner(plan, time.monotonic() - started)
+        print_banner(plan, time.monotonic() - started)
         _supervise(Supervisor(stack.processes, policy))
         print("[tera] every process was given up on; exiting", flush=True)
         raise SystemExit(1)
@@ -250,30 +274,6 @@ def _supervise(supervisor: Supervisor) -> None:
         signal.set_wakeup_fd(previous)
         os.close(wake_r)
         os.close(wake_w)
-
-
-def _print_banner(plan: StackPlan, seconds: float) -> None:
-    model = plan.model_ids[0]
-    speech = ""
-    if SPEECH_MODEL_ID in plan.model_ids:
-        speech = f"""
-  curl {plan.base_url}/audio/speech -H 'Content-Type: application/json' \\
-    -d '{{"model": "{SPEECH_MODEL_ID}", "input": "Hello from Tera.", "voice": "alloy"}}' \\
-    -o hello.mp3
-"""
-    print(
-        f"""
-[tera] ready in {seconds:.0f} s. OpenAI API: {plan.base_url}
-
-  curl {plan.base_url}/chat/completions \\
-    -H 'Content-Type: application/json' -H 'Authorization: Bearer sk-tera-local' \\
-    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
-{speech}
-  Python: OpenAI(base_url="{plan.base_url}", api_key="sk-tera-local")
-  Ctrl-C stops everything.
-""",
-        flush=True,
-    )
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ from pathlib import Path
 
 from devstack.processes import ManagedProcess, wait_until
 from devstack.readiness import (
+    client_tls,
     grpc_serving,
     http_healthy,
     router_has_replicas,
     router_lists_models,
 )
+from services.common.tls import TLSConfig
 from services.engine.model_prep import DEFAULT_MODEL_ID
 
 
@@ -21,6 +23,8 @@ class StackPlan:
 
     host: str = "127.0.0.1"
     edge_port: int = 8000
+    # The edge's operations port (/metrics, /admin/*); None: not served.
+    edge_ops_port: int | None = None
     router_port: int = 50051
     engine_ports: list[int] = field(default_factory=lambda: [50061])
     engine_args: list[str] = field(default_factory=list)
@@ -35,10 +39,27 @@ class StackPlan:
     # Environment for every process (e.g. OTEL_* settings).
     env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
+    # Mutual TLS on every gRPC hop: a devstack.certs folder (edge/, router/, engine/).
+    # None: plaintext, which the services allow on loopback only.
+    tls_dir: Path | None = None
+
+    def tls_args(self, service: str) -> list[str]:
+        return ["--tls-dir", str(self.tls_dir / service)] if self.tls_dir else []
+
+    def client_tls(self, service: str) -> TLSConfig | None:
+        """What `service` presents as a client (the harness probes with it)."""
+        return client_tls(self.tls_dir / service if self.tls_dir else None)
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.edge_port}/v1"
+
+    @property
+    def ops_url(self) -> str:
+        """The edge's operations listener (no /v1): /metrics, /admin/usage."""
+        if self.edge_ops_port is None:
+            raise ValueError("this stack's edge has no operations port")
+        return f"http://{self.host}:{self.edge_ops_port}"
 
 
 class Stack:
@@ -67,6 +88,7 @@ class Stack:
                 "--port",
                 str(port),
                 *plan.engine_args,
+                *plan.tls_args("engine"),
                 *(extra or []),
             ],
             env=plan.env,
@@ -104,6 +126,7 @@ class Stack:
                 str(plan.router_port),
                 *replicas,
                 *known,
+                *plan.tls_args("router"),
                 *plan.router_args,
             ],
             env=plan.env,
@@ -125,6 +148,8 @@ class Stack:
                 "--router",
                 f"{plan.host}:{plan.router_port}",
                 *store,
+                *(["--ops-port", str(plan.edge_ops_port)] if plan.edge_ops_port else []),
+                *plan.tls_args("edge"),
                 *plan.edge_args,
             ],
             env={**plan.env, **plan.edge_env},
@@ -137,14 +162,18 @@ class Stack:
         plan = self.plan
         addresses = [f"{plan.host}:{port}" for port in plan.engine_ports]
         router = f"{plan.host}:{plan.router_port}"
+        as_router, as_edge = plan.client_tls("router"), plan.client_tls("edge")
         for check, what in (
-            (lambda: all(grpc_serving(a) for a in addresses), "every engine to serve"),
             (
-                lambda: router_lists_models(router, plan.model_ids),
+                lambda: all(grpc_serving(a, tls=as_router) for a in addresses),
+                "every engine to serve",
+            ),
+            (
+                lambda: router_lists_models(router, plan.model_ids, tls=as_edge),
                 f"the router to serve {', '.join(plan.model_ids)}",
             ),
             (
-                lambda: router_has_replicas(router, len(addresses)),
+                lambda: router_has_replicas(router, len(addresses), tls=as_edge),
                 f"the router to have all {len(addresses)} replicas in rotation",
             ),
             (lambda: http_healthy(plan.base_url), f"the edge at {plan.base_url}"),

@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 
 from devstack.engine_args import scripted_engine_args, vllm_engine_args
 from devstack.processes import free_port
 from devstack.stack import Stack, StackPlan
+from services.common.tls import sync_channel
 from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prepare_default_model
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
@@ -40,12 +40,17 @@ class RunningStack:
         return self.stack.plan.base_url
 
     @property
+    def ops_url(self) -> str:
+        return self.stack.plan.ops_url
+
+    @property
     def engine_addresses(self) -> list[str]:
         plan = self.stack.plan
         return [f"{plan.host}:{p}" for p in plan.engine_ports]
 
     def engine_load(self, index: int = 0) -> pb.LoadReport:
-        with grpc.insecure_channel(self.engine_addresses[index]) as channel:
+        plan = self.stack.plan
+        with sync_channel(self.engine_addresses[index], plan.client_tls("router")) as channel:
             return pb_grpc.EngineStub(channel).GetLoad(pb.GetLoadRequest(), timeout=5)
 
 
@@ -54,6 +59,7 @@ def _plan(
 ) -> StackPlan:
     return StackPlan(
         edge_port=free_port(),
+        edge_ops_port=free_port(),
         router_port=free_port(),
         engine_ports=[free_port() for _ in range(engines)],
         engine_args=engine_args,

@@ -32,3 +32,17 @@ async def set_status(health: HealthServicer, service: str, status: int) -> None:
     """The same status for the server as a whole ("") and for service."""
     for name in ("", service):
         await health.set(name, status)
+
+
+async def serve_health_only(
+    health: HealthServicer, host: str, port: int | None
+) -> grpc.aio.Server | None:
+    """A plaintext listener with grpc.health.v1 alone, for Kubernetes' gRPC probes (the
+    kubelet speaks no TLS): it tells serving status and nothing else. None: no port."""
+    if port is None:
+        return None
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server

@@ -8,9 +8,13 @@ ERROR_PARAM = "tera-error-param"
 RESUME = "tera-resume"
 # Trailing metadata set by a draining engine on the streams it hands off at the grace.
 HANDOFF = "tera-handoff"
-# Fair sharing (set by the edge from the catalog's key; trusted from internal callers):
-# the tenant (the key's name), its share weight, its class, and its estimated tokens.
+# Fair sharing and tenancy, set by the edge from the catalog's key: the tenant (the key's
+# name), its share weight, its class, and its estimated tokens. With router auth on, the
+# router trusts the tenant only from a caller whose client certificate names an edge
+# (RouterConfig.auth.edge_identities).
 TENANT = "tera-tenant"
 WEIGHT = "tera-weight"
 PRIORITY = "tera-priority"
 COST = "tera-cost"
+# What an internal caller presents instead: its own tenant key.
+AUTHORIZATION = "authorization"

@@ -17,12 +17,22 @@ from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
 from services.edge.models.serving import ModelsServing
 from services.edge.observe import EdgeMetrics
+from services.edge.ops import create_ops_app
 from services.edge.prefix import PrefixNamer
 from services.edge.responses.backends import build_store
 from services.edge.responses.routes import RESPONSES, STORED
 from services.edge.responses.serving import ResponsesServing
 from services.edge.responses.stored import StoredResponses
-from services.edge.routes import CHAT, COMPLETIONS, METRICS, MODELS, SPEECH, USAGE, add_routes
+from services.edge.routes import (
+    ADMIN,
+    CHAT,
+    COMPLETIONS,
+    METRICS,
+    MODELS,
+    SPEECH,
+    USAGE,
+    add_routes,
+)
 from services.edge.speech.serving import SpeechServing
 from services.edge.tenancy import setup
 from services.edge.tenancy.keys import KeyStore
@@ -40,7 +50,7 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
     chain = [
         middleware.access(metrics),
         middleware.errors,
-        middleware.auth(tenancy.keys, tenancy.admin),
+        middleware.auth(tenancy.keys),
     ]
     if tracer_provider is not None:
         instrument_aiohttp_server(tracer_provider)  # adds its middleware in front
@@ -48,6 +58,7 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
     app[METRICS] = metrics
     app[USAGE] = tenancy.gate.usage
     app[KEYS] = tenancy.keys
+    app[ADMIN] = tenancy.admin
 
     async def engine_client(app: web.Application) -> AsyncIterator[None]:
         catalog = tenancy.catalog
@@ -57,6 +68,8 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
             models_cache_s=config.models_cache_s,
             known_models=known,
             prefix_namer=PrefixNamer(config.prefix_tokenizers),
+            tls=config.tls,
+            grace_s=config.request_timeout_s,
         )
         gate = tenancy.gate
         app[CHAT] = ChatServing(config, client, metrics, gate)
@@ -89,9 +102,29 @@ async def serve(
     app = create_app(config, tracer_provider)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    if app[KEYS]:
+    runners = [runner]
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+        _log_listening(config, bool(app[KEYS]))
+        if config.ops_port is not None:
+            ops = web.AppRunner(create_ops_app(app), access_log=None)
+            await ops.setup()
+            runners.append(ops)
+            await web.TCPSite(ops, config.ops_host, config.ops_port).start()
+            log.info(
+                "edge operations (/metrics, /admin/*) on http://%s:%d",
+                config.ops_host,
+                config.ops_port,
+            )
+        await stop.wait()
+    finally:
+        for r in reversed(runners):
+            await r.cleanup()
+        log.info("edge stopped")
+
+
+def _log_listening(config: EdgeConfig, keyed: bool) -> None:
+    if keyed:
         log.info("edge listening on http://%s:%d/v1", config.host, config.port)
     else:
         log.warning(
@@ -99,8 +132,3 @@ async def serve(
             config.host,
             config.port,
         )
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-        log.info("edge stopped")

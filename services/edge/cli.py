@@ -14,6 +14,7 @@ from services.common.aio import run
 from services.common.config_merge import merge_config
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
+from services.common.tls import add_tls_flag
 from services.edge.app import serve
 from services.edge.config import EdgeConfig
 from services.edge.tenancy import setup
@@ -24,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML file with EdgeConfig fields")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--ops-host", help="operations listener address (default 127.0.0.1)")
+    p.add_argument("--ops-port", type=int, help="operations port: /metrics and /admin/*")
     p.add_argument("--router", help="router (or engine) address host:port")
     p.add_argument("--coalesce-window-ms", type=int)
     p.add_argument("--catalog", type=Path, help="model catalog and keys (YAML)")
@@ -32,11 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="SQLite file for stored responses (unless the catalog names Redis)",
     )
+    add_tls_flag(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> EdgeConfig:
-    config = merge_config(args)
+    config = merge_config(args, sections=("tls",))
     env_keys = [k.strip() for k in os.environ.get("TERA_API_KEYS", "").split(",") if k.strip()]
     if env_keys:
         config["api_keys"] = env_keys

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
+
+from services.common.tls import TLSConfig, is_loopback, require_tls_off_loopback
+
+__all__ = ["EdgeConfig", "is_loopback"]
 
 
 class EdgeConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     router: str = "127.0.0.1:50051"
+    # The operations listener: /metrics and /admin/* (never on the public port). None:
+    # neither is served. Expose it to Prometheus and operators only.
+    ops_host: str = "127.0.0.1"
+    ops_port: int | None = None
     # Bearer keys accepted (besides the catalog's). None at all: no auth, and
     # loopback-only binding.
     api_keys: list[SecretStr] = Field(default_factory=list)
@@ -41,12 +48,10 @@ class EdgeConfig(BaseModel):
     responses_db: Path | None = None
     responses_ttl_s: float = Field(30 * 24 * 3600.0, gt=0)
     responses_max_stored: int = Field(10_000, ge=1)
+    # Mutual TLS to the router (this edge's certificate, and the CA the router's is from).
+    tls: TLSConfig | None = None
 
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    @model_validator(mode="after")
+    def _plaintext_on_loopback_only(self) -> EdgeConfig:
+        require_tls_off_loopback(self.tls, [self.router], "to the router at")
+        return self

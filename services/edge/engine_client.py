@@ -13,6 +13,7 @@ import grpc
 from services.common import metadata, prefix_hash
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.telemetry import grpc_client_interceptors
+from services.common.tls import RotatingChannel, TLSConfig
 from services.edge.errors import OpenAIError, from_grpc
 from services.edge.prefix import PrefixNamer
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -31,12 +32,19 @@ class EngineClient:
         models_cache_s: float = 2.0,
         known_models: frozenset[str] = frozenset(),
         prefix_namer: PrefixNamer | None = None,
+        tls: TLSConfig | None = None,
+        grace_s: float = 600.0,
     ) -> None:
         self._prefix_namer = prefix_namer
-        self.channel = grpc.aio.insecure_channel(
-            target, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
+        # A renewed certificate is picked up by new calls; streams on the old channel
+        # get grace_s (the request timeout) to finish.
+        self._channel = RotatingChannel(
+            target,
+            tls,
+            options=CHANNEL_OPTIONS,
+            interceptors=grpc_client_interceptors(),
+            grace_s=grace_s,
         )
-        self._stub = pb_grpc.EngineStub(self.channel)
         self._models_cache_s = models_cache_s
         self._models: list[pb.ModelInfo] = []
         self._models_at = float("-inf")
@@ -44,8 +52,12 @@ class EngineClient:
         # them means no replica has been seen yet, and reads as 503.
         self._known_models = known_models
 
+    @property
+    def _stub(self) -> pb_grpc.EngineStub:
+        return pb_grpc.EngineStub(self._channel.current())
+
     async def close(self) -> None:
-        await self.channel.close()
+        await self._channel.close()
 
     async def list_models(self) -> list[pb.ModelInfo]:
         if time.monotonic() - self._models_at > self._models_cache_s:
@@ -62,6 +74,7 @@ class EngineClient:
         request: pb.GenerateRequest,
         *,
         routing_key: str | None,
+        tenant: str | None = None,
         timeout_s: float,
         idle_timeout_s: float,
         fair: list[tuple[str, str]] | None = None,
@@ -72,7 +85,8 @@ class EngineClient:
         Closing the iterator early (client gone) cancels the call, and with it the
         request on the engine that holds it.
         """
-        md: list[tuple[str, Any]] = _metadata(request.model, routing_key) + (fair or [])
+        md: list[tuple[str, Any]] = _metadata(request.model, routing_key, tenant)
+        md += [kv for kv in fair or () if kv[0] != metadata.TENANT]  # tenant sent once
         if self._prefix_namer is not None and self._prefix_namer.covers(request.model):
             return self._named(request, md, timeout_s, idle_timeout_s)
         call = self._stub.Generate(request, metadata=md, timeout=timeout_s)
@@ -94,17 +108,25 @@ class EngineClient:
                 yield message
 
     def synthesize(
-        self, request: pb.SynthesizeRequest, *, timeout_s: float, idle_timeout_s: float
+        self,
+        request: pb.SynthesizeRequest,
+        *,
+        timeout_s: float,
+        idle_timeout_s: float,
+        tenant: str | None = None,
     ) -> AsyncIterator[pb.SynthesizeResponse]:
-        md = _metadata(request.model, None)
+        md = _metadata(request.model, None, tenant)
         call = self._stub.Synthesize(request, metadata=md, timeout=timeout_s)
         return _relay(call, idle_timeout_s, known_model=request.model in self._known_models)
 
 
-def _metadata(model: str, routing_key: str | None) -> list[tuple[str, str]]:
+def _metadata(model: str, routing_key: str | None, tenant: str | None) -> list[tuple[str, str]]:
+    """The router believes `tenant` from this edge's certificate only (router/auth.py)."""
     md = [(metadata.MODEL, model)]
     if routing_key:
         md.append((metadata.ROUTING_KEY, routing_key))
+    if tenant:
+        md.append((metadata.TENANT, tenant))
     return md
 
 

@@ -9,6 +9,7 @@ import grpc
 from pydantic import ValidationError
 
 from services.common import metadata
+from services.common.bounded import clip, clip_message
 
 INVALID_REQUEST = "invalid_request_error"
 
@@ -24,11 +25,12 @@ class OpenAIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message = clip_message(message)  # never the caller's input, unbounded
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
-        self.param = param
+        self.param = clip(param) if param else param
         self.code = code
         self.headers = headers or {}
 
@@ -53,7 +55,7 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 def model_not_found(model: str) -> OpenAIError:
     return OpenAIError(
         404,
-        f"The model `{model}` does not exist or you do not have access to it.",
+        f"The model `{clip(model)}` does not exist or you do not have access to it.",
         param="model",
         code="model_not_found",
     )
@@ -113,6 +115,10 @@ _GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str, str | None]] = {
 }
 
 
+# What grpc says when a peer's headers or trailers exceed its metadata limit.
+_TRANSPORT_LIMIT = "metadata size exceeds"
+
+
 def from_grpc(
     exc: grpc.aio.AioRpcError, *, committed: bool = False, known_model: bool = False
 ) -> OpenAIError:
@@ -122,6 +128,9 @@ def from_grpc(
     code = exc.code()
     trailing = dict(exc.trailing_metadata() or ())
     message = exc.details() or code.name
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TRANSPORT_LIMIT in message:
+        # gRPC's own limit on an upstream answer, not a rate limit: never a 429.
+        code, message = grpc.StatusCode.INTERNAL, "the upstream error was too large to relay"
     if code == grpc.StatusCode.NOT_FOUND and known_model:
         code, message = grpc.StatusCode.UNAVAILABLE, "no replica of this model is up yet"
     status, err_type, err_code = _GRPC_TO_HTTP.get(code, (500, "server_error", None))

@@ -22,8 +22,9 @@ log = logging.getLogger("tera.edge")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-# Paths that answer without a key (probes, metrics).
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# Paths that answer without a key (probes). /metrics and /admin/* live on the
+# operations port (services/edge/ops.py), not here.
+PUBLIC_PATHS = frozenset({"/health", "/ready"})
 
 
 @web.middleware
@@ -115,25 +116,34 @@ def _endpoint(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def auth(
-    keys: KeyStore, admin: KeyStore
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Bearer keys: each resolves to its tenant (request[TENANT]); /admin/ takes the
-    separate admin key. With no keys configured, everyone is the anonymous tenant."""
+def auth(keys: KeyStore) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Bearer keys: each resolves to its tenant (request[TENANT]). With no keys
+    configured, everyone is the anonymous tenant."""
 
     @web.middleware
     async def check_key(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in PUBLIC_PATHS:
             return await handler(request)
-        if request.path.startswith("/admin/"):
-            if not admin:
-                raise OpenAIError(404, f"Tera does not offer {request.path}.", code="unknown_url")
-            _authenticate(request.headers.get("Authorization", ""), admin)
-        elif keys:
+        if keys:
             request[TENANT] = _authenticate(request.headers.get("Authorization", ""), keys)
         return await handler(request)
 
     return check_key
+
+
+def admin_only(admin: KeyStore) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """On the operations port: /admin/ takes the separate admin key (404 when none is
+    configured); everything else there (metrics, health) answers without one."""
+
+    @web.middleware
+    async def check_admin(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/admin/"):
+            if not admin:
+                raise OpenAIError(404, f"Tera does not offer {request.path}.", code="unknown_url")
+            _authenticate(request.headers.get("Authorization", ""), admin)
+        return await handler(request)
+
+    return check_admin
 
 
 def _authenticate(header: str, keys: KeyStore) -> Tenant:

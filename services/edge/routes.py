@@ -19,6 +19,7 @@ from services.edge.responses import routes as responses
 from services.edge.speech.protocol import SpeechRequest
 from services.edge.speech.serving import SpeechServing
 from services.edge.tenancy.gate import tenant_of
+from services.edge.tenancy.keys import KeyStore
 from services.edge.tenancy.usage import UsageLedger
 
 CHAT = web.AppKey("chat", ChatServing)
@@ -27,6 +28,7 @@ MODELS = web.AppKey("models", ModelsServing)
 METRICS = web.AppKey("metrics", EdgeMetrics)
 SPEECH = web.AppKey("speech", SpeechServing)
 USAGE = web.AppKey("usage", UsageLedger)
+ADMIN = web.AppKey("admin", KeyStore)
 
 # Endpoints of OpenAI's API that Tera does not offer: a clear 404 says so.
 NOT_OFFERED = (
@@ -70,7 +72,7 @@ async def retrieve_model(request: web.Request) -> web.Response:
 
 
 async def admin_usage(request: web.Request) -> web.Response:
-    """Usage per key and model, for operators (admin key; see middleware.auth)."""
+    """Usage per key and model, for operators (ops port, admin key; see ops.py)."""
     return web.json_response(request.app[USAGE].snapshot())
 
 
@@ -110,8 +112,6 @@ def add_routes(app: web.Application) -> None:
     responses.add_routes(app)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
-    app.router.add_get("/admin/usage", admin_usage)
-    app.router.add_get("/metrics", metrics)
     # Stored chat completions (OpenAI's GET/DELETE on these paths): not offered.
     app.router.add_get("/v1/chat/completions", not_offered)
     app.router.add_route("*", "/v1/chat/completions/{tail:.+}", not_offered)

@@ -11,6 +11,7 @@ from services.common.aio import run
 from services.common.config_merge import merge_config
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
+from services.common.tls import add_tls_flag
 from services.engine.backends import BACKENDS
 from services.engine.config import EngineConfig
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context-length", type=int)
     p.add_argument("--max-in-flight", type=int)
     p.add_argument("--metrics-port", type=int)
+    p.add_argument("--health-port", type=int, help="plaintext grpc.health.v1 only, for probes")
     p.add_argument("--drain-grace-s", type=float)
     p.add_argument("--coalesce-window-ms", dest="default_coalesce_window_ms", type=int)
     p.add_argument("--tool-call-parser")
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vllm", type=json.loads, help='vLLM options as JSON, e.g. {"dtype": "bfloat16"}'
     )
     p.add_argument("--scripted", type=json.loads, help="stand-in behaviour as JSON")
+    add_tls_flag(p)
     p.add_argument(
         "--cache-dir",
         type=Path,
@@ -63,7 +66,7 @@ def _vllm_env_defaults(cache_dir: Path) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
-    merged = merge_config(args, skip={"cache_dir"}, sections=("vllm", "scripted"))
+    merged = merge_config(args, skip={"cache_dir"}, sections=("vllm", "scripted", "tls"))
     return EngineConfig.model_validate(merged)
 
 

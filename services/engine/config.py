@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from services.common.tls import TLSConfig, require_tls_off_loopback
 from services.engine.backends import BACKENDS
 
 
@@ -99,6 +100,10 @@ class EngineConfig(BaseModel):
     vllm: VllmOptions = Field(default_factory=VllmOptions)
     scripted: ScriptedOptions = Field(default_factory=ScriptedOptions)
     speech: SpeechOptions = Field(default_factory=SpeechOptions)
+    # Mutual TLS (server side: callers must present a certificate from tls.ca).
+    tls: TLSConfig | None = None
+    # grpc.health.v1 alone, in plaintext, for Kubernetes' probes (None: off).
+    health_port: int | None = None
 
     @field_validator("backend")
     @classmethod
@@ -106,6 +111,11 @@ class EngineConfig(BaseModel):
         if name not in BACKENDS:
             raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
         return name
+
+    @model_validator(mode="after")
+    def _plaintext_on_loopback_only(self) -> EngineConfig:
+        require_tls_off_loopback(self.tls, [self.address], "listening on")
+        return self
 
     @model_validator(mode="after")
     def _model_dir_for_vllm(self) -> EngineConfig:

@@ -14,8 +14,15 @@ import logging
 import grpc
 
 from services.common.grpc_options import SERVER_OPTIONS
-from services.common.health import NOT_SERVING, SERVING, add_health_and_reflection, set_status
+from services.common.health import (
+    NOT_SERVING,
+    SERVING,
+    add_health_and_reflection,
+    serve_health_only,
+    set_status,
+)
 from services.common.telemetry import grpc_server_interceptors
+from services.common.tls import add_port
 from services.engine.admission import InFlightLimit
 from services.engine.backends import create_backend
 from services.engine.config import EngineConfig
@@ -43,8 +50,9 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
     )
     pb_grpc.add_EngineServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, ENGINE_SERVICE)
-    server.add_insecure_port(config.address)
+    add_port(server, config.address, config.tls)
     await server.start()
+    probes = await serve_health_only(health, config.host, config.health_port)
     await health.set(LIVENESS_SERVICE, SERVING)
     if config.metrics_port is not None:
         serve_metrics(config.metrics_port, config.host, admission, backend)
@@ -69,6 +77,8 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
             await admission.drain(_HANDOFF_S)
     finally:
         await server.stop(grace=1.0)
+        if probes is not None:
+            await probes.stop(grace=None)
         await backend.stop()
         log.info("engine stopped")
 

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from services.common import metadata
+from services.common.bounded import clip_message
 from services.engine.admission import InFlightLimit
 from services.engine.backends.base import Backend
 from services.engine.coalesce import coalesce
@@ -112,4 +113,4 @@ async def _abort_on_error(
         await context.abort(exc.code, exc.message, trailing_metadata=trailing)
     except Exception as exc:
         log.exception("request failed")
-        await context.abort(grpc.StatusCode.INTERNAL, f"engine error: {exc}")
+        await context.abort(grpc.StatusCode.INTERNAL, clip_message(f"engine error: {exc}"))

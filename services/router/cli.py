@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from services.catalog import CatalogError, load_catalog
+from services.catalog import Catalog, CatalogError, load_catalog
 from services.common.aio import run
 from services.common.config_merge import merge_config
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
+from services.common.tls import add_tls_flag
 from services.router.config import RouterConfig
 from services.router.server import serve
 
@@ -35,19 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--policy")
     p.add_argument("--metrics-port", type=int)
+    p.add_argument("--health-port", type=int, help="plaintext grpc.health.v1 only, for probes")
     p.add_argument(
         "--catalog",
         type=Path,
         help="also route to the addresses and DNS names the catalog's models list",
     )
+    add_tls_flag(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> RouterConfig:
     """Re-read on SIGHUP too: edits to the config or the catalog apply without restart."""
-    config = merge_config(args, skip={"catalog"})
+    config = merge_config(args, skip={"catalog"}, sections=("tls",))
     if args.catalog is not None:
         catalog = load_catalog(args.catalog, check_weights=False)
+        if config.get("auth", {}).get("required"):  # keys from env must then be set here
+            redis = catalog.redis.model_dump() if catalog.redis else None
+            config["auth"] |= {"tenants": tenant_keys(catalog), "redis": redis}
         for model in catalog.models:
             config["replicas"] = [*config.get("replicas", []), *model.serving.addresses]
             config["known_models"] = [*config.get("known_models", []), model.id]
@@ -68,3 +75,20 @@ def main(argv: list[str] | None = None) -> None:
         run(lambda stop: serve(lambda: config_from_args(args), stop))
     finally:
         shutdown_tracing(provider)
+
+
+def tenant_keys(catalog: Catalog) -> list[dict[str, Any]]:
+    """The catalog's keys as the router checks them: digests, and allowlists spelled
+    out as every id and alias of each allowed model."""
+    names = catalog.names()
+    return [
+        {
+            "name": key.name,
+            "sha256": key.digest(),
+            "limits": key.limits.model_dump(),
+            "models": None
+            if key.models is None
+            else sorted({n for m in key.models for n in (names[m].id, *names[m].aliases)}),
+        }
+        for key in catalog.keys
+    ]

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from services.common.tls import TLSConfig, require_tls_off_loopback
+from services.router.auth import AuthConfig
 from services.router.fairness import PRIORITIES
 from services.router.policies import check_policy_name, create_policy
 
@@ -134,6 +136,13 @@ class RouterConfig(BaseModel):
     retry_after_s: int = 1
     # Prometheus /metrics on this port (None: off).
     metrics_port: int | None = None
+    # Mutual TLS, both ways: callers must present a certificate from tls.ca, and the
+    # router presents its own to the engines (tls.server_name: the engines' name).
+    tls: TLSConfig | None = None
+    # grpc.health.v1 alone, in plaintext, for Kubernetes' probes (None: off).
+    health_port: int | None = None
+    # Callers as tenants (services/router/auth.py); keys come from --catalog.
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @model_validator(mode="after")
     def _policies_exist(self) -> RouterConfig:
@@ -146,6 +155,12 @@ class RouterConfig(BaseModel):
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @model_validator(mode="after")
+    def _plaintext_on_loopback_only(self) -> RouterConfig:
+        # DNS names are checked per resolved address (pool.py): a name may mean loopback.
+        require_tls_off_loopback(self.tls, [self.address, *self.replicas], "to")
+        return self
 
     @model_validator(mode="after")
     def _model_hedges_valid(self) -> RouterConfig:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 
+from services.common.tls import allowed_without_tls
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.config import RouterConfig
 from services.router.probes import ReplicaProbes
@@ -37,8 +38,16 @@ class ReplicaPool:
         self._sources[source] = set(addresses)
         wanted = set().union(*self._sources.values())
         for address in sorted(wanted - self.replicas.keys()):
+            if not allowed_without_tls(self._config.tls, address):
+                log.error("not adding replica %s: plaintext gRPC off loopback (set tls)", address)
+                continue
             log.info("adding replica %s (from %s)", address, source)
-            replica = Replica(address, health=self._config.health, breaker=self._config.breaker)
+            replica = Replica(
+                address,
+                health=self._config.health,
+                breaker=self._config.breaker,
+                tls=self._config.tls,
+            )
             self.replicas[address] = replica
             self._probes[address] = ReplicaProbes(replica, self._config.health)
         for address in sorted(self.replicas.keys() - wanted):

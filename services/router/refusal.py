@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import grpc
 
 from services.common import metadata
+from services.common.bounded import clip_message, clip_trailers
 
 RETRY_AFTER = "retry-after"
 # The same delay for gRPC's own retry policy, which reads only this key (milliseconds).
@@ -23,6 +24,9 @@ class Refusal(Exception):
     message: str
     retry_after_s: int | None = None
     trailing: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:  # relayed engine text: bounded, whatever it quotes
+        self.message, self.trailing = clip_message(self.message), clip_trailers(self.trailing)
 
     def trailing_metadata(self, default_retry_after_s: int) -> tuple[tuple[str, str], ...]:
         """The trailers to end the call with: Retry-After (seconds, and as gRPC's

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2
 
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.telemetry import grpc_client_interceptors
+from services.common.tls import TLSConfig, aio_channel
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from services.router.breaker import CircuitBreaker
@@ -32,10 +33,18 @@ _EWMA_WEIGHT = 0.2
 
 
 class Replica:
-    def __init__(self, address: str, *, health: HealthConfig, breaker: BreakerConfig) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        health: HealthConfig,
+        breaker: BreakerConfig,
+        tls: TLSConfig | None = None,
+    ) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(
-            address, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
+        # Generation, health and load all use this one channel: the same credentials.
+        self.channel = aio_channel(
+            address, tls, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
         )
         self.stub = pb_grpc.EngineStub(self.channel)
         self.status: int = UNKNOWN

@@ -10,13 +10,21 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from services.common.grpc_options import SERVER_OPTIONS
-from services.common.health import SERVING, add_health_and_reflection, set_status
+from services.common.health import (
+    SERVING,
+    add_health_and_reflection,
+    serve_health_only,
+    set_status,
+)
 from services.common.telemetry import grpc_server_interceptors
+from services.common.tls import add_port
 from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.router.auth import Authenticator, AuthInterceptor
 from services.router.config import RouterConfig
 from services.router.pool import ReplicaPool
 from services.router.relay import Relay
 from services.router.runtime import RouterRuntime
+from services.router.tenant_limits import TenantLimits
 
 log = logging.getLogger("tera.router")
 
@@ -69,11 +77,16 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
     runtime = RouterRuntime(config)
     if config.metrics_port is not None:
         runtime.metrics.serve(config.metrics_port, config.host)
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=grpc_server_interceptors())
+    interceptors = grpc_server_interceptors()
+    if config.auth.required:
+        limits = TenantLimits(config.auth.redis, runtime.metrics.registry)
+        interceptors.append(AuthInterceptor(Authenticator(config.auth), limits))
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     server.add_generic_rpc_handlers((build_handler(runtime.pool, runtime.relay),))
     health = add_health_and_reflection(server, SERVICE)
-    server.add_insecure_port(config.address)
+    add_port(server, config.address, config.tls)
     await server.start()
+    probes = await serve_health_only(health, config.host, config.health_port)
     await set_status(health, SERVICE, SERVING)
     asyncio.get_running_loop().add_signal_handler(
         signal.SIGHUP, lambda: _reload(runtime, load_config)
@@ -90,6 +103,8 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
     finally:
         await health.enter_graceful_shutdown()
         await server.stop(grace=5.0)
+        if probes is not None:
+            await probes.stop(grace=None)
         await runtime.close()
         log.info("router stopped")
 

@@ -14,6 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.common.config_merge import merge_config
+from services.edge.cli import build_parser as edge_parser
+from services.edge.config import EdgeConfig
 from services.engine.config import EngineConfig
 from services.router.config import RouterConfig
 from tests.deploy.test_manifests import (
@@ -22,6 +25,7 @@ from tests.deploy.test_manifests import (
     OVERLAYS,
     _engine_config,
     config_map_file,
+    named,
     of_kind,
     render,
 )
@@ -188,12 +192,15 @@ def _metrics_port(docs: list[dict[str, Any]], pod: dict[str, Any]) -> dict[str, 
     (container,) = pod["spec"]["containers"]
     ports = {p["name"]: p for p in container["ports"]}
     if role == "edge":
-        return ports["http"]  # /metrics on the API port
-    if role == "router":
+        config = EdgeConfig.model_validate(
+            merge_config(edge_parser().parse_args(container["args"][1:]))
+        )
+    elif role == "router":
         config = RouterConfig.model_validate(config_map_file(docs, "tera-router", "router.yaml"))
     else:
         config = EngineConfig.model_validate(_engine_config(docs, pod))
-    assert config.metrics_port == ports["metrics"]["containerPort"], role
+    served = config.ops_port if isinstance(config, EdgeConfig) else config.metrics_port
+    assert served == ports["metrics"]["containerPort"], role
     return ports["metrics"]
 
 
@@ -216,6 +223,23 @@ def test_every_metrics_port_is_scraped(overlay: Path) -> None:
         assert port["name"] in endpoints, labels
         annotations = pod["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == str(port["containerPort"])
-        if port["name"] == "metrics":  # not the public port: the policy must open it
-            assert _selects(policy["spec"]["podSelector"], labels), labels
-            assert port["containerPort"] in opened
+        assert port["name"] == "metrics", "never a public port"
+        assert _selects(policy["spec"]["podSelector"], labels), labels
+        assert port["containerPort"] in opened
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_edge_metrics_port_is_not_public(overlay: Path) -> None:
+    """The LoadBalancer Service and the allow-from-anywhere policy leave the edge's
+    operations port (/metrics, /admin/*) out: only the monitoring namespace reaches it."""
+    docs = render(overlay)
+    (port,) = [m for p, m in _metrics_pods(overlay) if _role(p) == "edge"]
+    service = named(docs, "Service", "tera-edge")
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
+    public = named(docs, "NetworkPolicy", "edge-from-anywhere")["spec"]["ingress"]
+    assert port["containerPort"] not in {p["port"] for rule in public for p in rule["ports"]}
+    assert all("from" not in rule for rule in public), "the public rule is the open one"
+
+
+def _role(pod: dict[str, Any]) -> str:
+    return pod["metadata"]["labels"]["tera.ai/role"]

@@ -59,6 +59,7 @@ def tera_run(
     replicas: int = 1,
     args: list[str] = (),
     ready_timeout_s: float = 60,
+    plaintext: bool = True,
 ) -> Iterator[TeraRun]:
     """Starts the CLI with stand-in engines (behaviour None: the engines `args` name);
     on exit stops it with SIGINT (Ctrl-C) and checks that nothing it started is left."""
@@ -70,6 +71,7 @@ def tera_run(
     cli = [
         *("-m", "devstack.run", *stand_in, "--replicas", str(n)),
         *("--port", str(port), "--router-port", str(router_port)),
+        *("--ops-port", str(free_port()), *(["--plaintext"] if plaintext else [])),
         *("--engine-port", str(engine_port), *args),
     ]
     run = TeraRun(

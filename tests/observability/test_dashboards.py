@@ -124,7 +124,7 @@ def scraped(scripted_stack, tmp_path: Path) -> Iterator[tuple[RunningStack, Prom
             edge_args=["--catalog", str(catalog(tmp_path / "catalog.yaml"))],
         )
         targets = {
-            "tera-edge": [f"127.0.0.1:{stack.stack.plan.edge_port}"],
+            "tera-edge": [f"127.0.0.1:{stack.stack.plan.edge_ops_port}"],
             "tera-router": [f"127.0.0.1:{router_metrics}"],
             "tera-engine": [f"127.0.0.1:{p}" for p in engine_metrics],
         }

@@ -61,7 +61,7 @@ async def test_metrics_move_and_access_log(scripted_stack) -> None:  # type: ign
         router_args=["--metrics-port", str(router_metrics)],
         per_engine_args=[["--metrics-port", str(engine_metrics)]],
     )
-    edge_url = stack.base_url.removesuffix("/v1") + "/metrics"
+    edge_url = stack.ops_url + "/metrics"
     router_url = f"http://127.0.0.1:{router_metrics}/metrics"
     engine_url = f"http://127.0.0.1:{engine_metrics}/metrics"
     before = {u: _scrape(u) for u in (edge_url, router_url, engine_url)}
@@ -114,7 +114,7 @@ async def test_exemplars_carry_trace_ids(scripted_stack, tmp_path: Path) -> None
         stack: RunningStack = scripted_stack(env=receiver.env)
         await _requests(stack.base_url, 1)
         request = urllib.request.Request(
-            stack.base_url.removesuffix("/v1") + "/metrics",
+            stack.ops_url + "/metrics",
             headers={"Accept": "application/openmetrics-text; version=1.0.0"},
         )
         text = urllib.request.urlopen(request, timeout=5).read().decode()

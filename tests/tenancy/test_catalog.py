@@ -90,6 +90,9 @@ def test_router_reads_serving_addresses_from_the_catalog(tmp_path: Path) -> None
         "  - id: org/a\n    serving: {addresses: ['10.0.0.1:50061', '10.0.0.2:50061']}\n"
         "  - id: org/b\n    serving: {dns: 'b-engines.tera.svc.cluster.local:50061'}\n"
     )
-    config = config_from_args(build_parser().parse_args(["--catalog", str(path)]))
+    with pytest.raises(ValueError, match="refusing plaintext gRPC"):
+        config_from_args(build_parser().parse_args(["--catalog", str(path)]))
+    args = ["--catalog", str(path), "--tls-dir", str(tmp_path / "tls")]  # engines off loopback
+    config = config_from_args(build_parser().parse_args(args))
     assert config.replicas == ["10.0.0.1:50061", "10.0.0.2:50061"]
     assert config.dns == ["b-engines.tera.svc.cluster.local:50061"]

@@ -185,16 +185,16 @@ async def test_usage_per_key_and_model(tenants: RunningStack) -> None:
     assert (await _chat(tenants, "free", max_tokens=999))[0] == 400
     async with aiohttp.ClientSession() as session:
         async with session.get(
-            f"{tenants.base_url.removesuffix('/v1')}/admin/usage",
+            f"{tenants.ops_url}/admin/usage",
             headers={"Authorization": f"Bearer {KEYS['free']}"},
         ) as r:
             assert r.status == 401, "tenant keys are not admin keys"
         async with session.get(
-            f"{tenants.base_url.removesuffix('/v1')}/admin/usage",
+            f"{tenants.ops_url}/admin/usage",
             headers={"Authorization": f"Bearer {ADMIN}"},
         ) as r:
             usage = (await r.json())["keys"]["free"]
-        async with session.get(f"{tenants.base_url.removesuffix('/v1')}/metrics") as r:
+        async with session.get(f"{tenants.ops_url}/metrics") as r:
             metrics = await r.text()
     assert usage[CHAT_MODEL]["requests"] == 3 and usage[CHAT_MODEL]["errors"] == 1
     assert usage[CHAT_MODEL]["completion_tokens"] == 8
@@ -260,7 +260,7 @@ async def test_redis_down_fails_open(
     assert time.monotonic() - started < 5
     async with (
         aiohttp.ClientSession() as session,
-        session.get(f"{stack.base_url.removesuffix('/v1')}/metrics") as r,
+        session.get(f"{stack.ops_url}/metrics") as r,
     ):
         metrics = await r.text()
     assert "tera_edge_limiter_failures_total 5.0" in metrics, "each failed store call counts"

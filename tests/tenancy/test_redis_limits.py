@@ -67,7 +67,7 @@ async def _chat(stack: RunningStack, key: str, max_tokens: int) -> tuple[int, di
 
 
 def _limiter_failures(stack: RunningStack) -> float:
-    url = f"{stack.base_url.removesuffix('/v1')}/metrics"
+    url = f"{stack.ops_url}/metrics"
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

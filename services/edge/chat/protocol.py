@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from services.common.bounded import clip
 from services.edge.errors import FieldError
 from services.edge.generation.protocol import INT32_MAX, OpenAIModel, Role, SamplingRequest
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -152,7 +153,7 @@ class ChatCompletionRequest(SamplingRequest):
             if self.tool_choice.function.name not in names:
                 raise FieldError(
                     "tool_choice",
-                    f"tool_choice names the function {self.tool_choice.function.name!r}, "
+                    f"tool_choice names the function {clip(self.tool_choice.function.name)!r}, "
                     "which is not in tools",
                 )
         if self.structured_outputs and self.response_format and self.response_format.type != "text":

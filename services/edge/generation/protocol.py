@@ -11,11 +11,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.common.bounded import clip
 from services.common.wire import OPTIONAL_SAMPLING_FIELDS
 from services.edge.errors import FieldError
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 MAX_STOP_SEQUENCES = 4
+# Model names travel in gRPC metadata (tera-model): no name is longer.
+MAX_MODEL_CHARS = 256
+# The engine matches every stop sequence against the output's tail at each step.
+MAX_STOP_CHARS = 1024
 # Integers travel as 32-bit proto fields: anything larger is refused as a 400 here,
 # not overflowed into a 500 later.
 INT32_MAX = 2**31 - 1
@@ -70,7 +75,7 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 class SamplingRequest(OpenAIModel):
     """What chat and completions requests have in common."""
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_CHARS)
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
@@ -98,6 +103,8 @@ class SamplingRequest(OpenAIModel):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
         if isinstance(v, list) and any(s == "" for s in v):
             raise ValueError("stop sequences must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in ([v] if isinstance(v, str) else v or [])):
+            raise ValueError(f"stop sequences must be at most {MAX_STOP_CHARS} characters")
         return v
 
     @field_validator("logit_bias")
@@ -105,7 +112,7 @@ class SamplingRequest(OpenAIModel):
     def _token_id_keys(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         for key in v or {}:
             if not key.isdigit() or int(key) > INT32_MAX:
-                raise ValueError(f"keys must be token ids, got {key!r}")
+                raise ValueError(f"keys must be token ids, got {clip(key)!r}")
         return v
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ from services.edge.generation.protocol import SamplingRequest
 from services.edge.generation.render import Renderer, add_usage, truncated, usage_json
 from services.edge.observe import EdgeMetrics, GenerationObserver
 from services.edge.sse import DONE, ChunkFramer, dumps, frame, open_stream
-from services.edge.tenancy.gate import Account, Gate
+from services.edge.tenancy.gate import Account, Gate, tenant_of
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 SESSION_HEADER = "X-Session-Id"
@@ -150,6 +150,7 @@ class GenerationServing(ABC, Generic[B]):
             self.client.generate(
                 request,
                 routing_key=self.routing_key(ctx.http, user, upstream.routing_text),
+                tenant=tenant_of(ctx.http).name,
                 timeout_s=self.config.request_timeout_s,
                 idle_timeout_s=self.config.stream_idle_timeout_s,
                 fair=fair,

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.edge.generation.protocol import OpenAIModel
+from services.edge.generation.protocol import MAX_MODEL_CHARS, OpenAIModel
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 AudioFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -27,7 +27,7 @@ class CustomVoice(OpenAIModel):
 
 
 class SpeechRequest(OpenAIModel):
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_CHARS)
     input: str = Field(min_length=1, max_length=4096)
     voice: str | CustomVoice
     instructions: str | None = Field(None, max_length=4096)  # accepted; piper ignores it

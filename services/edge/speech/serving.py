@@ -14,7 +14,7 @@ from services.edge.generation.admission import servable_name
 from services.edge.generation.serving import RequestContext
 from services.edge.speech.protocol import SpeechRequest
 from services.edge.sse import SSE_HEADERS, frame
-from services.edge.tenancy.gate import Gate
+from services.edge.tenancy.gate import Gate, tenant_of
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 # OpenAI bills speech in tokens; Tera's engines count characters in and 20 ms frames of
@@ -38,6 +38,7 @@ class SpeechServing:
                 body.to_proto(ctx.request_id, resolved.canonical),
                 timeout_s=self._config.request_timeout_s,
                 idle_timeout_s=self._config.stream_idle_timeout_s,
+                tenant=tenant_of(ctx.http).name,
             )
             try:
                 first = await anext(stream, None)  # errors before audio get a real status

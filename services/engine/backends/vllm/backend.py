@@ -14,6 +14,7 @@ from vllm.exceptions import VLLMClientError
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
+from services.common.bounded import clip
 from services.common.telemetry import inject_headers, tracing_enabled
 from services.engine.backends.base import Backend, BackendLoad
 from services.engine.backends.vllm.chat import prepare_chat
@@ -145,5 +146,7 @@ class VllmBackend(Backend):
     def _profile(self, model: str) -> ChatProfile:
         profile = self._profiles.get(model or self._config.model_id)
         if profile is None:
-            raise EngineError(grpc.StatusCode.NOT_FOUND, f"The model '{model}' does not exist")
+            raise EngineError(
+                grpc.StatusCode.NOT_FOUND, f"The model '{clip(model)}' does not exist"
+            )
         return profile

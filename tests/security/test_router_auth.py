@@ -1,0 +1,173 @@
+"""Internal gRPC callers are tenants: the router, with mutual TLS and auth required,
+serves a tenant key within its allowlist, refuses callers with no key (even with a
+certificate from the CA), and believes `tera-tenant` metadata only from the edge."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+import yaml
+
+from devstack.certs import ensure_local_certs
+from devstack.readiness import client_tls
+from services.catalog.schema import sha256_hex
+from services.common import metadata
+from services.common.tls import aio_channel
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
+from tests.conftest import RunningStack
+from tests.tenancy.conftest import RedisServer, redis_binary
+
+OPEN, CLOSED = "org/open", "org/closed"
+KEYS = {"wide": "sk-internal-wide", "narrow": "sk-internal-narrow", "limited": "sk-internal-rpm"}
+
+
+def _catalog(path: Path, redis_url: str | None = None) -> Path:
+    data: dict = {
+        "models": [{"id": OPEN, "aliases": ["open-alias"]}, {"id": CLOSED}],
+        "keys": [
+            {"name": "wide", "sha256": sha256_hex(KEYS["wide"])},
+            {"name": "narrow", "sha256": sha256_hex(KEYS["narrow"]), "models": ["open-alias"]},
+            {
+                "name": "limited",
+                "sha256": sha256_hex(KEYS["limited"]),
+                "limits": {"requests_per_minute": 2},
+            },
+        ],
+    }
+    if redis_url:
+        data["redis"] = {"url": redis_url}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    server = RedisServer(redis_binary()).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _guarded(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path, redis_url: str | None = None
+) -> RunningStack:
+    catalog = _catalog(tmp_path / "catalog.yaml", redis_url)
+    (tmp_path / "router.yaml").write_text(yaml.safe_dump({"auth": {"required": True}}))
+    return scripted_stack(
+        engines=2,
+        model_ids=[OPEN, CLOSED],
+        per_engine_args=[["--model-id", m, "--scripted", json.dumps({})] for m in (OPEN, CLOSED)],
+        tls_dir=ensure_local_certs(tmp_path / "tls"),
+        router_args=["--config", str(tmp_path / "router.yaml"), "--catalog", str(catalog)],
+        edge_args=["--catalog", str(catalog)],
+    )
+
+
+@pytest.fixture
+def guarded(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> RunningStack:
+    return _guarded(scripted_stack, tmp_path)
+
+
+async def _generate(
+    stack: RunningStack, model: str, *, cert: str, md: list[tuple[str, str]] = ()
+) -> grpc.StatusCode:
+    plan = stack.stack.plan
+    assert plan.tls_dir is not None
+    request = pb.GenerateRequest(
+        request_id="r",
+        model=model,
+        chat=pb.ChatInput(messages=[pb.ChatMessage(role="user", content="hi")]),
+        sampling=pb.SamplingParams(max_tokens=2),
+    )
+    tls = client_tls(plan.tls_dir / cert)
+    async with aio_channel(f"127.0.0.1:{plan.router_port}", tls) as channel:
+        try:
+            async for _ in pb_grpc.EngineStub(channel).Generate(request, metadata=md, timeout=20):
+                pass
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def _bearer(name: str) -> list[tuple[str, str]]:
+    return [(metadata.AUTHORIZATION, f"Bearer {KEYS[name]}")]
+
+
+async def test_internal_callers_need_a_tenant_key(guarded: RunningStack) -> None:
+    # The engine's certificate is from the right CA, but it is no edge and has no key.
+    assert await _generate(guarded, OPEN, cert="engine") == grpc.StatusCode.UNAUTHENTICATED
+    wrong = [(metadata.AUTHORIZATION, "Bearer sk-nope")]
+    assert await _generate(guarded, OPEN, cert="engine", md=wrong) == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    for model in (OPEN, CLOSED):
+        assert await _generate(guarded, model, cert="engine", md=_bearer("wide")) == (
+            grpc.StatusCode.OK
+        )
+
+
+async def test_allowlist_and_forged_tenant_metadata(guarded: RunningStack) -> None:
+    narrow = _bearer("narrow")
+    assert await _generate(guarded, OPEN, cert="engine", md=narrow) == grpc.StatusCode.OK
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    assert await _generate(guarded, CLOSED, cert="engine", md=narrow) == denied
+    forged = [(metadata.TENANT, "wide")]
+    assert await _generate(guarded, CLOSED, cert="engine", md=narrow + forged) == denied
+    assert await _generate(guarded, OPEN, cert="engine", md=forged) == (
+        grpc.StatusCode.UNAUTHENTICATED
+    ), "tenant metadata from a non-edge caller is ignored"
+
+
+async def test_the_edge_speaks_for_its_users(guarded: RunningStack) -> None:
+    body = {"model": OPEN, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    headers = {"Authorization": f"Bearer {KEYS['narrow']}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{guarded.base_url}/chat/completions", json=body, headers=headers) as r,
+    ):
+        assert r.status == 200, await r.text()
+    assert await _generate(guarded, OPEN, cert="edge") == grpc.StatusCode.OK
+
+
+async def test_no_secret_reaches_the_logs(guarded: RunningStack) -> None:
+    """Keys, bearer tokens and private keys never appear in any process's output or the
+    edge's metrics, after traffic that carried them (good and bad) through every door."""
+    await test_internal_callers_need_a_tenant_key(guarded)
+    await test_the_edge_speaks_for_its_users(guarded)
+    plan = guarded.stack.plan
+    assert plan.log_dir is not None and plan.tls_dir is not None
+    logs = "".join(p.read_text(errors="replace") for p in plan.log_dir.glob("*.log"))
+    async with aiohttp.ClientSession() as session, session.get(guarded.ops_url + "/metrics") as r:
+        logs += await r.text()  # and the metrics
+    assert "router" in logs and "edge" in logs, "the logs were captured"
+    secrets = [*KEYS.values(), "sk-nope", "PRIVATE KEY"]
+    secrets += [
+        (plan.tls_dir / s / "tls.key").read_text().splitlines()[1]
+        for s in ("edge", "router", "engine")
+    ]
+    assert not [s for s in secrets if s in logs]
+
+
+async def test_rpm_limit_is_shared_with_http_through_redis(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path, redis_url: str
+) -> None:
+    stack = _guarded(scripted_stack, tmp_path, redis_url)
+    body = {"model": OPEN, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    headers = {"Authorization": f"Bearer {KEYS['limited']}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stack.base_url}/chat/completions", json=body, headers=headers) as r,
+    ):
+        assert r.status == 200, "the first of 2 per minute, over HTTP"
+    limited = _bearer("limited")
+    assert await _generate(stack, OPEN, cert="engine", md=limited) == grpc.StatusCode.OK
+    assert await _generate(stack, OPEN, cert="engine", md=limited) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    ), "the third, over gRPC, counts the HTTP one"
