@@ -16,7 +16,7 @@ from services.engine.model_prep import DEFAULT_MODEL_ID
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.devstack.cli import TeraRun, tera_run
-from tests.faults.load import run_load
+from tests.faults.load import Tally, run_load
 
 
 def _group_gone(pgid: int) -> bool:
@@ -75,9 +75,14 @@ async def test_vllm_streams_survive_sigkill_of_their_engine(
     completes (the supervisor keeps the rest of the stack, and restarts the engine)."""
     args = ["--model-dir", str(model_dir), "--no-speech", "--restart-backoff", "0.5"]
     with tera_run(tmp_path, None, replicas=2, args=args, ready_timeout_s=600) as run:
-        load = asyncio.create_task(
-            run_load(run.base_url, requests=6, concurrency=6, max_tokens=48, model=DEFAULT_MODEL_ID)
-        )
+        tally = Tally()
+        body = dict(requests=6, concurrency=6, max_tokens=200, model=DEFAULT_MODEL_ID)
+        load = asyncio.create_task(run_load(run.base_url, **body, tally=tally))
+        for _ in range(1800):  # every stream has tokens out: the kill lands mid-stream
+            if tally.streams_with_tokens == 6:
+                break
+            await asyncio.sleep(0.1)
+        assert tally.streams_with_tokens == 6
         victim = await asyncio.to_thread(_engine_holding_streams, run, 2)
         os.kill(run.pids(run.engine(victim))[-1], signal.SIGKILL)
         summary = (await load).summary()
