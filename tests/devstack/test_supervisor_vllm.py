@@ -8,11 +8,15 @@ import os
 import signal
 from pathlib import Path
 
+import grpc
+
 from devstack.processes import wait_until
 from devstack.readiness import router_has_replicas
 from services.engine.model_prep import DEFAULT_MODEL_ID
-from tests.devstack.cli import tera_run
-from tests.faults.load import run_load
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
+from tests.devstack.cli import TeraRun, tera_run
+from tests.faults.load import Tally, run_load
 
 
 def _group_gone(pgid: int) -> bool:
@@ -39,3 +43,49 @@ async def test_vllm_engine_killed_under_load_comes_back(tmp_path: Path, model_di
             wait_until, lambda: router_has_replicas(run.router, 2), timeout_s=300, what="rejoin"
         )
         assert (await run_load(run.base_url, **load)).summary()["succeeded"] == 12
+
+
+def _engine_holding_streams(run: TeraRun, engines: int, timeout_s: float = 180) -> int:
+    """The index of an engine with streams in flight, as soon as one has some."""
+    found: list[int] = []
+
+    def holding() -> bool:
+        found[:] = [i for i in range(engines) if _in_flight(run.engine_address(i)) > 0]
+        return bool(found)
+
+    wait_until(holding, timeout_s=timeout_s, interval_s=0.05, what="streams on an engine")
+    return found[0]
+
+
+def _in_flight(address: str) -> int:
+    """0 when the engine does not answer in time (busy prefilling on a loaded machine)."""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.EngineStub(channel)
+        try:
+            return stub.GetLoad(pb.GetLoadRequest(), timeout=5).in_flight
+        except grpc.RpcError:
+            return 0
+
+
+async def test_vllm_streams_survive_sigkill_of_their_engine(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """Issue 13 end to end: under `tera run --replicas 2`, the engine holding streams is
+    SIGKILLed mid-stream; the router resumes them on the other one, so every stream
+    completes (the supervisor keeps the rest of the stack, and restarts the engine)."""
+    args = ["--model-dir", str(model_dir), "--no-speech", "--restart-backoff", "0.5"]
+    with tera_run(tmp_path, None, replicas=2, args=args, ready_timeout_s=600) as run:
+        tally = Tally()
+        body = dict(requests=6, concurrency=6, max_tokens=200, model=DEFAULT_MODEL_ID)
+        load = asyncio.create_task(run_load(run.base_url, **body, tally=tally))
+        for _ in range(1800):  # every stream has tokens out: the kill lands mid-stream
+            if tally.streams_with_tokens == 6:
+                break
+            await asyncio.sleep(0.1)
+        assert tally.streams_with_tokens == 6
+        victim = await asyncio.to_thread(_engine_holding_streams, run, 2)
+        os.kill(run.pids(run.engine(victim))[-1], signal.SIGKILL)
+        summary = (await load).summary()
+        assert summary["succeeded"] == 6, summary
+        assert summary["silently_truncated"] == 0, summary
+        run.wait_for_output(f"{run.engine(victim)} restarted (pid", timeout_s=60)

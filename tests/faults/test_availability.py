@@ -152,7 +152,9 @@ async def test_a_known_model_whose_engine_is_not_listening_yet_is_503(
 
 async def test_only_replica_killed_and_restarting_503_not_404(tmp_path: Path) -> None:
     behaviours = [{"model_id": OTHER}, {"startup_delay_s": 2}]
-    with tera_run(tmp_path, behaviours, args=["--restart-backoff", "1"]) as run:
+    # The restart waits 4 s: long enough for the router to see the replica down and the
+    # edge's 2 s model-list cache to show it, on a loaded machine.
+    with tera_run(tmp_path, behaviours, args=["--restart-backoff", "4"]) as run:
         os.kill(run.pids(run.engine(1))[0], signal.SIGKILL)
         await _wait_for_status(run.base_url, SCRIPTED_MODEL, "unavailable")
         sdk = asyncio.create_task(_through_sdk_retries(run.base_url, SCRIPTED_MODEL))

@@ -9,6 +9,7 @@ real replica might.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -64,6 +65,8 @@ class ScriptedBackend(Backend):
         return BackendLoad(running=self._running)
 
     async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+        if self._script.exit_on_request:
+            os._exit(3)  # a crash on cue, for the supervisor's tests
         self._requests_seen += 1
         self._running += 1
         try:
