@@ -136,6 +136,8 @@ class Relay:
             opened: list[Attempt] = []
             try:
                 winner, first = await self._race(up, replica, attempt, opened, tried)
+                # A hedge's loser was cancelled, not failed: a later resume may use it.
+                tried.difference_update(a.replica.address for a in opened if a is not winner)
                 with _marks_failure(winner.span):
                     if first is None:  # finished with no message: a valid, empty answer
                         winner.replica.record_success()

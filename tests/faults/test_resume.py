@@ -167,3 +167,17 @@ def test_internal_grpc_callers_resume_unless_opted_out(resuming_fleet, opt_out: 
     assert not opt_out
     assert ids == list(range(6))
     assert usage is not None and usage.completion_tokens == 6
+
+
+async def test_a_hedged_stream_resumes_on_the_hedge_loser(fleet) -> None:
+    """Both replicas are slow to start, so the call is hedged; the winner cuts the stream
+    after 3 tokens. The loser was cancelled, not failed: the stream resumes there."""
+    slow_cut = {"first_token_delay_s": 0.6, "fail_after_tokens": 3, "tokens_per_second": 50}
+    hedge = {"delay_s": 0.2, "budget_ratio": 1.0, "budget_burst": 10}
+    stack = fleet([slow_cut, slow_cut], router={"hedge": hedge})
+    body = {"max_tokens": 5}
+    got, want = await stream(stack.base_url, body), await reference(slow_cut, body)
+    assert router_metric(stack, "tera_router_hedges_total", model=SCRIPTED_MODEL) == 1
+    assert got["error"] is None, got["error"]
+    assert got["texts"] == want["texts"] and got["usage"] == want["usage"]
+    assert router_metric(stack, "tera_router_resumes_total", reason="internal") == 1
