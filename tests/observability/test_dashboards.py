@@ -33,6 +33,11 @@ NOT_EXERCISED = {
     "vLLM queue time p99": "vLLM's own metrics: stand-in engines do not run vLLM",
     "Retries refused by the retry budget": "the short load never drains the retry budget",
     "Hedges/s: sent, won by the hedge, cancelled": "no stand-in is slow enough to be hedged",
+    "Resumes/s by reason (streams continued on another replica)": "the stand-ins fail only "
+    "before their first token: nothing is resumed",
+    "Resume gap p50 / p99 (cut to next token)": "nothing is resumed (see above)",
+    "Fair queue: waiting requests by class": "the fair queue is off in this stack",
+    "Fair queue: shed/s by reason": "the fair queue is off in this stack",
 }
 HOSTS = re.compile(r"https?://|localhost|\b\d{1,3}(\.\d{1,3}){3}\b")
 
