@@ -97,6 +97,17 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
+    def wait_group_gone(self, timeout_s: float = 30.0) -> bool:
+        """Waits until nothing of the group is left running. A SIGKILLed vLLM EngineCore
+        takes a while to die on a loaded machine (its threads and memory are torn down
+        first); a restart before that would hold two engines' memory at once."""
+        deadline = time.monotonic() + timeout_s
+        while not group_gone(self.pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def stop(self, grace_s: float = 15.0) -> int | None:
         """SIGTERM, wait up to grace_s, then SIGKILL the whole group; returns the exit code."""
         if self.proc is None:
@@ -110,6 +121,7 @@ class ManagedProcess:
         self.kill_group(signal.SIGKILL)
         if code is None:
             code = self.proc.wait(5)
+        self.wait_group_gone()
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -119,6 +131,21 @@ class ManagedProcess:
         if self._log_path is None or not self._log_path.exists():
             return ""
         return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def group_gone(pgid: int) -> bool:
+    """No live process is left in the group. Zombies do not count: an orphaned child is
+    reparented to a PID 1 that may reap it late, yet it holds no memory and no port.
+    Without /proc (not Linux) this cannot tell, and says gone."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state != "Z":
+            return False
+    return True
 
 
 def wait_until(

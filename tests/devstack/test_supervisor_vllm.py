@@ -11,27 +11,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from devstack.processes import wait_until
+from devstack.processes import group_gone, wait_until
 from devstack.readiness import router_has_replicas
 from services.engine.model_prep import DEFAULT_MODEL_ID
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.devstack.cli import TeraRun, tera_run
 from tests.faults.load import Tally, run_load
-
-
-def _group_gone(pgid: int) -> bool:
-    """No live process is left in the group. Zombies do not count: an orphaned child is
-    reparented to a PID 1 that may never reap it, yet it holds no memory and no port."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state != "Z":
-            return False
-    return True
 
 
 async def test_vllm_engine_killed_under_load_comes_back(tmp_path: Path, model_dir: Path) -> None:
@@ -45,7 +31,7 @@ async def test_vllm_engine_killed_under_load_comes_back(tmp_path: Path, model_di
         during = await run_load(run.base_url, **load)  # the survivor serves meanwhile
         assert during.summary()["succeeded"] == 12, during.outcomes
         run.wait_for_output(f"{victim} restarted (pid", timeout_s=30)
-        assert _group_gone(old), "the killed engine's EngineCore outlived it"
+        assert group_gone(old), "the killed engine's EngineCore outlived it"
         await asyncio.to_thread(
             wait_until, lambda: router_has_replicas(run.router, 2), timeout_s=300, what="rejoin"
         )
