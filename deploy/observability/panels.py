@@ -93,6 +93,7 @@ FLEET: list[P | Row] = [
     panel("Engine running", "short", Q("sum by (instance) (tera_engine_running)", "{{instance}}")),
     panel("KV cache use", "percentunit", Q("max by (instance) (tera_engine_kv_cache_usage)", "{{instance}}")),
     panel("Prefix cache hit ratio (vLLM)", "percentunit", Q(f'{rate("vllm:prefix_cache_hits_total", "", "instance")} / {rate("vllm:prefix_cache_queries_total", "", "instance")}', "{{instance}}")),
+    panel("Prompt tokens served from cache, by replica (router's view)", "percentunit", Q(f'{rate("tera_router_cached_prompt_tokens_total", "", "replica")} / {rate("tera_router_prompt_tokens_total", "", "replica")}', "{{replica}}")),
     panel("vLLM queue time p99", "s", Q(quantile(0.99, "vllm:request_queue_time_seconds", "model_name"), "{{model_name}}")),
     Row("Limits and speech"),
     panel("429s/s by model", "reqps", Q(rate(EDGE, f'status="429", {M}', "model"), "{{model}}")),

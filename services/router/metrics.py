@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.pool import ReplicaPool
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -47,6 +48,18 @@ class RouterMetrics:
             "Streams continued on another replica after a cut, by reason",
             ["reason"],
         )
+        # Their ratio per replica is how much of its prefill the engines' caches saved:
+        # the figure cache_aware routing is for (and what a cold replica lacks).
+        self.prompt_tokens = counter(
+            "tera_router_prompt_tokens",
+            "Prompt tokens of completed Generate calls, by replica that served them",
+            ["replica"],
+        )
+        self.cached_prompt_tokens = counter(
+            "tera_router_cached_prompt_tokens",
+            "Of those, tokens the replica's prefix cache already held",
+            ["replica"],
+        )
         histogram = functools.partial(Histogram, buckets=LATENCY_BUCKETS, registry=self.registry)
         self.resume_gap = histogram(
             "tera_router_resume_gap_seconds",
@@ -55,6 +68,11 @@ class RouterMetrics:
         self.first_message = histogram(
             "tera_router_first_message_seconds", "Time to the first response message", ["model"]
         )
+
+    def count_prompt(self, replica: str, usage: pb.Usage | None) -> None:
+        if usage is not None:
+            self.prompt_tokens.labels(replica).inc(usage.prompt_tokens)
+            self.cached_prompt_tokens.labels(replica).inc(usage.cached_tokens)
 
     def watch(self, pool: ReplicaPool) -> None:
         self.registry.register(_ReplicaCollector(pool))

@@ -20,12 +20,12 @@ import grpc
 from opentelemetry import trace
 
 from services.common import metadata
-from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.config import FairConfig
 from services.router.fairness import PRIORITIES, FairScheduler, Ticket, priority_rank
 from services.router.pool import ReplicaPool
 from services.router.queue_metrics import QueueMetrics
 from services.router.refusal import Refusal
+from services.router.usage import final_usage
 
 _HOLD_EWMA = 0.2
 _tracer = trace.get_tracer("tera.router")
@@ -221,12 +221,5 @@ def _positive(value: str | None, default: float) -> float:
 
 def _usage_tokens(method: str, last: bytes | None) -> int | None:
     """Prompt + completion tokens in a Generate stream's last message, if it has usage."""
-    if last is None or not method.endswith("/Generate"):
-        return None
-    try:
-        message = pb.GenerateResponse.FromString(last)
-    except Exception:  # an opaque relay: a message it cannot read carries no usage
-        return None
-    if not message.HasField("usage"):
-        return None
-    return message.usage.prompt_tokens + message.usage.completion_tokens
+    usage = final_usage(method, last)
+    return None if usage is None else usage.prompt_tokens + usage.completion_tokens

@@ -42,6 +42,7 @@ from services.router.refusal import Refusal, no_model, remaining
 from services.router.replica import Replica
 from services.router.resume import Cut, Journal, ResumeHooks, Resumer, open_journal
 from services.router.retry import REPLICA_FAULTS, RETRYABLE, RetryBudget, backoff_s
+from services.router.usage import final_usage
 from services.router.wire import model_of
 
 log = logging.getLogger("tera.router.relay")
@@ -142,9 +143,11 @@ class Relay:
                     if first is None:  # finished with no message: a valid, empty answer
                         winner.replica.record_success()
                         return
-                    yield journal.keep(first)
-                    async for chunk in self._rest(winner.call, winner.replica):
-                        yield journal.keep(chunk)
+                    yield journal.keep(last := first)
+                    async for last in self._rest(winner.call, winner.replica):
+                        yield journal.keep(last)
+                    usage = final_usage(up.method, last)
+                    self._metrics.count_prompt(winner.replica.address, usage)
                     return
             except AttemptFailed as failure:
                 last_failure = failure.refusal

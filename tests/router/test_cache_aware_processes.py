@@ -22,6 +22,7 @@ from services.common.word_tokens import prompt_token_ids
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from services.router.policies.cache_aware import _rendezvous
 from tests.conftest import SCRIPTED_MODEL, RunningStack
+from tests.faults.fleet import router_metric
 
 ROUTER = {
     "policy": "cache_aware",
@@ -44,7 +45,7 @@ def _start(scripted_stack: Callable[..., RunningStack], tmp_path: Path, **cache:
     return scripted_stack(
         engines=3,
         behaviour={**CACHE, **cache},
-        router_args=["--config", str(config)],
+        router_args=["--config", str(config), "--metrics-port", str(free_port())],
         edge_args=["--config", str(edge)],
     )
 
@@ -83,6 +84,10 @@ async def test_calls_land_where_their_prefix_is_resident(scripted_stack, tmp_pat
         served, cached = await _served_by(stack, [_system(group), ("user", "another question")])
         assert served == engine, f"group {group} went to engine {served}, not {engine}"
         assert cached >= 64
+    for address in stack.engine_addresses:  # the router saw each replica's cache hits
+        cached = router_metric(stack, "tera_router_cached_prompt_tokens_total", replica=address)
+        prompt = router_metric(stack, "tera_router_prompt_tokens_total", replica=address)
+        assert 64 <= cached < prompt, (address, cached, prompt)
 
 
 async def test_through_the_edge(scripted_stack, tmp_path) -> None:
