@@ -9,7 +9,6 @@ import signal
 from pathlib import Path
 
 import grpc
-import pytest
 
 from devstack.processes import group_gone, wait_until
 from devstack.readiness import router_has_replicas
@@ -60,12 +59,6 @@ def _in_flight(address: str) -> int:
             return 0
 
 
-@pytest.mark.skipif(
-    os.environ.get("TERA_RESUME_E2E") != "1",
-    reason="minutes of real vLLM; opt-in until it has passed inside full-suite runs (its "
-    "one full-suite failure was hedged streams not resumable on the hedge's loser, fixed "
-    "and covered by tests/faults/test_resume.py): run with TERA_RESUME_E2E=1",
-)
 async def test_vllm_streams_survive_sigkill_of_their_engine(
     tmp_path: Path, model_dir: Path
 ) -> None:
