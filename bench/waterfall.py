@@ -6,11 +6,18 @@ part starts) plus two client timestamps; all are wall-clock readings of one mach
 so they line up. Run at concurrency 1 and 32, on the stand-in engine (the relay alone)
 and on real vLLM (the engine's part too); p50 and p99 per segment. Tracing is on, so the
 totals are a little above an untraced run's (the vs_vllm part has those).
+
+The contention experiment: vLLM on CPU binds its OpenMP threads to all cores but one
+and leaves the last to the serving processes (VLLM_CPU_OMP_THREADS_BIND=auto, one
+reserved CPU). The vLLM run is repeated with the edge and router confined to that last
+CPU, so they can no longer preempt a decode step; the difference is what their wake-ups
+cost the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -164,7 +171,9 @@ def _body(model: str, max_tokens: int) -> dict:
     }
 
 
-def _vllm_stack(results: Path, env: dict[str, str]) -> Callable[[Path], Stack]:
+def _vllm_stack(
+    results: Path, env: dict[str, str], relay_cpus: frozenset[int] | None
+) -> Callable[[Path], Stack]:
     def start(model_dir: Path) -> Stack:
         plan = StackPlan(
             edge_port=free_port(),
@@ -173,10 +182,20 @@ def _vllm_stack(results: Path, env: dict[str, str]) -> Callable[[Path], Stack]:
             engine_args=vllm_engine_args(model_dir, CACHE_DIR),
             env=env,
             log_dir=results,
+            relay_cpus=relay_cpus,
         )
         return Stack(plan).start(timeout_s=600)
 
     return start
+
+
+def _relay_placements() -> dict[str, frozenset[int] | None]:
+    """Unconfined, and (with two CPUs or more) on the CPU vLLM's auto-binding reserves."""
+    cpus = sorted(os.sched_getaffinity(0))
+    placements: dict[str, frozenset[int] | None] = {"vllm": None}
+    if len(cpus) >= 2:
+        placements[f"vllm, relay on CPU {cpus[-1]}"] = frozenset(cpus[-1:])
+    return placements
 
 
 def run(
@@ -194,12 +213,21 @@ def run(
         finally:
             stack.stop()
         if model_dir is not None:
-            stack = _vllm_stack(results, receiver.env)(model_dir)
-            try:
-                for c in concurrencies:
-                    body = _body(DEFAULT_MODEL_ID, 16)
-                    row = _measure(receiver, stack.plan.base_url, body, c, max(24, 3 * c))
-                    out.append({"engine": "vllm", **row})
-            finally:
-                stack.stop()
+            out += _vllm_rows(receiver, results, model_dir, concurrencies)
+    return out
+
+
+def _vllm_rows(
+    receiver: OtlpReceiver, results: Path, model_dir: Path, concurrencies: tuple[int, ...]
+) -> list[dict]:
+    out = []
+    for name, cpus in _relay_placements().items():
+        stack = _vllm_stack(results, receiver.env, cpus)(model_dir)
+        try:
+            for c in concurrencies:
+                body = _body(DEFAULT_MODEL_ID, 16)
+                row = _measure(receiver, stack.plan.base_url, body, c, max(24, 3 * c))
+                out.append({"engine": name, **row})
+        finally:
+            stack.stop()
     return out
