@@ -1,5 +1,5 @@
 """make bench: every figure from one run, same machine, written as markdown and JSON
-under bench/results/. Parts can be chosen: python -m bench.run --parts relay,overhead"""
+under bench/results/. Parts can be chosen: python -m bench.run --parts relay,waterfall"""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ PARTS: dict[str, sections.Part] = {
     "vs_vllm": sections.vs_vllm_part,
     "relay": sections.relay_part,
     "resume": sections.resume_part,
-    "overhead": sections.overhead_part,
+    "waterfall": sections.waterfall_part,
     "profile": sections.profile_part,
     "speech": sections.speech_part,
     "hedging": sections.hedging_part,

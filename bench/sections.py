@@ -11,13 +11,13 @@ from bench import (
     cache_routing,
     fairness,
     hedging,
-    overhead,
     profile,
     recovery,
     relay,
     resume,
     speech,
     vs_vllm,
+    waterfall,
 )
 from bench.common import CACHE_DIR, table
 from services.engine.model_prep import default_model_dir, prepare_default_model
@@ -62,14 +62,22 @@ def resume_part(args: argparse.Namespace, results: Path, report: dict) -> list[s
     ]
 
 
-def overhead_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
-    report["overhead"] = result = overhead.run(results)
-    rows = [{"hop": k, "p50_ms": v} for k, v in result["p50_ms"].items()]
-    return [
-        f"## Per-hop overhead, p50 over {result['requests']} traced requests (ms)\n",
-        table(rows, ["hop", "p50_ms"]),
-        "",
+def waterfall_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    model_dir = prepare_default_model(default_model_dir(CACHE_DIR))
+    report["waterfall"] = runs = waterfall.run(results, model_dir)
+    md = [
+        "## First-token waterfall (traced streamed chat requests, ~64-token prompt; "
+        "ms per segment, from the request's trace marks and the client's clock)\n"
     ]
+    for r in runs:
+        rows = [{"segment": name, **figures} for name, figures in r["segments"].items()]
+        md += [
+            f"### {r['engine']}, concurrency {r['concurrency']}: {r['requests']} requests, "
+            f"client TTFT p50 {r['ttft_p50_ms']:.1f} / p99 {r['ttft_p99_ms']:.1f} ms\n",
+            table(rows, ["segment", "p50_ms", "p99_ms"]),
+            "",
+        ]
+    return md
 
 
 def profile_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:

@@ -49,12 +49,14 @@ class ManagedProcess:
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
         cwd: Path | None = None,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         self.name = name
         self.args = [sys.executable, *args]
         self._env = {**os.environ, **(env or {})}
         self._log_path = log_path
         self._cwd = cwd
+        self._cpus = cpus  # CPU affinity, set before exec so every thread inherits it
         self._log: IO[bytes] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -71,8 +73,12 @@ class ManagedProcess:
             stderr=subprocess.STDOUT if stdout else None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=self._pin if self._cpus else None,
         )
         return self
+
+    def _pin(self) -> None:
+        os.sched_setaffinity(0, self._cpus or ())
 
     def restart(self) -> ManagedProcess:
         """Starts the same command again (same port), after clearing out whatever the

@@ -42,6 +42,9 @@ class StackPlan:
     # Mutual TLS on every gRPC hop: a devstack.certs folder (edge/, router/, engine/).
     # None: plaintext, which the services allow on loopback only.
     tls_dir: Path | None = None
+    # CPUs the relay (edge and router) is confined to; None: wherever the OS puts it.
+    # The waterfall bench's contention experiment keeps it off vLLM's OpenMP core.
+    relay_cpus: frozenset[int] | None = None
 
     def tls_args(self, service: str) -> list[str]:
         return ["--tls-dir", str(self.tls_dir / service)] if self.tls_dir else []
@@ -131,6 +134,7 @@ class Stack:
             ],
             env=plan.env,
             log_path=self._log("router"),
+            cpus=plan.relay_cpus,
         ).start()
 
     def _start_edge(self) -> None:
@@ -154,6 +158,7 @@ class Stack:
             ],
             env={**plan.env, **plan.edge_env},
             log_path=self._log("edge"),
+            cpus=plan.relay_cpus,
         ).start()
 
     def _wait_ready(self, timeout_s: float) -> None:

@@ -115,6 +115,7 @@ class GenerationObserver:
         now = time.monotonic()
         tokens = sum(c.num_tokens for c in message.choices) or 1
         if self._last is None:
+            self._span.add_event("first_message")  # the first-token waterfall's edge mark
             ttft = now - self._started
             self._ttft.observe(ttft, self._exemplar)
             self._span.set_attribute(t.TTFT, ttft)

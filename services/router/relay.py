@@ -189,7 +189,7 @@ class Relay:
                 up.request, metadata=up.forward, timeout=remaining(up.context)
             )
         opened.append(started := Attempt(replica, call, span, hedge))
-        first = self._first_message(call, replica, up.route.model)
+        first = self._first_message(call, replica, up.route.model, span)
         started.wait_first(asyncio.create_task(first))
         return started
 
@@ -239,7 +239,7 @@ class Relay:
         )
 
     async def _first_message(
-        self, call: grpc.aio.UnaryStreamCall, replica: Replica, model: str
+        self, call: grpc.aio.UnaryStreamCall, replica: Replica, model: str, span: trace.Span
     ) -> bytes | None:
         started = time.monotonic()
         try:
@@ -258,6 +258,7 @@ class Relay:
             raise self._failed(exc, replica) from None
         if message is grpc.aio.EOF:
             return None
+        span.add_event("first_message")  # the first-token waterfall's router mark
         elapsed = time.monotonic() - started
         replica.record_first_message(elapsed)
         self._hedger.observe(model, elapsed)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from devstack.processes import free_port
 
@@ -27,6 +29,7 @@ class ReceivedSpan:
     status_code: int
     start_ns: int = 0
     end_ns: int = 0
+    event_ns: dict[str, int] = field(default_factory=dict)  # first time of each event
 
 
 def _value(v: AnyValue) -> object:
@@ -34,6 +37,13 @@ def _value(v: AnyValue) -> object:
     if kind == "array_value":
         return [_value(x) for x in v.array_value.values]
     return getattr(v, kind) if kind else None
+
+
+def _first_times(events: Iterable[Span.Event]) -> dict[str, int]:
+    times: dict[str, int] = {}
+    for e in events:
+        times.setdefault(e.name, e.time_unix_nano)
+    return times
 
 
 @dataclass
@@ -62,6 +72,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                                 status_code=s.status.code,
                                 start_ns=s.start_time_unix_nano,
                                 end_ns=s.end_time_unix_nano,
+                                event_ns=_first_times(s.events),
                             )
                         )
         return trace_service_pb2.ExportTraceServiceResponse()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from aiohttp import web
+from opentelemetry import trace
 
 from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
@@ -233,6 +234,8 @@ async def _stream(
                     unfinished.discard(index)
                 chunks.append(framer.choices(dumps(renderer.delta(index, delta))))
             await response.write(b"".join(chunks))
+            if item is first:  # the first-token waterfall's last server-side mark
+                trace.get_current_span().add_event("first_chunk_written")
             if message.HasField("usage"):
                 usages[upstream] = message.usage
             item = await anext(messages, None)

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+from opentelemetry import trace
 from vllm.exceptions import VLLMClientError
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
@@ -113,6 +114,7 @@ class VllmBackend(Backend):
         vllm_id = f"{request.request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         # W3C context for vLLM's own request span (when its tracing is configured).
         trace_headers = inject_headers() if tracing_enabled() else None
+        trace.get_current_span().add_event("vllm.add_request")  # a no-op when not traced
         try:
             async for out in model.engine.generate(
                 prepared.prompt,

@@ -1,0 +1,233 @@
+"""Part: the first-token waterfall. Where the time to first token goes, segment by
+segment, from a streamed chat request's send to its first SSE bytes at the client.
+
+The marks come from the request's trace (every service exports OTLP to a receiver this
+part starts) plus two client timestamps; all are wall-clock readings of one machine,
+so they line up. Run at concurrency 1 and 32, on the stand-in engine (the relay alone)
+and on real vLLM (the engine's part too); p50 and p99 per segment. Tracing is on, so the
+totals are a little above an untraced run's (the vs_vllm part has those).
+
+The contention experiment: vLLM on CPU binds its OpenMP threads to all cores but one
+and leaves the last to the serving processes (VLLM_CPU_OMP_THREADS_BIND=auto, one
+reserved CPU). The vLLM run is repeated with the edge and router confined to that last
+CPU, so they can no longer preempt a decode step; the difference is what their wake-ups
+cost the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from bench.common import CACHE_DIR, STAND_IN_MODEL, percentile, stand_in_stack
+from devstack.engine_args import vllm_engine_args
+from devstack.processes import free_port
+from devstack.stack import Stack, StackPlan
+from services.engine.model_prep import DEFAULT_MODEL_ID
+from tests.observability.otlp_receiver import OtlpReceiver, ReceivedSpan
+
+SERVER, CLIENT = 2, 3
+SERVICES = {"tera-edge", "tera-router", "tera-engine"}
+
+# (segment, from mark, to mark), in the order a request meets them. A segment whose
+# marks a run lacks (the stand-in has no vLLM add_request) is left out of that run.
+SEGMENTS = (
+    ("client -> edge", "client send", "edge receive"),
+    ("edge parse/validate", "edge receive", "edge call"),
+    ("edge -> router", "edge call", "router receive"),
+    ("router routing", "router receive", "router call"),
+    ("router -> engine", "router call", "engine receive"),
+    ("engine prepare (template, tokenize)", "engine receive", "vllm add_request"),
+    ("vLLM to first output", "vllm add_request", "engine first output"),
+    ("engine to first output", "engine receive", "engine first output"),
+    ("engine -> router", "engine first output", "router first message"),
+    ("router -> edge", "router first message", "edge first message"),
+    ("edge render + write", "edge first message", "edge first chunk written"),
+    ("edge -> client", "edge first chunk written", "client first bytes"),
+)
+
+
+@dataclass
+class Sent:
+    trace_id: str
+    send_ns: int
+    first_ns: int
+
+
+def marks(spans: list[ReceivedSpan], sent: Sent) -> dict[str, int] | None:
+    """Every mark of one request, in ns; None if its trace is incomplete."""
+
+    def one(service: str, kind: int, name: str | None = None) -> ReceivedSpan | None:
+        found = [
+            s
+            for s in spans
+            if s.service == service and s.kind == kind and (name is None or s.name == name)
+        ]
+        return found[0] if len(found) == 1 else None
+
+    http, edge_call = one("tera-edge", SERVER), one("tera-edge", CLIENT)
+    router, router_call = one("tera-router", SERVER), one("tera-router", CLIENT)
+    attempt, engine = one("tera-router", 1, "attempt"), one("tera-engine", SERVER)
+    if None in (http, edge_call, router, router_call, attempt, engine):
+        return None
+    assert http and edge_call and router and router_call and attempt and engine
+    found = {
+        "client send": sent.send_ns,
+        "edge receive": http.start_ns,
+        "edge call": edge_call.start_ns,
+        "router receive": router.start_ns,
+        "router call": router_call.start_ns,
+        "engine receive": engine.start_ns,
+        "vllm add_request": engine.event_ns.get("vllm.add_request"),
+        "engine first output": engine.event_ns.get("first_token"),
+        "router first message": attempt.event_ns.get("first_message"),
+        "edge first message": http.event_ns.get("first_message"),
+        "edge first chunk written": http.event_ns.get("first_chunk_written"),
+        "client first bytes": sent.first_ns,
+    }
+    return {k: v for k, v in found.items() if v is not None}
+
+
+# A segment left out when a finer mark inside it exists (vLLM's add_request splits it).
+COARSE = {"engine to first output": "vllm add_request"}
+
+
+def segments(marked: dict[str, int]) -> dict[str, float]:
+    """Segment durations in ms, for the segments whose two marks this request has."""
+    out = {}
+    for name, start, end in SEGMENTS:
+        if COARSE.get(name) in marked:
+            continue
+        if start in marked and end in marked:
+            out[name] = (marked[end] - marked[start]) / 1e6
+    return out
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> Sent:
+    trace_id = secrets.token_hex(16)
+    headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    send_ns = time.time_ns()
+    async with session.post(url, json=body, headers=headers) as response:
+        await response.content.readany()  # the first SSE bytes
+        first_ns = time.time_ns()
+        await response.read()
+    return Sent(trace_id, send_ns, first_ns)
+
+
+async def _load(base_url: str, body: dict, requests: int, concurrency: int) -> list[Sent]:
+    gate = asyncio.Semaphore(concurrency)
+    url = f"{base_url}/chat/completions"
+
+    async def gated(session: aiohttp.ClientSession) -> Sent:
+        async with gate:
+            return await _one(session, url, body)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        return await asyncio.gather(*(gated(session) for _ in range(requests)))
+
+
+def _measure(
+    receiver: OtlpReceiver, base_url: str, body: dict, concurrency: int, requests: int
+) -> dict:
+    asyncio.run(_load(base_url, body, concurrency, concurrency))  # warm-up, not counted
+    sent = asyncio.run(_load(base_url, body, requests, concurrency))
+    rows = []
+    for s in sent:
+        marked = marks(receiver.wait_for(s.trace_id, SERVICES, timeout_s=30), s)
+        if marked is not None:
+            rows.append(segments(marked))
+    names = [n for n, _, _ in SEGMENTS if rows and n in rows[0]]
+    ttft = [(s.first_ns - s.send_ns) / 1e6 for s in sent]
+    return {
+        "concurrency": concurrency,
+        "requests": len(rows),
+        "segments": {
+            n: {
+                "p50_ms": percentile([r[n] for r in rows], 50),
+                "p99_ms": percentile([r[n] for r in rows], 99),
+            }
+            for n in names
+        },
+        "ttft_p50_ms": percentile(ttft, 50),
+        "ttft_p99_ms": percentile(ttft, 99),
+    }
+
+
+def _body(model: str, max_tokens: int) -> dict:
+    words = " ".join(f"w{i}" for i in range(48))  # a ~64-token prompt
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": f"Summarise: {words}"}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+
+
+def _vllm_stack(
+    results: Path, env: dict[str, str], relay_cpus: frozenset[int] | None
+) -> Callable[[Path], Stack]:
+    def start(model_dir: Path) -> Stack:
+        plan = StackPlan(
+            edge_port=free_port(),
+            router_port=free_port(),
+            engine_ports=[free_port()],
+            engine_args=vllm_engine_args(model_dir, CACHE_DIR),
+            env=env,
+            log_dir=results,
+            relay_cpus=relay_cpus,
+        )
+        return Stack(plan).start(timeout_s=600)
+
+    return start
+
+
+def _relay_placements() -> dict[str, frozenset[int] | None]:
+    """Unconfined, and (with two CPUs or more) on the CPU vLLM's auto-binding reserves."""
+    cpus = sorted(os.sched_getaffinity(0))
+    placements: dict[str, frozenset[int] | None] = {"vllm": None}
+    if len(cpus) >= 2:
+        placements[f"vllm, relay on CPU {cpus[-1]}"] = frozenset(cpus[-1:])
+    return placements
+
+
+def run(
+    results: Path, model_dir: Path | None, concurrencies: tuple[int, ...] = (1, 32)
+) -> list[dict]:
+    """Stand-in rows always; vLLM rows when a model directory is given."""
+    out = []
+    with OtlpReceiver() as receiver:
+        stack = stand_in_stack(results, {"tokens_per_second": 200}, env=receiver.env)
+        try:
+            for c in concurrencies:
+                body = _body(STAND_IN_MODEL, 16)
+                row = _measure(receiver, stack.plan.base_url, body, c, max(64, 4 * c))
+                out.append({"engine": "stand-in", **row})
+        finally:
+            stack.stop()
+        if model_dir is not None:
+            out += _vllm_rows(receiver, results, model_dir, concurrencies)
+    return out
+
+
+def _vllm_rows(
+    receiver: OtlpReceiver, results: Path, model_dir: Path, concurrencies: tuple[int, ...]
+) -> list[dict]:
+    out = []
+    for name, cpus in _relay_placements().items():
+        stack = _vllm_stack(results, receiver.env, cpus)(model_dir)
+        try:
+            for c in concurrencies:
+                body = _body(DEFAULT_MODEL_ID, 16)
+                row = _measure(receiver, stack.plan.base_url, body, c, max(24, 3 * c))
+                out.append({"engine": name, **row})
+        finally:
+            stack.stop()
+    return out
