@@ -22,6 +22,7 @@ from services.engine.backends.scripted_text import ChoiceText, TokenTape
 from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
 from services.engine.prefix_cache import PrefixCacheFeed
+from services.engine.truncation import drop_oldest_turn, fits
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 
@@ -82,11 +83,12 @@ class ScriptedBackend(Backend):
         if script.hang:
             await asyncio.Event().wait()
         await asyncio.sleep(script.first_token_delay_s)
+        s = request.sampling
+        max_tokens = s.max_tokens if s.HasField("max_tokens") else script.default_max_tokens
+        self._truncate(request, max_tokens)
         cached = await self._cache.prefill(prompt_token_ids(request)) if self._cache else 0
         if script.fail_before_first or self._requests_seen <= script.fail_first_requests:
             raise EngineError(grpc.StatusCode.INTERNAL, "scripted failure before first token")
-        s = request.sampling
-        max_tokens = s.max_tokens if s.HasField("max_tokens") else script.default_max_tokens
         if _prompt_tokens(request) + max_tokens > self._config.max_context_length:
             raise invalid_argument(
                 f"This model's maximum context length is {self._config.max_context_length} tokens.",
@@ -124,6 +126,16 @@ class ScriptedBackend(Backend):
                 await asyncio.sleep(max(started + (i - start) / rate - loop.time(), step_s))
             elif rate <= 0:
                 await asyncio.sleep(0)
+
+    def _truncate(self, request: pb.GenerateRequest, max_tokens: int) -> None:
+        """truncation "auto": drops the oldest turns until the request fits, as vLLM's
+        backend does with real token counts."""
+        if request.WhichOneof("input") != "chat" or not request.chat.drop_oldest_to_fit:
+            return
+        context = self._config.max_context_length
+        while not fits(_prompt_tokens(request), max_tokens, context):
+            if not drop_oldest_turn(request.chat):
+                return  # cannot be shortened: refused below as too long
 
 
 class _Generation:
