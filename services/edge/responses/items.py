@@ -10,6 +10,7 @@ vLLM's `construct_input_messages`.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -139,6 +140,11 @@ def resource(item: MessageItem | FunctionCallItem | FunctionCallOutputItem | Rea
         out["output"] = item.output if isinstance(item.output, str) else _text(out["output"])
     prefix = "fc" if item.type == "function_call" else "fco"
     return {**out, "id": item.id or new_id(prefix), "status": item.status or "completed"}
+
+
+def items_chars(items: list[Item]) -> int:
+    """Items' size in characters, as ResponseRequest.prompt_chars counts its own input."""
+    return sum(len(json.dumps(item)) for item in items)
 
 
 def _text(parts: list[Item]) -> str:

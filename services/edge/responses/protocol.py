@@ -172,6 +172,8 @@ class ResponseRequest(SamplingRequest):
         chat = pb.ChatInput(messages=to_messages(self.instructions, conversation))
         if self.reasoning and self.reasoning.effort:
             chat.reasoning_effort = self.reasoning.effort
+        # Only the engine can count tokens, so it is the one that drops old turns.
+        chat.drop_oldest_to_fit = self.truncation == "auto"
         request.chat.CopyFrom(chat)
         if self.tools:
             request.tools.CopyFrom(self._tools_proto())
