@@ -109,7 +109,7 @@ class ResponsesServing(GenerationServing[ResponseRequest]):
         messages: Messages,
     ) -> web.StreamResponse:
         assert isinstance(ctx, ResponsesContext)
-        builder = OutputBuilder(summary=body.summary is not None)
+        builder = OutputBuilder(summary=body.summary is not None, logprobs=body.logprobs)
         run = _Run(ctx, body, _envelope(ctx, body, admitted), builder)
         if body.stream:
             return await self._stream(run, first, messages)
