@@ -195,7 +195,9 @@ def test_reasoning_item_and_summary(client: OpenAI, stream: bool) -> None:
     }
     if stream:
         events = list(client.responses.create(**kwargs, stream=True))  # type: ignore[call-overload]
-        assert "response.reasoning_text.delta" in [e.type for e in events]
+        types = [e.type for e in events]
+        assert "response.reasoning_text.delta" in types
+        assert "response.reasoning_summary_text.delta" in types
         r = events[-1].response
     else:
         r = client.responses.create(**kwargs)  # type: ignore[call-overload]

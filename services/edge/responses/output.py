@@ -2,7 +2,9 @@
 stream them.
 
 Each delta extends the open item (reasoning, message or one function call) or closes it
-and opens the next, so items come in the order the model wrote them. Non-streamed
+and opens the next, so items come in the order the model wrote them. A reasoning item
+carries the reasoning as reasoning_text content and, when reasoning.summary asks, as its
+one summary part too (with the summary events). Non-streamed
 responses use the same builder and drop the events: one path for both.
 """
 
@@ -41,6 +43,8 @@ class OutputBuilder:
             events += self._ensure(("reasoning", -1))
             events.append(self._delta("response.reasoning_text.delta", d.reasoning_text))
             self.items[-1]["content"][0]["text"] += d.reasoning_text
+            if self._summary:
+                events.append(self._summary_delta(d.reasoning_text))
         if d.text:
             events += self._ensure(("message", -1))
             # A delta's logprobs are its tokens'; the engine splits reasoning from answer
@@ -96,7 +100,7 @@ class OutputBuilder:
             if kind == "reasoning":
                 del item["status"]  # reasoning items carry no status
                 if self._summary:
-                    item["summary"] = [{"type": "summary_text", "text": part["text"]}]
+                    events += self._close_summary()
         events.append({"type": "response.output_item.done", "output_index": index, "item": item})
         return events
 
@@ -117,6 +121,16 @@ class OutputBuilder:
         if kind[0] != "function_call":
             part = _copy(item["content"][0])
             events.append({"type": "response.content_part.added", **self._part_ref(), "part": part})
+        if kind[0] == "reasoning" and self._summary:
+            item["summary"].append({"type": "summary_text", "text": ""})
+            part = _copy(item["summary"][0])
+            events.append(
+                {
+                    "type": "response.reasoning_summary_part.added",
+                    **self._summary_ref(),
+                    "part": part,
+                }
+            )
         return events
 
     def _new_item(self, kind: str, call: pb.ToolCallDelta | None) -> Item:
@@ -146,6 +160,28 @@ class OutputBuilder:
     def _part_ref(self) -> Event:
         index = len(self.items) - 1
         return {"item_id": self.items[index]["id"], "output_index": index, "content_index": 0}
+
+    # The summary asked for by reasoning.summary: open models write no separate summary,
+    # so it is the reasoning text itself, streamed as OpenAI streams summaries (one part).
+    def _summary_ref(self) -> Event:
+        index = len(self.items) - 1
+        return {"item_id": self.items[index]["id"], "output_index": index, "summary_index": 0}
+
+    def _summary_delta(self, text: str) -> Event:
+        self.items[-1]["summary"][0]["text"] += text
+        return {
+            "type": "response.reasoning_summary_text.delta",
+            **self._summary_ref(),
+            "delta": text,
+        }
+
+    def _close_summary(self) -> list[Event]:
+        part = self.items[-1]["summary"][0]
+        ref = self._summary_ref()
+        return [
+            {"type": "response.reasoning_summary_text.done", **ref, "text": part["text"]},
+            {"type": "response.reasoning_summary_part.done", **ref, "part": _copy(part)},
+        ]
 
     def _delta(self, kind: str, text: str) -> Event:
         return {"type": kind, **self._part_ref(), "delta": text}
