@@ -4,8 +4,8 @@ stream them.
 Each delta extends the open item (reasoning, message or one function call) or closes it
 and opens the next, so items come in the order the model wrote them. A reasoning item
 carries the reasoning as reasoning_text content and, when reasoning.summary asks, as its
-one summary part too (with the summary events). Non-streamed
-responses use the same builder and drop the events: one path for both.
+one summary part too (with the summary events). Non-streamed responses use the same
+builder and drop the events: one path for both.
 """
 
 from __future__ import annotations
