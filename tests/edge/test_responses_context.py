@@ -119,3 +119,26 @@ def test_reservation_counts_the_stored_turns(small: RunningStack) -> None:
         )
     short = client.responses.create(model=SCRIPTED_MODEL, input=long_word, max_output_tokens=4)
     assert short.status == "incomplete"  # the same input without the stored turn fits
+
+
+def test_reservation_counts_what_the_engine_is_sent(small: RunningStack) -> None:
+    """A stored answer with logprobs is ~50 KB of JSON but ~300 characters of text: the
+    reservation counts the text the engine gets, not the stored JSON (~12,000 tokens,
+    far over the key's 600)."""
+    client = _client(small, "metered")
+    first = client.responses.create(
+        model=SCRIPTED_MODEL,
+        input="hi",
+        max_output_tokens=50,
+        include=["message.output_text.logprobs"],
+        top_logprobs=20,
+    )
+    assert len(first.output[0].content[0].logprobs) == 50  # type: ignore[union-attr]
+    follow = client.responses.create(
+        model=SCRIPTED_MODEL,
+        previous_response_id=first.id,
+        input="more",
+        max_output_tokens=4,
+        truncation="auto",  # 5 + 54 + 5 + 4 > 64: the first "hi" goes
+    )
+    assert follow.usage is not None and follow.usage.input_tokens == 59

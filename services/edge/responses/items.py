@@ -10,7 +10,6 @@ vLLM's `construct_input_messages`.
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -143,8 +142,9 @@ def resource(item: MessageItem | FunctionCallItem | FunctionCallOutputItem | Rea
 
 
 def items_chars(items: list[Item]) -> int:
-    """Items' size in characters, as ResponseRequest.prompt_chars counts its own input."""
-    return sum(len(json.dumps(item)) for item in items)
+    """About the characters the engine is sent for these items: their chat messages'
+    size, not the stored JSON's (ids, and logprobs on stored output, are not sent)."""
+    return sum(m.ByteSize() for m in to_messages(None, items))
 
 
 def _text(parts: list[Item]) -> str:
