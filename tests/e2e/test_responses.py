@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 from pydantic import BaseModel, Field
@@ -208,3 +209,17 @@ def test_reasoning_item_and_summary(client: OpenAI, stream: bool) -> None:
     assert reasoning.summary and reasoning.summary[0].text == reasoning.content[0].text
     assert "think>" not in r.output_text and r.output_text.endswith(".")
     assert r.usage is not None and r.usage.output_tokens_details.reasoning_tokens > 0
+
+
+def test_truncation_on_the_real_tokenizer(client: OpenAI) -> None:
+    """Two 1,200-token turns exceed the 2,048-token context: "auto" drops the first
+    (the instructions stay), "disabled" is vLLM's context-length 400."""
+    long = "apple " * 1200
+    kwargs = {"model": MODEL, "instructions": "Count.", "max_output_tokens": 4}
+    first = client.responses.create(**kwargs, input=long)  # type: ignore[call-overload]
+    assert first.usage is not None and 1200 < first.usage.input_tokens < 1400
+    follow = {**kwargs, "input": long, "previous_response_id": first.id}
+    r = client.responses.create(**follow, truncation="auto")  # type: ignore[call-overload]
+    assert r.usage is not None and r.usage.input_tokens < first.usage.input_tokens + 20
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 2048"):
+        client.responses.create(**follow)  # type: ignore[call-overload]

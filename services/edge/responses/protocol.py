@@ -184,7 +184,7 @@ class ResponseRequest(SamplingRequest):
         return [resource(item) for item in self.input]
 
     def prompt_chars(self) -> int:
-        """This request's own text (earlier turns, from the store, are not counted)."""
+        """This request's own text (the serving adds the stored turns' size)."""
         return len(self.model_dump_json(include={"input", "instructions"}))
 
     @property
