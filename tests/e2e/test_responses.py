@@ -223,3 +223,24 @@ def test_truncation_on_the_real_tokenizer(client: OpenAI) -> None:
     assert r.usage is not None and r.usage.input_tokens < first.usage.input_tokens + 20
     with pytest.raises(openai.BadRequestError, match="maximum context length is 2048"):
         client.responses.create(**follow)  # type: ignore[call-overload]
+
+
+def test_output_text_logprobs(client: OpenAI) -> None:
+    kwargs = {
+        "model": MODEL,
+        "input": "Say hello.",
+        "max_output_tokens": 5,
+        "temperature": 0,
+        "include": ["message.output_text.logprobs"],
+        "top_logprobs": 3,
+    }
+    part = client.responses.create(**kwargs).output[0].content[0]  # type: ignore[call-overload]
+    assert part.logprobs and "".join(lp.token for lp in part.logprobs) == part.text
+    for lp in part.logprobs:
+        assert lp.logprob <= 0 and len(lp.top_logprobs) == 3
+        assert lp.top_logprobs[0].logprob == pytest.approx(lp.logprob, abs=1e-3)
+    events = list(client.responses.create(**kwargs, stream=True))  # type: ignore[call-overload]
+    streamed = [
+        lp.token for e in events if e.type == "response.output_text.delta" for lp in e.logprobs
+    ]
+    assert streamed == [lp.token for lp in part.logprobs]
