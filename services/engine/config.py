@@ -57,6 +57,9 @@ class ScriptedOptions(BaseModel):
     # 0: token i is piece i (token_text). N: token i is the i-th N-byte slice of all the
     # pieces' UTF-8 bytes, so a multi-byte character can be split across tokens.
     bytes_per_token: int = Field(0, ge=0)
+    # The first N tokens of each choice are reasoning (sent as reasoning_text and counted
+    # as reasoning tokens), as a reasoning parser would split a thinking model's output.
+    reasoning_tokens: int = Field(0, ge=0)
 
 
 class SpeechOptions(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 from pydantic import BaseModel, Field
@@ -195,7 +196,9 @@ def test_reasoning_item_and_summary(client: OpenAI, stream: bool) -> None:
     }
     if stream:
         events = list(client.responses.create(**kwargs, stream=True))  # type: ignore[call-overload]
-        assert "response.reasoning_text.delta" in [e.type for e in events]
+        types = [e.type for e in events]
+        assert "response.reasoning_text.delta" in types
+        assert "response.reasoning_summary_text.delta" in types
         r = events[-1].response
     else:
         r = client.responses.create(**kwargs)  # type: ignore[call-overload]
@@ -206,3 +209,38 @@ def test_reasoning_item_and_summary(client: OpenAI, stream: bool) -> None:
     assert reasoning.summary and reasoning.summary[0].text == reasoning.content[0].text
     assert "think>" not in r.output_text and r.output_text.endswith(".")
     assert r.usage is not None and r.usage.output_tokens_details.reasoning_tokens > 0
+
+
+def test_truncation_on_the_real_tokenizer(client: OpenAI) -> None:
+    """Two 1,200-token turns exceed the 2,048-token context: "auto" drops the first
+    (the instructions stay), "disabled" is vLLM's context-length 400."""
+    long = "apple " * 1200
+    kwargs = {"model": MODEL, "instructions": "Count.", "max_output_tokens": 4}
+    first = client.responses.create(**kwargs, input=long)  # type: ignore[call-overload]
+    assert first.usage is not None and 1200 < first.usage.input_tokens < 1400
+    follow = {**kwargs, "input": long, "previous_response_id": first.id}
+    r = client.responses.create(**follow, truncation="auto")  # type: ignore[call-overload]
+    assert r.usage is not None and r.usage.input_tokens < first.usage.input_tokens + 20
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 2048"):
+        client.responses.create(**follow)  # type: ignore[call-overload]
+
+
+def test_output_text_logprobs(client: OpenAI) -> None:
+    kwargs = {
+        "model": MODEL,
+        "input": "Say hello.",
+        "max_output_tokens": 5,
+        "temperature": 0,
+        "include": ["message.output_text.logprobs"],
+        "top_logprobs": 3,
+    }
+    part = client.responses.create(**kwargs).output[0].content[0]  # type: ignore[call-overload]
+    assert part.logprobs and "".join(lp.token for lp in part.logprobs) == part.text
+    for lp in part.logprobs:
+        assert lp.logprob <= 0 and len(lp.top_logprobs) == 3
+        assert lp.top_logprobs[0].logprob == pytest.approx(lp.logprob, abs=1e-3)
+    events = list(client.responses.create(**kwargs, stream=True))  # type: ignore[call-overload]
+    streamed = [
+        lp.token for e in events if e.type == "response.output_text.delta" for lp in e.logprobs
+    ]
+    assert streamed == [lp.token for lp in part.logprobs]

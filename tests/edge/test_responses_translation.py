@@ -103,10 +103,12 @@ def test_builder_orders_items_and_events() -> None:
     assert message["content"][0]["text"] == "Hello" and message["status"] == "completed"
     assert function["arguments"] == '{"a": 1}' and function["call_id"] == "call_1"
     types = [e["type"] for e in events]
-    assert types[:3] == [
+    assert types[:5] == [
         "response.output_item.added",
         "response.content_part.added",
+        "response.reasoning_summary_part.added",
         "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
     ]
     assert types.count("response.output_item.added") == 3
     assert types.count("response.output_item.done") == 3

@@ -14,7 +14,7 @@ from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 
 class ChatServing(GenerationServing[ChatCompletionRequest]):
-    def measure(self, body: ChatCompletionRequest) -> tuple[int, int]:
+    def measure(self, ctx: RequestContext, body: ChatCompletionRequest) -> tuple[int, int]:
         return body.prompt_chars(), 1
 
     def upstreams(

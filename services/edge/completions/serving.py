@@ -17,7 +17,7 @@ from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 
 class CompletionServing(GenerationServing[CompletionRequest]):
-    def measure(self, body: CompletionRequest) -> tuple[int, int]:
+    def measure(self, ctx: RequestContext, body: CompletionRequest) -> tuple[int, int]:
         prompts = body.prompts()
         return sum(len(p.text) + len(p.token_ids.ids) * 4 for p in prompts), len(prompts)
 

@@ -82,7 +82,7 @@ class GenerationServing(ABC, Generic[B]):
         self.gate = gate
 
     @abstractmethod
-    def measure(self, body: B) -> tuple[int, int]:
+    def measure(self, ctx: RequestContext, body: B) -> tuple[int, int]:
         """(prompt characters, number of prompts), for the admission's estimate."""
 
     @abstractmethod
@@ -103,7 +103,7 @@ class GenerationServing(ABC, Generic[B]):
         """Turns the upstream messages into the HTTP answer: chat-style choices by default;
         an endpoint with another shape (Responses' typed events) overrides this."""
         n = body.n or 1
-        _, prompts = self.measure(body)
+        _, prompts = self.measure(ctx, body)
         reply = _Reply(ctx, admitted, self.renderer(body), n, n * prompts, body.include_usage)
         if body.stream:
             return await _stream(reply, first, messages)
@@ -112,7 +112,7 @@ class GenerationServing(ABC, Generic[B]):
     async def create(self, ctx: RequestContext, body: B) -> web.StreamResponse:
         resolved = self.gate.resolve(ctx.http, body.model)
         async with self.gate.account(ctx.http, ctx.headers, resolved) as account:
-            chars, prompts = self.measure(body)
+            chars, prompts = self.measure(ctx, body)
             n = body.n or 1
             admitted = admit(self.config, resolved, body, prompt_chars=chars, choices=n * prompts)
             await account.reserve(admitted.estimated_tokens)

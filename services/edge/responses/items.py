@@ -141,6 +141,12 @@ def resource(item: MessageItem | FunctionCallItem | FunctionCallOutputItem | Rea
     return {**out, "id": item.id or new_id(prefix), "status": item.status or "completed"}
 
 
+def items_chars(items: list[Item]) -> int:
+    """About the characters the engine is sent for these items: their chat messages'
+    size, not the stored JSON's (ids, and logprobs on stored output, are not sent)."""
+    return sum(m.ByteSize() for m in to_messages(None, items))
+
+
 def _text(parts: list[Item]) -> str:
     return "".join(p.get("text") or p.get("refusal") or "" for p in parts)
 

@@ -25,6 +25,19 @@ from services.edge.responses.items import (
 )
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
+# OpenAI's `include` values. Logprobs are the one Tera produces; the built-in tools' and
+# input images' cannot occur (those tools and inputs are refused), so asking for them is
+# harmless and accepted; encrypted reasoning is not offered, and says so.
+LOGPROBS = "message.output_text.logprobs"
+INCLUDE_NOTHING = {
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "message.input_image.image_url",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+}
+
 TOOL_CHOICE_MODES = {
     "auto": pb.ToolChoice.MODE_AUTO,
     "none": pb.ToolChoice.MODE_NONE,
@@ -125,6 +138,16 @@ class ResponseRequest(SamplingRequest):
             )
         return data
 
+    @field_validator("include")
+    @classmethod
+    def _known_includes(cls, v: list[str] | None) -> list[str] | None:
+        for value in v or ():
+            if value == "reasoning.encrypted_content":
+                raise ValueError("encrypted reasoning is not offered by Tera")
+            if value != LOGPROBS and value not in INCLUDE_NOTHING:
+                raise ValueError(f"{value!r} is not a value include takes")
+        return v
+
     @field_validator("metadata")
     @classmethod
     def _metadata_limits(cls, v: dict[str, str] | None) -> dict[str, str] | None:
@@ -161,17 +184,29 @@ class ResponseRequest(SamplingRequest):
         return [resource(item) for item in self.input]
 
     def prompt_chars(self) -> int:
-        """This request's own text (earlier turns, from the store, are not counted)."""
+        """This request's own text (the serving adds the stored turns' size)."""
         return len(self.model_dump_json(include={"input", "instructions"}))
+
+    @property
+    def logprobs(self) -> bool:
+        """Logprobs on output_text: asked for by `include`, or implied by a top_logprobs
+        count (a count of alternatives is only useful with them)."""
+        return LOGPROBS in (self.include or ()) or bool(self.top_logprobs)
 
     def to_proto(
         self, request_id: str, model: str, max_tokens: int | None, conversation: list[Item]
     ) -> pb.GenerateRequest:
-        output = pb.OutputOptions(skip_special_tokens=True)
+        output = pb.OutputOptions(
+            skip_special_tokens=True,
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs or 0,
+        )
         request = self.generate_request(request_id, model, max_tokens, output)
         chat = pb.ChatInput(messages=to_messages(self.instructions, conversation))
         if self.reasoning and self.reasoning.effort:
             chat.reasoning_effort = self.reasoning.effort
+        # Only the engine can count tokens, so it is the one that drops old turns.
+        chat.drop_oldest_to_fit = self.truncation == "auto"
         request.chat.CopyFrom(chat)
         if self.tools:
             request.tools.CopyFrom(self._tools_proto())
@@ -219,7 +254,9 @@ class ResponseRequest(SamplingRequest):
             "text": {
                 "format": fmt.model_dump(by_alias=True, exclude_none=True)
                 if fmt
-                else {"type": "text"}
+                else {"type": "text"},
+                # Echoed as OpenAI does; open models have no verbosity control to map it to.
+                "verbosity": (self.text.verbosity if self.text else None) or "medium",
             },
             "reasoning": {"effort": self.reasoning.effort, "summary": self.summary}
             if self.reasoning

@@ -22,7 +22,7 @@ from services.edge.generation.admission import Admitted
 from services.edge.generation.render import truncated
 from services.edge.generation.serving import GenerationServing, Messages, RequestContext, Upstream
 from services.edge.observe import EdgeMetrics
-from services.edge.responses.items import Item
+from services.edge.responses.items import Item, items_chars
 from services.edge.responses.output import Event, OutputBuilder, usage_json
 from services.edge.responses.protocol import ResponseRequest
 from services.edge.responses.store import ResponseStore, StoredResponse
@@ -86,8 +86,10 @@ class ResponsesServing(GenerationServing[ResponseRequest]):
         )
         return await super().create(extended, body)
 
-    def measure(self, body: ResponseRequest) -> tuple[int, int]:
-        return body.prompt_chars(), 1
+    def measure(self, ctx: RequestContext, body: ResponseRequest) -> tuple[int, int]:
+        # The earlier turns are sent to the engine too: the reservation counts them.
+        assert isinstance(ctx, ResponsesContext)
+        return body.prompt_chars() + items_chars(ctx.context), 1
 
     def upstreams(
         self, ctx: RequestContext, body: ResponseRequest, admitted: Admitted
@@ -107,7 +109,7 @@ class ResponsesServing(GenerationServing[ResponseRequest]):
         messages: Messages,
     ) -> web.StreamResponse:
         assert isinstance(ctx, ResponsesContext)
-        builder = OutputBuilder(summary=body.summary is not None)
+        builder = OutputBuilder(summary=body.summary is not None, logprobs=body.logprobs)
         run = _Run(ctx, body, _envelope(ctx, body, admitted), builder)
         if body.stream:
             return await self._stream(run, first, messages)

@@ -22,6 +22,7 @@ from services.engine.backends.scripted_text import ChoiceText, TokenTape
 from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
 from services.engine.prefix_cache import PrefixCacheFeed
+from services.engine.truncation import drop_oldest_turn, fits
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 
@@ -82,17 +83,19 @@ class ScriptedBackend(Backend):
         if script.hang:
             await asyncio.Event().wait()
         await asyncio.sleep(script.first_token_delay_s)
+        s = request.sampling
+        max_tokens = s.max_tokens if s.HasField("max_tokens") else script.default_max_tokens
+        self._truncate(request, max_tokens)
         cached = await self._cache.prefill(prompt_token_ids(request)) if self._cache else 0
         if script.fail_before_first or self._requests_seen <= script.fail_first_requests:
             raise EngineError(grpc.StatusCode.INTERNAL, "scripted failure before first token")
-        s = request.sampling
-        max_tokens = s.max_tokens if s.HasField("max_tokens") else script.default_max_tokens
         if _prompt_tokens(request) + max_tokens > self._config.max_context_length:
             raise invalid_argument(
                 f"This model's maximum context length is {self._config.max_context_length} tokens.",
                 param="max_tokens",
             )
-        gen = _Generation(request, TokenTape(script.token_text, script.bytes_per_token))
+        tape = TokenTape(script.token_text, script.bytes_per_token)
+        gen = _Generation(request, tape, script.reasoning_tokens)
         gen.cached_tokens = cached
         start = gen.resume(request.continuation)
         if gen.done(max_tokens):
@@ -108,6 +111,8 @@ class ScriptedBackend(Backend):
             # so the stand-in keeps its rate without a timer per token.
             due = max_tokens if rate <= 0 else start + int((loop.time() - started) * rate) + 1
             end = min(max(due, i + 1), max_tokens)
+            if i < script.reasoning_tokens:  # no message mixes reasoning and answer
+                end = min(end, script.reasoning_tokens)
             fail = script.fail_after_tokens is not None and end - start > script.fail_after_tokens
             if fail:
                 end = start + script.fail_after_tokens  # type: ignore[operator]
@@ -125,12 +130,24 @@ class ScriptedBackend(Backend):
             elif rate <= 0:
                 await asyncio.sleep(0)
 
+    def _truncate(self, request: pb.GenerateRequest, max_tokens: int) -> None:
+        """truncation "auto": drops the oldest turns until the request fits, as vLLM's
+        backend does with real token counts."""
+        if request.WhichOneof("input") != "chat" or not request.chat.drop_oldest_to_fit:
+            return
+        context = self._config.max_context_length
+        while not fits(_prompt_tokens(request), max_tokens, context):
+            if not drop_oldest_turn(request.chat):
+                return  # cannot be shortened: refused below as too long
+
 
 class _Generation:
     """Every choice of one request: the same text, so they advance together."""
 
-    def __init__(self, request: pb.GenerateRequest, tape: TokenTape) -> None:
+    def __init__(self, request: pb.GenerateRequest, tape: TokenTape, reasoning: int) -> None:
         self._request = request
+        self._tape = tape
+        self._reasoning = reasoning  # the first tokens that are reasoning
         self.cached_tokens = 0  # prompt tokens the (simulated) prefix cache held
         n = request.sampling.n or 1
         self._choices = [ChoiceText(tape, request.sampling.stop) for _ in range(n)]
@@ -167,27 +184,46 @@ class _Generation:
     def message(self, i: int, end: int, max_tokens: int, *, last: bool) -> pb.GenerateResponse:
         stopped = self._choices[0].stopped
         finish = pb.FINISH_REASON_STOP if stopped else pb.FINISH_REASON_LENGTH
-        response = pb.GenerateResponse(
-            choices=[
-                pb.ChoiceDelta(
-                    index=c,
-                    text=choice.take(final=last),
-                    num_tokens=end - i,
-                    token_ids=range(i, end),
-                    finish_reason=finish if last else 0,
-                )
-                for c, choice in enumerate(self._choices)
-            ]
-        )
+        thinking = i < self._reasoning  # the loop never lets a message straddle the end
+        response = pb.GenerateResponse()
+        for c, choice in enumerate(self._choices):
+            delta = response.choices.add(
+                index=c,
+                num_tokens=end - i,
+                token_ids=range(i, end),
+                finish_reason=finish if last else 0,
+            )
+            text = choice.take(final=last or end == self._reasoning)
+            if thinking:
+                delta.reasoning_text = text
+            else:
+                delta.text = text
+            output = self._request.output
+            if output.logprobs:
+                delta.logprobs.extend(self._logprob(j, output.top_logprobs) for j in range(i, end))
         if last:
+            position = self._choices[0].position
             response.usage.CopyFrom(
                 pb.Usage(
                     prompt_tokens=_prompt_tokens(self._request),
-                    completion_tokens=len(self._choices) * self._choices[0].position,
+                    completion_tokens=len(self._choices) * position,
                     cached_tokens=self.cached_tokens,
+                    reasoning_tokens=len(self._choices) * min(position, self._reasoning),
                 )
             )
         return response
+
+    def _logprob(self, j: int, top: int) -> pb.TokenLogprob:
+        """Token j's made-up log-probability (it cycles 0, -0.25, -0.5, -0.75), with `top`
+        alternatives: itself first, then lower-ranked "alt" tokens, as a real engine
+        lists them."""
+        raw = self._tape.token(j)
+        token, logprob = raw.decode(errors="replace"), -0.25 * (j % 4)
+        alternatives = [pb.TopLogprob(token=token, logprob=logprob, bytes=raw)]
+        for k in range(1, top):
+            alt = f"alt{k}"
+            alternatives.append(pb.TopLogprob(token=alt, logprob=logprob - k, bytes=alt.encode()))
+        return pb.TokenLogprob(token=token, logprob=logprob, bytes=raw, top=alternatives[:top])
 
 
 def _prompt_tokens(request: pb.GenerateRequest) -> int:

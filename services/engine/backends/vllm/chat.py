@@ -21,6 +21,7 @@ from services.engine.backends.vllm.prepare import (
     top_logprobs,
 )
 from services.engine.backends.vllm.profiles import ChatProfile, needs_parsing
+from services.engine.truncation import drop_oldest_turn, fits, requested_max_tokens
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 
@@ -60,14 +61,16 @@ async def prepare_chat(
     model: LoadedModel, profile: ChatProfile, request: pb.GenerateRequest
 ) -> Prepared:
     engine = model.engine
-    req = chat_request(request)
-    tools = [t.model_dump() for t in req.tools] if req.tools else None
-    chat_params = req.build_chat_params(profile.chat_template, "auto").with_defaults(
-        {"tools": tools, "tokenize": False}
-    )
-    _, (prompt,) = await engine.renderer.render_chat_async(
-        [list(req.messages)], chat_params, tokenize_params(engine, chat=True)
-    )
+    req, chat_params, prompt = await _render(engine, profile, request)
+    requested = requested_max_tokens(request)
+    while request.chat.drop_oldest_to_fit and not fits(
+        len(prompt["prompt_token_ids"]), requested, model.max_model_len
+    ):
+        # truncation "auto": re-rendered after each drop, since the template's own
+        # tokens around each message are part of what must fit.
+        if not drop_oldest_turn(request.chat):
+            break  # cannot be shortened: effective_max_tokens refuses it
+        req, chat_params, prompt = await _render(engine, profile, request)
     prompt_ids = prompt["prompt_token_ids"]
     max_tokens = effective_max_tokens(request, len(prompt_ids), model.max_model_len, "messages")
     parsers = _Parsers(
@@ -90,3 +93,18 @@ async def prepare_chat(
         top_logprobs=top_logprobs(request), parser_factory=parsers.choice if parsing else None
     )
     return Prepared(prompt, params, translator, parsers.reasoning_kwargs() if reasoning else {})
+
+
+async def _render(
+    engine: Any, profile: ChatProfile, request: pb.GenerateRequest
+) -> tuple[ChatCompletionRequest, Any, Any]:
+    """The request as vLLM's, its chat parameters, and its rendered prompt."""
+    req = chat_request(request)
+    tools = [t.model_dump() for t in req.tools] if req.tools else None
+    chat_params = req.build_chat_params(profile.chat_template, "auto").with_defaults(
+        {"tools": tools, "tokenize": False}
+    )
+    _, (prompt,) = await engine.renderer.render_chat_async(
+        [list(req.messages)], chat_params, tokenize_params(engine, chat=True)
+    )
+    return req, chat_params, prompt
