@@ -23,7 +23,7 @@ from services.catalog.schema import Redis as RedisSettings
 from services.common import metadata
 from services.router.wire import WireError, model_of
 
-if TYPE_CHECKING:  # tenant_limits imports the edge's limiter; config imports this module
+if TYPE_CHECKING:  # tenant_limits imports grpc and redis; config imports this module
     from services.router.tenant_limits import TenantLimits
 
 GUARDED_PREFIX = "/tera.v1.Engine/"

@@ -17,9 +17,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 from services.catalog.schema import Limits
 from services.catalog.schema import Redis as RedisSettings
-from services.edge.errors import OpenAIError
-from services.edge.tenancy.keys import Tenant
-from services.edge.tenancy.limits import Limiter, MemoryStore
+from services.tenancy.keys import Tenant
+from services.tenancy.limits import Limiter, MemoryStore, OverLimit
 
 RETRY_AFTER = "retry-after"  # the trailer relay.py sets on its own refusals
 
@@ -39,7 +38,7 @@ class TenantLimits:
             registry=registry,
         )
         if redis is not None:
-            from services.edge.tenancy.redis_store import RedisStore
+            from services.tenancy.redis_store import RedisStore
 
             store: Any = RedisStore(redis)
         else:
@@ -62,13 +61,12 @@ class TenantLimits:
             return
         try:
             reservation = await self._limiter.reserve(Tenant(tenant, None, limits), 0)
-        except OpenAIError as exc:
+        except OverLimit as over:
             self.calls.labels(tenant, "limited").inc()
-            retry = exc.headers.get("Retry-After", "1")
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"tenant over its limit: {exc.message}",
-                trailing_metadata=((RETRY_AFTER, retry),),
+                f"tenant over its limit: {over.message}",
+                trailing_metadata=((RETRY_AFTER, str(over.retry_after_s)),),
             )
         self.calls.labels(tenant, "admitted").inc()
         try:

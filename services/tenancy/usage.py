@@ -12,7 +12,7 @@ from services.catalog.schema import KeyEntry
 
 
 class UsageLedger:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, service: str = "edge") -> None:
         self.requests = Counter(
             "tera_key_requests",
             "Requests per key and model",
@@ -26,7 +26,7 @@ class UsageLedger:
             registry=registry,
         )
         self.limiter_failures = Counter(
-            "tera_edge_limiter_failures",
+            f"tera_{service}_limiter_failures",
             "Rate-limit store errors (requests were admitted)",
             registry=registry,
         )
