@@ -5,12 +5,11 @@ edge, known by its client certificate's common name, speaking for the end user i
 already authenticated (`tera-tenant` metadata). That metadata is believed from an edge
 identity only; anyone else's is ignored. No key and no edge certificate: UNAUTHENTICATED;
 a model outside the key's allowlist: PERMISSION_DENIED. Health and reflection stay open.
+A key's caller then gets the key's limits, usage and fair-queue class (tenant_limits.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from pydantic import BaseModel, Field
 
-from services.catalog.schema import Limits
+from services.catalog.schema import Limits, Priority
 from services.catalog.schema import Redis as RedisSettings
 from services.common import metadata
-from services.router.wire import WireError, model_of
+from services.router.wire import model_of
+from services.tenancy.keys import KeyStore, Tenant
 
 if TYPE_CHECKING:  # tenant_limits imports grpc and redis; config imports this module
     from services.router.tenant_limits import TenantLimits
@@ -36,6 +36,13 @@ class TenantKey(BaseModel):
     # Names the key may use (ids and aliases); None: every model.
     models: list[str] | None = None
     limits: Limits = Field(default_factory=Limits)
+    # Its share and class in the fair queue, as for its HTTP traffic.
+    weight: float = Field(1.0, gt=0)
+    priority: Priority = "standard"
+
+    def tenant(self) -> Tenant:
+        models = frozenset(self.models) if self.models is not None else None
+        return Tenant(self.name, models, self.limits, self.weight, self.priority)
 
 
 class AuthConfig(BaseModel):
@@ -49,12 +56,13 @@ class AuthConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Caller:
-    tenant: str
-    models: frozenset[str] | None = None
-    limits: Limits | None = None  # None: limited elsewhere (the edge)
+    tenant: Tenant
+    # True: a tenant of the router's own, limited and billed here; False: an edge's
+    # user, limited and billed at the edge.
+    own: bool = True
 
     def allows(self, model: str) -> bool:
-        return self.models is None or model in self.models
+        return self.tenant.allows(model)
 
 
 class Refused(Exception):
@@ -65,38 +73,23 @@ class Refused(Exception):
 
 class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
-        self._keys = [
-            (bytes.fromhex(t.sha256), Caller(t.name, _allowlist(t), t.limits))
-            for t in config.tenants
-        ]
+        self._keys = KeyStore([(t.sha256, t.tenant()) for t in config.tenants])
         self._edges = frozenset(config.edge_identities)
 
     def identify(self, invocation: dict[str, str], auth_context: dict[str, Any]) -> Caller:
         scheme, _, token = invocation.get(metadata.AUTHORIZATION, "").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
-            caller = self._lookup(token.strip())
-            if caller is None:
+            tenant = self._keys.lookup(token.strip())
+            if tenant is None:
                 raise Refused(grpc.StatusCode.UNAUTHENTICATED, "invalid tenant key")
-            return caller
+            return Caller(tenant)
         names = {n.decode() for n in auth_context.get("x509_common_name", [])}
         if names & self._edges:
-            return Caller(invocation.get(metadata.TENANT) or "edge")
+            return Caller(Tenant(invocation.get(metadata.TENANT) or "edge"), own=False)
         raise Refused(
             grpc.StatusCode.UNAUTHENTICATED,
             "no credentials: send `authorization: Bearer KEY` metadata with a tenant key",
         )
-
-    def _lookup(self, token: str) -> Caller | None:
-        digest = hashlib.sha256(token.encode()).digest()
-        found = None
-        for stored, caller in self._keys:  # every entry compared: constant time
-            if hmac.compare_digest(digest, stored):
-                found = caller
-        return found
-
-
-def _allowlist(key: TenantKey) -> frozenset[str] | None:
-    return frozenset(key.models) if key.models is not None else None
 
 
 def check(auth: Authenticator, method: str, request: Any, context: Any) -> Caller:
@@ -104,10 +97,7 @@ def check(auth: Authenticator, method: str, request: Any, context: Any) -> Calle
     invocation = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
     caller = auth.identify(invocation, context.auth_context())
     if method.rpartition("/")[2] in _MODEL_METHODS:
-        try:
-            model = invocation.get(metadata.MODEL) or model_of(request)
-        except WireError:
-            model = ""
+        model = invocation.get(metadata.MODEL) or model_of(request)
         if not caller.allows(model):
             raise Refused(grpc.StatusCode.PERMISSION_DENIED, "this key may not use that model")
     return caller
@@ -142,9 +132,7 @@ def _guard_stream(
             caller = check(auth, method, request, context)
         except Refused as exc:
             await context.abort(exc.code, exc.message)
-        stream = inner(request, context)
-        admitted = limits.admitted(stream, context, tenant=caller.tenant, limits=caller.limits)
-        async for item in admitted:
+        async for item in limits.admitted(inner, request, context, method=method, caller=caller):
             yield item
 
     return grpc.unary_stream_rpc_method_handler(

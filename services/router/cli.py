@@ -86,6 +86,8 @@ def tenant_keys(catalog: Catalog) -> list[dict[str, Any]]:
             "name": key.name,
             "sha256": key.digest(),
             "limits": key.limits.model_dump(),
+            "weight": key.weight,
+            "priority": key.priority,
             "models": None
             if key.models is None
             else sorted({n for m in key.models for n in (names[m].id, *names[m].aliases)}),

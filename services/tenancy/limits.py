@@ -26,6 +26,13 @@ from services.tenancy.keys import Tenant
 log = logging.getLogger("tera.tenancy.limits")
 
 WINDOW_S = 60.0
+# Completion tokens reserved when a request names no max_tokens (a 2048-token context / 4).
+UNBOUNDED_COMPLETION_ESTIMATE = 2048 // 4
+
+
+def estimate_tokens(prompt_chars: int, max_tokens: int | None) -> int:
+    """Tokens to reserve before the real count is known (about 4 characters a token)."""
+    return prompt_chars // 4 + 1 + (max_tokens or UNBOUNDED_COMPLETION_ESTIMATE)
 
 
 class OverLimit(Exception):

@@ -27,9 +27,9 @@ def _bearer(key: str) -> dict[str, str]:
 
 
 def test_keys_map_to_tenants_with_their_allowlists() -> None:
-    assert AUTH.identify(_bearer("sk-a"), OTHER).tenant == "a"
+    assert AUTH.identify(_bearer("sk-a"), OTHER).tenant.name == "a"
     b = AUTH.identify({**_bearer("sk-b"), metadata.TENANT: "a"}, EDGE)
-    assert b.tenant == "b" and b.allows("m1") and not b.allows("m2"), "a key wins"
+    assert b.tenant.name == "b" and b.allows("m1") and not b.allows("m2"), "a key wins"
 
 
 @pytest.mark.parametrize(
@@ -44,5 +44,5 @@ def test_unauthenticated(invocation: dict[str, str], context: dict) -> None:
 
 
 def test_the_edge_speaks_for_its_user() -> None:
-    assert AUTH.identify({metadata.TENANT: "a"}, EDGE).tenant == "a"
-    assert AUTH.identify({}, EDGE).tenant == "edge"
+    assert AUTH.identify({metadata.TENANT: "a"}, EDGE).tenant.name == "a"
+    assert AUTH.identify({}, EDGE).tenant.name == "edge"
