@@ -1,10 +1,13 @@
 """Who calls the router, and may they: internal callers are tenants too.
 
-A caller presents a tenant key (`authorization: Bearer KEY`, a catalog key), or is an
+A caller presents a tenant key (`authorization: Bearer KEY`, a catalog key); or is an
 edge, known by its client certificate's common name, speaking for the end user it has
-already authenticated (`tera-tenant` metadata). That metadata is believed from an edge
-identity only; anyone else's is ignored. No key and no edge certificate: UNAUTHENTICATED;
-a model outside the key's allowlist: PERMISSION_DENIED. Health and reflection stay open.
+already authenticated (`tera-tenant` metadata); or is a service whose client
+certificate names a key (`certificate_tenants`: its common name or a DNS or URI
+subject alternative name, e.g. a SPIFFE id), so it needs no bearer key. `tera-tenant`
+is believed from an edge identity only; anyone else's is ignored. None of these:
+UNAUTHENTICATED; a model outside the key's allowlist: PERMISSION_DENIED. Health and
+reflection stay open.
 A key's caller then gets the key's limits, usage and fair-queue class (tenant_limits.py).
 """
 
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from services.catalog.schema import Limits, Priority
 from services.catalog.schema import Redis as RedisSettings
@@ -50,8 +53,20 @@ class AuthConfig(BaseModel):
     # Client-certificate common names whose `tera-tenant` metadata is trusted.
     edge_identities: list[str] = Field(default_factory=lambda: ["tera-edge"])
     tenants: list[TenantKey] = Field(default_factory=list)
+    # Client-certificate names (common name, DNS or URI SAN) -> the catalog key whose
+    # tenant the caller is: internal services on mutual TLS need carry no bearer key.
+    certificate_tenants: dict[str, str] = Field(default_factory=dict)
     # Where limits are kept; the catalog's, so HTTP and gRPC traffic share them.
     redis: RedisSettings | None = None
+
+    @model_validator(mode="after")
+    def _mapped_keys_exist(self) -> AuthConfig:
+        if self.required:  # tenants are read from the catalog only then
+            names = {t.name for t in self.tenants}
+            unknown = sorted(set(self.certificate_tenants.values()) - names)
+            if unknown:
+                raise ValueError(f"certificate_tenants: no catalog key named {unknown}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,10 @@ class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
         self._keys = KeyStore([(t.sha256, t.tenant()) for t in config.tenants])
         self._edges = frozenset(config.edge_identities)
+        by_name = {t.name: t.tenant() for t in config.tenants}
+        self._certificates = {
+            cert: by_name[key] for cert, key in config.certificate_tenants.items() if key in by_name
+        }
 
     def identify(self, invocation: dict[str, str], auth_context: dict[str, Any]) -> Caller:
         scheme, _, token = invocation.get(metadata.AUTHORIZATION, "").partition(" ")
@@ -83,13 +102,22 @@ class Authenticator:
             if tenant is None:
                 raise Refused(grpc.StatusCode.UNAUTHENTICATED, "invalid tenant key")
             return Caller(tenant)
-        names = {n.decode() for n in auth_context.get("x509_common_name", [])}
-        if names & self._edges:
+        common = {n.decode() for n in auth_context.get("x509_common_name", [])}
+        if common & self._edges:
             return Caller(Tenant(invocation.get(metadata.TENANT) or "edge"), own=False)
+        for name in [*sorted(common), *sorted(_alternative_names(auth_context))]:
+            if name in self._certificates:
+                return Caller(self._certificates[name])
         raise Refused(
             grpc.StatusCode.UNAUTHENTICATED,
-            "no credentials: send `authorization: Bearer KEY` metadata with a tenant key",
+            "no credentials: send `authorization: Bearer KEY` metadata with a tenant key,"
+            " or a client certificate the router maps to one",
         )
+
+
+def _alternative_names(auth_context: dict[str, Any]) -> set[str]:
+    """The peer certificate's DNS and URI subject alternative names, as gRPC reports them."""
+    return {n.decode() for key in ("peer_dns", "peer_uri") for n in auth_context.get(key, [])}
 
 
 def check(auth: Authenticator, method: str, request: Any, context: Any) -> Caller:

@@ -1,7 +1,9 @@
 """A direct gRPC caller with a tenant key gets what its HTTP traffic gets at the edge:
 its tokens-per-minute budget (reserved from the request, settled with the usage the
 stream reports; over it, RESOURCE_EXHAUSTED with Retry-After in the trailers), its usage
-counted, and its own fair-queue tenant and class, whatever tenancy metadata it sends."""
+counted, and its own fair-queue tenant and class, whatever tenancy metadata it sends.
+A service whose client certificate the router maps to a key is that key's tenant
+without sending the key; any other certificate from the CA is UNAUTHENTICATED."""
 
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ from pathlib import Path
 
 import grpc
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.certs import ensure_local_certs
+from devstack.certs import Authority, ensure_local_certs, issue
 from devstack.processes import free_port
 from devstack.readiness import client_tls
 from services.catalog.schema import sha256_hex
@@ -27,13 +31,14 @@ from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import SCRIPTED_MODEL, RunningStack
 
+WORKER_SAN = "worker.batch.internal"  # a DNS SAN of the batch worker's certificate
 KEYS = {"tpm": "sk-internal-tpm", "bulk": "sk-internal-bulk"}
 CATALOG_KEYS = [
     {"name": "tpm", "sha256": sha256_hex(KEYS["tpm"]), "limits": {"tokens_per_minute": 100}},
     {"name": "bulk", "sha256": sha256_hex(KEYS["bulk"]), "priority": "batch"},
 ]
 ROUTER = {
-    "auth": {"required": True},
+    "auth": {"required": True, "certificate_tenants": {WORKER_SAN: "bulk"}},
     "hedge": {"enabled": False},
     "health": {"check_interval_s": 0.2, "check_timeout_s": 0.5, "load_poll_interval_s": 0.2},
     "fair": {"queue_size": 8},
@@ -66,10 +71,11 @@ def _stack(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Runni
 
 async def _generate(
     stack: RunningStack,
-    key: str,
+    key: str | None,
     max_tokens: int | None,
     extra: list[tuple[str, str]] = (),
     started: asyncio.Event | None = None,
+    cert: Path | None = None,
 ) -> Answer:
     plan = stack.stack.plan
     assert plan.tls_dir is not None
@@ -79,10 +85,9 @@ async def _generate(
         chat=pb.ChatInput(messages=[pb.ChatMessage(role="user", content="hi")]),
         sampling=pb.SamplingParams(max_tokens=max_tokens),
     )
-    md = [(metadata.AUTHORIZATION, f"Bearer {KEYS[key]}"), *extra]
-    async with aio_channel(
-        f"127.0.0.1:{plan.router_port}", client_tls(plan.tls_dir / "engine")
-    ) as ch:
+    md = [*([(metadata.AUTHORIZATION, f"Bearer {KEYS[key]}")] if key else []), *extra]
+    tls = client_tls(cert or plan.tls_dir / "engine")
+    async with aio_channel(f"127.0.0.1:{plan.router_port}", tls) as ch:
         call = pb_grpc.EngineStub(ch).Generate(request, metadata=md, timeout=20)
         try:
             async for _ in call:
@@ -146,3 +151,26 @@ async def test_a_keys_fair_queue_class_and_tenant_cannot_be_forged(
     dispatched = "tera_router_dispatched_tokens_total"
     assert _router_metric(stack, dispatched, tenant="bulk") > 0
     assert _router_metric(stack, dispatched, tenant="someone-else") == 0
+
+
+async def test_a_service_is_the_tenant_its_certificate_maps_to(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path
+) -> None:
+    stack = _stack(scripted_stack, tmp_path)
+    tls = tmp_path / "tls"
+    ca = Authority(
+        x509.load_pem_x509_certificate((tls / "engine" / "ca.crt").read_bytes()),
+        serialization.load_pem_private_key((tls / "ca.key").read_bytes(), None),  # type: ignore[arg-type]
+    )
+    worker = issue(ca, "batch-worker", tmp_path / "worker", names=(WORKER_SAN,))
+    stranger = issue(ca, "stranger", tmp_path / "stranger")
+    assert (await _generate(stack, None, 2, cert=worker)).code == grpc.StatusCode.OK
+    requests = "tera_key_requests_total"
+    assert _router_metric(stack, requests, key="bulk", status="OK") == 1, "billed to its key"
+    assert (await _generate(stack, None, 2, cert=stranger)).code == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    forged = [(metadata.TENANT, "bulk")]
+    assert (await _generate(stack, None, 2, forged, cert=stranger)).code == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
