@@ -101,7 +101,7 @@ class Vouched:
     """A call's context whose tenancy metadata is what the router vouches for (the key's
     tenant, weight, class and the router's cost estimate), not what the caller sent."""
 
-    def __init__(self, context: grpc.aio.ServicerContext, tenancy: list[tuple[str, str]]):
+    def __init__(self, context: grpc.aio.ServicerContext, tenancy: list[tuple[str, str]]) -> None:
         self._context = context
         sent = context.invocation_metadata() or ()
         self._metadata = (*((k, v) for k, v in sent if k not in metadata.TENANCY), *tenancy)

@@ -24,7 +24,12 @@ from tests.conftest import SCRIPTED_MODEL, RunningStack
 from tests.tenancy.conftest import RedisServer, redis_binary
 
 OPEN, CLOSED = "org/open", "org/closed"
-KEYS = {"wide": "sk-internal-wide", "narrow": "sk-internal-narrow", "limited": "sk-internal-rpm"}
+KEYS = {
+    "wide": "sk-internal-wide",
+    "narrow": "sk-internal-narrow",
+    "limited": "sk-internal-rpm",
+    "tokens": "sk-internal-tpm",
+}
 
 
 def _catalog(path: Path, redis_url: str | None = None) -> Path:
@@ -37,6 +42,11 @@ def _catalog(path: Path, redis_url: str | None = None) -> Path:
                 "name": "limited",
                 "sha256": sha256_hex(KEYS["limited"]),
                 "limits": {"requests_per_minute": 2},
+            },
+            {
+                "name": "tokens",
+                "sha256": sha256_hex(KEYS["tokens"]),
+                "limits": {"tokens_per_minute": 100},
             },
         ],
     }
@@ -76,7 +86,12 @@ def guarded(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Runn
 
 
 async def _generate(
-    stack: RunningStack, model: str, *, cert: str, md: list[tuple[str, str]] = ()
+    stack: RunningStack,
+    model: str,
+    *,
+    cert: str,
+    md: list[tuple[str, str]] = (),
+    max_tokens: int = 2,
 ) -> grpc.StatusCode:
     plan = stack.stack.plan
     assert plan.tls_dir is not None
@@ -84,7 +99,7 @@ async def _generate(
         request_id="r",
         model=model,
         chat=pb.ChatInput(messages=[pb.ChatMessage(role="user", content="hi")]),
-        sampling=pb.SamplingParams(max_tokens=2),
+        sampling=pb.SamplingParams(max_tokens=max_tokens),
     )
     tls = client_tls(plan.tls_dir / cert)
     async with aio_channel(f"127.0.0.1:{plan.router_port}", tls) as channel:
@@ -171,6 +186,23 @@ async def test_rpm_limit_is_shared_with_http_through_redis(
     assert await _generate(stack, OPEN, cert="engine", md=limited) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED
     ), "the third, over gRPC, counts the HTTP one"
+
+
+async def test_tpm_is_shared_with_http_through_redis(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path, redis_url: str
+) -> None:
+    stack = _guarded(scripted_stack, tmp_path, redis_url)
+    body = {"model": OPEN, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 95}
+    headers = {"Authorization": f"Bearer {KEYS['tokens']}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stack.base_url}/chat/completions", json=body, headers=headers) as r,
+    ):
+        assert r.status == 200, "5 + 95 of 100 tokens per minute, over HTTP"
+    tokens = _bearer("tokens")
+    assert await _generate(stack, OPEN, cert="engine", md=tokens, max_tokens=2) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    ), "the gRPC call's ~6 tokens do not fit beside the HTTP call's 100"
 
 
 def _list_models(address: str, tls_dir: Path, md: list[tuple[str, str]] = ()) -> grpc.StatusCode:
