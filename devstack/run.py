@@ -31,6 +31,7 @@ from devstack.supervisor import RestartPolicy, Supervisor
 from services.catalog import CatalogError, load_catalog
 from services.catalog.engine_args import catalog_engine_args
 from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prepare_default_model
+from services.tenancy.keys import keys_from_env
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,9 +224,17 @@ def default_plan(args: argparse.Namespace, model_dir: Path) -> StackPlan:
 
 
 def _secured(plan: StackPlan, args: argparse.Namespace) -> StackPlan:
-    """Mutual TLS on every gRPC hop unless --plaintext."""
-    if not args.plaintext:
-        plan.tls_dir = ensure_local_certs(args.cache_dir / "tls")
+    """Mutual TLS on every gRPC hop unless --plaintext. With it, and API keys configured,
+    the router requires callers to be tenants as the edge does: a key, or the edge's
+    certificate. Without keys the edge takes anyone on loopback, and so does the router;
+    with --plaintext it cannot tell the edge from anyone else, so it stays open."""
+    if args.plaintext:
+        return plan
+    plan.tls_dir = ensure_local_certs(args.cache_dir / "tls")
+    keys = args.catalog is not None and load_catalog(args.catalog, check_weights=False).keys
+    if keys_from_env() or keys:
+        catalog = ["--catalog", str(args.catalog)] if args.catalog is not None else []
+        plan.router_args = [*plan.router_args, "--require-auth", *catalog]
     return plan
 
 

@@ -16,5 +16,7 @@ TENANT = "tera-tenant"
 WEIGHT = "tera-weight"
 PRIORITY = "tera-priority"
 COST = "tera-cost"
+# The four together: what a router with auth replaces with the values it vouches for.
+TENANCY = (TENANT, WEIGHT, PRIORITY, COST)
 # What an internal caller presents instead: its own tenant key.
 AUTHORIZATION = "authorization"

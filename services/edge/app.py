@@ -35,7 +35,7 @@ from services.edge.routes import (
 )
 from services.edge.speech.serving import SpeechServing
 from services.edge.tenancy import setup
-from services.edge.tenancy.keys import KeyStore
+from services.tenancy.keys import KeyStore
 
 KEYS = web.AppKey("keys", KeyStore)
 

@@ -4,7 +4,6 @@ or the config file, never from flags, so they stay out of `ps` output."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from services.common.tls import add_tls_flag
 from services.edge.app import serve
 from services.edge.config import EdgeConfig
 from services.edge.tenancy import setup
+from services.tenancy.keys import keys_from_env
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> EdgeConfig:
     config = merge_config(args, sections=("tls",))
-    env_keys = [k.strip() for k in os.environ.get("TERA_API_KEYS", "").split(",") if k.strip()]
+    env_keys = keys_from_env()
     if env_keys:
         config["api_keys"] = env_keys
     return EdgeConfig.model_validate(config)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from services.edge.errors import OpenAIError, from_validation_error
 from services.edge.observe import REQUEST_LOG, EdgeMetrics, log_access
 from services.edge.tenancy.gate import TENANT
-from services.edge.tenancy.keys import KeyStore, Tenant
+from services.tenancy.keys import KeyStore, Tenant
 
 log = logging.getLogger("tera.edge")
 

@@ -19,8 +19,8 @@ from services.edge.responses import routes as responses
 from services.edge.speech.protocol import SpeechRequest
 from services.edge.speech.serving import SpeechServing
 from services.edge.tenancy.gate import tenant_of
-from services.edge.tenancy.keys import KeyStore
-from services.edge.tenancy.usage import UsageLedger
+from services.tenancy.keys import KeyStore
+from services.tenancy.usage import UsageLedger
 
 CHAT = web.AppKey("chat", ChatServing)
 COMPLETIONS = web.AppKey("completions", CompletionServing)

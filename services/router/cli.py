@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from services.catalog import Catalog, CatalogError, load_catalog
+from services.catalog.schema import sha256_hex
 from services.common.aio import run
 from services.common.config_merge import merge_config
 from services.common.logs import setup_logging
@@ -18,6 +19,7 @@ from services.common.telemetry import setup_tracing, shutdown_tracing
 from services.common.tls import add_tls_flag
 from services.router.config import RouterConfig
 from services.router.server import serve
+from services.tenancy.keys import keys_from_env, plain_key_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,18 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="also route to the addresses and DNS names the catalog's models list",
     )
+    p.add_argument(
+        "--require-auth",
+        dest="require_auth",
+        action="store_true",
+        default=None,
+        help="callers must be tenants (auth.required): keys from --catalog and "
+        "TERA_API_KEYS, the edge and mapped certificates",
+    )
     add_tls_flag(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> RouterConfig:
     """Re-read on SIGHUP too: edits to the config or the catalog apply without restart."""
-    config = merge_config(args, skip={"catalog"}, sections=("tls",))
+    config = merge_config(args, skip={"catalog", "require_auth"}, sections=("tls",))
+    auth = config.setdefault("auth", {})
+    if args.require_auth:
+        auth["required"] = True
+    if auth.get("required"):  # keys from env vars must be set only then
+        auth["tenants"] = [*auth.get("tenants", []), *plain_tenant_keys(keys_from_env())]
     if args.catalog is not None:
         catalog = load_catalog(args.catalog, check_weights=False)
-        if config.get("auth", {}).get("required"):  # keys from env must then be set here
+        if auth.get("required"):
             redis = catalog.redis.model_dump() if catalog.redis else None
-            config["auth"] |= {"tenants": tenant_keys(catalog), "redis": redis}
+            auth["tenants"] = [*tenant_keys(catalog), *auth["tenants"]]
+            auth["redis"] = redis
         for model in catalog.models:
             config["replicas"] = [*config.get("replicas", []), *model.serving.addresses]
             config["known_models"] = [*config.get("known_models", []), model.id]
@@ -86,9 +102,17 @@ def tenant_keys(catalog: Catalog) -> list[dict[str, Any]]:
             "name": key.name,
             "sha256": key.digest(),
             "limits": key.limits.model_dump(),
+            "weight": key.weight,
+            "priority": key.priority,
             "models": None
             if key.models is None
             else sorted({n for m in key.models for n in (names[m].id, *names[m].aliases)}),
         }
         for key in catalog.keys
     ]
+
+
+def plain_tenant_keys(keys: list[str]) -> list[dict[str, Any]]:
+    """Keys without a catalog entry (TERA_API_KEYS): every model, no limits, named as
+    the edge names them."""
+    return [{"name": plain_key_name(i), "sha256": sha256_hex(k)} for i, k in enumerate(keys)]

@@ -25,7 +25,7 @@ from services.router.fairness import PRIORITIES, FairScheduler, Ticket, priority
 from services.router.pool import ReplicaPool
 from services.router.queue_metrics import QueueMetrics
 from services.router.refusal import Refusal
-from services.router.usage import final_usage
+from services.router.wire import usage_of
 
 _HOLD_EWMA = 0.2
 _tracer = trace.get_tracer("tera.router")
@@ -142,9 +142,9 @@ class FairQueue:
             return
         held = time.monotonic() - ticket.started
         q.hold_s = held if q.hold_s is None else q.hold_s + _HOLD_EWMA * (held - q.hold_s)
-        actual = _usage_tokens(method, last)
-        if actual is not None:
-            q.scheduler.correct(ticket, actual)
+        usage = usage_of(method, last)
+        if usage is not None:
+            q.scheduler.correct(ticket, usage.prompt_tokens + usage.completion_tokens)
         self._metrics.tokens.labels(model, ticket.tenant).inc(ticket.charged)
         self.freed(model)
 
@@ -217,9 +217,3 @@ def _positive(value: str | None, default: float) -> float:
         if number > 0 and math.isfinite(number):
             return number
     return default
-
-
-def _usage_tokens(method: str, last: bytes | None) -> int | None:
-    """Prompt + completion tokens in a Generate stream's last message, if it has usage."""
-    usage = final_usage(method, last)
-    return None if usage is None else usage.prompt_tokens + usage.completion_tokens

@@ -42,8 +42,7 @@ from services.router.refusal import Refusal, no_model, remaining
 from services.router.replica import Replica
 from services.router.resume import Cut, Journal, ResumeHooks, Resumer, open_journal
 from services.router.retry import REPLICA_FAULTS, RETRYABLE, RetryBudget, backoff_s
-from services.router.usage import final_usage
-from services.router.wire import model_of
+from services.router.wire import model_of, usage_of
 
 log = logging.getLogger("tera.router.relay")
 
@@ -146,7 +145,7 @@ class Relay:
                     yield journal.keep(last := first)
                     async for last in self._rest(winner.call, winner.replica):
                         yield journal.keep(last)
-                    usage = final_usage(up.method, last)
+                    usage = usage_of(up.method, last)
                     self._metrics.count_prompt(winner.replica.address, usage)
                     return
             except AttemptFailed as failure:

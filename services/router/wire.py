@@ -8,6 +8,8 @@ each field's tag is read, its value skipped unless it is the one asked for.
 
 from __future__ import annotations
 
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+
 # Protobuf wire types.
 _VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
 MODEL_FIELD = 2  # GenerateRequest.model and SynthesizeRequest.model
@@ -69,3 +71,15 @@ def model_of(request: bytes) -> str:
         return string_field(request, MODEL_FIELD) or ""
     except WireError:
         return ""
+
+
+def usage_of(method: str, last: bytes | None) -> pb.Usage | None:
+    """The usage in a Generate stream's last message (None: not a Generate call, no
+    message, or one without usage)."""
+    if last is None or not method.endswith("/Generate"):
+        return None
+    try:
+        message = pb.GenerateResponse.FromString(last)
+    except Exception:  # an opaque relay: a message it cannot read carries no usage
+        return None
+    return message.usage if message.HasField("usage") else None

@@ -170,6 +170,26 @@ def test_api_keys_come_from_a_secret() -> None:
     )
 
 
+def _container(docs: list[Doc], name: str) -> Doc:
+    return named(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_the_router_requires_callers_to_be_tenants(overlay: Path) -> None:
+    """Any pod with a certificate from the CA (an engine's, say) reaching the router
+    must still be a tenant: the edge by its certificate's name, others by a key."""
+    docs = render(overlay)
+    router = RouterConfig.model_validate(config_map_file(docs, "tera-router", "router.yaml"))
+    assert router.auth.required
+    edge_certificate = named(docs, "Certificate", "tera-edge")["spec"]["commonName"]
+    assert edge_certificate in router.auth.edge_identities
+    keys = {
+        c: [e["valueFrom"] for e in _container(docs, c)["env"] if e["name"] == "TERA_API_KEYS"]
+        for c in ("tera-edge", "tera-router")
+    }
+    assert keys["tera-router"] and keys["tera-router"] == keys["tera-edge"], "the edge's keys"
+
+
 def test_dockerfiles_copy_what_exists() -> None:
     for dockerfile in (DEPLOY / "docker").glob("Dockerfile.*"):
         for line in dockerfile.read_text().splitlines():

@@ -17,14 +17,19 @@ from devstack.certs import ensure_local_certs
 from devstack.readiness import client_tls
 from services.catalog.schema import sha256_hex
 from services.common import metadata
-from services.common.tls import aio_channel
+from services.common.tls import aio_channel, sync_channel
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
-from tests.conftest import RunningStack
+from tests.conftest import SCRIPTED_MODEL, RunningStack
 from tests.tenancy.conftest import RedisServer, redis_binary
 
 OPEN, CLOSED = "org/open", "org/closed"
-KEYS = {"wide": "sk-internal-wide", "narrow": "sk-internal-narrow", "limited": "sk-internal-rpm"}
+KEYS = {
+    "wide": "sk-internal-wide",
+    "narrow": "sk-internal-narrow",
+    "limited": "sk-internal-rpm",
+    "tokens": "sk-internal-tpm",
+}
 
 
 def _catalog(path: Path, redis_url: str | None = None) -> Path:
@@ -37,6 +42,11 @@ def _catalog(path: Path, redis_url: str | None = None) -> Path:
                 "name": "limited",
                 "sha256": sha256_hex(KEYS["limited"]),
                 "limits": {"requests_per_minute": 2},
+            },
+            {
+                "name": "tokens",
+                "sha256": sha256_hex(KEYS["tokens"]),
+                "limits": {"tokens_per_minute": 100},
             },
         ],
     }
@@ -76,7 +86,12 @@ def guarded(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Runn
 
 
 async def _generate(
-    stack: RunningStack, model: str, *, cert: str, md: list[tuple[str, str]] = ()
+    stack: RunningStack,
+    model: str,
+    *,
+    cert: str,
+    md: list[tuple[str, str]] = (),
+    max_tokens: int = 2,
 ) -> grpc.StatusCode:
     plan = stack.stack.plan
     assert plan.tls_dir is not None
@@ -84,7 +99,7 @@ async def _generate(
         request_id="r",
         model=model,
         chat=pb.ChatInput(messages=[pb.ChatMessage(role="user", content="hi")]),
-        sampling=pb.SamplingParams(max_tokens=2),
+        sampling=pb.SamplingParams(max_tokens=max_tokens),
     )
     tls = client_tls(plan.tls_dir / cert)
     async with aio_channel(f"127.0.0.1:{plan.router_port}", tls) as channel:
@@ -171,3 +186,84 @@ async def test_rpm_limit_is_shared_with_http_through_redis(
     assert await _generate(stack, OPEN, cert="engine", md=limited) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED
     ), "the third, over gRPC, counts the HTTP one"
+
+
+async def test_tpm_is_shared_with_http_through_redis(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path, redis_url: str
+) -> None:
+    stack = _guarded(scripted_stack, tmp_path, redis_url)
+    body = {"model": OPEN, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 95}
+    headers = {"Authorization": f"Bearer {KEYS['tokens']}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stack.base_url}/chat/completions", json=body, headers=headers) as r,
+    ):
+        assert r.status == 200, "5 + 95 of 100 tokens per minute, over HTTP"
+    tokens = _bearer("tokens")
+    assert await _generate(stack, OPEN, cert="engine", md=tokens, max_tokens=2) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    ), "the gRPC call's ~6 tokens do not fit beside the HTTP call's 100"
+
+
+def _list_models(address: str, tls_dir: Path, md: list[tuple[str, str]] = ()) -> grpc.StatusCode:
+    with sync_channel(address, client_tls(tls_dir)) as channel:
+        try:
+            pb_grpc.EngineStub(channel).ListModels(pb.ListModelsRequest(), metadata=md, timeout=5)
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def test_tera_run_with_keys_requires_them_at_the_router(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tera run` (mutual TLS, its default) with API keys: the router takes a key or the
+    edge's certificate, like the edge takes only keys; HTTP with a key works as before."""
+    from tests.devstack.cli import tera_run
+
+    monkeypatch.setenv("TERA_API_KEYS", "sk-run-a,sk-run-b")
+    cache = tmp_path / "cache"
+    with tera_run(tmp_path, {}, plaintext=False, args=["--cache-dir", str(cache)]) as run:
+        chat = {"model": SCRIPTED_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        async with aiohttp.ClientSession() as session:
+            for key, status in (("sk-run-b", 200), ("sk-nope", 401)):
+                headers = {"Authorization": f"Bearer {key}"}
+                async with session.post(
+                    f"{run.base_url}/chat/completions", json=chat, headers=headers
+                ) as r:
+                    assert r.status == status, await r.text()
+        engine_cert = cache / "tls" / "engine"
+        assert _list_models(run.router, engine_cert) == grpc.StatusCode.UNAUTHENTICATED
+        key = [(metadata.AUTHORIZATION, "Bearer sk-run-a")]
+        assert _list_models(run.router, engine_cert, key) == grpc.StatusCode.OK
+        assert _list_models(run.router, cache / "tls" / "edge") == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    ("keys", "env", "plaintext", "expected"),
+    [
+        ([{"name": "a", "key": "sk-a"}], "", False, ["--require-auth", "--catalog"]),
+        ([], "sk-env", False, ["--require-auth", "--catalog"]),
+        ([], "", False, []),
+        ([{"name": "a", "key": "sk-a"}], "sk-env", True, []),
+    ],
+    ids=["catalog keys", "env keys", "no keys: open as the edge", "plaintext: no edge identity"],
+)
+def test_tera_run_requires_router_auth_when_keys_exist(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    keys: list[dict[str, str]],
+    env: str,
+    plaintext: bool,
+    expected: list[str],
+) -> None:
+    from devstack.run import _secured, build_parser
+    from devstack.stack import StackPlan
+
+    monkeypatch.setenv("TERA_API_KEYS", env)
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump({"models": [{"id": OPEN}], "keys": keys}))
+    flags = ["--catalog", str(catalog), "--cache-dir", str(tmp_path)]
+    args = build_parser().parse_args([*flags, *(["--plaintext"] if plaintext else [])])
+    plan = _secured(StackPlan(edge_port=1, router_port=2, engine_ports=[3]), args)
+    assert [a for a in plan.router_args if a.startswith("--")] == expected

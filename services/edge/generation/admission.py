@@ -14,9 +14,7 @@ from services.edge.config import EdgeConfig
 from services.edge.errors import bad_request, model_not_found
 from services.edge.generation.protocol import SamplingRequest
 from services.edge.tenancy.gate import Resolved
-
-# Completion tokens reserved when a request names no max_tokens (a 2048-token context / 4).
-UNBOUNDED_COMPLETION_ESTIMATE = 2048 // 4
+from services.tenancy.limits import estimate_tokens
 
 
 @dataclass(frozen=True)
@@ -67,8 +65,3 @@ def servable_name(model: str) -> bool:
     """Model ids are printable ASCII (as Hugging Face's are, and as gRPC metadata needs):
     any other name names no model."""
     return model.isascii() and model.isprintable()
-
-
-def estimate_tokens(prompt_chars: int, max_tokens: int | None) -> int:
-    """Tokens to reserve before the real count is known (about 4 characters a token)."""
-    return prompt_chars // 4 + 1 + (max_tokens or UNBOUNDED_COMPLETION_ESTIMATE)

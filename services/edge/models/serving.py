@@ -8,8 +8,8 @@ from typing import Any
 from services.catalog import Catalog, ModelEntry
 from services.edge.engine_client import EngineClient
 from services.edge.errors import OpenAIError, model_not_found
-from services.edge.tenancy.keys import Tenant
 from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.tenancy.keys import Tenant
 
 _KINDS = {
     pb.MODEL_KIND_CHAT: "chat",

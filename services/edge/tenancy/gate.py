@@ -12,10 +12,10 @@ from aiohttp import web
 
 from services.catalog import Catalog, ModelEntry
 from services.edge.errors import OpenAIError, model_not_found
-from services.edge.tenancy.keys import ANONYMOUS, Tenant
-from services.edge.tenancy.limits import Limiter, Reservation
-from services.edge.tenancy.usage import UsageLedger
 from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.tenancy.keys import ANONYMOUS, Tenant
+from services.tenancy.limits import Limiter, OverLimit, Reservation
+from services.tenancy.usage import UsageLedger
 
 TENANT = "tera.tenant"  # request key
 
@@ -91,7 +91,12 @@ class Account:
 
     async def reserve(self, estimated_tokens: int) -> None:
         """Applies the key's limits (raising 429 when over) and adds their headers."""
-        self.reservation = await self.limiter.reserve(self.tenant, estimated_tokens)
+        try:
+            self.reservation = await self.limiter.reserve(self.tenant, estimated_tokens)
+        except OverLimit as over:
+            raise OpenAIError(
+                429, over.message, type="rate_limit_error", code=over.code, headers=over.headers
+            ) from None
         self.headers.update(self.reservation.headers)
 
     def add_usage(self, usage: pb.Usage) -> None:

@@ -12,9 +12,9 @@ from services.catalog import Catalog, load_catalog
 from services.catalog.schema import sha256_hex
 from services.edge.config import EdgeConfig, is_loopback
 from services.edge.tenancy.gate import Gate
-from services.edge.tenancy.keys import KeyStore, Tenant
-from services.edge.tenancy.limits import Limiter, MemoryStore
-from services.edge.tenancy.usage import UsageLedger
+from services.tenancy.keys import KeyStore, Tenant
+from services.tenancy.limits import Limiter, MemoryStore
+from services.tenancy.usage import UsageLedger
 
 ADMIN_KEY_ENV = "TERA_ADMIN_KEY"
 
@@ -64,7 +64,7 @@ def build(config: EdgeConfig, registry: CollectorRegistry) -> Tenancy:
     if catalog is not None:
         usage.publish_limits(catalog.keys)
     if catalog is not None and catalog.redis is not None:
-        from services.edge.tenancy.redis_store import RedisStore
+        from services.tenancy.redis_store import RedisStore
 
         store: Any = RedisStore(catalog.redis)
     else:

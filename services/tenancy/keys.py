@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from dataclasses import dataclass, field
 
 from services.catalog import KeyEntry, Limits
@@ -33,6 +34,16 @@ class Tenant:
 
 
 ANONYMOUS = Tenant("anonymous")
+API_KEYS_ENV = "TERA_API_KEYS"  # comma-separated keys without a catalog entry
+
+
+def keys_from_env() -> list[str]:
+    return [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+
+
+def plain_key_name(index: int) -> str:
+    """The tenant name of the index-th plain key: the same at every door."""
+    return f"key-{index + 1}"
 
 
 class KeyStore:
@@ -62,7 +73,7 @@ class KeyStore:
     def from_plain(cls, keys: list[str]) -> KeyStore:
         return cls(
             [
-                (hashlib.sha256(k.encode()).hexdigest(), Tenant(f"key-{i + 1}"))
+                (hashlib.sha256(k.encode()).hexdigest(), Tenant(plain_key_name(i)))
                 for i, k in enumerate(keys)
             ]
         )

@@ -5,7 +5,8 @@ the "theoretical arrival time"): a key with R per minute gets one unit every 60/
 may run up to a minute's worth ahead. A request of cost n is admitted if, after adding
 n units, the key is at most 60 s ahead of now. Tokens are reserved at admission from an
 estimate (prompt characters / 4 + max_tokens) and settled with the real count at the
-end. State lives in Redis when configured (one Lua script, atomic across edge replicas)
+end. State lives in Redis when configured (one Lua script, atomic across edge and
+router replicas)
 and in-process otherwise. If Redis fails, traffic is admitted (fail open), logged and
 counted: a limiter outage must not become an API outage.
 """
@@ -20,12 +21,30 @@ from typing import Protocol
 
 from prometheus_client import Counter
 
-from services.edge.errors import OpenAIError
-from services.edge.tenancy.keys import Tenant
+from services.tenancy.keys import Tenant
 
-log = logging.getLogger("tera.edge.limits")
+log = logging.getLogger("tera.tenancy.limits")
 
 WINDOW_S = 60.0
+# Completion tokens reserved when a request names no max_tokens (a 2048-token context / 4).
+UNBOUNDED_COMPLETION_ESTIMATE = 2048 // 4
+
+
+def estimate_tokens(prompt_chars: int, max_tokens: int | None) -> int:
+    """Tokens to reserve before the real count is known (about 4 characters a token)."""
+    return prompt_chars // 4 + 1 + (max_tokens or UNBOUNDED_COMPLETION_ESTIMATE)
+
+
+class OverLimit(Exception):
+    """A key is over one of its limits: each door answers it in its own protocol (the
+    edge a 429, the router RESOURCE_EXHAUSTED), with Retry-After and these headers."""
+
+    def __init__(
+        self, message: str, *, code: str, retry_after_s: int, headers: dict[str, str]
+    ) -> None:
+        super().__init__(message)
+        self.message, self.code, self.retry_after_s = message, code, retry_after_s
+        self.headers = {**headers, "Retry-After": str(retry_after_s)}
 
 
 @dataclass
@@ -125,12 +144,11 @@ class Limiter:
             acquired = await self.store_call("acquire", f"con:{tenant.name}", limits.max_concurrent)
             if acquired is False:
                 await reservation.settle(0)
-                raise OpenAIError(
-                    429,
+                raise OverLimit(
                     f"Too many concurrent requests for this key (limit {limits.max_concurrent}).",
-                    type="rate_limit_error",
                     code="concurrency_limit_exceeded",
-                    headers={**reservation.headers, "Retry-After": "1"},
+                    retry_after_s=1,
+                    headers=reservation.headers,
                 )
             reservation.holds_slot = acquired is True
         return reservation
@@ -158,14 +176,13 @@ def _headers(dimension: str, limit: int, decision: Decision) -> dict[str, str]:
     }
 
 
-def _over(what: str, decision: Decision, headers: dict[str, str]) -> OpenAIError:
+def _over(what: str, decision: Decision, headers: dict[str, str]) -> OverLimit:
     retry_after = max(1, math.ceil(decision.retry_after_s - 1e-9))
-    return OpenAIError(
-        429,
+    return OverLimit(
         f"Rate limit reached for this key on {what}. Please try again in {retry_after}s.",
-        type="rate_limit_error",
         code="rate_limit_exceeded",
-        headers={**headers, "Retry-After": str(retry_after)},
+        retry_after_s=retry_after,
+        headers=headers,
     )
 
 

@@ -1,12 +1,12 @@
-"""Limit state in Redis, shared by every edge replica: the same GCRA as MemoryStore, as
-one atomic Lua script using Redis's clock."""
+"""Limit state in Redis, shared by every edge and router replica: the same GCRA as
+MemoryStore, as one atomic Lua script using Redis's clock."""
 
 from __future__ import annotations
 
 import redis.asyncio as redis
 
 from services.catalog.schema import Redis as RedisSettings
-from services.edge.tenancy.limits import WINDOW_S, Decision
+from services.tenancy.limits import WINDOW_S, Decision
 
 _TAKE = """
 local t = redis.call('TIME')

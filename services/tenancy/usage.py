@@ -12,7 +12,7 @@ from services.catalog.schema import KeyEntry
 
 
 class UsageLedger:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, service: str = "edge") -> None:
         self.requests = Counter(
             "tera_key_requests",
             "Requests per key and model",
@@ -26,7 +26,7 @@ class UsageLedger:
             registry=registry,
         )
         self.limiter_failures = Counter(
-            "tera_edge_limiter_failures",
+            f"tera_{service}_limiter_failures",
             "Rate-limit store errors (requests were admitted)",
             registry=registry,
         )
@@ -49,7 +49,7 @@ class UsageLedger:
                 if value is not None:
                     self.limits.labels(entry.name, limit).set(value)
 
-    def record(self, key: str, model: str, status: int, prompt: int, completion: int) -> None:
+    def record(self, key: str, model: str, status: int | str, prompt: int, completion: int) -> None:
         self.requests.labels(key, model, str(status)).inc()
         self.tokens.labels(key, model, "prompt").inc(prompt)
         self.tokens.labels(key, model, "completion").inc(completion)
@@ -57,7 +57,8 @@ class UsageLedger:
         totals["requests"] += 1
         totals["prompt_tokens"] += prompt
         totals["completion_tokens"] += completion
-        totals["errors"] += status >= 400
+        # HTTP statuses at the edge, gRPC code names at the router.
+        totals["errors"] += status != "OK" if isinstance(status, str) else status >= 400
 
     def snapshot(self) -> dict[str, Any]:
         return {"keys": {k: dict(models) for k, models in self._totals.items()}}
