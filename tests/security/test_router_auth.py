@@ -4,6 +4,7 @@ certificate from the CA), and believes `tera-tenant` metadata only from the edge
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from services.common.tls import aio_channel, sync_channel
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import SCRIPTED_MODEL, RunningStack
+from tests.observability.otlp_receiver import OtlpReceiver
 from tests.tenancy.conftest import RedisServer, redis_binary
 
 OPEN, CLOSED = "org/open", "org/closed"
@@ -66,7 +68,10 @@ def redis_url() -> Iterator[str]:
 
 
 def _guarded(
-    scripted_stack: Callable[..., RunningStack], tmp_path: Path, redis_url: str | None = None
+    scripted_stack: Callable[..., RunningStack],
+    tmp_path: Path,
+    redis_url: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> RunningStack:
     catalog = _catalog(tmp_path / "catalog.yaml", redis_url)
     (tmp_path / "router.yaml").write_text(yaml.safe_dump({"auth": {"required": True}}))
@@ -77,12 +82,22 @@ def _guarded(
         tls_dir=ensure_local_certs(tmp_path / "tls"),
         router_args=["--config", str(tmp_path / "router.yaml"), "--catalog", str(catalog)],
         edge_args=["--catalog", str(catalog)],
+        env=env or {},
     )
 
 
 @pytest.fixture
-def guarded(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> RunningStack:
-    return _guarded(scripted_stack, tmp_path)
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as r:
+        yield r
+
+
+@pytest.fixture
+def guarded(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path, receiver: OtlpReceiver
+) -> RunningStack:
+    """Traced: every service exports its spans to `receiver`."""
+    return _guarded(scripted_stack, tmp_path, env=receiver.env)
 
 
 async def _generate(
@@ -151,9 +166,10 @@ async def test_the_edge_speaks_for_its_users(guarded: RunningStack) -> None:
     assert await _generate(guarded, OPEN, cert="edge") == grpc.StatusCode.OK
 
 
-async def test_no_secret_reaches_the_logs(guarded: RunningStack) -> None:
-    """Keys, bearer tokens and private keys never appear in any process's output or the
-    edge's metrics, after traffic that carried them (good and bad) through every door."""
+async def test_no_secret_reaches_the_logs(guarded: RunningStack, receiver: OtlpReceiver) -> None:
+    """Keys, bearer tokens and private keys never appear in any process's output, the
+    edge's metrics or the traces, after traffic that carried them (good and bad) through
+    every door."""
     await test_internal_callers_need_a_tenant_key(guarded)
     await test_the_edge_speaks_for_its_users(guarded)
     plan = guarded.stack.plan
@@ -162,6 +178,10 @@ async def test_no_secret_reaches_the_logs(guarded: RunningStack) -> None:
     async with aiohttp.ClientSession() as session, session.get(guarded.ops_url + "/metrics") as r:
         logs += await r.text()  # and the metrics
     assert "router" in logs and "edge" in logs, "the logs were captured"
+    await asyncio.sleep(1)  # the last spans' export (OTEL_BSP_SCHEDULE_DELAY is 100 ms)
+    spans = receiver.spans
+    assert {"tera-edge", "tera-router", "tera-engine"} <= {s.service for s in spans}
+    logs += json.dumps([[s.name, s.attributes, s.events] for s in spans], default=str)
     secrets = [*KEYS.values(), "sk-nope", "PRIVATE KEY"]
     secrets += [
         (plan.tls_dir / s / "tls.key").read_text().splitlines()[1]
