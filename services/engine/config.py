@@ -57,6 +57,12 @@ class ScriptedOptions(BaseModel):
     # 0: token i is piece i (token_text). N: token i is the i-th N-byte slice of all the
     # pieces' UTF-8 bytes, so a multi-byte character can be split across tokens.
     bytes_per_token: int = Field(0, ge=0)
+    # A fixed answer instead: token i is pieces[i], and the stream stops (as at an
+    # end-of-sequence token) after the last one.
+    pieces: list[str] = Field(default_factory=list)
+    # Parse <think>, </think>, <tool_call>NAME\n ... </tool_call> in the text into
+    # reasoning_text and tool_calls, as vLLM's parsers would (backends/scripted_markup.py).
+    markup: bool = False
 
 
 class SpeechOptions(BaseModel):

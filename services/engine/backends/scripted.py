@@ -18,6 +18,7 @@ import grpc
 from services.common.word_tokens import prompt_token_ids
 from services.engine.backends.base import Backend, BackendLoad
 from services.engine.backends.scripted_cache import SimulatedPrefixCache
+from services.engine.backends.scripted_markup import MarkupParser, Parsed
 from services.engine.backends.scripted_text import ChoiceText, TokenTape
 from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
@@ -92,7 +93,8 @@ class ScriptedBackend(Backend):
                 f"This model's maximum context length is {self._config.max_context_length} tokens.",
                 param="max_tokens",
             )
-        gen = _Generation(request, TokenTape(script.token_text, script.bytes_per_token))
+        tape = TokenTape(script.token_text, script.bytes_per_token, script.pieces)
+        gen = _Generation(request, tape, markup=script.markup)
         gen.cached_tokens = cached
         start = gen.resume(request.continuation)
         if gen.done(max_tokens):
@@ -129,11 +131,12 @@ class ScriptedBackend(Backend):
 class _Generation:
     """Every choice of one request: the same text, so they advance together."""
 
-    def __init__(self, request: pb.GenerateRequest, tape: TokenTape) -> None:
+    def __init__(self, request: pb.GenerateRequest, tape: TokenTape, *, markup: bool) -> None:
         self._request = request
         self.cached_tokens = 0  # prompt tokens the (simulated) prefix cache held
         n = request.sampling.n or 1
         self._choices = [ChoiceText(tape, request.sampling.stop) for _ in range(n)]
+        self._parsers = [MarkupParser() for _ in range(n)] if markup else None
 
     def resume(self, continuation: pb.Continuation) -> int:
         """Replays what the caller already has; returns the position to go on from."""
@@ -148,8 +151,8 @@ class _Generation:
                     f"continuation of choice {p.index} is not this model's output",
                 )
         self.advance(0, m)
-        for choice in self._choices:
-            choice.take(final=False)
+        for c in range(len(self._choices)):
+            self._take(c, final=False)  # replayed through the parsers; the caller has it
         return m
 
     def advance(self, i: int, end: int) -> int:
@@ -165,20 +168,22 @@ class _Generation:
         return first.stopped or first.position >= max_tokens
 
     def message(self, i: int, end: int, max_tokens: int, *, last: bool) -> pb.GenerateResponse:
+        parsed_all = [self._take(c, final=last) for c in range(len(self._choices))]
         stopped = self._choices[0].stopped
         finish = pb.FINISH_REASON_STOP if stopped else pb.FINISH_REASON_LENGTH
-        response = pb.GenerateResponse(
-            choices=[
-                pb.ChoiceDelta(
-                    index=c,
-                    text=choice.take(final=last),
-                    num_tokens=end - i,
-                    token_ids=range(i, end),
-                    finish_reason=finish if last else 0,
-                )
-                for c, choice in enumerate(self._choices)
-            ]
-        )
+        if stopped and self._parsers and self._parsers[0].calls:
+            finish = pb.FINISH_REASON_TOOL_CALLS  # as vLLM's, when the answer made calls
+        response = pb.GenerateResponse()
+        for c, parsed in enumerate(parsed_all):
+            response.choices.add(
+                index=c,
+                text=parsed.content,
+                reasoning_text=parsed.reasoning,
+                tool_calls=parsed.calls,
+                num_tokens=end - i,
+                token_ids=range(i, end),
+                finish_reason=finish if last else 0,
+            )
         if last:
             response.usage.CopyFrom(
                 pb.Usage(
@@ -188,6 +193,10 @@ class _Generation:
                 )
             )
         return response
+
+    def _take(self, c: int, *, final: bool) -> Parsed:
+        text = self._choices[c].take(final=final)
+        return self._parsers[c].feed(text, final=final) if self._parsers else Parsed(text)
 
 
 def _prompt_tokens(request: pb.GenerateRequest) -> int:
