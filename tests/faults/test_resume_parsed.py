@@ -1,0 +1,158 @@
+"""Tool-call and reasoning streams across a SIGKILL, through the whole stack, read with
+the openai SDK: edge + router + two stand-in engine processes that parse their fixed
+answer as vLLM's tool and reasoning parsers would (backends/scripted_markup.py).
+
+The reference is the same request on the same stack before the kill. The killed stream
+must read the same: one tool call with one id and one name, arguments byte-equal to the
+reference (and valid JSON); reasoning_content and content with no piece repeated or
+missing; the same finish_reason and usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Callable
+
+import openai
+
+from tests.conftest import SCRIPTED_MODEL, RunningStack
+from tests.faults.fleet import router_metric
+
+RATE = 20  # tokens/s per stream: the answer takes ~1.5 s, the kill lands inside it
+
+TOOL_CALL = [
+    *("Let", " me", " look", " that", " up", "."),
+    *("<tool_", "call>get_", "weather\n"),
+    *(
+        '{"city"',
+        ': "Pa',
+        'ris", ',
+        '"unit": ',
+        '"cel',
+        "sius",
+        '", ',
+        '"days": ',
+        "[1",
+        ", 2",
+        ", 3",
+        "]}",
+    ),
+    "</tool_call>",
+]
+REASONING = [
+    *("<think>", "The", " user", " wants", " a", " short", " story", " about", " a"),
+    *(" fox", ";", " keep", " it", " to", " one", " line", ".</th", "ink>"),
+    *("A", " fox", " outran", " the", " dawn", " and", " slept", " till", " noon", "."),
+]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def _stack(fleet: Callable[..., RunningStack], pieces: list[str]) -> RunningStack:
+    script = {"pieces": pieces, "markup": True, "tokens_per_second": RATE}
+    return fleet([script, script])
+
+
+class Transcript:
+    """Everything the client saw of one stream, delta by delta."""
+
+    def __init__(self) -> None:
+        self.content = ""
+        self.reasoning = ""
+        self.calls: dict[int, dict] = {}  # index -> {ids, names, arguments}
+        self.finish: str | None = None
+        self.usage: tuple[int, int] | None = None
+
+    def add(self, chunk) -> None:
+        if chunk.usage:
+            self.usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+        for choice in chunk.choices:
+            delta = choice.delta
+            self.content += delta.content or ""
+            self.reasoning += getattr(delta, "reasoning_content", None) or ""
+            for call in delta.tool_calls or ():
+                seen = self.calls.setdefault(call.index, {"ids": [], "names": [], "arguments": ""})
+                seen["ids"] += [call.id] if call.id else []
+                name = call.function.name if call.function else None
+                seen["names"] += [name] if name else []
+                seen["arguments"] += (call.function.arguments or "") if call.function else ""
+            self.finish = choice.finish_reason or self.finish
+
+    def snapshot(self) -> dict:
+        return {"content": self.content, "reasoning": self.reasoning, "calls": len(self.calls)}
+
+
+async def _stream(
+    stack: RunningStack, body: dict, kill_when: Callable[[Transcript], bool] | None = None
+) -> tuple[Transcript, dict | None]:
+    """Streams body; kills the engine holding the stream the first time kill_when holds.
+    Returns the transcript and what the client had seen at the kill."""
+    client = openai.AsyncOpenAI(base_url=stack.base_url, api_key="sk-local", max_retries=0)
+    seen, at_kill = Transcript(), None
+    stream = await client.chat.completions.create(
+        model=SCRIPTED_MODEL,
+        stream=True,
+        stream_options={"include_usage": True},
+        max_tokens=200,
+        **body,
+    )
+    async for chunk in stream:
+        seen.add(chunk)
+        if kill_when and at_kill is None and kill_when(seen):
+            at_kill = seen.snapshot()
+            loads = await asyncio.gather(*(asyncio.to_thread(stack.engine_load, i) for i in (0, 1)))
+            holding = [i for i, load in enumerate(loads) if load.in_flight]
+            assert len(holding) == 1, "exactly one engine holds the stream"
+            stack.stack.engines[holding[0]].kill_group(signal.SIGKILL)
+    await client.close()
+    return seen, at_kill
+
+
+async def test_tool_call_stream_survives_a_sigkill_mid_arguments(fleet) -> None:
+    stack = _stack(fleet, TOOL_CALL)
+    body = {
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [WEATHER_TOOL],
+    }
+    want, _ = await _stream(stack, body)
+    assert list(want.calls) == [0] and want.finish == "tool_calls", "the reference made a call"
+
+    def mid_arguments(t: Transcript) -> bool:
+        return 0 in t.calls and len(t.calls[0]["arguments"]) >= 10
+
+    got, at_kill = await _stream(stack, body, kill_when=mid_arguments)
+    assert at_kill is not None, "the kill came while the call's arguments were streaming"
+    assert got.content == want.content == "Let me look that up."
+    assert list(got.calls) == [0], "exactly one tool call"
+    call = got.calls[0]
+    assert len(call["ids"]) == 1 and call["ids"][0].startswith("call_"), call["ids"]
+    assert call["names"] == ["get_weather"]
+    assert call["arguments"] == want.calls[0]["arguments"]
+    assert json.loads(call["arguments"]) == {"city": "Paris", "unit": "celsius", "days": [1, 2, 3]}
+    assert (got.finish, got.usage) == (want.finish, want.usage)
+    assert router_metric(stack, "tera_router_resumes_total", reason="unavailable") == 1
+
+
+async def test_reasoning_stream_survives_a_sigkill_mid_reasoning(fleet) -> None:
+    stack = _stack(fleet, REASONING)
+    body = {"messages": [{"role": "user", "content": "A story about a fox, please."}]}
+    want, _ = await _stream(stack, body)
+    assert want.reasoning == "The user wants a short story about a fox; keep it to one line."
+    assert want.content == "A fox outran the dawn and slept till noon."
+
+    def mid_reasoning(t: Transcript) -> bool:
+        return len(t.reasoning) >= 12
+
+    got, at_kill = await _stream(stack, body, kill_when=mid_reasoning)
+    assert at_kill is not None and at_kill["content"] == "", "killed before any content"
+    assert got.reasoning == want.reasoning
+    assert got.content == want.content
+    assert (got.finish, got.usage) == (want.finish, want.usage) == ("stop", want.usage)
+    assert router_metric(stack, "tera_router_resumes_total", reason="unavailable") == 1
