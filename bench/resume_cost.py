@@ -1,0 +1,134 @@
+"""Part: what being resumable costs the relay when nothing fails (issue 13 allows <= 3 %).
+
+Two stacks (edge + router + one stand-in engine) run side by side, alike but for the
+router's resume setting: on (the default: every relayed message is kept, as bytes, for
+a continuation) and off (`resume.max_resumes: 0`). Windows of the same load (streams x
+per-stream rate, set above what the relay carries on this machine, so tokens/s is the
+relay's capacity) alternate on, off, off, on (ABBA), repeated, so drift on the machine
+falls on both alike. Reported per ABBA block and as the median over blocks: the ratio
+on/off of streamed tokens/s, and of the router's CPU seconds per 1,000 tokens.
+
+Both ratios carry the machine's noise (a few % per window on a shared 2-core box), so
+the part also times what resume adds to the happy path, `Journal.keep` on every relayed
+message, in process over messages shaped like the load's, and gives it per 1,000 tokens
+beside the router's measured CPU per 1,000 tokens with resume off: a noise-free bound.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import uvloop
+
+from bench.common import STAND_IN_MODEL
+from bench.relay import STEP_MS, StepResult, _short_requests, _step
+from devstack.engine_args import scripted_engine_args
+from devstack.processes import free_port
+from devstack.stack import Stack, StackPlan
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.router.resume import Journal
+
+STREAMS = 64
+RATE = 800.0  # tokens/s per stream: 51,200 offered, above what the relay carries here
+BLOCKS = 4  # ABBA blocks: 16 windows of relay.STREAM_SECONDS each
+
+
+def _stack(results: Path, name: str, resume: dict) -> Stack:
+    logs = results / f"resume-cost-{name}"
+    logs.mkdir(parents=True, exist_ok=True)
+    config = logs / "router.yaml"
+    config.write_text(json.dumps({"resume": resume}))
+    behaviour = {"tokens_per_second": RATE, "step_ms": STEP_MS, "token_text": "t{i}@{t} "}
+    plan = StackPlan(
+        router_args=["--config", str(config)],
+        edge_port=free_port(),
+        router_port=free_port(),
+        engine_ports=[free_port()],
+        engine_args=[
+            *scripted_engine_args(STAND_IN_MODEL, **behaviour),
+            *("--coalesce-window-ms", "0", "--max-in-flight", "4096"),
+            *("--max-context-length", "1000000"),
+        ],
+        model_ids=[STAND_IN_MODEL],
+        log_dir=logs,
+    )
+    return Stack(plan).start(timeout_s=60)
+
+
+def run(results: Path, streams: int = STREAMS, rate: float = RATE, blocks: int = BLOCKS) -> dict:
+    stacks = {"on": _stack(results, "on", {}), "off": None}
+    try:
+        stacks["off"] = _stack(results, "off", {"max_resumes": 0})
+        for stack in stacks.values():
+            uvloop.run(_short_requests(stack, 16, 0.5))  # warm: connections, first calls
+        windows: list[tuple[str, StepResult]] = []
+        for _ in range(blocks):
+            for name in ("on", "off", "off", "on"):
+                windows.append((name, uvloop.run(_step(stacks[name], streams, rate))))
+    finally:
+        for stack in stacks.values():
+            if stack is not None:
+                stack.stop()
+    block_rows = [_block(windows[4 * b : 4 * b + 4]) for b in range(blocks)]
+    router_off_ms = statistics.median(w.router_cpu_per_1k for n, w in windows if n == "off")
+    keep_ms = _keep_ms_per_1k_tokens(tokens_per_message=max(1, round(rate * STEP_MS / 1000)))
+    return {
+        "streams": streams,
+        "rate_per_stream": rate,
+        "windows": len(windows),
+        "errors": sum(w.errors for _, w in windows),
+        "tokens_per_s_ratio_on_off": round(
+            statistics.median(r["tokens_per_s_ratio"] for r in block_rows), 4
+        ),
+        "router_cpu_per_1k_ratio_on_off": round(
+            statistics.median(r["router_cpu_per_1k_ratio"] for r in block_rows), 4
+        ),
+        "router_cpu_ms_per_1k_off": round(1000 * router_off_ms, 3),
+        "journal_keep_ms_per_1k": round(keep_ms, 4),
+        "journal_keep_share_of_router_cpu": round(keep_ms / (1000 * router_off_ms), 4),
+        "blocks": block_rows,
+    }
+
+
+def _keep_ms_per_1k_tokens(tokens_per_message: int, messages: int = 200_000) -> float:
+    """CPU ms that Journal.keep spends per 1,000 tokens, on messages like the load's (a
+    stand-in message of tokens_per_message stamped tokens, serialised), cap as deployed."""
+    text = "".join(f"t{i}@{1_000_000_000_000 + i} " for i in range(tokens_per_message))
+    chunk = pb.GenerateResponse(
+        choices=[
+            pb.ChoiceDelta(
+                text=text,
+                num_tokens=tokens_per_message,
+                token_ids=range(1000, 1000 + tokens_per_message),
+            )
+        ]
+    ).SerializeToString()
+    per_stream = 1000  # messages per journal: a new stream every 1,000 messages
+    started = time.process_time()
+    for _ in range(messages // per_stream):
+        journal = Journal(b"", 4 << 20)
+        for _ in range(per_stream):
+            journal.keep(chunk)
+    seconds = time.process_time() - started
+    return 1000 * seconds / (messages * tokens_per_message / 1000)
+
+
+def _block(windows: list[tuple[str, StepResult]]) -> dict:
+    """One ABBA block: each side's two windows pooled, then on / off."""
+
+    def mean(name: str, field: str) -> float:
+        return statistics.fmean(getattr(w, field) for n, w in windows if n == name)
+
+    return {
+        "tokens_per_s_on": round(mean("on", "tokens_per_s")),
+        "tokens_per_s_off": round(mean("off", "tokens_per_s")),
+        "tokens_per_s_ratio": round(mean("on", "tokens_per_s") / mean("off", "tokens_per_s"), 4),
+        "router_cpu_ms_per_1k_on": round(1000 * mean("on", "router_cpu_per_1k"), 3),
+        "router_cpu_ms_per_1k_off": round(1000 * mean("off", "router_cpu_per_1k"), 3),
+        "router_cpu_per_1k_ratio": round(
+            mean("on", "router_cpu_per_1k") / mean("off", "router_cpu_per_1k"), 4
+        ),
+    }
