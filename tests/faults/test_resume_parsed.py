@@ -5,7 +5,9 @@ answer as vLLM's tool and reasoning parsers would (backends/scripted_markup.py).
 The reference is the same request on the same stack before the kill. The killed stream
 must read the same: one tool call with one id and one name, arguments byte-equal to the
 reference (and valid JSON); reasoning_content and content with no piece repeated or
-missing; the same finish_reason and usage.
+missing; the same finish_reason and usage. The Responses API's items are built at the
+edge, statefully, from the one stream the router relays: across the kill they must come
+out as in the unkilled run (same items, same event sequence, arguments deltas adding up).
 """
 
 from __future__ import annotations
@@ -155,4 +157,75 @@ async def test_reasoning_stream_survives_a_sigkill_mid_reasoning(fleet) -> None:
     assert got.reasoning == want.reasoning
     assert got.content == want.content
     assert (got.finish, got.usage) == (want.finish, want.usage) == ("stop", want.usage)
+    assert router_metric(stack, "tera_router_resumes_total", reason="unavailable") == 1
+
+
+# Reasoning, a sentence, then a call: three output items for the Responses API.
+AGENT = [
+    *REASONING[:9],
+    "</think>",
+    *TOOL_CALL,
+]
+
+
+async def _response_events(
+    stack: RunningStack, kill_when: Callable[[list], bool] | None = None
+) -> tuple[list, bool]:
+    """A streamed Responses call's events; kills the engine holding it once kill_when
+    holds over the events so far."""
+    client = openai.AsyncOpenAI(base_url=stack.base_url, api_key="sk-local", max_retries=0)
+    tool = {"type": "function", **WEATHER_TOOL["function"]}
+    stream = await client.responses.create(
+        model=SCRIPTED_MODEL,
+        input="Weather in Paris?",
+        tools=[tool],
+        max_output_tokens=200,
+        stream=True,
+        store=False,
+    )
+    events, killed = [], False
+    async for event in stream:
+        events.append(event)
+        if kill_when and not killed and kill_when(events):
+            loads = await asyncio.gather(*(asyncio.to_thread(stack.engine_load, i) for i in (0, 1)))
+            holding = [i for i, load in enumerate(loads) if load.in_flight]
+            assert len(holding) == 1, "exactly one engine holds the stream"
+            stack.stack.engines[holding[0]].kill_group(signal.SIGKILL)
+            killed = True
+    await client.close()
+    return events, killed
+
+
+def _shape(events: list) -> tuple[list, list]:
+    """The event types in order, a run of deltas as one (how many tokens a message holds
+    depends on timing), and the final output items without their ids."""
+    types = [e.type for e in events]
+    types = [t for i, t in enumerate(types) if not (t.endswith(".delta") and types[i - 1] == t)]
+    final = events[-1].response.output
+    items = [
+        {k: v for k, v in item.model_dump().items() if k not in ("id", "call_id")} for item in final
+    ]
+    return types, items
+
+
+async def test_responses_stream_survives_a_sigkill_mid_function_call(fleet) -> None:
+    """The edge builds the Responses API's items statefully from one relayed stream; a
+    resume behind it must leave items, events and arguments as in the unkilled run."""
+    stack = _stack(fleet, AGENT)
+    want, _ = await _response_events(stack)
+
+    def mid_arguments(events: list) -> bool:
+        return any(e.type == "response.function_call_arguments.delta" for e in events)
+
+    got, killed = await _response_events(stack, kill_when=mid_arguments)
+    assert killed
+    assert got[-1].type == "response.completed", got[-1]
+    assert _shape(got) == _shape(want)
+    kinds = [item.type for item in got[-1].response.output]
+    assert kinds == ["reasoning", "message", "function_call"]
+    call = got[-1].response.output[-1]
+    deltas = "".join(e.delta for e in got if e.type == "response.function_call_arguments.delta")
+    assert deltas == call.arguments
+    assert json.loads(call.arguments) == {"city": "Paris", "unit": "celsius", "days": [1, 2, 3]}
+    assert [e.sequence_number for e in got] == list(range(len(got)))
     assert router_metric(stack, "tera_router_resumes_total", reason="unavailable") == 1
