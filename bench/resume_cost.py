@@ -5,8 +5,10 @@ router's resume setting: on (the default: every relayed message is kept, as byte
 a continuation) and off (`resume.max_resumes: 0`). Windows of the same load (streams x
 per-stream rate, set above what the relay carries on this machine, so tokens/s is the
 relay's capacity) alternate on, off, off, on (ABBA), repeated, so drift on the machine
-falls on both alike. Reported per ABBA block and as the median over blocks: the ratio
-on/off of streamed tokens/s, and of the router's CPU seconds per 1,000 tokens.
+falls on both alike; half the blocks with the "on" stack started first, half with the
+"off" one (start order alone moved tokens/s by ~4 % here). Reported per ABBA block and
+as the median over blocks: the ratio on/off of streamed tokens/s, and of the router's
+CPU seconds per 1,000 tokens.
 
 Both ratios carry the machine's noise (a few % per window on a shared 2-core box), so
 the part also times what resume adds to the happy path, `Journal.keep` on every relayed
@@ -33,7 +35,7 @@ from services.router.resume import Journal
 
 STREAMS = 64
 RATE = 800.0  # tokens/s per stream: 51,200 offered, above what the relay carries here
-BLOCKS = 4  # ABBA blocks: 16 windows of relay.STREAM_SECONDS each
+BLOCKS = 6  # ABBA blocks, half per start order: 24 windows of relay.STREAM_SECONDS
 
 
 def _stack(results: Path, name: str, resume: dict) -> Stack:
@@ -59,20 +61,16 @@ def _stack(results: Path, name: str, resume: dict) -> Stack:
 
 
 def run(results: Path, streams: int = STREAMS, rate: float = RATE, blocks: int = BLOCKS) -> dict:
-    stacks = {"on": _stack(results, "on", {}), "off": None}
-    try:
-        stacks["off"] = _stack(results, "off", {"max_resumes": 0})
-        for stack in stacks.values():
-            uvloop.run(_short_requests(stack, 16, 0.5))  # warm: connections, first calls
-        windows: list[tuple[str, StepResult]] = []
-        for _ in range(blocks):
-            for name in ("on", "off", "off", "on"):
-                windows.append((name, uvloop.run(_step(stacks[name], streams, rate))))
-    finally:
-        for stack in stacks.values():
-            if stack is not None:
-                stack.stop()
-    block_rows = [_block(windows[4 * b : 4 * b + 4]) for b in range(blocks)]
+    windows: list[tuple[str, StepResult]] = []
+    block_rows: list[dict] = []
+    # The stack started first ran a few % faster here whatever its setting, so half the
+    # blocks start "on" first and half "off" first.
+    for first in ("on", "off"):
+        half = _half(results, first, streams, rate, blocks // 2)
+        block_rows += [
+            {"started_first": first, **_block(half[4 * b : 4 * b + 4])} for b in range(blocks // 2)
+        ]
+        windows += half
     router_off_ms = statistics.median(w.router_cpu_per_1k for n, w in windows if n == "off")
     keep_ms = _keep_ms_per_1k_tokens(tokens_per_message=max(1, round(rate * STEP_MS / 1000)))
     return {
@@ -91,6 +89,28 @@ def run(results: Path, streams: int = STREAMS, rate: float = RATE, blocks: int =
         "journal_keep_share_of_router_cpu": round(keep_ms / (1000 * router_off_ms), 4),
         "blocks": block_rows,
     }
+
+
+def _half(
+    results: Path, first: str, streams: int, rate: float, blocks: int
+) -> list[tuple[str, StepResult]]:
+    """Both stacks, `first` started first; `blocks` ABBA blocks of windows."""
+    settings = {"on": {}, "off": {"max_resumes": 0}}
+    order = [first, "off" if first == "on" else "on"]
+    stacks: dict[str, Stack] = {}
+    try:
+        for name in order:
+            stacks[name] = _stack(results, f"{name}-{first}-first", settings[name])
+        for stack in stacks.values():
+            uvloop.run(_short_requests(stack, 16, 0.5))  # warm: connections, first calls
+        return [
+            (name, uvloop.run(_step(stacks[name], streams, rate)))
+            for _ in range(blocks)
+            for name in ("on", "off", "off", "on")
+        ]
+    finally:
+        for stack in stacks.values():
+            stack.stop()
 
 
 def _keep_ms_per_1k_tokens(tokens_per_message: int, messages: int = 200_000) -> float:
