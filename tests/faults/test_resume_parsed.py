@@ -18,7 +18,12 @@ import signal
 from collections.abc import Callable
 
 import openai
+import pytest
 
+from services.common.wire import FINISH_REASON_NAMES
+from services.engine.backends.scripted import ScriptedBackend
+from services.engine.config import EngineConfig
+from services.proto_gen.tera.v1 import engine_pb2 as pb
 from tests.conftest import SCRIPTED_MODEL, RunningStack
 from tests.faults.fleet import router_metric
 
@@ -229,3 +234,69 @@ async def test_responses_stream_survives_a_sigkill_mid_function_call(fleet) -> N
     assert json.loads(call.arguments) == {"city": "Paris", "unit": "celsius", "days": [1, 2, 3]}
     assert [e.sequence_number for e in got] == list(range(len(got)))
     assert router_metric(stack, "tera_router_resumes_total", reason="unavailable") == 1
+
+
+async def _uncut(pieces: list[str]) -> Transcript:
+    """The stand-in engine in process, uncut, as the client would read it."""
+    backend = ScriptedBackend(
+        EngineConfig(backend="scripted", scripted={"pieces": pieces, "markup": True})
+    )
+    request = pb.GenerateRequest(
+        chat=pb.ChatInput(messages=[pb.ChatMessage(role="user", content="Go.")]),
+        sampling=pb.SamplingParams(max_tokens=200),
+    )
+    seen = Transcript()
+    async for message in backend.generate(request):
+        for c in message.choices:
+            seen.content += c.text
+            seen.reasoning += c.reasoning_text
+            for call in c.tool_calls:
+                got = seen.calls.setdefault(call.index, {"ids": [], "names": [], "arguments": ""})
+                got["ids"] += [call.id] if call.id else []
+                got["names"] += [call.name] if call.name else []
+                got["arguments"] += call.arguments
+            if c.finish_reason:
+                seen.finish = FINISH_REASON_NAMES[c.finish_reason]
+        if message.HasField("usage"):
+            seen.usage = (message.usage.prompt_tokens, message.usage.completion_tokens)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("script", "k"),
+    [
+        ("tool", 7),  # "<tool_" held back: a marker's start
+        ("tool", 8),  # inside the call's name, not yet sent
+        ("tool", 9),  # id and name sent, no arguments yet
+        ("tool", 11),  # mid-arguments
+        ("reasoning", 1),  # "<think>" alone
+        ("reasoning", 17),  # ".</th": the closing marker split
+        ("reasoning", 18),  # reasoning closed, no content yet
+    ],
+    ids=lambda v: str(v),
+)
+async def test_cut_at_each_parser_state_reads_as_the_uncut_stream(
+    fleet, script: str, k: int
+) -> None:
+    """Replica A cuts every call after exactly k tokens, B and C never do. Of three
+    requests round robin sends at least one to A first (cut there, resumed on B or C);
+    every stream must read as the uncut stand-in does."""
+    pieces = TOOL_CALL if script == "tool" else REASONING
+    clean = {"pieces": pieces, "markup": True, "tokens_per_second": 200}
+    stack = fleet([{**clean, "fail_after_tokens": k}, clean, clean])
+    body = {"messages": [{"role": "user", "content": "Go."}]}
+    if script == "tool":
+        body["tools"] = [WEATHER_TOOL]
+    want = _without_ids(await _uncut(pieces))
+    for _ in range(3):
+        got, _ = await _stream(stack, body)
+        assert _without_ids(got) == want
+    assert router_metric(stack, "tera_router_resumes_total", reason="internal") >= 1
+
+
+def _without_ids(seen: Transcript) -> dict:
+    """The transcript, each call's one id replaced (ids are fresh per stream)."""
+    for call in seen.calls.values():
+        assert len(call["ids"]) == 1 and len(call["names"]) == 1, call
+    calls = {i: {**c, "ids": ["<id>"]} for i, c in seen.calls.items()}
+    return {**seen.__dict__, "calls": calls}
