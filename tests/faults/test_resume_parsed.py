@@ -8,6 +8,8 @@ reference (and valid JSON); reasoning_content and content with no piece repeated
 missing; the same finish_reason and usage. The Responses API's items are built at the
 edge, statefully, from the one stream the router relays: across the kill they must come
 out as in the unkilled run (same items, same event sequence, arguments deltas adding up).
+Last, replicas that cut after exactly k tokens put the cut at each place the parsers
+hold state, and the stream must read as the uncut stand-in in process does.
 """
 
 from __future__ import annotations
