@@ -72,7 +72,8 @@ def run(results: Path, streams: int = STREAMS, rate: float = RATE, blocks: int =
         ]
         windows += half
     router_off_ms = statistics.median(w.router_cpu_per_1k for n, w in windows if n == "off")
-    keep_ms = _keep_ms_per_1k_tokens(tokens_per_message=max(1, round(rate * STEP_MS / 1000)))
+    tokens_per_message = max(1, round(rate * STEP_MS / 1000))
+    keep_ms = _keep_ms_per_1k_tokens(tokens_per_message)
     return {
         "streams": streams,
         "rate_per_stream": rate,
@@ -87,6 +88,13 @@ def run(results: Path, streams: int = STREAMS, rate: float = RATE, blocks: int =
         "router_cpu_ms_per_1k_off": round(1000 * router_off_ms, 3),
         "journal_keep_ms_per_1k": round(keep_ms, 4),
         "journal_keep_share_of_router_cpu": round(keep_ms / (1000 * router_off_ms), 4),
+        # What the proto change (token ids in every delta, on and off alike) adds to the
+        # relayed bytes: the load's messages, and a real model's (4 tokens of ~4 bytes,
+        # ids from a 150k vocabulary, 3 bytes each on the wire).
+        "token_ids_bytes_added": round(_ids_bytes_added(tokens_per_message, 3000), 4),
+        "token_ids_bytes_added_real_text": round(
+            _ids_bytes_added(4, 150_000, text=" the cat sat down"), 4
+        ),
         "blocks": block_rows,
     }
 
@@ -113,19 +121,26 @@ def _half(
             stack.stop()
 
 
+def _message(tokens: int, first_id: int, ids: bool, text: str | None = None) -> bytes:
+    """A message of `tokens` tokens, serialised: by default the relay load's (stamped
+    stand-in tokens, ~18 bytes each), or with the given text."""
+    if text is None:
+        text = "".join(f"t{i}@{1_000_000_000_000 + i} " for i in range(tokens))
+    delta = pb.ChoiceDelta(text=text, num_tokens=tokens)
+    if ids:
+        delta.token_ids.extend(range(first_id, first_id + tokens))
+    return pb.GenerateResponse(choices=[delta]).SerializeToString()
+
+
+def _ids_bytes_added(tokens_per_message: int, first_id: int, text: str | None = None) -> float:
+    with_ids = _message(tokens_per_message, first_id, ids=True, text=text)
+    return len(with_ids) / len(_message(tokens_per_message, first_id, ids=False, text=text)) - 1
+
+
 def _keep_ms_per_1k_tokens(tokens_per_message: int, messages: int = 200_000) -> float:
     """CPU ms that Journal.keep spends per 1,000 tokens, on messages like the load's (a
     stand-in message of tokens_per_message stamped tokens, serialised), cap as deployed."""
-    text = "".join(f"t{i}@{1_000_000_000_000 + i} " for i in range(tokens_per_message))
-    chunk = pb.GenerateResponse(
-        choices=[
-            pb.ChoiceDelta(
-                text=text,
-                num_tokens=tokens_per_message,
-                token_ids=range(1000, 1000 + tokens_per_message),
-            )
-        ]
-    ).SerializeToString()
+    chunk = _message(tokens_per_message, 1000, ids=True)
     per_stream = 1000  # messages per journal: a new stream every 1,000 messages
     started = time.process_time()
     for _ in range(messages // per_stream):
