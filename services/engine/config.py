@@ -63,6 +63,9 @@ class ScriptedOptions(BaseModel):
     # Parse <think>, </think>, <tool_call>NAME\n ... </tool_call> in the text into
     # reasoning_text and tool_calls, as vLLM's parsers would (backends/scripted_markup.py).
     markup: bool = False
+    # False: deltas carry no token ids, as before issue 13's proto change (for the bench's
+    # before/after; such a stream cannot be resumed).
+    token_ids: bool = True
 
 
 class SpeechOptions(BaseModel):

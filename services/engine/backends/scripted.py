@@ -94,7 +94,7 @@ class ScriptedBackend(Backend):
                 param="max_tokens",
             )
         tape = TokenTape(script.token_text, script.bytes_per_token, script.pieces)
-        gen = _Generation(request, tape, markup=script.markup)
+        gen = _Generation(request, tape, markup=script.markup, ids=script.token_ids)
         gen.cached_tokens = cached
         start = gen.resume(request.continuation)
         if gen.done(max_tokens):
@@ -131,8 +131,11 @@ class ScriptedBackend(Backend):
 class _Generation:
     """Every choice of one request: the same text, so they advance together."""
 
-    def __init__(self, request: pb.GenerateRequest, tape: TokenTape, *, markup: bool) -> None:
+    def __init__(
+        self, request: pb.GenerateRequest, tape: TokenTape, *, markup: bool, ids: bool
+    ) -> None:
         self._request = request
+        self._ids = ids
         self.cached_tokens = 0  # prompt tokens the (simulated) prefix cache held
         n = request.sampling.n or 1
         self._choices = [ChoiceText(tape, request.sampling.stop) for _ in range(n)]
@@ -181,7 +184,7 @@ class _Generation:
                 reasoning_text=parsed.reasoning,
                 tool_calls=parsed.calls,
                 num_tokens=end - i,
-                token_ids=range(i, end),
+                token_ids=range(i, end) if self._ids else (),
                 finish_reason=finish if last else 0,
             )
         if last:
