@@ -1,19 +1,22 @@
 """Part: what being resumable costs the relay when nothing fails (issue 13 allows <= 3 %).
 
-Two stacks (edge + router + one stand-in engine) run side by side, alike but for the
-router's resume setting: on (the default: every relayed message is kept, as bytes, for
-a continuation) and off (`resume.max_resumes: 0`). Windows of the same load (streams x
-per-stream rate, set above what the relay carries on this machine, so tokens/s is the
-relay's capacity) alternate on, off, off, on (ABBA), repeated, so drift on the machine
-falls on both alike; half the blocks with the "on" stack started first, half with the
-"off" one (start order alone moved tokens/s by ~4 % here). Reported per ABBA block and
-as the median over blocks: the ratio on/off of streamed tokens/s, and of the router's
-CPU seconds per 1,000 tokens.
+Three stacks (edge + router + one stand-in engine) run side by side, alike but for:
+- "on": resume on (the default: every relayed message is kept, as bytes, for a
+  continuation), deltas with token ids;
+- "off": `resume.max_resumes: 0`, deltas with token ids (the proto change alone);
+- "before": resume off and deltas without token ids, as before issue 13.
+Windows of the same load (streams x per-stream rate, set above what the relay carries on
+this machine, so tokens/s is the whole stack's capacity) run in blocks of on, off,
+before, before, off, on, so drift on the machine falls on all alike; the stacks' start
+order is rotated over the blocks (the stack started first ran ~4 % faster here,
+whatever its setting). Reported per block and as the median over blocks: the ratios
+on/off (keeping messages), off/before (the token ids) and on/before (the whole change)
+of streamed tokens/s and of the router's CPU seconds per 1,000 tokens.
 
-Both ratios carry the machine's noise (a few % per window on a shared 2-core box), so
+The ratios carry the machine's noise (a few % per window on a shared 2-core box), so
 the part also times what resume adds to the happy path, `Journal.keep` on every relayed
-message, in process over messages shaped like the load's, and gives it per 1,000 tokens
-beside the router's measured CPU per 1,000 tokens with resume off: a noise-free bound.
+message, in process over messages shaped like the load's, beside the router's measured
+CPU per 1,000 tokens with resume off; and gives the bytes the token ids add to a message.
 """
 
 from __future__ import annotations
@@ -35,15 +38,25 @@ from services.router.resume import Journal
 
 STREAMS = 64
 RATE = 800.0  # tokens/s per stream: 51,200 offered, above what the relay carries here
-BLOCKS = 6  # ABBA blocks, half per start order: 24 windows of relay.STREAM_SECONDS
+BLOCKS = 6  # blocks of 6 windows of relay.STREAM_SECONDS; a multiple of 3 (start orders)
+# Arm -> (router resume settings, whether the engine's deltas carry token ids).
+ARMS = {"on": ({}, True), "off": ({"max_resumes": 0}, True), "before": ({"max_resumes": 0}, False)}
+WINDOWS = ("on", "off", "before", "before", "off", "on")
+RATIOS = (("on", "off"), ("off", "before"), ("on", "before"))
 
 
-def _stack(results: Path, name: str, resume: dict) -> Stack:
+def _stack(results: Path, name: str, arm: str) -> Stack:
+    resume, ids = ARMS[arm]
     logs = results / f"resume-cost-{name}"
     logs.mkdir(parents=True, exist_ok=True)
     config = logs / "router.yaml"
     config.write_text(json.dumps({"resume": resume}))
-    behaviour = {"tokens_per_second": RATE, "step_ms": STEP_MS, "token_text": "t{i}@{t} "}
+    behaviour = {
+        "tokens_per_second": RATE,
+        "step_ms": STEP_MS,
+        "token_text": "t{i}@{t} ",
+        "token_ids": ids,
+    }
     plan = StackPlan(
         router_args=["--config", str(config)],
         edge_port=free_port(),
@@ -63,34 +76,36 @@ def _stack(results: Path, name: str, resume: dict) -> Stack:
 def run(results: Path, streams: int = STREAMS, rate: float = RATE, blocks: int = BLOCKS) -> dict:
     windows: list[tuple[str, StepResult]] = []
     block_rows: list[dict] = []
-    # The stack started first ran a few % faster here whatever its setting, so half the
-    # blocks start "on" first and half "off" first.
-    for first in ("on", "off"):
-        half = _half(results, first, streams, rate, blocks // 2)
+    arms = list(ARMS)
+    for shift in range(3):  # each arm's stack started first for a third of the blocks
+        order = arms[shift:] + arms[:shift]
+        part = _run_blocks(results, order, streams, rate, blocks // 3)
+        size = len(WINDOWS)
         block_rows += [
-            {"started_first": first, **_block(half[4 * b : 4 * b + 4])} for b in range(blocks // 2)
+            {"started_first": order[0], **_block(part[size * b : size * (b + 1)])}
+            for b in range(blocks // 3)
         ]
-        windows += half
+        windows += part
     router_off_ms = statistics.median(w.router_cpu_per_1k for n, w in windows if n == "off")
     tokens_per_message = max(1, round(rate * STEP_MS / 1000))
     keep_ms = _keep_ms_per_1k_tokens(tokens_per_message)
-    return {
+    summary: dict = {
         "streams": streams,
         "rate_per_stream": rate,
         "windows": len(windows),
         "errors": sum(w.errors for _, w in windows),
-        "tokens_per_s_ratio_on_off": round(
-            statistics.median(r["tokens_per_s_ratio"] for r in block_rows), 4
-        ),
-        "router_cpu_per_1k_ratio_on_off": round(
-            statistics.median(r["router_cpu_per_1k_ratio"] for r in block_rows), 4
-        ),
+    }
+    for a, b in RATIOS:
+        for figure in ("tokens_per_s", "router_cpu_per_1k"):
+            key = f"{figure}_{a}_{b}"
+            summary[key] = round(statistics.median(r[key] for r in block_rows), 4)
+    return {
+        **summary,
         "router_cpu_ms_per_1k_off": round(1000 * router_off_ms, 3),
         "journal_keep_ms_per_1k": round(keep_ms, 4),
         "journal_keep_share_of_router_cpu": round(keep_ms / (1000 * router_off_ms), 4),
-        # What the proto change (token ids in every delta, on and off alike) adds to the
-        # relayed bytes: the load's messages, and a real model's (4 tokens of ~4 bytes,
-        # ids from a 150k vocabulary, 3 bytes each on the wire).
+        # The bytes the token ids add: the load's messages, and a real model's (4 tokens
+        # of ~4 bytes, ids from a 150k vocabulary, 3 bytes each on the wire).
         "token_ids_bytes_added": round(_ids_bytes_added(tokens_per_message, 3000), 4),
         "token_ids_bytes_added_real_text": round(
             _ids_bytes_added(4, 150_000, text=" the cat sat down"), 4
@@ -99,22 +114,20 @@ def run(results: Path, streams: int = STREAMS, rate: float = RATE, blocks: int =
     }
 
 
-def _half(
-    results: Path, first: str, streams: int, rate: float, blocks: int
+def _run_blocks(
+    results: Path, order: list[str], streams: int, rate: float, blocks: int
 ) -> list[tuple[str, StepResult]]:
-    """Both stacks, `first` started first; `blocks` ABBA blocks of windows."""
-    settings = {"on": {}, "off": {"max_resumes": 0}}
-    order = [first, "off" if first == "on" else "on"]
+    """The three stacks, started in `order`; `blocks` blocks of WINDOWS."""
     stacks: dict[str, Stack] = {}
     try:
-        for name in order:
-            stacks[name] = _stack(results, f"{name}-{first}-first", settings[name])
+        for arm in order:
+            stacks[arm] = _stack(results, f"{arm}-{order[0]}-first", arm)
         for stack in stacks.values():
             uvloop.run(_short_requests(stack, 16, 0.5))  # warm: connections, first calls
         return [
-            (name, uvloop.run(_step(stacks[name], streams, rate)))
+            (arm, uvloop.run(_step(stacks[arm], streams, rate)))
             for _ in range(blocks)
-            for name in ("on", "off", "off", "on")
+            for arm in WINDOWS
         ]
     finally:
         for stack in stacks.values():
@@ -152,18 +165,16 @@ def _keep_ms_per_1k_tokens(tokens_per_message: int, messages: int = 200_000) -> 
 
 
 def _block(windows: list[tuple[str, StepResult]]) -> dict:
-    """One ABBA block: each side's two windows pooled, then on / off."""
+    """One block: each arm's two windows pooled, then the ratios."""
 
-    def mean(name: str, field: str) -> float:
-        return statistics.fmean(getattr(w, field) for n, w in windows if n == name)
+    def mean(arm: str, field: str) -> float:
+        return statistics.fmean(getattr(w, field) for n, w in windows if n == arm)
 
-    return {
-        "tokens_per_s_on": round(mean("on", "tokens_per_s")),
-        "tokens_per_s_off": round(mean("off", "tokens_per_s")),
-        "tokens_per_s_ratio": round(mean("on", "tokens_per_s") / mean("off", "tokens_per_s"), 4),
-        "router_cpu_ms_per_1k_on": round(1000 * mean("on", "router_cpu_per_1k"), 3),
-        "router_cpu_ms_per_1k_off": round(1000 * mean("off", "router_cpu_per_1k"), 3),
-        "router_cpu_per_1k_ratio": round(
-            mean("on", "router_cpu_per_1k") / mean("off", "router_cpu_per_1k"), 4
-        ),
-    }
+    row: dict = {}
+    for arm in ARMS:
+        row[f"tokens_per_s_{arm}"] = round(mean(arm, "tokens_per_s"))
+        row[f"router_cpu_ms_per_1k_{arm}"] = round(1000 * mean(arm, "router_cpu_per_1k"), 3)
+    for a, b in RATIOS:
+        for figure in ("tokens_per_s", "router_cpu_per_1k"):
+            row[f"{figure}_{a}_{b}"] = round(mean(a, figure) / mean(b, figure), 4)
+    return row

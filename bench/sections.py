@@ -67,10 +67,11 @@ def resume_cost_part(args: argparse.Namespace, results: Path, report: dict) -> l
     report["resume_cost"] = result = resume_cost.run(results)
     summary = {k: v for k, v in result.items() if k != "blocks"}
     return [
-        "## What resume costs the relay when nothing fails (resume on vs off, "
-        f"{result['streams']} streams x {result['rate_per_stream']:.0f} tok/s, "
-        "windows on/off/off/on; ratios on/off, median over ABBA blocks)\n",
-        table([summary], list(summary)),
+        "## What resume costs the relay when nothing fails (resume on / off / before the "
+        f"proto change, {result['streams']} streams x {result['rate_per_stream']:.0f} tok/s, "
+        "windows on/off/before/before/off/on; ratios as medians over blocks)\n",
+        # Wide: one figure a row.
+        table([{"figure": k, "value": v} for k, v in summary.items()], ["figure", "value"]),
         "",
         table(result["blocks"], list(result["blocks"][0])),
         "",
