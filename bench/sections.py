@@ -15,6 +15,7 @@ from bench import (
     recovery,
     relay,
     resume,
+    resume_cost,
     speech,
     vs_vllm,
     waterfall,
@@ -58,6 +59,21 @@ def resume_part(args: argparse.Namespace, results: Path, report: dict) -> list[s
         "## Mid-stream resume (3 stand-in replicas, every call cut after 20 tokens)\n",
         # The raw gaps go to report.json and the plot, not into the table.
         table([result], [k for k in result if k != "resume_gaps_ms"]),
+        "",
+    ]
+
+
+def resume_cost_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    report["resume_cost"] = result = resume_cost.run(results)
+    summary = {k: v for k, v in result.items() if k != "blocks"}
+    return [
+        "## What resume costs the relay when nothing fails (resume on / off / before the "
+        f"proto change, {result['streams']} streams x {result['rate_per_stream']:.0f} tok/s, "
+        "windows on/off/before/before/off/on; ratios as medians over blocks)\n",
+        # Wide: one figure a row.
+        table([{"figure": k, "value": v} for k, v in summary.items()], ["figure", "value"]),
+        "",
+        table(result["blocks"], list(result["blocks"][0])),
         "",
     ]
 

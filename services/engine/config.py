@@ -60,6 +60,15 @@ class ScriptedOptions(BaseModel):
     # The first N tokens of each choice are reasoning (sent as reasoning_text and counted
     # as reasoning tokens), as a reasoning parser would split a thinking model's output.
     reasoning_tokens: int = Field(0, ge=0)
+    # A fixed answer instead: token i is pieces[i], and the stream stops (as at an
+    # end-of-sequence token) after the last one.
+    pieces: list[str] = Field(default_factory=list)
+    # Parse <think>, </think>, <tool_call>NAME\n ... </tool_call> in the text into
+    # reasoning_text and tool_calls, as vLLM's parsers would (backends/scripted_markup.py).
+    markup: bool = False
+    # False: deltas carry no token ids, as before issue 13's proto change (for the bench's
+    # before/after; such a stream cannot be resumed).
+    token_ids: bool = True
 
 
 class SpeechOptions(BaseModel):

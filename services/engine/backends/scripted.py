@@ -18,6 +18,7 @@ import grpc
 from services.common.word_tokens import prompt_token_ids
 from services.engine.backends.base import Backend, BackendLoad
 from services.engine.backends.scripted_cache import SimulatedPrefixCache
+from services.engine.backends.scripted_markup import MarkupParser, Parsed
 from services.engine.backends.scripted_text import ChoiceText, TokenTape
 from services.engine.config import EngineConfig
 from services.engine.errors import EngineError, invalid_argument
@@ -94,8 +95,10 @@ class ScriptedBackend(Backend):
                 f"This model's maximum context length is {self._config.max_context_length} tokens.",
                 param="max_tokens",
             )
-        tape = TokenTape(script.token_text, script.bytes_per_token)
-        gen = _Generation(request, tape, script.reasoning_tokens)
+        tape = TokenTape(script.token_text, script.bytes_per_token, script.pieces)
+        gen = _Generation(
+            request, tape, script.reasoning_tokens, markup=script.markup, ids=script.token_ids
+        )
         gen.cached_tokens = cached
         start = gen.resume(request.continuation)
         if gen.done(max_tokens):
@@ -111,11 +114,11 @@ class ScriptedBackend(Backend):
             # so the stand-in keeps its rate without a timer per token.
             due = max_tokens if rate <= 0 else start + int((loop.time() - started) * rate) + 1
             end = min(max(due, i + 1), max_tokens)
-            if i < script.reasoning_tokens:  # no message mixes reasoning and answer
-                end = min(end, script.reasoning_tokens)
             fail = script.fail_after_tokens is not None and end - start > script.fail_after_tokens
             if fail:
                 end = start + script.fail_after_tokens  # type: ignore[operator]
+            if i < script.reasoning_tokens:  # no message mixes reasoning and answer
+                end = min(end, script.reasoning_tokens)
             end = gen.advance(i, end)
             if end > i:
                 yield gen.message(i, end, max_tokens, last=gen.done(max_tokens))
@@ -144,13 +147,23 @@ class ScriptedBackend(Backend):
 class _Generation:
     """Every choice of one request: the same text, so they advance together."""
 
-    def __init__(self, request: pb.GenerateRequest, tape: TokenTape, reasoning: int) -> None:
+    def __init__(
+        self,
+        request: pb.GenerateRequest,
+        tape: TokenTape,
+        reasoning: int,
+        *,
+        markup: bool,
+        ids: bool,
+    ) -> None:
         self._request = request
         self._tape = tape
         self._reasoning = reasoning  # the first tokens that are reasoning
+        self._ids = ids
         self.cached_tokens = 0  # prompt tokens the (simulated) prefix cache held
         n = request.sampling.n or 1
         self._choices = [ChoiceText(tape, request.sampling.stop) for _ in range(n)]
+        self._parsers = [MarkupParser() for _ in range(n)] if markup else None
 
     def resume(self, continuation: pb.Continuation) -> int:
         """Replays what the caller already has; returns the position to go on from."""
@@ -165,8 +178,8 @@ class _Generation:
                     f"continuation of choice {p.index} is not this model's output",
                 )
         self.advance(0, m)
-        for choice in self._choices:
-            choice.take(final=False)
+        for c in range(len(self._choices)):
+            self._take(c, final=False)  # replayed through the parsers; the caller has it
         return m
 
     def advance(self, i: int, end: int) -> int:
@@ -182,23 +195,28 @@ class _Generation:
         return first.stopped or first.position >= max_tokens
 
     def message(self, i: int, end: int, max_tokens: int, *, last: bool) -> pb.GenerateResponse:
+        flush = last or end == self._reasoning  # held-back bytes go out at the boundary
+        parsed_all = [self._take(c, flush=flush, final=last) for c in range(len(self._choices))]
         stopped = self._choices[0].stopped
         finish = pb.FINISH_REASON_STOP if stopped else pb.FINISH_REASON_LENGTH
+        if stopped and self._parsers and self._parsers[0].calls:
+            finish = pb.FINISH_REASON_TOOL_CALLS  # as vLLM's, when the answer made calls
         thinking = i < self._reasoning  # the loop never lets a message straddle the end
+        output = self._request.output
         response = pb.GenerateResponse()
-        for c, choice in enumerate(self._choices):
+        for c, parsed in enumerate(parsed_all):
+            reasoning, content = parsed.reasoning, parsed.content
+            if thinking:  # the first reasoning_tokens are reasoning, whatever their text
+                reasoning, content = reasoning + content, ""
             delta = response.choices.add(
                 index=c,
+                text=content,
+                reasoning_text=reasoning,
+                tool_calls=parsed.calls,
                 num_tokens=end - i,
-                token_ids=range(i, end),
+                token_ids=range(i, end) if self._ids else (),
                 finish_reason=finish if last else 0,
             )
-            text = choice.take(final=last or end == self._reasoning)
-            if thinking:
-                delta.reasoning_text = text
-            else:
-                delta.text = text
-            output = self._request.output
             if output.logprobs:
                 delta.logprobs.extend(self._logprob(j, output.top_logprobs) for j in range(i, end))
         if last:
@@ -212,6 +230,10 @@ class _Generation:
                 )
             )
         return response
+
+    def _take(self, c: int, *, final: bool, flush: bool = False) -> Parsed:
+        text = self._choices[c].take(final=final or flush)
+        return self._parsers[c].feed(text, final=final) if self._parsers else Parsed(text)
 
     def _logprob(self, j: int, top: int) -> pb.TokenLogprob:
         """Token j's made-up log-probability (it cycles 0, -0.25, -0.5, -0.75), with `top`

@@ -3,7 +3,8 @@ a real engine's detokenizer streams it.
 
 Token j is piece j's UTF-8 bytes (`token_text` formatted with i=j), or, with
 `bytes_per_token`, the j-th slice of all pieces' bytes, so a multi-byte character can
-span tokens. As in vLLM, incomplete UTF-8 is held back until it completes, and while stop
+span tokens; or, with `pieces`, the j-th of a fixed list, after whose last the choice stops
+(an end-of-sequence). As in vLLM, incomplete UTF-8 is held back until it completes, and while stop
 strings are set the last (longest stop - 1) characters are held back, so a stop string is
 never streamed. What has been sent after m tokens depends on m alone: a continuation
 replays m tokens and streams on from exactly where the cut stream stopped.
@@ -19,14 +20,17 @@ from collections.abc import Sequence
 class TokenTape:
     """The bytes of token j, for every choice alike."""
 
-    def __init__(self, token_text: str, bytes_per_token: int) -> None:
+    def __init__(self, token_text: str, bytes_per_token: int, pieces: Sequence[str] = ()) -> None:
         self._token_text = token_text
+        self._fixed = [p.encode() for p in pieces]
+        # Tokens in all, when the answer is fixed (pieces): the stream then ends.
+        self.length = len(self._fixed) or None
         self._size = bytes_per_token
         self._buffer = bytearray()
         self._pieces = 0
 
     def token(self, j: int) -> bytes:
-        if not self._size:
+        if not self._size or self._fixed:
             return self._piece(j)
         end = (j + 1) * self._size
         while len(self._buffer) < end:
@@ -35,6 +39,8 @@ class TokenTape:
         return bytes(self._buffer[j * self._size : end])
 
     def _piece(self, k: int) -> bytes:
+        if self._fixed:
+            return self._fixed[k] if k < len(self._fixed) else b""
         return self._token_text.format(i=k, t=int(time.monotonic() * 1e6)).encode()
 
 
@@ -56,6 +62,7 @@ class ChoiceText:
         searched_from = max(len(self.text) - self._hold, 0)
         self.text += self._decoder.decode(self._tape.token(self.position))
         self.position += 1
+        self.stopped = self.position == self._tape.length  # the end of a fixed answer
         for stop in self._stop:
             at = self.text.find(stop, searched_from)
             if at >= 0:
