@@ -24,6 +24,7 @@ def stand_in_stack(
     *,
     engine_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    responses_db: Path | None = None,
 ) -> Stack:
     """Edge + router + one stand-in engine (real processes) with the given behaviour."""
     plan = StackPlan(
@@ -33,6 +34,7 @@ def stand_in_stack(
         engine_args=[*scripted_engine_args(STAND_IN_MODEL, **behaviour), *engine_args],
         model_ids=[STAND_IN_MODEL],
         env=env or {},
+        responses_db=responses_db,
         log_dir=results,
     )
     return Stack(plan).start(timeout_s=60)

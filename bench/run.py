@@ -23,6 +23,7 @@ PARTS: dict[str, sections.Part] = {
     "fairness": sections.fairness_part,
     "recovery": sections.recovery_part,
     "cache_routing": sections.cache_routing_part,
+    "stored_responses": sections.stored_responses_part,
 }
 # Asked for by name only: two real vLLM engines crash and come back (minutes on CPU).
 EXTRA_PARTS: dict[str, sections.Part] = {"recovery_vllm": sections.recovery_vllm_part}

@@ -17,6 +17,7 @@ from bench import (
     resume,
     resume_cost,
     speech,
+    stored_responses,
     vs_vllm,
     waterfall,
 )
@@ -176,6 +177,19 @@ def cache_routing_part(args: argparse.Namespace, results: Path, report: dict) ->
     for variant, rows in result.items():
         md += [f"### {variant}\n", table(rows, cache_routing.COLUMNS), ""]
     return md
+
+
+def stored_responses_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    report["stored_responses"] = rows = stored_responses.run(results)
+    columns = ["store", "requests_each", "stored_p50_ms", "stateless_p50_ms", "added_p50_ms"]
+    columns += ["p50_ratio", "stored_p99_ms", "stateless_p99_ms", "p99_ratio"]
+    return [
+        "## Stored vs stateless responses (POST /v1/responses, store:true vs store:false, "
+        f"non-streaming, {stored_responses.MAX_OUTPUT_TOKENS} stand-in tokens, sequential, "
+        "ABBA-alternated; ratios stored/stateless)\n",
+        table(rows, columns),
+        "",
+    ]
 
 
 def _relay_section(result: dict, window: int) -> list[str]:

@@ -23,8 +23,9 @@ def client(shared_scripted_stack: RunningStack) -> OpenAI:
 
 
 def _create(client: OpenAI, **kwargs: object):  # type: ignore[no-untyped-def]
+    kwargs = {"store": False, **kwargs}
     return client.responses.create(  # type: ignore[call-overload]
-        model=SCRIPTED_MODEL, input="hi", max_output_tokens=4, store=False, **kwargs
+        model=SCRIPTED_MODEL, input="hi", max_output_tokens=4, **kwargs
     )
 
 
@@ -84,3 +85,34 @@ def test_verbosity_is_validated_and_echoed(client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         _create(client, text={"verbosity": "loud"})
     assert err.value.param == "text.verbosity"  # type: ignore[attr-defined]
+
+
+def test_retrieve_includes_logprobs_only_when_asked(client: OpenAI) -> None:
+    # GET /v1/responses/{id} takes `include` as create does: logprobs are an extra field.
+    r = _create(client, include=[LOGPROBS], top_logprobs=1, store=True)
+    created = r.output[0].content[0].logprobs
+    assert len(created) == 4
+    assert client.responses.retrieve(r.id).output[0].content[0].logprobs == []
+    again = client.responses.retrieve(r.id, include=[LOGPROBS]).output[0].content[0].logprobs
+    assert again == created
+    # Asked for on a response made without them: there is nothing to add.
+    plain = _create(client, store=True)
+    assert client.responses.retrieve(plain.id, include=[LOGPROBS]).output_text == plain.output_text
+    assert (
+        client.responses.retrieve(plain.id, include=[LOGPROBS]).output[0].content[0].logprobs == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "param", "words"),
+    [
+        ({"include": ["message.output_text.logprob"]}, "include", "is not a value include"),
+        ({"include": ["reasoning.encrypted_content"]}, "include", "encrypted reasoning"),
+        ({"stream": True}, "stream", "background"),
+    ],
+)
+def test_retrieve_checks_its_query(client: OpenAI, query: dict, param: str, words: str) -> None:
+    r = _create(client, store=True)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.retrieve(r.id, **query)
+    assert words in err.value.message and err.value.param == param  # type: ignore[attr-defined]

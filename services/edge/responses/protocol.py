@@ -38,6 +38,17 @@ INCLUDE_NOTHING = {
     "code_interpreter_call.outputs",
 }
 
+
+def check_includes(values: list[str] | None) -> list[str] | None:
+    """`include` as create and retrieve take it (a ValueError names a bad value)."""
+    for value in values or ():
+        if value == "reasoning.encrypted_content":
+            raise ValueError("encrypted reasoning is not offered by Tera")
+        if value != LOGPROBS and value not in INCLUDE_NOTHING:
+            raise ValueError(f"{value!r} is not a value include takes")
+    return values
+
+
 TOOL_CHOICE_MODES = {
     "auto": pb.ToolChoice.MODE_AUTO,
     "none": pb.ToolChoice.MODE_NONE,
@@ -141,12 +152,7 @@ class ResponseRequest(SamplingRequest):
     @field_validator("include")
     @classmethod
     def _known_includes(cls, v: list[str] | None) -> list[str] | None:
-        for value in v or ():
-            if value == "reasoning.encrypted_content":
-                raise ValueError("encrypted reasoning is not offered by Tera")
-            if value != LOGPROBS and value not in INCLUDE_NOTHING:
-                raise ValueError(f"{value!r} is not a value include takes")
-        return v
+        return check_includes(v)
 
     @field_validator("metadata")
     @classmethod

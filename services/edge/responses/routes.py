@@ -8,7 +8,7 @@ from services.edge.body import parse_body
 from services.edge.generation.serving import RequestContext
 from services.edge.responses.protocol import ResponseRequest
 from services.edge.responses.serving import ResponsesServing
-from services.edge.responses.stored import ListQuery, StoredResponses
+from services.edge.responses.stored import ListQuery, RetrieveQuery, StoredResponses
 from services.edge.tenancy.gate import tenant_of
 
 RESPONSES = web.AppKey("responses", ResponsesServing)
@@ -22,7 +22,16 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 async def retrieve(request: web.Request) -> web.Response:
     tenant, response_id = tenant_of(request).name, request.match_info["response_id"]
-    return web.json_response(await request.app[STORED].retrieve(tenant, response_id))
+    query = RetrieveQuery.model_validate(_retrieve_query(request), strict=False)
+    return web.json_response(await request.app[STORED].retrieve(tenant, response_id, query))
+
+
+def _retrieve_query(request: web.Request) -> dict:
+    """include as `include[]=a&include[]=b` (OpenAI's SDKs) or repeated `include=`."""
+    fields = ("stream", "starting_after", "include_obfuscation")
+    query: dict = {k: request.query[k] for k in fields if k in request.query}
+    include = [*request.query.getall("include[]", []), *request.query.getall("include", [])]
+    return {**query, "include": include} if include else query
 
 
 async def delete(request: web.Request) -> web.Response:
