@@ -39,7 +39,7 @@ from devstack.engine_args import scripted_engine_args  # noqa: E402
 from devstack.processes import free_port  # noqa: E402
 from devstack.stack import Stack, StackPlan  # noqa: E402
 from services.edge.responses.store import record_key  # noqa: E402
-from services.edge.tenancy.keys import ANONYMOUS  # noqa: E402
+from services.tenancy.keys import ANONYMOUS  # noqa: E402
 
 # The model name the SDK's generated tests send.
 SDK_MODEL = "gpt-6-astra"
