@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -61,12 +61,13 @@ class PrefixIndex:
 
 
 async def follow_prefix_cache(
-    stub: pb_grpc.EngineStub, index: PrefixIndex, address: str, retry_s: float
+    stub: Callable[[], pb_grpc.EngineStub], index: PrefixIndex, address: str, retry_s: float
 ) -> None:
-    """Keeps index current until cancelled; stops for good on an engine without a cache."""
+    """Keeps index current until cancelled; stops for good on an engine without a cache.
+    `stub` gives the replica's current stub (its channel changes with a renewed cert)."""
     while True:
         try:
-            async for event in stub.WatchPrefixCache(pb.WatchPrefixCacheRequest()):
+            async for event in stub().WatchPrefixCache(pb.WatchPrefixCacheRequest()):
                 index.apply(event)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:

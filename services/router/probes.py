@@ -24,7 +24,6 @@ class ReplicaProbes:
     def __init__(self, replica: Replica, config: HealthConfig) -> None:
         self._replica = replica
         self._config = config
-        self._health = health_pb2_grpc.HealthStub(replica.channel)
         address = replica.address
         self._tasks = [
             asyncio.create_task(self._watch_health(), name=f"watch {address}"),
@@ -32,11 +31,15 @@ class ReplicaProbes:
             asyncio.create_task(self._poll_load(), name=f"load {address}"),
             asyncio.create_task(
                 follow_prefix_cache(
-                    replica.stub, replica.prefix_index, address, config.check_interval_s
+                    lambda: replica.stub, replica.prefix_index, address, config.check_interval_s
                 ),
                 name=f"prefix cache {address}",
             ),
         ]
+
+    def _health(self) -> health_pb2_grpc.HealthStub:
+        """On the replica's current channel: a renewed certificate reaches the probes too."""
+        return health_pb2_grpc.HealthStub(self._replica.channel)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -47,7 +50,7 @@ class ReplicaProbes:
         """Push updates: a draining engine is dropped from selection at once."""
         while True:
             try:
-                async for update in self._health.Watch(health_pb2.HealthCheckRequest()):
+                async for update in self._health().Watch(health_pb2.HealthCheckRequest()):
                     await self._replica.set_status(update.status)
             except grpc.aio.AioRpcError as exc:
                 # A dropped connection means the replica is gone; any other failure of
@@ -61,7 +64,7 @@ class ReplicaProbes:
         missed = 0
         while True:
             try:
-                reply = await self._health.Check(
+                reply = await self._health().Check(
                     health_pb2.HealthCheckRequest(), timeout=self._config.check_timeout_s
                 )
                 missed = 0

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2
 
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.telemetry import grpc_client_interceptors
-from services.common.tls import TLSConfig, aio_channel
+from services.common.tls import RotatingChannel, TLSConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from services.router.breaker import CircuitBreaker
@@ -42,11 +42,12 @@ class Replica:
         tls: TLSConfig | None = None,
     ) -> None:
         self.address = address
-        # Generation, health and load all use this one channel: the same credentials.
-        self.channel = aio_channel(
+        # Generation, health and load all use one channel: the same credentials. A renewed
+        # client certificate is picked up by new calls; streams on the old channel get
+        # the longest request's time to finish.
+        self._channel = RotatingChannel(
             address, tls, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
         )
-        self.stub = pb_grpc.EngineStub(self.channel)
         self.status: int = UNKNOWN
         self.models: dict[str, pb.ModelInfo] = {}
         self.in_flight = 0
@@ -118,8 +119,17 @@ class Replica:
 
     # -- state the probes (services.router.probes) report ---------------------------
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel new calls use (it follows the client certificate's files)."""
+        return self._channel.current()
+
+    @property
+    def stub(self) -> pb_grpc.EngineStub:
+        return pb_grpc.EngineStub(self.channel)
+
     async def close(self) -> None:
-        await self.channel.close()
+        await self._channel.close()
 
     async def set_status(self, status: int) -> None:
         if status == self.status:
