@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from devstack.processes import free_port
 from tests.conftest import SCRIPTED_MODEL, RunningStack
 from tests.faults.fleet import router_metric
 from tests.faults.test_resume import PROMPT, reference
+from tests.observability.otlp_receiver import OtlpReceiver, tree
 
 ENGINE = {"tokens_per_second": 20, "step_ms": 20}  # a batch stream of 60 tokens: 3 s
 BATCH_TOKENS = 60
@@ -53,7 +55,7 @@ class Answer:
 
 @pytest.fixture
 def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Fleet:
-    def start(slots: int, **fair: object) -> RunningStack:
+    def start(slots: int, env: dict[str, str] | None = None, **fair: object) -> RunningStack:
         router = tmp_path / "router.yaml"
         router.write_text(yaml.safe_dump({**ROUTER, "fair": {**ROUTER["fair"], **fair}}))
         catalog = tmp_path / "catalog.yaml"
@@ -64,6 +66,7 @@ def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Fleet:
             per_engine_args=[["--scripted", json.dumps(ENGINE), "--max-in-flight", str(slots)]],
             router_args=["--config", str(router), "--metrics-port", str(free_port())],
             edge_args=["--catalog", str(catalog)],
+            env=env or {},
         )
         time.sleep(0.5)  # the router has polled the engine's admission limit
         return stack
@@ -71,7 +74,7 @@ def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Fleet:
     return start
 
 
-async def ask(base: str, key: str, max_tokens: int) -> Answer:
+async def ask(base: str, key: str, max_tokens: int, trace_id: str | None = None) -> Answer:
     body = {
         "model": SCRIPTED_MODEL,
         "messages": [{"role": "user", "content": PROMPT}],
@@ -82,6 +85,8 @@ async def ask(base: str, key: str, max_tokens: int) -> Answer:
     answer, started = Answer(), time.monotonic()
     last = started
     headers = {"Authorization": f"Bearer {key}"}
+    if trace_id:
+        headers["traceparent"] = f"00-{trace_id}-{secrets.token_hex(8)}-01"
     async with (
         aiohttp.ClientSession() as session,
         session.post(f"{base}/chat/completions", json=body, headers=headers) as response,
@@ -174,3 +179,24 @@ async def test_streams_preempted_again_and_again_still_match_and_then_finish(
         await assert_unpreempted(got)
     assert preempted == 4  # max_preemptions (2) for each of the two streams
     assert sorted(ttfts)[3] <= alone + BOUND_S  # while batch streams could still yield
+
+
+async def test_a_preemption_shows_in_the_trace(fleet: Fleet) -> None:
+    """The batch call's router span: a `preempted` event, the cut attempt marked with it
+    (not failed), the wait for a slot again as a `queue` span, and a second attempt."""
+    with OtlpReceiver() as receiver:
+        stack = fleet(slots=1, env=receiver.env)
+        trace_id = secrets.token_hex(16)
+        batch = asyncio.create_task(ask(stack.base_url, "sk-bulk", BATCH_TOKENS, trace_id))
+        await asyncio.sleep(0.5)
+        await ask(stack.base_url, "sk-inter", 5)
+        await assert_unpreempted(await batch)
+        spans = receiver.wait_for(trace_id, {"tera-edge", "tera-router", "tera-engine"})
+    router = [s for s in spans if s.service == "tera-router" and s.kind == 2]  # SERVER
+    assert len(router) == 1, tree(spans)
+    children = [s for s in spans if s.parent_id == router[0].span_id]
+    attempts = sorted((s for s in children if s.name == "attempt"), key=lambda s: s.start_ns)
+    assert "preempted" in router[0].events, tree(spans)
+    assert [a.events for a in attempts] == [["preempted"], []], tree(spans)
+    assert attempts[0].status_code != 2  # ERROR: a preemption is no failure
+    assert [s.name for s in children].count("queue") == 1, tree(spans)
