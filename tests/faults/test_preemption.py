@@ -123,8 +123,8 @@ async def unloaded_ttft(base: str) -> float:
     return max(ttfts)
 
 
-async def assert_unpreempted(batch: Answer) -> None:
-    want = await reference(ENGINE, {"max_tokens": BATCH_TOKENS})
+async def assert_unpreempted(batch: Answer, tokens: int = BATCH_TOKENS) -> None:
+    want = await reference(ENGINE, {"max_tokens": tokens})
     assert batch.error is None, batch.error
     assert batch.texts == want["texts"]
     assert batch.finish == want["finish"] == {0: "length"}
@@ -179,6 +179,28 @@ async def test_streams_preempted_again_and_again_still_match_and_then_finish(
         await assert_unpreempted(got)
     assert preempted == 4  # max_preemptions (2) for each of the two streams
     assert sorted(ttfts)[3] <= alone + BOUND_S  # while batch streams could still yield
+
+
+async def test_preempted_thirty_times_the_stream_matches_and_no_interactive_call_is_refused(
+    fleet: Fleet,
+) -> None:
+    """One slot; an interactive call every ~0.15 s preempts the batch stream each time.
+    The router gives the slot on as it cancels the batch call, a little before the engine
+    has torn that call down: the engine waits for the slot rather than refuse (seen: about
+    1 call in 30 refused, 429, without that wait)."""
+    stack = fleet(slots=1, max_preemptions=100)
+    base = stack.base_url
+    batch = asyncio.create_task(ask(base, "sk-bulk", 150))
+    await asyncio.sleep(0.3)
+    ttfts = []
+    for _ in range(30):
+        inter = await ask(base, "sk-inter", 2)  # asserts 200
+        ttfts.append(inter.ttft or 0.0)
+        await asyncio.sleep(0.05)
+    await assert_unpreempted(await batch, tokens=150)
+    preempted = router_metric(stack, "tera_router_preemptions_total", priority="batch")
+    print(f"\n[preempt] {preempted} preemptions; interactive TTFT max {max(ttfts):.3f} s")
+    assert preempted >= 25  # the last few may find the batch stream done
 
 
 async def test_a_preemption_shows_in_the_trace(fleet: Fleet) -> None:
