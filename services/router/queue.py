@@ -105,6 +105,7 @@ class FairQueue:
         q = self._queue(model)
         slot.call = call
         q.running.add(slot)
+        self._preempt_for_waiters(model, q)
         try:
             yield
         finally:
@@ -125,7 +126,7 @@ class FairQueue:
         q.scheduler.push(ticket, front=front)
         self.freed(model)  # a free slot only its class may take (headroom) is taken now
         if not future.done():
-            self._preempt_for(model, q, ticket)
+            self._preempt_for(model, q, ticket.rank)
         taken = False
         try:
             # Queue time as its own span in the call's trace.
@@ -151,16 +152,26 @@ class FairQueue:
             time.monotonic() - ticket.enqueued
         )
 
-    def _preempt_for(self, model: str, q: _ModelQueue, ticket: Ticket) -> None:
-        """`ticket` has to wait: a stream of a lower class gives up its slot to it."""
+    def _preempt_for(self, model: str, q: _ModelQueue, rank: int) -> None:
+        """A request of class `rank` has to wait: a stream of a lower class gives up its
+        slot to it."""
         if not self._config.preempt:
             return
-        slot = victim(q.running, ticket.rank, self._config.max_preemptions)
+        slot = victim(q.running, rank, self._config.max_preemptions)
         if slot is None:
             return
-        slot.preempt(ticket.rank)
-        victim_class, by = PRIORITIES[slot.ticket.rank], PRIORITIES[ticket.rank]
+        slot.preempt(rank)
+        victim_class, by = PRIORITIES[slot.ticket.rank], PRIORITIES[rank]
         self._metrics.preemptions.labels(model, victim_class, by).inc()
+
+    def _preempt_for_waiters(self, model: str, q: _ModelQueue) -> None:
+        """A stream became preemptable: requests above the lowest class may be waiting
+        with no stream preempted for them (when they came, every stream was still before
+        its first message); the highest class's gets one."""
+        lengths = q.scheduler.lengths()
+        preempting = sum(s.preempted_by is not None for s in q.running)
+        if sum(lengths[:-1]) > preempting:
+            self._preempt_for(model, q, next(r for r, n in enumerate(lengths) if n))
 
     def busy(self, model: str) -> bool:
         """Whether requests for the model wait or hold promised slots: no time for hedges."""

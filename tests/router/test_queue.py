@@ -191,6 +191,28 @@ async def test_a_waiting_higher_class_preempts_the_lowest_latest_stream(
     await asyncio.wait_for(requeued, 0.1)
 
 
+async def test_a_stream_that_becomes_preemptable_yields_to_a_waiting_higher_class(
+    held: contextlib.ExitStack,
+) -> None:
+    """When the interactive request came, the batch stream had sent nothing yet (not
+    preemptable); it yields as soon as it has, not at its end."""
+    queue, pool = make(limit=1)
+    ticket = queue.ticket(headers("b", "batch"), None)
+    assert ticket is not None
+    await queue.turn(MODEL, ticket)
+    pool.replica.in_flight += 1
+    waiter = asyncio.create_task(occupy(queue, pool, "i", "interactive"))
+    await asyncio.sleep(0)
+    call = FakeCall()
+    held.enter_context(queue.preemptable(MODEL, Slot(ticket), call))  # type: ignore[arg-type]
+    assert call.cancelled
+    release(queue, pool)
+    await asyncio.wait_for(waiter, 0.1)
+    other = FakeCall()  # no one waits now: the next stream is left alone
+    held.enter_context(queue.preemptable(MODEL, Slot(ticket), other))  # type: ignore[arg-type]
+    assert not other.cancelled
+
+
 @pytest.mark.parametrize(
     ("fair", "cls"),
     [({"preempt": False}, "batch"), ({"max_preemptions": 0}, "batch"), ({}, "interactive")],
