@@ -37,6 +37,7 @@ class Ticket:
     enqueued: float = 0.0
     started: float | None = None  # when it was dispatched (took a slot)
     requeued: bool = False  # preempted, waiting to be continued: charged already
+    held_s: float = 0.0  # time it held slots before it was last preempted
     charged: float = field(default=0.0, init=False)
 
 

@@ -89,6 +89,8 @@ class FairQueue:
         requests and never shed: its caller is waiting mid-answer."""
         q = self._queue(model)
         ticket.requeued = True
+        if ticket.started is not None:  # its whole hold feeds the drain rate, at its end
+            ticket.held_s += time.monotonic() - ticket.started
         if not self._pool.candidates(model) or (q.scheduler.size == 0 and self._free(model, q) > 0):
             ticket.started = time.monotonic()
             return
@@ -203,7 +205,7 @@ class FairQueue:
         q = self._queues.get(model)
         if ticket is None or q is None or ticket.started is None:
             return
-        held = time.monotonic() - ticket.started
+        held = ticket.held_s + time.monotonic() - ticket.started
         q.hold_s = held if q.hold_s is None else q.hold_s + _HOLD_EWMA * (held - q.hold_s)
         actual = _usage_tokens(method, last)
         if actual is not None:

@@ -184,11 +184,16 @@ async def test_a_waiting_higher_class_preempts_the_lowest_latest_stream(
     release(queue, pool)  # the preempted stream's attempt ends: its slot goes on
     await asyncio.wait_for(waiter, 0.1)
     assert newer.slot is not None
+    newer.slot.ticket.started = time.monotonic() - 5.0  # it held its slot 5 s
     requeued = asyncio.create_task(queue.requeue(MODEL, newer.slot.ticket))
     await asyncio.sleep(0.01)
     assert not requeued.done()  # waits for a slot, without a deadline or a shed
     release(queue, pool)
     await asyncio.wait_for(requeued, 0.1)
+    queue._queue(MODEL).hold_s = None
+    queue.done(MODEL, newer.slot.ticket, "/tera.v1.Engine/Generate", None)
+    hold = queue._queue(MODEL).hold_s
+    assert hold is not None and 5.0 <= hold < 5.5  # both parts of its hold, not the last
 
 
 async def test_a_stream_that_becomes_preemptable_yields_to_a_waiting_higher_class(
