@@ -46,6 +46,10 @@ class Slot:
         self.times += 1
         self.call.cancel()
 
+    def pin(self) -> None:
+        """No longer preemptable: it could not be continued (past the journal's cap)."""
+        self.call = None
+
     def check(self, replica: str) -> None:
         """Called on a CancelledError from the upstream read: raises Preempted when the
         queue cancelled the call; returns when the caller itself left (re-raise)."""

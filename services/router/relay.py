@@ -306,7 +306,10 @@ class Relay:
         slot = up.slot if journal.continuable else None
         with self._queue.preemptable(up.route.model, slot, winner.call):
             async for last in self._rest(winner.call, winner.replica, slot):
-                yield journal.keep(last)
+                kept = journal.keep(last)
+                if slot is not None and not journal.resumable:
+                    slot.pin()  # before the next await: a cut now could not be continued
+                yield kept
         self._metrics.count_prompt(winner.replica.address, final_usage(up.method, last))
 
     async def _rest(

@@ -55,9 +55,12 @@ class Answer:
 
 @pytest.fixture
 def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Fleet:
-    def start(slots: int, env: dict[str, str] | None = None, **fair: object) -> RunningStack:
+    def start(
+        slots: int, env: dict[str, str] | None = None, resume: dict | None = None, **fair: object
+    ) -> RunningStack:
         router = tmp_path / "router.yaml"
-        router.write_text(yaml.safe_dump({**ROUTER, "fair": {**ROUTER["fair"], **fair}}))
+        settings = {**ROUTER, "fair": {**ROUTER["fair"], **fair}, "resume": resume or {}}
+        router.write_text(yaml.safe_dump(settings))
         catalog = tmp_path / "catalog.yaml"
         keys = [{"name": n, "key": f"sk-{n}", **extra} for n, extra in KEYS.items()]
         catalog.write_text(yaml.safe_dump({"models": [{"id": SCRIPTED_MODEL}], "keys": keys}))
@@ -201,6 +204,19 @@ async def test_preempted_thirty_times_the_stream_matches_and_no_interactive_call
     preempted = router_metric(stack, "tera_router_preemptions_total", priority="batch")
     print(f"\n[preempt] {preempted} preemptions; interactive TTFT max {max(ttfts):.3f} s")
     assert preempted >= 25  # the last few may find the batch stream done
+
+
+async def test_a_stream_past_the_journal_cap_is_not_preempted(fleet: Fleet) -> None:
+    """A stream whose kept messages passed resume.max_kept_bytes could not be continued:
+    it runs to its end, and the interactive request waits for it."""
+    stack = fleet(slots=1, resume={"max_kept_bytes": 200})  # ~10 messages of a token
+    base = stack.base_url
+    batch = asyncio.create_task(ask(base, "sk-bulk", BATCH_TOKENS))
+    await asyncio.sleep(1.0)  # ~20 tokens in: past the cap
+    inter = await ask(base, "sk-inter", 5)
+    await assert_unpreempted(await batch)
+    assert inter.ttft is not None and inter.ttft >= 1.0  # it waited for the batch stream
+    assert router_metric(stack, "tera_router_preemptions_total") == 0
 
 
 async def test_a_preemption_shows_in_the_trace(fleet: Fleet) -> None:
