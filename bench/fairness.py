@@ -1,7 +1,9 @@
 """Part: fair sharing under overload. Two stand-in engines taking two streams each at 20
 tokens/s (10-token answers: ~8 requests/s in all), a router without its fair queue, with
-it, and with one slot kept for interactive requests; an edge whose catalog names the
-tenants.
+it, with one slot kept for interactive requests, and with preemption (a waiting request
+takes a lower class's slot, the preempted stream resumes later); an edge whose catalog
+names the tenants. The queue's settings without preemption turn it off explicitly, so
+each row measures one mechanism.
 
 Per setting and pair of tenants: the protected tenant's TTFT p50/p99 in a reference run
 (both tenants steady at one request every 0.3 s) and with the other tenant flooding
@@ -31,10 +33,17 @@ KEYS = {
     "inter": {"priority": "interactive"},
     "bulk": {"priority": "batch"},
 }
+NO_PREEMPTION = "fair queue"
+PREEMPTION = "fair queue, preemption"
 SETTINGS = {
     "no queue (429 at once)": {"queue_size": 0},
-    "fair queue": {"queue_size": 64},
-    "fair queue, 1 interactive slot": {"queue_size": 64, "interactive_headroom": 1},
+    NO_PREEMPTION: {"queue_size": 64, "preempt": False},
+    "fair queue, 1 interactive slot": {
+        "queue_size": 64,
+        "interactive_headroom": 1,
+        "preempt": False,
+    },
+    PREEMPTION: {"queue_size": 64, "preempt": True},
 }
 PAIRS = {
     "quiet vs noisy (equal weights)": ("quiet", "noisy"),
@@ -80,6 +89,24 @@ async def _pair(base: str, protected: str, other: str) -> dict:
         "flooder_req_per_s": round(len(flooder.ok) / SECONDS, 1),
         "flooder_shed": len(flooder.shed),
     }
+
+
+def preemption_ratios(rows: list[dict]) -> list[dict]:
+    """Per pair, the protected tenant's TTFT in the flood with preemption off and on, and
+    off / on: how many times shorter preemption makes its wait (same run, same fleet)."""
+    by = {(r["setting"], r["tenants"]): r for r in rows}
+    ratios = []
+    for pair in PAIRS:
+        off, on = by.get((NO_PREEMPTION, pair)), by.get((PREEMPTION, pair))
+        if off is None or on is None:
+            continue
+        row: dict = {"tenants": pair}
+        for q in ("p50", "p99"):
+            key = f"flood_{q}_ttft_ms"
+            row |= {f"off_{q}_ms": off[key], f"on_{q}_ms": on[key]}
+            row[f"{q}_off_over_on"] = round(off[key] / max(on[key], 1e-3), 1)
+        ratios.append(row)
+    return ratios
 
 
 def _ms(load: TenantLoad, q: float) -> float:

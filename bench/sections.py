@@ -140,7 +140,15 @@ def fairness_part(args: argparse.Namespace, results: Path, report: dict) -> list
         "protected tenant steady at 1 request / 0.3 s, the other steady, then flooding 10x)\n",
         table(rows, [*columns, "flooder_shed"]),
         "",
+        "Preemption, off vs on (the protected tenant's TTFT in the flood; a preemption needs "
+        "a lower class, so it shows for interactive vs batch only):\n",
+        table(fairness.preemption_ratios(rows), PREEMPTION_COLUMNS),
+        "",
     ]
+
+
+PREEMPTION_COLUMNS = ["tenants", "off_p50_ms", "on_p50_ms", "p50_off_over_on"]
+PREEMPTION_COLUMNS += ["off_p99_ms", "on_p99_ms", "p99_off_over_on"]
 
 
 def recovery_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:

@@ -84,7 +84,7 @@ class EngineServicer(pb_grpc.EngineServicer):
             yield event
 
     async def _admitted(self, start: Callable[[], AsyncIterator[Any]]) -> AsyncIterator[Any]:
-        with self._admission.admit():
+        async with self._admission.admit():
             async for message in start():
                 yield message
 

@@ -15,6 +15,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from services.common.telemetry import RETRY_REASON
 from services.router.policies import RouteRequest
+from services.router.preempt import Slot
 from services.router.replica import Replica
 
 if TYPE_CHECKING:
@@ -74,3 +75,4 @@ class Upstream:
     route: RouteRequest
     forward: tuple[tuple[str, str], ...]
     context: grpc.aio.ServicerContext
+    slot: Slot | None = None  # the call's place in the fair queue, if it has one

@@ -91,6 +91,15 @@ class FairConfig(BaseModel):
     starvation_every: int = Field(10, ge=2)
     # Tokens a request is charged when the caller sends no `tera-cost` estimate.
     default_cost: int = Field(256, ge=1)
+    # A request that must wait takes the slot of a running, resumable stream of a lower
+    # class, which waits in the queue and is continued token-exactly (preempt.py). On by
+    # default: it acts only when the queue is on and keys have classes, which is an
+    # operator saying the higher class must not wait for the lower; its cost is the
+    # victim's replay (prompt + emitted tokens as prompt, which a prefix cache mostly
+    # holds) and the victim's pause, both bounded by max_preemptions.
+    preempt: bool = True
+    # Times one stream may be preempted; then it runs to its end, so it does finish.
+    max_preemptions: int = Field(2, ge=0)
 
     @model_validator(mode="after")
     def _classes_known(self) -> FairConfig:

@@ -36,6 +36,8 @@ class Ticket:
     deadline: float | None = None  # monotonic seconds; None: no deadline
     enqueued: float = 0.0
     started: float | None = None  # when it was dispatched (took a slot)
+    requeued: bool = False  # preempted, waiting to be continued: charged already
+    held_s: float = 0.0  # time it held slots before it was last preempted
     charged: float = field(default=0.0, init=False)
 
 
@@ -53,12 +55,18 @@ class FairScheduler:
     def lengths(self) -> list[int]:
         return [sum(len(q) for q in queues.values()) for queues in self._queues]
 
-    def push(self, ticket: Ticket) -> None:
+    def push(self, ticket: Ticket, *, front: bool = False) -> None:
+        """Queues `ticket` behind its tenant's others, or ahead of them (`front`: a
+        preempted stream, whose caller is waiting mid-answer)."""
         if not any(ticket.tenant in queues for queues in self._queues):
             waiting = [self.counter(t) for queues in self._queues for t in queues]
             if waiting:  # newly active: no credit banked while idle
                 self._served[ticket.tenant] = max(self.counter(ticket.tenant), min(waiting))
-        self._queues[ticket.rank].setdefault(ticket.tenant, deque()).append(ticket)
+        queue = self._queues[ticket.rank].setdefault(ticket.tenant, deque())
+        if front:
+            queue.appendleft(ticket)
+        else:
+            queue.append(ticket)
         self.size += 1
 
     def pop(self, *, lowest_rank: int = len(PRIORITIES) - 1) -> Ticket | None:
@@ -69,7 +77,8 @@ class FairScheduler:
         queues = self._queues[rank]
         tenant = min(queues, key=self.counter)
         ticket = self._take(rank, tenant, newest=False)
-        self.charge(ticket)
+        if not ticket.requeued:  # a continuation was charged when it first went
+            self.charge(ticket)
         return ticket
 
     def charge(self, ticket: Ticket) -> None:
@@ -95,11 +104,13 @@ class FairScheduler:
 
     def evict_below(self, rank: int) -> Ticket | None:
         """Makes room for a ticket of class `rank` in a full queue: the newest ticket of
-        the heaviest tenant in the lowest class below `rank`, removed; None if none."""
+        the heaviest tenant in the lowest class below `rank`, removed; None if none.
+        A preempted stream is never evicted: its caller has part of the answer."""
         for lower in range(len(PRIORITIES) - 1, rank, -1):
             queues = self._queues[lower]
-            if queues:
-                return self._take(lower, max(queues, key=self.counter), newest=True)
+            for tenant in sorted(queues, key=self.counter, reverse=True):
+                if not queues[tenant][-1].requeued:  # continuations are at the front
+                    return self._take(lower, tenant, newest=True)
         return None
 
     def ahead(self, ticket: Ticket) -> float:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -23,6 +23,7 @@ from services.common import metadata
 from services.router.config import FairConfig
 from services.router.fairness import PRIORITIES, FairScheduler, Ticket, priority_rank
 from services.router.pool import ReplicaPool
+from services.router.preempt import Slot, victim
 from services.router.queue_metrics import QueueMetrics
 from services.router.refusal import Refusal
 from services.router.wire import usage_of
@@ -42,6 +43,7 @@ class _ModelQueue:
     scheduler: FairScheduler
     waiters: dict[Ticket, asyncio.Future[None]] = field(default_factory=dict)
     pending: int = 0  # dispatched, not yet holding a slot on a replica
+    running: set[Slot] = field(default_factory=set)  # streams that may be preempted
     hold_s: float | None = None  # how long a request holds a slot (EWMA)
 
 
@@ -80,11 +82,53 @@ class FairQueue:
         if not self._pool.candidates(model) or (q.scheduler.size == 0 and free > 0):
             self._start(model, q, ticket)  # the relay answers for a fleet that is missing
             return
-        limit = self._admit(model, q, ticket)
+        await self._wait(model, q, ticket, self._admit(model, q, ticket))
+
+    async def requeue(self, model: str, ticket: Ticket) -> None:
+        """A preempted stream waits for a slot again, ahead of its tenant's other
+        requests and never shed: its caller is waiting mid-answer."""
+        q = self._queue(model)
+        ticket.requeued = True
+        if ticket.started is not None:  # its whole hold feeds the drain rate, at its end
+            ticket.held_s += time.monotonic() - ticket.started
+        if not self._pool.candidates(model) or (q.scheduler.size == 0 and self._free(model, q) > 0):
+            ticket.started = time.monotonic()
+            return
+        await self._wait(model, q, ticket, None, front=True)
+
+    @contextlib.contextmanager
+    def preemptable(
+        self, model: str, slot: Slot | None, call: grpc.aio.UnaryStreamCall
+    ) -> Iterator[None]:
+        """While inside, the queue may preempt the stream `call` for a higher class."""
+        if slot is None or not self._config.preempt:
+            yield
+            return
+        q = self._queue(model)
+        slot.call = call
+        q.running.add(slot)
+        self._preempt_for_waiters(model, q)
+        try:
+            yield
+        finally:
+            q.running.discard(slot)
+            slot.call = None
+
+    async def _wait(
+        self,
+        model: str,
+        q: _ModelQueue,
+        ticket: Ticket,
+        limit: float | None,
+        *,
+        front: bool = False,
+    ) -> None:
         future = asyncio.get_running_loop().create_future()
         q.waiters[ticket] = future
-        q.scheduler.push(ticket)
+        q.scheduler.push(ticket, front=front)
         self.freed(model)  # a free slot only its class may take (headroom) is taken now
+        if not future.done():
+            self._preempt_for(model, q, ticket.rank)
         taken = False
         try:
             # Queue time as its own span in the call's trace.
@@ -109,6 +153,27 @@ class FairQueue:
         self._metrics.wait.labels(model, PRIORITIES[ticket.rank]).observe(
             time.monotonic() - ticket.enqueued
         )
+
+    def _preempt_for(self, model: str, q: _ModelQueue, rank: int) -> None:
+        """A request of class `rank` has to wait: a stream of a lower class gives up its
+        slot to it."""
+        if not self._config.preempt:
+            return
+        slot = victim(q.running, rank, self._config.max_preemptions)
+        if slot is None:
+            return
+        slot.preempt(rank)
+        victim_class, by = PRIORITIES[slot.ticket.rank], PRIORITIES[rank]
+        self._metrics.preemptions.labels(model, victim_class, by).inc()
+
+    def _preempt_for_waiters(self, model: str, q: _ModelQueue) -> None:
+        """A stream became preemptable: requests above the lowest class may be waiting
+        with no stream preempted for them (when they came, every stream was still before
+        its first message); the highest class's gets one."""
+        lengths = q.scheduler.lengths()
+        preempting = sum(s.preempted_by is not None for s in q.running)
+        if sum(lengths[:-1]) > preempting:
+            self._preempt_for(model, q, next(r for r, n in enumerate(lengths) if n))
 
     def busy(self, model: str) -> bool:
         """Whether requests for the model wait or hold promised slots: no time for hedges."""
@@ -140,7 +205,7 @@ class FairQueue:
         q = self._queues.get(model)
         if ticket is None or q is None or ticket.started is None:
             return
-        held = time.monotonic() - ticket.started
+        held = ticket.held_s + time.monotonic() - ticket.started
         q.hold_s = held if q.hold_s is None else q.hold_s + _HOLD_EWMA * (held - q.hold_s)
         usage = usage_of(method, last)
         if usage is not None:

@@ -1,5 +1,5 @@
 """Metrics of the fair queue: its length and wait per model and class, sheds by reason,
-and tokens dispatched per tenant."""
+tokens dispatched per tenant, and preemptions by class."""
 
 from __future__ import annotations
 
@@ -33,5 +33,12 @@ class QueueMetrics:
             "tera_router_dispatched_tokens",
             "Tokens dispatched (estimated, corrected by usage), by model and tenant",
             ["model", "tenant"],
+            registry=registry,
+        )
+        self.preemptions = Counter(
+            "tera_router_preemptions",
+            "Streams preempted to free a slot for a higher class, by model, the preempted "
+            "stream's class (priority) and the class it gave way to (by)",
+            ["model", "priority", "by"],
             registry=registry,
         )

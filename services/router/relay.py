@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -27,15 +28,18 @@ from services.common.telemetry import (
     GEN_AI_REQUEST_MODEL,
     HEDGE,
     REPLICA,
+    RESUMED_TOKENS,
     RETRY_REASON,
     tracing_enabled,
 )
 from services.router.attempt import Attempt, AttemptFailed, Upstream
 from services.router.config import RouterConfig
+from services.router.fairness import PRIORITIES
 from services.router.hedge import Hedger, first_answer
 from services.router.metrics import RouterMetrics
 from services.router.policies import LoadBalancingPolicy, RouteRequest, create_policy
 from services.router.pool import ReplicaPool
+from services.router.preempt import Preempted, Slot
 from services.router.queue import FairQueue
 from services.router.queue_metrics import QueueMetrics
 from services.router.refusal import Refusal, no_model, remaining
@@ -96,7 +100,8 @@ class Relay:
             if not route.model:
                 raise no_model()
             await self._queue.turn(route.model, ticket)  # while every replica is full
-            upstream = Upstream(method, request, route, forward, context)
+            slot = None if ticket is None else Slot(ticket)
+            upstream = Upstream(method, request, route, forward, context, slot)
             async for chunk in self._relay(upstream):
                 yield (last := chunk)
             code = grpc.StatusCode.OK
@@ -109,15 +114,47 @@ class Relay:
             self._metrics.requests.labels(route.model, code.name).inc()
 
     async def _relay(self, up: Upstream) -> AsyncIterator[bytes]:
-        """The attempts; a stream cut after its first message goes on in a resume."""
+        """The attempts; a stream cut after its first message goes on in a resume, and
+        one preempted for a higher class goes on when the queue gives it a slot again."""
         journal = open_journal(up.method, up.request, dict(up.forward), self._config.resume)
-        try:
-            async for chunk in self._attempts(up, journal):
-                yield chunk
-        except Cut as cut:
-            resumed = self._resumer.resume(journal, cut, up.route, up.forward, up.context)
-            async for chunk in resumed:
-                yield chunk
+        while True:
+            try:
+                async for chunk in self._attempts(up, journal):
+                    yield chunk
+                return
+            except Cut as cut:
+                resumed = self._resumer.resume(journal, cut, up.route, up.forward, up.context)
+                async for chunk in resumed:
+                    yield chunk
+                return
+            except Preempted as preempted:
+                request = await self._after_preemption(up, journal, preempted)
+                if request is None:
+                    return  # the caller had the whole answer already
+                up = dataclasses.replace(up, request=request)
+
+    async def _after_preemption(
+        self, up: Upstream, journal: Journal, preempted: Preempted
+    ) -> bytes | None:
+        """Queues the preempted stream again; returns its continuation (the journal's:
+        prompt + the tokens the caller has) once it has a slot, None if it needs none."""
+        assert up.slot is not None  # only a queued call is preemptable
+        journal.tried.discard(preempted.replica)  # healthy: it only gave its slot away
+        continuation = journal.continuation()
+        if continuation is None:
+            return None
+        request, tokens = continuation
+        self._metrics.resumes.labels("preempt").inc()
+        trace.get_current_span().add_event(
+            "preempted",
+            {
+                REPLICA: preempted.replica,
+                RESUMED_TOKENS: tokens,
+                "tera.by": PRIORITIES[preempted.by],
+            },
+        )
+        await self._queue.requeue(up.route.model, up.slot.ticket)
+        return request
 
     async def _attempts(self, up: Upstream, journal: Journal) -> AsyncIterator[bytes]:
         route, tried = up.route, journal.tried
@@ -142,11 +179,8 @@ class Relay:
                     if first is None:  # finished with no message: a valid, empty answer
                         winner.replica.record_success()
                         return
-                    yield journal.keep(last := first)
-                    async for last in self._rest(winner.call, winner.replica):
-                        yield journal.keep(last)
-                    usage = usage_of(up.method, last)
-                    self._metrics.count_prompt(winner.replica.address, usage)
+                    async for chunk in self._committed(up, winner, first, journal):
+                        yield chunk
                     return
             except AttemptFailed as failure:
                 last_failure = failure.refusal
@@ -264,13 +298,33 @@ class Relay:
         self._metrics.first_message.labels(next(iter(replica.models), "")).observe(elapsed)
         return message  # type: ignore[return-value]
 
-    async def _rest(self, call: grpc.aio.UnaryStreamCall, replica: Replica) -> AsyncIterator[bytes]:
+    async def _committed(
+        self, up: Upstream, winner: Attempt, first: bytes, journal: Journal
+    ) -> AsyncIterator[bytes]:
+        """The answer from its first message on; preemptable while it can be continued."""
+        yield journal.keep(last := first)
+        slot = up.slot if journal.continuable else None
+        with self._queue.preemptable(up.route.model, slot, winner.call):
+            async for last in self._rest(winner.call, winner.replica, slot):
+                kept = journal.keep(last)
+                if slot is not None and not journal.resumable:
+                    slot.pin()  # before the next await: a cut now could not be continued
+                yield kept
+        self._metrics.count_prompt(winner.replica.address, usage_of(up.method, last))
+
+    async def _rest(
+        self, call: grpc.aio.UnaryStreamCall, replica: Replica, slot: Slot | None
+    ) -> AsyncIterator[bytes]:
         try:
             while (message := await call.read()) is not grpc.aio.EOF:
                 yield message  # type: ignore[misc]
         except grpc.aio.AioRpcError as exc:
             # Committed: the caller has tokens already. Never retried from the start.
             raise Cut(self._failed(exc, replica).refusal, replica.address) from None
+        except asyncio.CancelledError:
+            if slot is not None:
+                slot.check(replica.address)  # Preempted, if the queue cancelled the call
+            raise
         replica.record_success()
 
     @staticmethod
@@ -295,4 +349,7 @@ def _marks_failure(span: trace.Span) -> Iterator[None]:
     except Cut as cut:
         span.set_attribute(RETRY_REASON, cut.refusal.code.name)
         span.set_status(Status(StatusCode.ERROR, cut.refusal.message))
+        raise
+    except Preempted as preempted:  # no failure: it gave its slot to a higher class
+        span.add_event("preempted", {"tera.by": PRIORITIES[preempted.by]})
         raise

@@ -69,6 +69,15 @@ class Journal:
                 self._chunks.append(chunk)
         return chunk
 
+    @property
+    def continuable(self) -> bool:
+        """Whether a continuation can be built now: every message is kept and the first
+        carries its token ids (a replica that does not report them cannot be resumed)."""
+        if not self._chunks:
+            return False
+        first = pb.GenerateResponse.FromString(self._chunks[0])
+        return all(d.num_tokens == len(d.token_ids) for d in first.choices)
+
     def continuation(self) -> tuple[bytes, int] | None:
         """The request to continue with and the tokens it carries; None if the caller
         already has the whole answer (the cut came after the last message)."""

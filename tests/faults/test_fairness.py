@@ -216,6 +216,53 @@ async def test_two_edges_share_one_fairness_budget(fleet: Fleet, tmp_path: Path)
     assert percentile(quiet.ttfts(), 99) <= percentile(ref, 99) + PROTECTED_S
 
 
+async def test_retry_after_is_within_half_of_the_wait_the_queue_would_have_imposed(
+    fleet: Fleet,
+) -> None:
+    """A request shed at once, by the drain rate, is told to come back after about the
+    time the queue ahead of it takes to drain: measured here by the ends of the streams
+    that were ahead of it (the same tenant's, in order), and by coming back when told.
+
+    4 slots, 40-token answers (2 s a slot), standard requests may wait 4 s: of 16 sent at
+    once 4 run, 8 wait and 4 are shed; one more is 9th in line, about 4.5 s by the drain
+    rate, and would have had the slot freed third (about 6 s after the burst)."""
+    slots, tokens = 4, 40
+    stack = fleet(max_wait_s={"standard": 4.0})
+    base = stack.base_url
+    await burst(base, "sk-noisy", requests=slots, max_tokens=tokens)  # learns the hold time
+    fillers = asyncio.create_task(burst(base, "sk-noisy", requests=16, max_tokens=tokens))
+    await until_queued(stack, queued=8, shed=4, within_s=1.5)
+    async with aiohttp.ClientSession() as session:
+        probe = await one(session, base, "sk-noisy", tokens)
+        assert probe.status == 429 and probe.retry_after, probe
+        await asyncio.sleep(probe.retry_after)
+        again = await one(session, base, "sk-noisy", tokens)
+    ahead = (await fillers).ok  # every stream the queue had let in ahead of the probe
+    # The probe would have taken the slot freed after each waiting stream had taken one.
+    drained = sorted(r.ended for r in ahead)[len(ahead) - slots] - probe.ended
+    print(
+        f"\n[fair] shed with Retry-After {probe.retry_after:.0f} s; the queue ahead drained "
+        f"in {drained:.2f} s; coming back then: {again.status}, TTFT {again.ttft}"
+    )
+    assert len(ahead) == 12
+    assert abs(probe.retry_after - drained) <= 0.5 * drained
+    assert again.status == 200 and again.ttft is not None
+    assert again.ttft <= 0.5 * probe.retry_after  # the line was gone, or nearly
+
+
+async def until_queued(stack: RunningStack, *, queued: int, shed: int, within_s: float) -> None:
+    """Waits until the router has queued and shed that many requests (they arrive through
+    the edge over a few hundred ms on a loaded machine)."""
+    end = time.monotonic() + within_s
+    while time.monotonic() < end:
+        waiting = router_metric(stack, "tera_router_queue_length")
+        refused = router_metric(stack, "tera_router_shed_total")
+        if waiting >= queued and refused >= shed:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{waiting} queued, {refused} shed after {within_s} s")
+
+
 def rss_kib(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])

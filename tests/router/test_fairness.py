@@ -101,3 +101,16 @@ def test_a_quiet_tenant_sees_few_requests_ahead_of_it() -> None:
     assert s.ahead(ticket("quiet")) <= 2
     assert s.ahead(ticket("noisy")) == 50
     assert s.ahead(ticket("anyone", cls="batch")) == 50  # a lower class waits for all
+
+
+def test_a_preempted_stream_goes_first_uncharged_and_is_never_evicted() -> None:
+    s = FairScheduler(starvation_every=10)
+    s.push(queued := ticket("b", cls="batch"))
+    s.charge(back := ticket("b", cls="batch"))  # dispatched once, then preempted
+    served = s.counter("b")
+    back.requeued = True
+    s.push(back, front=True)
+    assert s.evict_below(priority_rank("interactive")) is queued  # not the continuation
+    assert s.evict_below(priority_rank("interactive")) is None
+    assert s.pop() is back
+    assert s.counter("b") == served  # charged when it first went, not again

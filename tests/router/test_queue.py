@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common import metadata
 from services.router.config import FairConfig
+from services.router.preempt import Slot
 from services.router.queue import FairQueue
 from services.router.queue_metrics import QueueMetrics
 from services.router.refusal import Refusal
@@ -135,3 +138,96 @@ async def test_waiters_go_on_at_once_when_the_last_replica_goes() -> None:
     pool.up = False  # its attempt failed and the replica is out of rotation
     release(queue, pool)
     await asyncio.wait_for(waiter, 0.1)  # to the relay, which answers 503
+
+
+@pytest.fixture
+def held() -> Iterator[contextlib.ExitStack]:
+    """Streams registered as preemptable until the test ends."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+class FakeCall:
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.slot: Slot | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+async def running(
+    held: contextlib.ExitStack, queue: FairQueue, pool: FakePool, tenant: str, cls: str
+) -> FakeCall:
+    """A stream holding a slot, preemptable (as the relay's) until the test ends."""
+    ticket = queue.ticket(headers(tenant, cls), None)
+    assert ticket is not None
+    await queue.turn(MODEL, ticket)
+    pool.replica.in_flight += 1
+    call = FakeCall()
+    call.slot = Slot(ticket)
+    held.enter_context(queue.preemptable(MODEL, call.slot, call))  # type: ignore[arg-type]
+    return call
+
+
+async def test_a_waiting_higher_class_preempts_the_lowest_latest_stream(
+    held: contextlib.ExitStack,
+) -> None:
+    queue, pool = make(limit=3)
+    older = await running(held, queue, pool, "b", "batch")
+    standard = await running(held, queue, pool, "s", "standard")
+    newer = await running(held, queue, pool, "b", "batch")
+    waiter = asyncio.create_task(occupy(queue, pool, "i", "interactive"))
+    await asyncio.sleep(0)
+    assert newer.cancelled and not older.cancelled and not standard.cancelled
+    assert queue._metrics.preemptions.labels(MODEL, "batch", "interactive")._value.get() == 1
+    release(queue, pool)  # the preempted stream's attempt ends: its slot goes on
+    await asyncio.wait_for(waiter, 0.1)
+    assert newer.slot is not None
+    newer.slot.ticket.started = time.monotonic() - 5.0  # it held its slot 5 s
+    requeued = asyncio.create_task(queue.requeue(MODEL, newer.slot.ticket))
+    await asyncio.sleep(0.01)
+    assert not requeued.done()  # waits for a slot, without a deadline or a shed
+    release(queue, pool)
+    await asyncio.wait_for(requeued, 0.1)
+    queue._queue(MODEL).hold_s = None
+    queue.done(MODEL, newer.slot.ticket, "/tera.v1.Engine/Generate", None)
+    hold = queue._queue(MODEL).hold_s
+    assert hold is not None and 5.0 <= hold < 5.5  # both parts of its hold, not the last
+
+
+async def test_a_stream_that_becomes_preemptable_yields_to_a_waiting_higher_class(
+    held: contextlib.ExitStack,
+) -> None:
+    """When the interactive request came, the batch stream had sent nothing yet (not
+    preemptable); it yields as soon as it has, not at its end."""
+    queue, pool = make(limit=1)
+    ticket = queue.ticket(headers("b", "batch"), None)
+    assert ticket is not None
+    await queue.turn(MODEL, ticket)
+    pool.replica.in_flight += 1
+    waiter = asyncio.create_task(occupy(queue, pool, "i", "interactive"))
+    await asyncio.sleep(0)
+    call = FakeCall()
+    held.enter_context(queue.preemptable(MODEL, Slot(ticket), call))  # type: ignore[arg-type]
+    assert call.cancelled
+    release(queue, pool)
+    await asyncio.wait_for(waiter, 0.1)
+    other = FakeCall()  # no one waits now: the next stream is left alone
+    held.enter_context(queue.preemptable(MODEL, Slot(ticket), other))  # type: ignore[arg-type]
+    assert not other.cancelled
+
+
+@pytest.mark.parametrize(
+    ("fair", "cls"),
+    [({"preempt": False}, "batch"), ({"max_preemptions": 0}, "batch"), ({}, "interactive")],
+    ids=["off", "preempted-enough", "same-class"],
+)
+async def test_no_preemption(held: contextlib.ExitStack, fair: dict, cls: str) -> None:
+    queue, pool = make(limit=1, **fair)
+    held = await running(held, queue, pool, "b", cls)
+    waiter = asyncio.create_task(occupy(queue, pool, "i", "interactive"))
+    await asyncio.sleep(0.01)
+    assert not held.cancelled
+    assert not waiter.done()
+    waiter.cancel()

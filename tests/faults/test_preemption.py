@@ -1,0 +1,240 @@
+"""Preempt-and-resume with real processes: stand-in engines whose every slot is held by
+`batch` streams; an `interactive` request takes one of those slots at once, and the
+preempted stream, queued again, is continued from its journal when a slot frees.
+
+The batch caller must get exactly the answer of an unpreempted run (the stand-in engine
+in process, as in test_resume.py), with a pause and no error; the interactive caller's
+time to first token must stay near its unloaded figure (a step or two of the stand-in,
+plus the path through edge and router), not the rest of a 3-second batch stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+
+from devstack.processes import free_port
+from tests.conftest import SCRIPTED_MODEL, RunningStack
+from tests.faults.fleet import router_metric
+from tests.faults.test_resume import PROMPT, reference
+from tests.observability.otlp_receiver import OtlpReceiver, tree
+
+ENGINE = {"tokens_per_second": 20, "step_ms": 20}  # a batch stream of 60 tokens: 3 s
+BATCH_TOKENS = 60
+KEYS = {"inter": {"priority": "interactive"}, "bulk": {"priority": "batch"}}
+ROUTER = {
+    "hedge": {"enabled": False},
+    "health": {"check_interval_s": 0.2, "check_timeout_s": 0.5, "load_poll_interval_s": 0.2},
+    "fair": {"queue_size": 64, "max_wait_s": {"interactive": 10, "batch": 30}},
+}
+# Over the interactive request's unloaded TTFT: a few stand-in steps plus scheduling
+# noise on a loaded 2-core machine; without preemption it waits about 2.5 s.
+BOUND_S = 0.6
+
+Fleet = Callable[..., RunningStack]
+
+
+@dataclass
+class Answer:
+    texts: dict[int, str] = field(default_factory=dict)
+    finish: dict[int, str] = field(default_factory=dict)
+    usage: dict | None = None
+    error: dict | None = None
+    ttft: float | None = None
+    longest_gap: float = 0.0  # between two content events: the preemption's pause
+
+
+@pytest.fixture
+def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Fleet:
+    def start(
+        slots: int, env: dict[str, str] | None = None, resume: dict | None = None, **fair: object
+    ) -> RunningStack:
+        router = tmp_path / "router.yaml"
+        settings = {**ROUTER, "fair": {**ROUTER["fair"], **fair}, "resume": resume or {}}
+        router.write_text(yaml.safe_dump(settings))
+        catalog = tmp_path / "catalog.yaml"
+        keys = [{"name": n, "key": f"sk-{n}", **extra} for n, extra in KEYS.items()]
+        catalog.write_text(yaml.safe_dump({"models": [{"id": SCRIPTED_MODEL}], "keys": keys}))
+        stack = scripted_stack(
+            engines=1,
+            per_engine_args=[["--scripted", json.dumps(ENGINE), "--max-in-flight", str(slots)]],
+            router_args=["--config", str(router), "--metrics-port", str(free_port())],
+            edge_args=["--catalog", str(catalog)],
+            env=env or {},
+        )
+        time.sleep(0.5)  # the router has polled the engine's admission limit
+        return stack
+
+    return start
+
+
+async def ask(base: str, key: str, max_tokens: int, trace_id: str | None = None) -> Answer:
+    body = {
+        "model": SCRIPTED_MODEL,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    answer, started = Answer(), time.monotonic()
+    last = started
+    headers = {"Authorization": f"Bearer {key}"}
+    if trace_id:
+        headers["traceparent"] = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/chat/completions", json=body, headers=headers) as response,
+    ):
+        assert response.status == 200, await response.text()
+        async for line in response.content:
+            payload = line.decode().strip().removeprefix("data: ")
+            if not payload or payload == "[DONE]":
+                continue
+            _take(answer, json.loads(payload))
+            now = time.monotonic()
+            if answer.texts and answer.ttft is None:
+                answer.ttft = now - started
+            elif answer.ttft is not None:
+                answer.longest_gap = max(answer.longest_gap, now - last)
+            last = now
+    return answer
+
+
+def _take(answer: Answer, event: dict) -> None:
+    answer.error = event.get("error", answer.error)
+    for c in event.get("choices", []):
+        content = c["delta"].get("content")
+        if content:
+            answer.texts[c["index"]] = answer.texts.get(c["index"], "") + content
+        if c.get("finish_reason"):
+            answer.finish[c["index"]] = c["finish_reason"]
+    if event.get("usage"):
+        answer.usage = {k: event["usage"][k] for k in ("prompt_tokens", "completion_tokens")}
+
+
+async def unloaded_ttft(base: str) -> float:
+    ttfts = [(await ask(base, "sk-inter", 5)).ttft or 0.0 for _ in range(3)]
+    return max(ttfts)
+
+
+async def assert_unpreempted(batch: Answer, tokens: int = BATCH_TOKENS) -> None:
+    want = await reference(ENGINE, {"max_tokens": tokens})
+    assert batch.error is None, batch.error
+    assert batch.texts == want["texts"]
+    assert batch.finish == want["finish"] == {0: "length"}
+    assert batch.usage == want["usage"]
+
+
+async def test_a_preempted_batch_stream_loses_no_token_and_interactive_waits_a_step(
+    fleet: Fleet,
+) -> None:
+    stack = fleet(slots=1)
+    base = stack.base_url
+    alone = await unloaded_ttft(base)
+    batch = asyncio.create_task(ask(base, "sk-bulk", BATCH_TOKENS))
+    await asyncio.sleep(0.5)  # the batch stream holds the only slot, ~10 tokens in
+    inter = await ask(base, "sk-inter", 5)
+    got = await batch
+    print(
+        f"\n[preempt] interactive TTFT {inter.ttft:.3f} s (alone {alone:.3f} s); "
+        f"batch paused {got.longest_gap:.3f} s"
+    )
+    assert inter.error is None and inter.ttft is not None
+    assert inter.ttft <= alone + BOUND_S
+    await assert_unpreempted(got)
+    assert got.longest_gap >= 0.2  # it did pause: the interactive answer went first
+    labels = {"priority": "batch", "by": "interactive"}
+    assert router_metric(stack, "tera_router_preemptions_total", **labels) == 1
+    assert router_metric(stack, "tera_router_resumes_total", reason="preempt") == 1
+
+
+async def test_streams_preempted_again_and_again_still_match_and_then_finish(
+    fleet: Fleet,
+) -> None:
+    """Two slots, two batch streams, interactive requests every 0.4 s: each batch stream
+    is preempted up to max_preemptions (2) times, then runs to its end."""
+    stack = fleet(slots=2)
+    base = stack.base_url
+    alone = await unloaded_ttft(base)
+    batches = [asyncio.create_task(ask(base, "sk-bulk", BATCH_TOKENS)) for _ in range(2)]
+    await asyncio.sleep(0.5)
+    ttfts = []
+    for _ in range(6):
+        inter = await ask(base, "sk-inter", 5)
+        assert inter.error is None and inter.ttft is not None
+        ttfts.append(inter.ttft)
+        await asyncio.sleep(0.2)
+    results = await asyncio.gather(*batches)
+    preempted = router_metric(stack, "tera_router_preemptions_total", priority="batch")
+    print(
+        f"\n[preempt] 6 interactive TTFTs {[round(t, 3) for t in ttfts]}; {preempted} preemptions"
+    )
+    for got in results:
+        await assert_unpreempted(got)
+    assert preempted == 4  # max_preemptions (2) for each of the two streams
+    assert sorted(ttfts)[3] <= alone + BOUND_S  # while batch streams could still yield
+
+
+async def test_preempted_thirty_times_the_stream_matches_and_no_interactive_call_is_refused(
+    fleet: Fleet,
+) -> None:
+    """One slot; an interactive call every ~0.15 s preempts the batch stream each time.
+    The router gives the slot on as it cancels the batch call, a little before the engine
+    has torn that call down: the engine waits for the slot rather than refuse (seen: about
+    1 call in 30 refused, 429, without that wait)."""
+    stack = fleet(slots=1, max_preemptions=100)
+    base = stack.base_url
+    batch = asyncio.create_task(ask(base, "sk-bulk", 150))
+    await asyncio.sleep(0.3)
+    ttfts = []
+    for _ in range(30):
+        inter = await ask(base, "sk-inter", 2)  # asserts 200
+        ttfts.append(inter.ttft or 0.0)
+        await asyncio.sleep(0.05)
+    await assert_unpreempted(await batch, tokens=150)
+    preempted = router_metric(stack, "tera_router_preemptions_total", priority="batch")
+    print(f"\n[preempt] {preempted} preemptions; interactive TTFT max {max(ttfts):.3f} s")
+    assert preempted >= 25  # the last few may find the batch stream done
+
+
+async def test_a_stream_past_the_journal_cap_is_not_preempted(fleet: Fleet) -> None:
+    """A stream whose kept messages passed resume.max_kept_bytes could not be continued:
+    it runs to its end, and the interactive request waits for it."""
+    stack = fleet(slots=1, resume={"max_kept_bytes": 200})  # ~10 messages of a token
+    base = stack.base_url
+    batch = asyncio.create_task(ask(base, "sk-bulk", BATCH_TOKENS))
+    await asyncio.sleep(1.0)  # ~20 tokens in: past the cap
+    inter = await ask(base, "sk-inter", 5)
+    await assert_unpreempted(await batch)
+    assert inter.ttft is not None and inter.ttft >= 1.0  # it waited for the batch stream
+    assert router_metric(stack, "tera_router_preemptions_total") == 0
+
+
+async def test_a_preemption_shows_in_the_trace(fleet: Fleet) -> None:
+    """The batch call's router span: a `preempted` event, the cut attempt marked with it
+    (not failed), the wait for a slot again as a `queue` span, and a second attempt."""
+    with OtlpReceiver() as receiver:
+        stack = fleet(slots=1, env=receiver.env)
+        trace_id = secrets.token_hex(16)
+        batch = asyncio.create_task(ask(stack.base_url, "sk-bulk", BATCH_TOKENS, trace_id))
+        await asyncio.sleep(0.5)
+        await ask(stack.base_url, "sk-inter", 5)
+        await assert_unpreempted(await batch)
+        spans = receiver.wait_for(trace_id, {"tera-edge", "tera-router", "tera-engine"})
+    router = [s for s in spans if s.service == "tera-router" and s.kind == 2]  # SERVER
+    assert len(router) == 1, tree(spans)
+    children = [s for s in spans if s.parent_id == router[0].span_id]
+    attempts = sorted((s for s in children if s.name == "attempt"), key=lambda s: s.start_ns)
+    assert "preempted" in router[0].events, tree(spans)
+    assert [a.events for a in attempts] == [["preempted"], []], tree(spans)
+    assert attempts[0].status_code != 2  # ERROR: a preemption is no failure
+    assert [s.name for s in children].count("queue") == 1, tree(spans)
