@@ -235,6 +235,6 @@ async def test_a_preemption_shows_in_the_trace(fleet: Fleet) -> None:
     children = [s for s in spans if s.parent_id == router[0].span_id]
     attempts = sorted((s for s in children if s.name == "attempt"), key=lambda s: s.start_ns)
     assert "preempted" in router[0].events, tree(spans)
-    assert [a.events for a in attempts] == [["preempted"], []], tree(spans)
+    assert [a.events.count("preempted") for a in attempts] == [1, 0], tree(spans)
     assert attempts[0].status_code != 2  # ERROR: a preemption is no failure
     assert [s.name for s in children].count("queue") == 1, tree(spans)
