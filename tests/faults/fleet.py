@@ -32,15 +32,17 @@ def record(name: str, summary: dict[str, int]) -> None:
 
 
 def router_metric(stack: RunningStack, name: str, **labels: str) -> float:
-    """A sample of the stack's router metrics (its --metrics-port); 0 when absent."""
+    """The stack's router metric (its --metrics-port), summed over the series that match
+    the labels given; 0 when absent."""
     args = stack.stack.plan.router_args
     port = args[args.index("--metrics-port") + 1]
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    return sum(
+        s.value
+        for s in samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def engine_total(address: str) -> int:

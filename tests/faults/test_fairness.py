@@ -13,19 +13,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.processes import ManagedProcess, free_port, wait_until
 from devstack.readiness import http_healthy
 from tests.conftest import SCRIPTED_MODEL, RunningStack
 from tests.faults.fair_load import TenantLoad, burst, flood, one, percentile, steady
+from tests.faults.fleet import router_metric
 
 TOKENS = 10
 PROTECTED_S = 0.8
@@ -66,18 +65,6 @@ def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Fleet:
         return stack
 
     return start
-
-
-def router_metric(stack: RunningStack, name: str, **labels: str) -> float:
-    args = stack.stack.plan.router_args
-    port = args[args.index("--metrics-port") + 1]
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
-    return sum(
-        s.value
-        for s in samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 async def reference(base: str, key: str) -> list[float]:

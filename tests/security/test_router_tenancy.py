@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,6 @@ import grpc
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.certs import Authority, ensure_local_certs, issue
 from devstack.processes import free_port
@@ -30,6 +28,7 @@ from services.common.tls import aio_channel
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import SCRIPTED_MODEL, RunningStack
+from tests.faults.fleet import router_metric
 
 WORKER_SAN = "worker.batch.internal"  # a DNS SAN of the batch worker's certificate
 KEYS = {"tpm": "sk-internal-tpm", "bulk": "sk-internal-bulk"}
@@ -98,18 +97,6 @@ async def _generate(
         return Answer(grpc.StatusCode.OK, dict(await call.trailing_metadata() or ()))
 
 
-def _router_metric(stack: RunningStack, name: str, **labels: str) -> float:
-    args = stack.stack.plan.router_args
-    port = args[args.index("--metrics-port") + 1]
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
-    return sum(
-        s.value
-        for s in samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
-
-
 async def test_tokens_per_minute_reserved_settled_and_refused_with_retry_after(
     scripted_stack: Callable[..., RunningStack], tmp_path: Path
 ) -> None:
@@ -124,11 +111,11 @@ async def test_tokens_per_minute_reserved_settled_and_refused_with_retry_after(
     assert 10 <= retry_after <= 20, "30 tokens over, one every 0.6 s"
     assert refused.trailers["grpc-retry-pushback-ms"] == str(retry_after * 1000)
     tokens = "tera_key_tokens_total"
-    assert _router_metric(stack, tokens, key="tpm", kind="completion") == 16 + 50
-    assert _router_metric(stack, tokens, key="tpm", kind="prompt") == 5 + 5
+    assert router_metric(stack, tokens, key="tpm", kind="completion") == 16 + 50
+    assert router_metric(stack, tokens, key="tpm", kind="prompt") == 5 + 5
     requests = "tera_key_requests_total"
-    assert _router_metric(stack, requests, key="tpm", status="OK") == 2
-    assert _router_metric(stack, requests, key="tpm", status="RESOURCE_EXHAUSTED") == 1
+    assert router_metric(stack, requests, key="tpm", status="OK") == 2
+    assert router_metric(stack, requests, key="tpm", status="RESOURCE_EXHAUSTED") == 1
 
 
 async def test_a_keys_fair_queue_class_and_tenant_cannot_be_forged(
@@ -146,11 +133,11 @@ async def test_a_keys_fair_queue_class_and_tenant_cannot_be_forged(
     queued = await _generate(stack, "bulk", 2, forged)
     assert queued.code == grpc.StatusCode.OK and (await holder).code == grpc.StatusCode.OK
     wait = "tera_router_queue_wait_seconds_count"
-    assert _router_metric(stack, wait, priority="batch") == 1, "it waited as the key's class"
-    assert _router_metric(stack, wait, priority="interactive") == 0
+    assert router_metric(stack, wait, priority="batch") == 1, "it waited as the key's class"
+    assert router_metric(stack, wait, priority="interactive") == 0
     dispatched = "tera_router_dispatched_tokens_total"
-    assert _router_metric(stack, dispatched, tenant="bulk") > 0
-    assert _router_metric(stack, dispatched, tenant="someone-else") == 0
+    assert router_metric(stack, dispatched, tenant="bulk") > 0
+    assert router_metric(stack, dispatched, tenant="someone-else") == 0
 
 
 async def test_a_service_is_the_tenant_its_certificate_maps_to(
@@ -166,7 +153,7 @@ async def test_a_service_is_the_tenant_its_certificate_maps_to(
     stranger = issue(ca, "stranger", tmp_path / "stranger")
     assert (await _generate(stack, None, 2, cert=worker)).code == grpc.StatusCode.OK
     requests = "tera_key_requests_total"
-    assert _router_metric(stack, requests, key="bulk", status="OK") == 1, "billed to its key"
+    assert router_metric(stack, requests, key="bulk", status="OK") == 1, "billed to its key"
     assert (await _generate(stack, None, 2, cert=stranger)).code == (
         grpc.StatusCode.UNAUTHENTICATED
     )
