@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from devstack.engine_args import scripted_engine_args
+from devstack.engine_args import scripted_engine_args, vllm_engine_args
 from devstack.processes import free_port
 from devstack.stack import Stack, StackPlan
 
@@ -38,6 +39,19 @@ def stand_in_stack(
         log_dir=results,
     )
     return Stack(plan).start(timeout_s=60)
+
+
+def vllm_plan(model_dir: Path, results: Path, **extra: Any) -> StackPlan:
+    """Edge + router + one vLLM engine on the default model (what vLLM's own server is
+    compared with); `extra` sets other StackPlan fields (env, relay_cpus)."""
+    return StackPlan(
+        edge_port=free_port(),
+        router_port=free_port(),
+        engine_ports=[free_port()],
+        engine_args=vllm_engine_args(model_dir, CACHE_DIR),
+        log_dir=results,
+        **extra,
+    )
 
 
 def cpu_seconds(pid: int) -> float:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import CACHE_DIR, ROOT
-from devstack.engine_args import vllm_engine_args
+from bench.common import CACHE_DIR, ROOT, vllm_plan
 from devstack.processes import ManagedProcess, free_port, wait_until
-from devstack.stack import Stack, StackPlan
+from devstack.stack import Stack
 from services.engine.model_prep import DEFAULT_MODEL_ID
 
 INPUT_LEN, OUTPUT_LEN = 128, 64
@@ -149,13 +148,7 @@ def run(model_dir: Path, results: Path, concurrencies: tuple[int, ...]) -> list[
     """Both servers stay up (idle while the other is measured) and each concurrency runs
     vLLM then Tera back to back, so the machine's drift lands on both alike."""
     rows: list[dict] = []
-    plan = StackPlan(
-        edge_port=free_port(),
-        router_port=free_port(),
-        engine_ports=[free_port()],
-        engine_args=vllm_engine_args(model_dir, CACHE_DIR),
-        log_dir=results,
-    )
+    plan = vllm_plan(model_dir, results)
     vllm, vllm_base = _start_vllm(model_dir, results)
     try:
         stack = Stack(plan).start(timeout_s=600)

@@ -20,16 +20,13 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from bench.common import CACHE_DIR, STAND_IN_MODEL, percentile, stand_in_stack
-from devstack.engine_args import vllm_engine_args
-from devstack.processes import free_port
-from devstack.stack import Stack, StackPlan
+from bench.common import STAND_IN_MODEL, percentile, stand_in_stack, vllm_plan
+from devstack.stack import Stack
 from services.engine.model_prep import DEFAULT_MODEL_ID
 from tests.observability.otlp_receiver import OtlpReceiver, ReceivedSpan
 
@@ -171,24 +168,6 @@ def _body(model: str, max_tokens: int) -> dict:
     }
 
 
-def _vllm_stack(
-    results: Path, env: dict[str, str], relay_cpus: frozenset[int] | None
-) -> Callable[[Path], Stack]:
-    def start(model_dir: Path) -> Stack:
-        plan = StackPlan(
-            edge_port=free_port(),
-            router_port=free_port(),
-            engine_ports=[free_port()],
-            engine_args=vllm_engine_args(model_dir, CACHE_DIR),
-            env=env,
-            log_dir=results,
-            relay_cpus=relay_cpus,
-        )
-        return Stack(plan).start(timeout_s=600)
-
-    return start
-
-
 def _relay_placements() -> dict[str, frozenset[int] | None]:
     """Unconfined, and (with two CPUs or more) on the CPU vLLM's auto-binding reserves."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -222,7 +201,8 @@ def _vllm_rows(
 ) -> list[dict]:
     out = []
     for name, cpus in _relay_placements().items():
-        stack = _vllm_stack(results, receiver.env, cpus)(model_dir)
+        plan = vllm_plan(model_dir, results, env=receiver.env, relay_cpus=cpus)
+        stack = Stack(plan).start(timeout_s=600)
         try:
             for c in concurrencies:
                 body = _body(DEFAULT_MODEL_ID, 16)

@@ -15,16 +15,7 @@ from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics
 from services.router.policies import RouteRequest, create_policy
 from services.router.policies.cache_aware import CacheAwarePolicy
-from services.router.replica import Replica
-
-
-class FakeReplica(Replica):
-    def __init__(self, address: str, in_flight: int = 0) -> None:
-        self.address = address
-        self.in_flight = in_flight
-        self.requests = 0
-        self.reported = pb.LoadReport()
-        self.prefix_index = PrefixIndex()
+from tests.router.fakes import FakeReplica
 
 
 def names(group: int, chunks: int) -> list[int]:

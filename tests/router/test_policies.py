@@ -5,7 +5,6 @@ from collections import Counter
 
 import pytest
 
-from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.policies import POLICIES, RouteRequest, create_policy
 from services.router.policies.affinity import AffinityPolicy
 from services.router.policies.cache_aware import CacheAwarePolicy
@@ -13,17 +12,7 @@ from services.router.policies.least_load import LeastLoadPolicy
 from services.router.policies.p2c import PowerOfTwoChoicesPolicy
 from services.router.policies.round_robin import RoundRobinPolicy
 from services.router.replica import Replica
-
-
-class FakeReplica(Replica):
-    """Selection only reads address and load; no channel is opened."""
-
-    def __init__(self, address: str, in_flight: int = 0) -> None:
-        self.address = address
-        self.in_flight = in_flight
-        self.requests = 0
-        self.reported = pb.LoadReport()
-
+from tests.router.fakes import FakeReplica
 
 REQUEST = RouteRequest("m")
 
