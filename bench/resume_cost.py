@@ -99,6 +99,9 @@ def run(results: Path, streams: int = STREAMS, rate: float = RATE, blocks: int =
         for figure in ("tokens_per_s", "router_cpu_per_1k"):
             key = f"{figure}_{a}_{b}"
             summary[key] = round(statistics.median(r[key] for r in block_rows), 4)
+            summary[f"{key}_pooled"] = round(
+                _pooled(windows, a, figure) / _pooled(windows, b, figure), 4
+            )
     return {
         **summary,
         "router_cpu_ms_per_1k_off": round(1000 * router_off_ms, 3),
@@ -162,6 +165,11 @@ def _keep_ms_per_1k_tokens(tokens_per_message: int, messages: int = 200_000) -> 
             journal.keep(chunk)
     seconds = time.process_time() - started
     return 1000 * seconds / (messages * tokens_per_message / 1000)
+
+
+def _pooled(windows: list[tuple[str, StepResult]], arm: str, field: str) -> float:
+    """The arm's median window over the whole run: one noisy block weighs as one window."""
+    return statistics.median(getattr(w, field) for n, w in windows if n == arm)
 
 
 def _block(windows: list[tuple[str, StepResult]]) -> dict:
