@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from services.catalog.schema import Redis as RedisSettings
 from services.router.config import FairConfig
@@ -140,7 +142,7 @@ class FairShare:
 
     def __init__(self, settings: RedisSettings, config: FairConfig, metrics: QueueMetrics) -> None:
         self._client = connect(settings)
-        self._script = self._client.register_script(_SYNC)
+        self._sha = hashlib.sha1(_SYNC.encode()).hexdigest()
         self._prefix = f"{settings.prefix}:fair"
         self._config = config
         self._metrics = metrics
@@ -171,11 +173,12 @@ class FairShare:
         if not models:
             return
         pushes = [counters.take() for _, counters in models]
+        calls = [
+            (self._keys(model), self._args(push))
+            for (model, _), push in zip(models, pushes, strict=True)
+        ]
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for (model, _), push in zip(models, pushes, strict=True):
-                    await self._script(keys=self._keys(model), args=self._args(push), client=pipe)
-                replies = await pipe.execute()
+            replies = await self._round_trip(calls)
         except (RedisError, OSError) as exc:
             for (_, counters), push in zip(models, pushes, strict=True):
                 counters.restore(push)
@@ -187,6 +190,20 @@ class FairShare:
             self._failing = False
         for (_, counters), reply in zip(models, replies, strict=True):
             counters.settle(_pairs(reply[1:]), float(reply[0]))
+
+    async def _round_trip(self, calls: list[tuple[list[str], list[str | float]]]) -> list[Any]:
+        try:
+            return await self._pipeline(calls)
+        except NoScriptError:  # a new or restarted Redis: taught the script, asked again
+            await self._client.script_load(_SYNC)
+            return await self._pipeline(calls)
+
+    async def _pipeline(self, calls: list[tuple[list[str], list[str | float]]]) -> list[Any]:
+        """Every model's script in one round trip."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(self._sha, len(keys), *keys, *args)
+            return await pipe.execute()
 
     def _failed(self, exc: Exception) -> None:
         self._metrics.share_syncs.labels("failed").inc()
