@@ -107,6 +107,8 @@ class SharedCounters(TenantCounters):
         deltas[tenant] = deltas.get(tenant, 0.0) + amount
 
     def lift(self, tenant: str, floor: float) -> None:
+        if floor <= self.get(tenant):
+            return
         super().lift(tenant, floor)
         # Pushed as max(counter, floor) + delta: the floor is the lift less what the
         # router charged before it in this interval.
