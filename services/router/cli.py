@@ -67,6 +67,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         auth["tenants"] = [*auth.get("tenants", []), *plain_tenant_keys(keys_from_env())]
     if args.catalog is not None:
         catalog = load_catalog(args.catalog, check_weights=False)
+        if catalog.redis is not None:  # the fair queue's counters, shared with other routers
+            config.setdefault("redis", catalog.redis.model_dump())
         if auth.get("required"):
             redis = catalog.redis.model_dump() if catalog.redis else None
             auth["tenants"] = [*tenant_keys(catalog), *auth["tenants"]]

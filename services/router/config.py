@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from services.catalog.schema import Redis as RedisSettings
 from services.common.tls import TLSConfig, require_tls_off_loopback
 from services.router.auth import AuthConfig
 from services.router.fairness import PRIORITIES
@@ -100,6 +101,11 @@ class FairConfig(BaseModel):
     preempt: bool = True
     # Times one stream may be preempted; then it runs to its end, so it does finish.
     max_preemptions: int = Field(2, ge=0)
+    # With the router's `redis` set, the tenants' counters are the fleet's: every router
+    # pushes what it charged and reads the others' back this often (fair_share.py).
+    share_interval_s: float = Field(0.1, gt=0)
+    # A tenant no router charged for this long is forgotten there (it returns lifted).
+    share_idle_s: float = Field(60.0, gt=0)
 
     @model_validator(mode="after")
     def _classes_known(self) -> FairConfig:
@@ -152,6 +158,9 @@ class RouterConfig(BaseModel):
     health_port: int | None = None
     # Callers as tenants (services/router/auth.py); keys come from --catalog.
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    # Shared state with the other routers (the fair queue's counters); the catalog's
+    # `redis` when --catalog names one. None: each router schedules on its own counters.
+    redis: RedisSettings | None = None
 
     @model_validator(mode="after")
     def _policies_exist(self) -> RouterConfig:

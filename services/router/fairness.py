@@ -8,7 +8,7 @@ tenant with the fewest weighted tokens served goes first (a virtual token counte
 dispatch charges its estimated tokens / weight, corrected by the actual usage when the
 stream ends, so a tenant sending 10x the traffic gets its weight's share, not 10x. A
 tenant that becomes active is lifted to the lowest counter of those waiting, so idle
-time banks no credit.
+time banks no credit. The counters are this router's own, or the fleet's (fair_share.py).
 """
 
 from __future__ import annotations
@@ -41,16 +41,34 @@ class Ticket:
     charged: float = field(default=0.0, init=False)
 
 
+class TenantCounters:
+    """Weighted tokens served per tenant, as this router counts them."""
+
+    def __init__(self) -> None:
+        self._served: dict[str, float] = {}
+
+    def get(self, tenant: str) -> float:
+        return self._served.get(tenant, 0.0)
+
+    def add(self, tenant: str, amount: float) -> None:
+        self._served[tenant] = self.get(tenant) + amount
+
+    def lift(self, tenant: str, floor: float) -> None:
+        """Raises the tenant's counter to `floor` (never lowers it)."""
+        if floor > self.get(tenant):
+            self._served[tenant] = floor
+
+
 class FairScheduler:
-    def __init__(self, *, starvation_every: int) -> None:
+    def __init__(self, *, starvation_every: int, counters: TenantCounters | None = None) -> None:
         self._queues: list[dict[str, deque[Ticket]]] = [{} for _ in PRIORITIES]
-        self._served: dict[str, float] = {}  # weighted tokens, per tenant
+        self._counters = counters or TenantCounters()
         self._starvation_every = starvation_every
         self._higher_in_a_row = 0
         self.size = 0
 
     def counter(self, tenant: str) -> float:
-        return self._served.get(tenant, 0.0)
+        return self._counters.get(tenant)
 
     def lengths(self) -> list[int]:
         return [sum(len(q) for q in queues.values()) for queues in self._queues]
@@ -61,7 +79,7 @@ class FairScheduler:
         if not any(ticket.tenant in queues for queues in self._queues):
             waiting = [self.counter(t) for queues in self._queues for t in queues]
             if waiting:  # newly active: no credit banked while idle
-                self._served[ticket.tenant] = max(self.counter(ticket.tenant), min(waiting))
+                self._counters.lift(ticket.tenant, min(waiting))
         queue = self._queues[ticket.rank].setdefault(ticket.tenant, deque())
         if front:
             queue.appendleft(ticket)
@@ -84,13 +102,13 @@ class FairScheduler:
     def charge(self, ticket: Ticket) -> None:
         """Counts a dispatched ticket's estimated tokens against its tenant."""
         ticket.charged = ticket.cost
-        self._served[ticket.tenant] = self.counter(ticket.tenant) + ticket.cost / ticket.weight
+        self._counters.add(ticket.tenant, ticket.cost / ticket.weight)
 
     def correct(self, ticket: Ticket, actual_tokens: float) -> None:
         """The stream ended: its actual tokens replace the estimate it was charged."""
         delta = actual_tokens - ticket.charged
         ticket.charged = actual_tokens
-        self._served[ticket.tenant] = self.counter(ticket.tenant) + delta / ticket.weight
+        self._counters.add(ticket.tenant, delta / ticket.weight)
 
     def discard(self, ticket: Ticket) -> None:
         """Removes a ticket that leaves the queue undispatched (shed, or its caller left)."""

@@ -21,6 +21,7 @@ from opentelemetry import trace
 
 from services.common import metadata
 from services.router.config import FairConfig
+from services.router.fair_share import FairShare
 from services.router.fairness import PRIORITIES, FairScheduler, Ticket, priority_rank
 from services.router.pool import ReplicaPool
 from services.router.preempt import Slot, victim
@@ -48,9 +49,17 @@ class _ModelQueue:
 
 
 class FairQueue:
-    def __init__(self, pool: ReplicaPool, config: FairConfig, metrics: QueueMetrics) -> None:
+    def __init__(
+        self,
+        pool: ReplicaPool,
+        config: FairConfig,
+        metrics: QueueMetrics,
+        *,
+        share: FairShare | None = None,
+    ) -> None:
         self._pool = pool
         self._metrics = metrics
+        self._share = share
         self._queues: dict[str, _ModelQueue] = {}
         self.reconfigure(config)
 
@@ -265,7 +274,9 @@ class FairQueue:
     def _queue(self, model: str) -> _ModelQueue:
         if model not in self._queues:
             every = self._config.starvation_every
-            self._queues[model] = _ModelQueue(FairScheduler(starvation_every=every))
+            counters = None if self._share is None else self._share.counters(model)
+            scheduler = FairScheduler(starvation_every=every, counters=counters)
+            self._queues[model] = _ModelQueue(scheduler)
         return self._queues[model]
 
     def _shed(self, model: str, ticket: Ticket, reason: str) -> None:

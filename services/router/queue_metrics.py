@@ -1,5 +1,5 @@
 """Metrics of the fair queue: its length and wait per model and class, sheds by reason,
-tokens dispatched per tenant, and preemptions by class."""
+tokens dispatched per tenant, preemptions by class, and syncs of the shared counters."""
 
 from __future__ import annotations
 
@@ -40,5 +40,12 @@ class QueueMetrics:
             "Streams preempted to free a slot for a higher class, by model, the preempted "
             "stream's class (priority) and the class it gave way to (by)",
             ["model", "priority", "by"],
+            registry=registry,
+        )
+        self.share_syncs = Counter(
+            "tera_router_fair_syncs",
+            "Round trips syncing the fair queue's counters with the other routers through"
+            " Redis, by outcome (ok, failed: scheduling on this router's counters meanwhile)",
+            ["outcome"],
             registry=registry,
         )

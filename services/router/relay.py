@@ -34,6 +34,7 @@ from services.common.telemetry import (
 )
 from services.router.attempt import Attempt, AttemptFailed, Upstream
 from services.router.config import RouterConfig
+from services.router.fair_share import FairShare
 from services.router.fairness import PRIORITIES
 from services.router.hedge import Hedger, first_answer
 from services.router.metrics import RouterMetrics
@@ -62,8 +63,14 @@ class Relay:
         self._pool = pool
         self._metrics = metrics
         self._tracer = trace.get_tracer("tera.router")
-        self._queue = FairQueue(pool, config.fair, QueueMetrics(metrics.registry))
+        queue_metrics = QueueMetrics(metrics.registry)
+        self._share = _fair_share(config, queue_metrics)
+        self._queue = FairQueue(pool, config.fair, queue_metrics, share=self._share)
         self.reconfigure(config)
+
+    async def close(self) -> None:
+        if self._share is not None:
+            await self._share.close()
 
     def reconfigure(self, config: RouterConfig) -> None:
         self._config = config
@@ -353,3 +360,13 @@ def _marks_failure(span: trace.Span) -> Iterator[None]:
     except Preempted as preempted:  # no failure: it gave its slot to a higher class
         span.add_event("preempted", {"tera.by": PRIORITIES[preempted.by]})
         raise
+
+
+def _fair_share(config: RouterConfig, metrics: QueueMetrics) -> FairShare | None:
+    """The fleet's counters for the fair queue, synced from now on; None: this router's
+    own. Set at start: a reload does not turn sharing on or off."""
+    if config.redis is None or not config.fair.queue_size:
+        return None
+    share = FairShare(config.redis, config.fair, metrics)
+    share.start()
+    return share

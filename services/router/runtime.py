@@ -57,4 +57,5 @@ class RouterRuntime:
         for task in self._dns_tasks.values():
             task.cancel()
         await asyncio.gather(*self._dns_tasks.values(), return_exceptions=True)
+        await self.relay.close()
         await self.pool.close()

@@ -41,13 +41,19 @@ return 1
 """
 
 
+def connect(settings: RedisSettings) -> redis.Redis:
+    """A client for the catalog's Redis: each command, and connecting, bounded by its
+    timeout, so an unreachable Redis costs a caller that long at most."""
+    return redis.Redis.from_url(
+        settings.url,
+        socket_timeout=settings.timeout_s,
+        socket_connect_timeout=settings.timeout_s,
+    )
+
+
 class RedisStore:
     def __init__(self, settings: RedisSettings) -> None:
-        self._client = redis.Redis.from_url(
-            settings.url,
-            socket_timeout=settings.timeout_s,
-            socket_connect_timeout=settings.timeout_s,
-        )
+        self._client = connect(settings)
         self._prefix = settings.prefix
         self._take = self._client.register_script(_TAKE)
         self._give_back = self._client.register_script(_GIVE_BACK)
