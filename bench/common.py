@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from devstack.cpu_layout import OMP_BIND, machine_cpus, plan_cpus
 from devstack.engine_args import scripted_engine_args, vllm_engine_args
 from devstack.processes import free_port
 from devstack.stack import Stack, StackPlan
@@ -41,14 +42,19 @@ def stand_in_stack(
     return Stack(plan).start(timeout_s=60)
 
 
-def vllm_plan(model_dir: Path, results: Path, **extra: Any) -> StackPlan:
+def vllm_plan(model_dir: Path, results: Path, *, pinned: bool = True, **extra: Any) -> StackPlan:
     """Edge + router + one vLLM engine on the default model (what vLLM's own server is
-    compared with); `extra` sets other StackPlan fields (env, relay_cpus)."""
+    compared with), laid out on the CPUs as `tera run` does unless not `pinned`; `extra`
+    sets other StackPlan fields (env)."""
+    layout = plan_cpus(machine_cpus(), 1 if pinned else 0)
+    binds = [{OMP_BIND: b} for b in layout.engine_binds if b is not None]
     return StackPlan(
         edge_port=free_port(),
         router_port=free_port(),
         engine_ports=[free_port()],
         engine_args=vllm_engine_args(model_dir, CACHE_DIR),
+        per_engine_env=binds,
+        relay_cpus=layout.relay,
         log_dir=results,
         **extra,
     )

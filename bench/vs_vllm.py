@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import CACHE_DIR, ROOT, vllm_plan
+from devstack.cpu_layout import OMP_BIND, machine_cpus, plan_cpus
 from devstack.processes import ManagedProcess, free_port, wait_until
 from devstack.stack import Stack
 from services.engine.model_prep import DEFAULT_MODEL_ID
@@ -106,7 +107,11 @@ def _models_listed(base_url: str) -> bool:
 
 
 def _start_vllm(model_dir: Path, results: Path) -> tuple[ManagedProcess, str]:
+    """vLLM's server laid out as Tera's stack is (bench.common.vllm_plan): its OpenMP
+    threads on the engine's cores, its API process on the relay's CPU."""
     port = free_port()
+    layout = plan_cpus(machine_cpus(), 1)
+    bind = {OMP_BIND: layout.engine_binds[0]} if layout.engine_binds[0] else {}
     vllm = ManagedProcess(
         "vllm api_server",
         [
@@ -126,8 +131,9 @@ def _start_vllm(model_dir: Path, results: Path) -> tuple[ManagedProcess, str]:
             "bfloat16",
             "--enforce-eager",
         ],
-        env=ENGINE_ENV,
+        env={**ENGINE_ENV, **bind},
         log_path=results / "vllm-server.log",
+        cpus=layout.relay,
     ).start()
     base = f"http://127.0.0.1:{port}"
     try:

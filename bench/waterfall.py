@@ -17,7 +17,6 @@ cost the engine.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -168,13 +167,9 @@ def _body(model: str, max_tokens: int) -> dict:
     }
 
 
-def _relay_placements() -> dict[str, frozenset[int] | None]:
-    """Unconfined, and (with two CPUs or more) on the CPU vLLM's auto-binding reserves."""
-    cpus = sorted(os.sched_getaffinity(0))
-    placements: dict[str, frozenset[int] | None] = {"vllm": None}
-    if len(cpus) >= 2:
-        placements[f"vllm, relay on CPU {cpus[-1]}"] = frozenset(cpus[-1:])
-    return placements
+def _relay_placements() -> dict[str, bool]:
+    """vLLM's own CPU binding with the relay unconfined, and `tera run`'s layout."""
+    return {"vllm, unpinned": False, "vllm, tera run's CPU layout": True}
 
 
 def run(
@@ -200,8 +195,8 @@ def _vllm_rows(
     receiver: OtlpReceiver, results: Path, model_dir: Path, concurrencies: tuple[int, ...]
 ) -> list[dict]:
     out = []
-    for name, cpus in _relay_placements().items():
-        plan = vllm_plan(model_dir, results, env=receiver.env, relay_cpus=cpus)
+    for name, pinned in _relay_placements().items():
+        plan = vllm_plan(model_dir, results, pinned=pinned, env=receiver.env)
         stack = Stack(plan).start(timeout_s=600)
         try:
             for c in concurrencies:

@@ -143,6 +143,12 @@ def group_gone(pgid: int) -> bool:
     """No live process is left in the group. Zombies do not count: an orphaned child is
     reparented to a PID 1 that may reap it late, yet it holds no memory and no port.
     Without /proc (not Linux) this cannot tell, and says gone."""
+    return not group_members(pgid)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group, from /proc."""
+    members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -150,8 +156,8 @@ def group_gone(pgid: int) -> bool:
             continue  # gone meanwhile
         state, group = fields[0], int(fields[2])
         if group == pgid and state != "Z":
-            return False
-    return True
+            members.append(int(stat.parent.name))
+    return members
 
 
 def wait_until(

@@ -20,6 +20,7 @@ from types import FrameType
 
 from devstack.banner import print_banner
 from devstack.certs import ensure_local_certs
+from devstack.cpu_layout import OMP_BIND, machine_cpus, plan_cpus
 from devstack.engine_args import (
     SPEECH_MODEL_ID,
     scripted_engine_args,
@@ -77,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="no mutual TLS between the services (loopback only); by default a local CA "
         "and certificates are made in CACHE_DIR/tls on first start and used",
     )
+    p.add_argument(
+        "--cpu-pinning",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: each vLLM replica's OpenMP threads on their own cores and the edge and "
+        "router on the core left over (devstack/cpu_layout.py); off: vLLM's own binding",
+    )
     _add_restart_flags(p)
     # Tests and benchmarks: stand-in engines (a JSON ScriptedOptions object for every
     # replica, or a list of one per replica) instead of vLLM, and no speech engine.
@@ -132,8 +140,11 @@ def plan_from_catalog(args: argparse.Namespace) -> StackPlan:
     )
     port = args.engine_port
     base = args.catalog.parent
+    vllm_engines: list[int] = []
     for model in catalog.models:
         for _ in range(model.serving.replicas):
+            if model.kind != "speech":
+                vllm_engines.append(len(plan.engine_ports))
             plan.engine_ports.append(port)
             plan.per_engine_args.append(
                 catalog_engine_args(
@@ -148,7 +159,7 @@ def plan_from_catalog(args: argparse.Namespace) -> StackPlan:
             port += 1
         if model.serving.replicas:
             plan.model_ids.append(model.id)
-    return plan
+    return _pinned(plan, vllm_engines, args)
 
 
 def _add_speech_engine(plan: StackPlan, port: int) -> None:
@@ -218,8 +229,22 @@ def default_plan(args: argparse.Namespace, model_dir: Path) -> StackPlan:
         model_ids=[args.model_id],
         responses_db=responses_db(args.cache_dir),
     )
+    _pinned(plan, list(range(args.replicas)), args)
     if not args.no_speech:
         _add_speech_engine(plan, args.engine_port + args.replicas)
+    return plan
+
+
+def _pinned(plan: StackPlan, vllm_engines: list[int], args: argparse.Namespace) -> StackPlan:
+    """Gives the vLLM engines (indices into plan.engine_ports) and the relay their CPUs."""
+    if args.cpu_pinning == "off":
+        return plan
+    layout = plan_cpus(machine_cpus(), len(vllm_engines))
+    plan.per_engine_env = [{} for _ in plan.engine_ports]
+    for i, bind in zip(vllm_engines, layout.engine_binds, strict=True):
+        if bind is not None:
+            plan.per_engine_env[i] = {OMP_BIND: bind}
+    plan.relay_cpus = layout.relay
     return plan
 
 

@@ -30,6 +30,8 @@ class StackPlan:
     engine_args: list[str] = field(default_factory=list)
     # Extra arguments for engine i (e.g. a different scripted behaviour per replica).
     per_engine_args: list[list[str]] = field(default_factory=list)
+    # Extra environment for engine i (e.g. its OpenMP CPUs: devstack/cpu_layout.py).
+    per_engine_env: list[dict[str, str]] = field(default_factory=list)
     model_ids: list[str] = field(default_factory=lambda: [DEFAULT_MODEL_ID])
     router_args: list[str] = field(default_factory=list)
     edge_args: list[str] = field(default_factory=list)
@@ -45,6 +47,10 @@ class StackPlan:
     # CPUs the relay (edge and router) is confined to; None: wherever the OS puts it.
     # The waterfall bench's contention experiment keeps it off vLLM's OpenMP core.
     relay_cpus: frozenset[int] | None = None
+
+    def engine_env(self, port: int) -> dict[str, str]:
+        i = self.engine_ports.index(port)
+        return {**self.env, **(self.per_engine_env[i] if i < len(self.per_engine_env) else {})}
 
     def tls_args(self, service: str) -> list[str]:
         return ["--tls-dir", str(self.tls_dir / service)] if self.tls_dir else []
@@ -94,7 +100,7 @@ class Stack:
                 *plan.tls_args("engine"),
                 *(extra or []),
             ],
-            env=plan.env,
+            env=plan.engine_env(port),
             log_path=self._log(f"engine-{port}"),
         ).start()
         self.engines.append(engine)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import grpc
 
-from devstack.processes import group_gone, wait_until
+from devstack.cpu_layout import machine_cpus, plan_cpus
+from devstack.processes import group_gone, group_members, wait_until
 from devstack.readiness import router_has_replicas
 from services.engine.model_prep import DEFAULT_MODEL_ID
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -24,6 +25,10 @@ async def test_vllm_engine_killed_under_load_comes_back(tmp_path: Path, model_di
     with tera_run(tmp_path, None, replicas=2, args=args, ready_timeout_s=600) as run:
         load = dict(requests=12, concurrency=2, max_tokens=8, model=DEFAULT_MODEL_ID)
         assert (await run_load(run.base_url, **load)).summary()["succeeded"] == 12
+        binds = plan_cpus(machine_cpus(), 2).engine_binds
+        for i, bind in enumerate(binds):  # not both replicas on vLLM's auto-bound core 0
+            expected = {int(c) for c in bind.split(",")} if bind else None
+            assert expected is None or expected in _thread_cpus(run.pids(run.engine(i))[0])
         victim = run.engine(0)
         old = run.pids(victim)[0]
         os.kill(old, signal.SIGKILL)
@@ -35,6 +40,19 @@ async def test_vllm_engine_killed_under_load_comes_back(tmp_path: Path, model_di
             wait_until, lambda: router_has_replicas(run.router, 2), timeout_s=300, what="rejoin"
         )
         assert (await run_load(run.base_url, **load)).summary()["succeeded"] == 12
+
+
+def _thread_cpus(pgid: int) -> list[set[int]]:
+    """The CPU sets of every thread of the process group (an engine and its EngineCore,
+    whose OpenMP threads are bound)."""
+    found = []
+    for pid in group_members(pgid):
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                found.append(os.sched_getaffinity(int(task.name)))
+            except OSError:
+                continue  # gone meanwhile
+    return found
 
 
 def _engine_holding_streams(run: TeraRun, engines: int, timeout_s: float = 180) -> int:
