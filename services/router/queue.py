@@ -20,8 +20,9 @@ import grpc
 from opentelemetry import trace
 
 from services.common import metadata
+from services.common.priority import PRIORITIES, priority_rank
 from services.router.config import FairConfig
-from services.router.fairness import PRIORITIES, FairScheduler, Ticket, priority_rank
+from services.router.fairness import FairScheduler, Ticket
 from services.router.pool import ReplicaPool
 from services.router.preempt import Slot, victim
 from services.router.queue_metrics import QueueMetrics
