@@ -42,7 +42,7 @@ class EngineServicer(pb_grpc.EngineServicer):
         priority = priority_rank(dict(context.invocation_metadata() or ()).get(metadata.PRIORITY))
         stream = self._admitted(lambda: self._backend.generate(request, priority=priority))
         observed = observe_generation(
-            request, coalesce(stream, window_ms / 1000), system=self._system
+            request, coalesce(stream, window_ms / 1000), system=self._system, priority=priority
         )
         with self._admission.handed_off_at_grace():
             async for message in _abort_on_error(observed, context, self._admission):

@@ -21,6 +21,7 @@ from opentelemetry import trace
 
 from services.common import metadata
 from services.common.priority import PRIORITIES, priority_rank
+from services.common.telemetry import PRIORITY
 from services.router.config import FairConfig
 from services.router.fairness import FairScheduler, Ticket
 from services.router.pool import ReplicaPool
@@ -134,7 +135,7 @@ class FairQueue:
         try:
             # Queue time as its own span in the call's trace.
             with _tracer.start_as_current_span(
-                "queue", attributes={"tera.priority": PRIORITIES[ticket.rank]}
+                "queue", attributes={PRIORITY: PRIORITIES[ticket.rank]}
             ):
                 async with asyncio.timeout(limit):
                     await future
