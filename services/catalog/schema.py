@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from services.common.priority import Priority
+
 ModelKind = Literal["chat", "completion", "speech"]
-# The router's fair-queue classes, highest first (services/router/fairness.py).
-Priority = Literal["interactive", "standard", "batch"]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 

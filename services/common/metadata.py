@@ -12,6 +12,7 @@ HANDOFF = "tera-handoff"
 # name), its share weight, its class, and its estimated tokens. With router auth on, the
 # router trusts the tenant only from a caller whose client certificate names an edge
 # (RouterConfig.auth.edge_identities).
+# The router forwards them to the engine, which schedules by the class in vLLM.
 TENANT = "tera-tenant"
 WEIGHT = "tera-weight"
 PRIORITY = "tera-priority"

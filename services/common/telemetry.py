@@ -33,6 +33,7 @@ GEN_AI_FINISH_REASONS = "gen_ai.response.finish_reasons"
 GEN_AI_RESPONSE_ID = "gen_ai.response.id"
 TTFT = "tera.time_to_first_token_s"
 QUEUE_TIME = "tera.queue_time_s"
+PRIORITY = "tera.priority"  # the request's class (router queue, engine scheduler)
 REPLICA = "tera.replica.address"
 ATTEMPT = "tera.attempt"
 RETRY_REASON = "tera.retry.reason"

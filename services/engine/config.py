@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -24,6 +25,10 @@ class VllmOptions(BaseModel):
     # Publish the prefix cache's contents to routers (vLLM KV events, ipc socket only).
     kv_events: bool = True
     quantization: str | None = None
+    # vLLM's scheduler: "priority" runs waiting requests by class (the caller's
+    # tera-priority), then by arrival; "fcfs" by arrival only. With one class both
+    # order alike (see README, Priority classes).
+    scheduling_policy: Literal["fcfs", "priority"] = "priority"
     # CPU only: GiB of RAM for the KV cache (VLLM_CPU_KVCACHE_SPACE).
     cpu_kv_cache_gib: int = 1
 

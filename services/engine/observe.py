@@ -9,12 +9,17 @@ from collections.abc import AsyncIterator
 from opentelemetry import trace
 
 from services.common import telemetry as t
+from services.common.priority import PRIORITIES
 from services.common.wire import FINISH_REASON_NAMES
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 
 async def observe_generation(
-    request: pb.GenerateRequest, stream: AsyncIterator[pb.GenerateResponse], *, system: str
+    request: pb.GenerateRequest,
+    stream: AsyncIterator[pb.GenerateResponse],
+    *,
+    system: str,
+    priority: int,
 ) -> AsyncIterator[pb.GenerateResponse]:
     span = trace.get_current_span()
     if not span.is_recording():  # tracing off: no per-message work at all
@@ -29,6 +34,7 @@ async def observe_generation(
             if request.WhichOneof("input") == "chat"
             else "text_completion",
             t.GEN_AI_REQUEST_MODEL: request.model,
+            t.PRIORITY: PRIORITIES[priority],  # the class the backend scheduled it by
             **({t.GEN_AI_REQUEST_MAX_TOKENS: s.max_tokens} if s.HasField("max_tokens") else {}),
             **({t.GEN_AI_REQUEST_TEMPERATURE: s.temperature} if s.HasField("temperature") else {}),
         }

@@ -11,6 +11,7 @@ import grpc
 
 from services.common import metadata
 from services.common.bounded import clip_message
+from services.common.priority import priority_rank
 from services.engine.admission import InFlightLimit
 from services.engine.backends.base import Backend
 from services.engine.coalesce import coalesce
@@ -37,9 +38,11 @@ class EngineServicer(pb_grpc.EngineServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         window_ms = request.coalesce_window_ms or self._default_coalesce_ms
-        stream = self._admitted(lambda: self._backend.generate(request))
+        # The class the router or edge vouched for (the engine trusts its callers).
+        priority = priority_rank(dict(context.invocation_metadata() or ()).get(metadata.PRIORITY))
+        stream = self._admitted(lambda: self._backend.generate(request, priority=priority))
         observed = observe_generation(
-            request, coalesce(stream, window_ms / 1000), system=self._system
+            request, coalesce(stream, window_ms / 1000), system=self._system, priority=priority
         )
         with self._admission.handed_off_at_grace():
             async for message in _abort_on_error(observed, context, self._admission):

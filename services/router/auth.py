@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from pydantic import BaseModel, Field, model_validator
 
-from services.catalog.schema import Limits, Priority
+from services.catalog.schema import Limits
 from services.catalog.schema import Redis as RedisSettings
 from services.common import metadata
+from services.common.priority import Priority
 from services.router.wire import model_of
 from services.tenancy.keys import KeyStore, Tenant
 

@@ -7,9 +7,9 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from services.catalog.schema import Redis as RedisSettings
+from services.common.priority import PRIORITIES
 from services.common.tls import TLSConfig, require_tls_off_loopback
 from services.router.auth import AuthConfig
-from services.router.fairness import PRIORITIES
 from services.router.policies import check_policy_name, create_policy
 
 

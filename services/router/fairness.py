@@ -16,13 +16,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-PRIORITIES = ("interactive", "standard", "batch")  # dispatch order
-DEFAULT_PRIORITY = "standard"
-
-
-def priority_rank(name: str | None) -> int:
-    """The class's index in PRIORITIES; an unknown or missing name is `standard`."""
-    return PRIORITIES.index(name) if name in PRIORITIES else PRIORITIES.index(DEFAULT_PRIORITY)
+from services.common.priority import PRIORITIES
 
 
 @dataclass(eq=False)

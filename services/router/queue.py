@@ -20,9 +20,11 @@ import grpc
 from opentelemetry import trace
 
 from services.common import metadata
+from services.common.priority import PRIORITIES, priority_rank
+from services.common.telemetry import PRIORITY
 from services.router.config import FairConfig
 from services.router.fair_share import FairShare
-from services.router.fairness import PRIORITIES, FairScheduler, Ticket, priority_rank
+from services.router.fairness import FairScheduler, Ticket
 from services.router.pool import ReplicaPool
 from services.router.preempt import Slot, victim
 from services.router.queue_metrics import QueueMetrics
@@ -142,7 +144,7 @@ class FairQueue:
         try:
             # Queue time as its own span in the call's trace.
             with _tracer.start_as_current_span(
-                "queue", attributes={"tera.priority": PRIORITIES[ticket.rank]}
+                "queue", attributes={PRIORITY: PRIORITIES[ticket.rank]}
             ):
                 async with asyncio.timeout(limit):
                     await future

@@ -23,6 +23,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from services.common import metadata
+from services.common.priority import PRIORITIES
 from services.common.telemetry import (
     ATTEMPT,
     GEN_AI_REQUEST_MODEL,
@@ -35,7 +36,6 @@ from services.common.telemetry import (
 from services.router.attempt import Attempt, AttemptFailed, Upstream
 from services.router.config import RouterConfig
 from services.router.fair_share import FairShare
-from services.router.fairness import PRIORITIES
 from services.router.hedge import Hedger, first_answer
 from services.router.metrics import RouterMetrics
 from services.router.policies import LoadBalancingPolicy, RouteRequest, create_policy

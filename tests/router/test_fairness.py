@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from services.router.fairness import FairScheduler, Ticket, priority_rank
+from services.common.priority import priority_rank
+from services.router.fairness import FairScheduler, Ticket
 
 
 def ticket(tenant: str, *, weight: float = 1.0, cls: str = "standard", cost: float = 100) -> Ticket:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.common.priority import DEFAULT_RANK
 from services.engine.errors import EngineError
 from services.engine.prefix_cache import PrefixCacheFeed
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -40,7 +41,10 @@ class Backend(abc.ABC):
         """What the backend's prefix cache holds, if it has one routers can watch."""
         return None
 
-    def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+    def generate(
+        self, request: pb.GenerateRequest, *, priority: int = DEFAULT_RANK
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """`priority`: the caller's class, as its rank in PRIORITIES (0: highest)."""
         raise EngineError(grpc.StatusCode.UNIMPLEMENTED, "this engine does not generate text")
 
     def synthesize(self, request: pb.SynthesizeRequest) -> AsyncIterator[pb.SynthesizeResponse]:

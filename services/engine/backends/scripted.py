@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from services.common.priority import DEFAULT_RANK
 from services.common.word_tokens import prompt_token_ids
 from services.engine.backends.base import Backend, BackendLoad
 from services.engine.backends.scripted_cache import SimulatedPrefixCache
@@ -66,7 +67,10 @@ class ScriptedBackend(Backend):
     def load(self) -> BackendLoad:
         return BackendLoad(running=self._running)
 
-    async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+    async def generate(
+        self, request: pb.GenerateRequest, *, priority: int = DEFAULT_RANK
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        # The stand-in streams every call at once: a class changes nothing here.
         if self._script.exit_on_request:
             os._exit(3)  # a crash on cue, for the supervisor's tests
         self._requests_seen += 1

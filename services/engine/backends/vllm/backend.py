@@ -16,6 +16,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from services.common.bounded import clip
+from services.common.priority import DEFAULT_RANK
 from services.common.telemetry import inject_headers, tracing_enabled
 from services.engine.backends.base import Backend, BackendLoad
 from services.engine.backends.vllm.chat import prepare_chat
@@ -105,7 +106,9 @@ class VllmBackend(Backend):
         # live (an aborted request leaves it at once).
         return dataclasses.replace(snapshot, running=self._engine.get_num_unfinished_requests())
 
-    async def generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+    async def generate(
+        self, request: pb.GenerateRequest, *, priority: int = DEFAULT_RANK
+    ) -> AsyncIterator[pb.GenerateResponse]:
         model = self._require_model()
         prepared = await self._prepare(model, request)
         if request.continuation.choices:
@@ -121,6 +124,7 @@ class VllmBackend(Backend):
                 prepared.params,
                 vllm_id,
                 trace_headers=trace_headers,
+                **self._scheduling(priority),
                 **prepared.generate_kwargs,
             ):
                 yield prepared.translator.translate(out)
@@ -130,6 +134,12 @@ class VllmBackend(Backend):
             raise invalid_argument(str(exc), param=getattr(exc, "parameter", None)) from exc
         except EngineDeadError as exc:
             raise EngineError(grpc.StatusCode.INTERNAL, f"the engine died: {exc}") from exc
+
+    def _scheduling(self, priority: int) -> dict[str, int]:
+        """vLLM's `priority` (lower runs first, as class ranks do), under its priority
+        policy only: fcfs ignores it in vLLM 0.32, and other releases refuse a non-zero
+        one under fcfs."""
+        return {"priority": priority} if self._config.vllm.scheduling_policy == "priority" else {}
 
     async def _prepare(self, model: LoadedModel, request: pb.GenerateRequest) -> Prepared:
         try:

@@ -39,6 +39,7 @@ def engine_args(config: EngineConfig, kv_events_endpoint: str | None = None) -> 
         gpu_memory_utilization=opts.gpu_memory_utilization,
         tensor_parallel_size=opts.tensor_parallel_size,
         pipeline_parallel_size=opts.pipeline_parallel_size,
+        scheduling_policy=opts.scheduling_policy,
         kv_events_config=events_config(kv_events_endpoint) if kv_events_endpoint else None,
         # Structured outputs and penalties across a resumed stream (resumed_logits.py).
         logits_processors=[GRAMMAR_PROCESSOR],
