@@ -48,8 +48,13 @@ class StepResult:
     added_itl_p99_ms: float
     added_latency_p50_ms: float
     added_latency_p99_ms: float
+    # Above 1 with coalescing off: the engine fell behind and sent several tokens at once,
+    # which makes each token cheaper to relay than one per message.
+    tokens_per_chunk: float
     edge_cpu_per_1k: float
     router_cpu_per_1k: float
+    # The figure: edge + router cores that 10,000 streamed tokens/s would keep busy.
+    relay_cores_per_10k: float
     # Cores busy during the step, per process: all four share the machine's two.
     cores: dict[str, float]
     errors: int
@@ -82,6 +87,7 @@ _STAMP = re.compile(rb"@(\d+)")
 class _Timings:
     itl_ms: list[float]
     latency_ms: list[float]
+    chunks: int = 0
 
 
 async def _stream(
@@ -107,6 +113,7 @@ async def _stream(
                 timings.itl_ms.append((delay_us - previous) / 1000)
             previous = delay_us
             received += len(stamps)
+            timings.chunks += 1
     return received, received == tokens
 
 
@@ -147,8 +154,10 @@ async def _step(stack: Stack, streams: int, rate: float) -> StepResult:
         added_itl_p99_ms=percentile(timings.itl_ms, 99),
         added_latency_p50_ms=percentile(timings.latency_ms, 50),
         added_latency_p99_ms=percentile(timings.latency_ms, 99),
+        tokens_per_chunk=total / max(timings.chunks, 1),
         edge_cpu_per_1k=cpu["edge"] / thousands,
         router_cpu_per_1k=cpu["router"] / thousands,
+        relay_cores_per_10k=(cpu["edge"] + cpu["router"]) / thousands * 10,
         cores={name: round(seconds / wall, 2) for name, seconds in cpu.items()},
         errors=sum(1 for _, ok in outcomes if not ok),
     )

@@ -134,13 +134,15 @@ async def _relay(
     call: grpc.aio.UnaryStreamCall, idle_timeout_s: float, *, known_model: bool
 ) -> AsyncIterator[Any]:
     committed = False
+    idle = _IdleWatch(call, idle_timeout_s)
     try:
         while True:
+            idle.reading()
             try:
-                # asyncio.timeout, unlike wait_for, creates no task per message.
-                async with asyncio.timeout(idle_timeout_s):
-                    message = await call.read()
-            except TimeoutError:
+                message = await call.read()
+            except asyncio.CancelledError:
+                if not idle.expired or _cancelling():
+                    raise
                 raise OpenAIError(
                     504,
                     f"The model sent nothing for {idle_timeout_s:.0f} s.",
@@ -149,9 +151,48 @@ async def _relay(
                 ) from None
             if message is grpc.aio.EOF:
                 return
+            idle.read()
             committed = True
             yield message
     except grpc.aio.AioRpcError as exc:
         raise from_grpc(exc, committed=committed, known_model=known_model) from exc
     finally:
+        idle.close()
         call.cancel()
+
+
+class _IdleWatch:
+    """Cancels a call whose pending read has waited `limit` s. One timer per stream,
+    re-armed only when it fires: asyncio.timeout around each read made and cancelled a
+    timer per message, and looked up the running loop and task (a getpid each) twice."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall, limit: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._call = call
+        self._limit = limit
+        self._since: float | None = None  # when the pending read began; None: not reading
+        self.expired = False
+        self._timer = self._loop.call_later(limit, self._check)
+
+    def reading(self) -> None:
+        self._since = self._loop.time()
+
+    def read(self) -> None:
+        self._since = None  # the caller's own waits (a slow client) are not the model's
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self._since is not None and now - self._since >= self._limit:
+            self.expired = True
+            self._call.cancel()  # the pending read raises CancelledError
+            return
+        self._timer = self._loop.call_at((self._since or now) + self._limit, self._check)
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+
+def _cancelling() -> bool:
+    """Whether the task itself is being cancelled, which must win over an idle timeout."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
