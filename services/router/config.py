@@ -100,6 +100,14 @@ class FairConfig(BaseModel):
     preempt: bool = True
     # Times one stream may be preempted; then it runs to its end, so it does finish.
     max_preemptions: int = Field(2, ge=0)
+    # Within a class: a request that waits while its tenant holds fewer slots than its
+    # weighted share (among the class's active tenants) takes the slot of the latest
+    # stream of a tenant over its share, if that tenant keeps its share (fair_share.py).
+    # Without it a same-class request waits for a whole stream to end. Needs `preempt`.
+    preempt_for_share: bool = True
+    # A stream runs at least this long before it yields for fair share: a request that
+    # arrives meanwhile waits for it, and a stream's prefill is not thrown away at once.
+    share_min_run_s: float = Field(0.2, ge=0.0)
 
     @model_validator(mode="after")
     def _classes_known(self) -> FairConfig:

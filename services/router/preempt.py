@@ -64,14 +64,12 @@ def victim(running: set[Slot], rank: int, max_times: int) -> Slot | None:
     """The stream to preempt for a request of class `rank`: of the preemptable streams of
     a lower class, the lowest class, and within it the one dispatched last (it has the
     least done, so the least to replay as prompt)."""
-    candidates = [
-        s
-        for s in running
-        if s.call is not None
-        and s.preempted_by is None
-        and s.ticket.rank > rank
-        and s.times < max_times
-    ]
+    candidates = [s for s in running if preemptable(s, max_times) and s.ticket.rank > rank]
     if not candidates:
         return None
     return max(candidates, key=lambda s: (s.ticket.rank, s.ticket.started or 0.0))
+
+
+def preemptable(slot: Slot, max_times: int) -> bool:
+    """Committed, continuable, not yielding already, and under `max_preemptions`."""
+    return slot.call is not None and slot.preempted_by is None and slot.times < max_times
