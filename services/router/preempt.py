@@ -13,6 +13,8 @@ journal, so the caller sees a pause and no token lost or repeated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -58,6 +60,18 @@ class Slot:
             return
         by, self.preempted_by = self.preempted_by, None
         raise Preempted(replica, by)
+
+
+@contextlib.contextmanager
+def yielding(slot: Slot | None, replica: str) -> Iterator[None]:
+    """Around a stream's upstream reads: the CancelledError of a call the queue cancelled
+    comes out as Preempted; the caller's own cancellation goes on as it is."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        if slot is not None:
+            slot.check(replica)
+        raise
 
 
 def victim(running: set[Slot], rank: int, max_times: int) -> Slot | None:

@@ -63,7 +63,11 @@ class Answer:
 @pytest.fixture
 def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Fleet:
     def start(
-        slots: int, env: dict[str, str] | None = None, resume: dict | None = None, **fair: object
+        slots: int,
+        env: dict[str, str] | None = None,
+        resume: dict | None = None,
+        engines: list[dict] | None = None,
+        **fair: object,
     ) -> RunningStack:
         router = tmp_path / "router.yaml"
         settings = {**ROUTER, "fair": {**ROUTER["fair"], **fair}, "resume": resume or {}}
@@ -71,9 +75,12 @@ def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Fleet:
         catalog = tmp_path / "catalog.yaml"
         keys = [{"name": n, "key": f"sk-{n}", **extra} for n, extra in KEYS.items()]
         catalog.write_text(yaml.safe_dump({"models": [{"id": SCRIPTED_MODEL}], "keys": keys}))
+        behaviours = engines or [ENGINE]
         stack = scripted_stack(
-            engines=1,
-            per_engine_args=[["--scripted", json.dumps(ENGINE), "--max-in-flight", str(slots)]],
+            engines=len(behaviours),
+            per_engine_args=[
+                ["--scripted", json.dumps(b), "--max-in-flight", str(slots)] for b in behaviours
+            ],
             router_args=["--config", str(router), "--metrics-port", str(free_port())],
             edge_args=["--catalog", str(catalog)],
             env=env or {},
@@ -294,3 +301,27 @@ async def test_a_tenant_at_its_share_is_not_preempted_for_another(fleet: Fleet) 
     for answer in await asyncio.gather(second, *noisy):
         await assert_unpreempted(answer, tokens=40)
     assert router_metric(stack, "tera_router_preemptions_total") == 0
+
+
+async def test_a_stream_resumed_after_a_fault_can_still_be_preempted(fleet: Fleet) -> None:
+    """Two replicas of one slot that cut every call after 10 tokens (5 tokens/s): a batch
+    stream of 20 tokens is cut at 2 s and resumed on the other replica (its last 10
+    tokens are not cut); a standard stream of 10 then takes the first replica. An
+    interactive request takes the slot of the lowest class, the resumed batch stream
+    (before, a resumed stream was never preemptable: the standard one went instead),
+    and every answer matches the unfailed, unpreempted stream."""
+    faulty = {**ENGINE, "tokens_per_second": 5, "fail_after_tokens": 10}
+    stack = fleet(slots=1, engines=[faulty, faulty])
+    base = stack.base_url
+    batch = asyncio.create_task(ask(base, "sk-bulk", 20))
+    await asyncio.sleep(2.3)  # cut at ~2 s and resumed
+    assert router_metric(stack, "tera_router_resumes_total", reason="internal") == 1
+    standard = asyncio.create_task(ask(base, "sk-quiet", 10))
+    await asyncio.sleep(0.5)
+    inter = await ask(base, "sk-inter", 2)
+    await assert_unpreempted(await batch, tokens=20)
+    await assert_unpreempted(await standard, tokens=10)
+    print(f"\n[preempt] interactive TTFT {inter.ttft:.3f} s beside a resumed stream")
+    assert inter.error is None and inter.ttft is not None and inter.ttft <= BOUND_S
+    assert router_metric(stack, "tera_router_preemptions_total", priority="batch") == 1
+    assert router_metric(stack, "tera_router_preemptions_total", priority="standard") == 0
