@@ -162,7 +162,7 @@ class FairQueue:
 
     def _preempt_for(self, model: str, q: _ModelQueue, rank: int) -> None:
         """A request of class `rank` has to wait: a stream of a lower class gives up its
-        slot to it."""
+        slot to it, or else, within a class, one of a tenant over its fair share."""
         if not self._config.preempt:
             return
         slot = victim(q.running, rank, self._config.max_preemptions)

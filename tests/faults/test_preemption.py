@@ -266,7 +266,7 @@ async def test_a_quiet_tenant_takes_a_slot_from_a_same_class_flood(
     base = stack.base_url
     alone = await unloaded_ttft(base)
     noisy = [asyncio.create_task(ask(base, "sk-noisy", BATCH_TOKENS)) for _ in range(6)]
-    await asyncio.sleep(0.6)  # two noisy streams hold the slots, past share_min_run_s
+    await asyncio.sleep(0.6)  # two noisy streams hold the slots, committed
     quiet = []
     for _ in range(3):
         quiet.append(await ask(base, "sk-quiet", 5))
@@ -295,7 +295,7 @@ async def test_a_tenant_at_its_share_is_not_preempted_for_another(fleet: Fleet) 
     first = asyncio.create_task(ask(base, "sk-quiet", BATCH_TOKENS))
     await asyncio.sleep(0.3)
     noisy = [asyncio.create_task(ask(base, "sk-noisy", 40)) for _ in range(3)]
-    await asyncio.sleep(0.6)  # every stream past share_min_run_s
+    await asyncio.sleep(0.6)  # every stream committed
     second = asyncio.create_task(ask(base, "sk-quiet", 40))
     await assert_unpreempted(await first)
     for answer in await asyncio.gather(second, *noisy):
