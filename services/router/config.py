@@ -102,7 +102,7 @@ class FairConfig(BaseModel):
     max_preemptions: int = Field(2, ge=0)
     # Within a class: a request that waits while its tenant holds fewer slots than its
     # weighted share (among the class's active tenants) takes the slot of the latest
-    # stream of a tenant over its share, if that tenant keeps its share (fair_share.py).
+    # stream of a tenant over its share, if that tenant keeps its share (share_preempt.py).
     # Without it a same-class request waits for a whole stream to end. Needs `preempt`.
     preempt_for_share: bool = True
     # A stream runs at least this long before it yields for fair share, so its prefill

@@ -22,7 +22,7 @@ from opentelemetry import trace
 
 from services.common import metadata
 from services.router.config import FairConfig
-from services.router.fair_share import ClassLoad, plan
+from services.router.share_preempt import ClassLoad, plan
 from services.router.fairness import PRIORITIES, FairScheduler, Ticket, priority_rank
 from services.router.pool import ReplicaPool
 from services.router.preempt import Slot, victim
@@ -178,7 +178,7 @@ class FairQueue:
 
     def _preempt_for_share(self, model: str, q: _ModelQueue) -> None:
         """Within each class with waiting requests, streams of tenants over their share
-        give their slots to waiting tenants under theirs (fair_share.py); the slot freed
+        give their slots to waiting tenants under theirs (share_preempt.py); the slot freed
         is promised to that tenant. A stream too young to yield is looked at again when
         it comes of age (a timer, not polling)."""
         if not (self._config.preempt and self._config.preempt_for_share):

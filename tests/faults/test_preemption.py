@@ -7,7 +7,7 @@ in process, as in test_resume.py), with a pause and no error; the interactive ca
 time to first token must stay near its unloaded figure (a step or two of the stand-in,
 plus the path through edge and router), not the rest of a 3-second batch stream.
 Within one class the same holds for a tenant under its fair share of the slots while
-another holds more than its share (fair_share.py), and never the other way round.
+another holds more than its share (share_preempt.py), and never the other way round.
 """
 
 from __future__ import annotations

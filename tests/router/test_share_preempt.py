@@ -1,4 +1,4 @@
-"""Fair-share preemption's choice alone (services/router/fair_share.py): shares by
+"""Fair-share preemption's choice alone (services/router/share_preempt.py): shares by
 weight, the victim guard, and the minimum run time."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from services.router.fair_share import ClassLoad, plan
+from services.router.share_preempt import ClassLoad, plan
 from services.router.fairness import Ticket
 from services.router.preempt import Slot
 
