@@ -22,12 +22,12 @@ from opentelemetry import trace
 
 from services.common import metadata
 from services.router.config import FairConfig
-from services.router.share_preempt import ClassLoad, plan
 from services.router.fairness import PRIORITIES, FairScheduler, Ticket, priority_rank
 from services.router.pool import ReplicaPool
 from services.router.preempt import Slot, victim
 from services.router.queue_metrics import QueueMetrics
 from services.router.refusal import Refusal
+from services.router.share_preempt import ClassLoad, plan
 from services.router.wire import usage_of
 
 _HOLD_EWMA = 0.2

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from services.router.share_preempt import ClassLoad, plan
 from services.router.fairness import Ticket
 from services.router.preempt import Slot
+from services.router.share_preempt import ClassLoad, plan
 
 NOW = 100.0
 STANDARD = 1
