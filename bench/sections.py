@@ -135,20 +135,26 @@ def fairness_part(args: argparse.Namespace, results: Path, report: dict) -> list
     report["fairness"] = rows = fairness.run(results)
     columns = ["setting", "tenants", "ref_p50_ttft_ms", "ref_p99_ttft_ms", "flood_p50_ttft_ms"]
     columns += ["flood_p99_ttft_ms", "p99_ratio", "protected_refused", "flooder_req_per_s"]
+    columns += ["flooder_shed", "flood_tok_per_s", "flood_only_tok_per_s", "utilisation"]
+    ratios = fairness.preemption_ratios(rows)
+    ratios += fairness.preemption_ratios(rows, fairness.CLASS_PREEMPTION)
     return [
         "## Fair sharing under overload (2 stand-in replicas x 2 slots, 20 tok/s; the "
-        "protected tenant steady at 1 request / 0.3 s, the other steady, then flooding 10x)\n",
-        table(rows, [*columns, "flooder_shed"]),
+        "protected tenant steady at 1 request / 0.3 s, the other steady, then flooding 10x; "
+        "utilisation: output tok/s in the flood over the flooder's alone)\n",
+        table(rows, columns),
         "",
-        "Preemption, off vs on (the protected tenant's TTFT in the flood; a preemption needs "
-        "a lower class, so it shows for interactive vs batch only):\n",
-        table(fairness.preemption_ratios(rows), PREEMPTION_COLUMNS),
+        "Preemption, off (or across classes only) vs on with fair share (the protected "
+        "tenant's TTFT in the flood; targets: on_p99_over_ref <= 1.5, on_utilisation >= "
+        "0.95):\n",
+        table(ratios, PREEMPTION_COLUMNS),
         "",
     ]
 
 
-PREEMPTION_COLUMNS = ["tenants", "off_p50_ms", "on_p50_ms", "p50_off_over_on"]
-PREEMPTION_COLUMNS += ["off_p99_ms", "on_p99_ms", "p99_off_over_on"]
+PREEMPTION_COLUMNS = ["tenants", "off", "off_p50_ms", "on_p50_ms", "p50_off_over_on"]
+PREEMPTION_COLUMNS += ["off_p99_ms", "on_p99_ms", "p99_off_over_on", "on_p99_over_ref"]
+PREEMPTION_COLUMNS += ["on_utilisation"]
 
 
 def recovery_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:

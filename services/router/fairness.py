@@ -86,8 +86,17 @@ class FairScheduler:
         rank = self._rank_to_serve(lowest_rank)
         if rank is None:
             return None
-        queues = self._queues[rank]
-        tenant = min(queues, key=self.counter)
+        return self._dispatch(rank, min(self._queues[rank], key=self.counter))
+
+    def pop_for(self, rank: int, tenant: str) -> Ticket | None:
+        """The tenant's next ticket of class `rank`, charged; None if it has none waiting.
+        For a slot taken back for that tenant (fair-share preemption), which the counter
+        order alone might hand to the tenant it was taken from, on a tie."""
+        if tenant not in self._queues[rank]:
+            return None
+        return self._dispatch(rank, tenant)
+
+    def _dispatch(self, rank: int, tenant: str) -> Ticket:
         ticket = self._take(rank, tenant, newest=False)
         if not ticket.requeued:  # a continuation was charged when it first went
             self.charge(ticket)

@@ -13,6 +13,8 @@ journal, so the caller sees a pause and no token lost or repeated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -60,18 +62,28 @@ class Slot:
         raise Preempted(replica, by)
 
 
+@contextlib.contextmanager
+def yielding(slot: Slot | None, replica: str) -> Iterator[None]:
+    """Around a stream's upstream reads: the CancelledError of a call the queue cancelled
+    comes out as Preempted; the caller's own cancellation goes on as it is."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        if slot is not None:
+            slot.check(replica)
+        raise
+
+
 def victim(running: set[Slot], rank: int, max_times: int) -> Slot | None:
     """The stream to preempt for a request of class `rank`: of the preemptable streams of
     a lower class, the lowest class, and within it the one dispatched last (it has the
     least done, so the least to replay as prompt)."""
-    candidates = [
-        s
-        for s in running
-        if s.call is not None
-        and s.preempted_by is None
-        and s.ticket.rank > rank
-        and s.times < max_times
-    ]
+    candidates = [s for s in running if preemptable(s, max_times) and s.ticket.rank > rank]
     if not candidates:
         return None
     return max(candidates, key=lambda s: (s.ticket.rank, s.ticket.started or 0.0))
+
+
+def preemptable(slot: Slot, max_times: int) -> bool:
+    """Committed, continuable, not yielding already, and under `max_preemptions`."""
+    return slot.call is not None and slot.preempted_by is None and slot.times < max_times

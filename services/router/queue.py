@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from services.router.pool import ReplicaPool
 from services.router.preempt import Slot, victim
 from services.router.queue_metrics import QueueMetrics
 from services.router.refusal import Refusal
+from services.router.share_preempt import ClassLoad, plan
 from services.router.wire import usage_of
 
 _HOLD_EWMA = 0.2
@@ -47,6 +49,9 @@ class _ModelQueue:
     waiters: dict[Ticket, asyncio.Future[None]] = field(default_factory=dict)
     pending: int = 0  # dispatched, not yet holding a slot on a replica
     running: set[Slot] = field(default_factory=set)  # streams that may be preempted
+    holding: set[Ticket] = field(default_factory=set)  # dispatched, not yet done
+    promised: Counter[tuple[int, str]] = field(default_factory=Counter)  # (rank, tenant)
+    wake: asyncio.TimerHandle | None = None  # a stream comes of age for fair share
     hold_s: float | None = None  # how long a request holds a slot (EWMA)
 
 
@@ -100,10 +105,11 @@ class FairQueue:
         requests and never shed: its caller is waiting mid-answer."""
         q = self._queue(model)
         ticket.requeued = True
+        q.holding.discard(ticket)
         if ticket.started is not None:  # its whole hold feeds the drain rate, at its end
             ticket.held_s += time.monotonic() - ticket.started
         if not self._pool.candidates(model) or (q.scheduler.size == 0 and self._free(model, q) > 0):
-            ticket.started = time.monotonic()
+            self._hold(q, ticket)
             return
         await self._wait(model, q, ticket, None, front=True)
 
@@ -167,15 +173,70 @@ class FairQueue:
 
     def _preempt_for(self, model: str, q: _ModelQueue, rank: int) -> None:
         """A request of class `rank` has to wait: a stream of a lower class gives up its
-        slot to it."""
+        slot to it, or else, within a class, one of a tenant over its fair share."""
         if not self._config.preempt:
             return
         slot = victim(q.running, rank, self._config.max_preemptions)
         if slot is None:
+            self._preempt_for_share(model, q)
             return
+        self._preempt(model, slot, rank)
+
+    def _preempt(self, model: str, slot: Slot, rank: int) -> None:
         slot.preempt(rank)
         victim_class, by = PRIORITIES[slot.ticket.rank], PRIORITIES[rank]
         self._metrics.preemptions.labels(model, victim_class, by).inc()
+
+    def _preempt_for_share(self, model: str, q: _ModelQueue) -> None:
+        """Within each class with waiting requests, streams of tenants over their share
+        give their slots to waiting tenants under theirs (share_preempt.py); the slot freed
+        is promised to that tenant. A stream too young to yield is looked at again when
+        it comes of age (a timer, not polling)."""
+        if not (self._config.preempt and self._config.preempt_for_share):
+            return
+        now, wakes = time.monotonic(), []
+        limits = (self._config.max_preemptions, self._config.share_min_run_s, now)
+        for rank in sorted({t.rank for t, f in q.waiters.items() if not f.done()}):
+            chosen, later = plan(self._class_load(q, rank), q.running, rank, *limits)
+            for slot, tenant in chosen:
+                q.promised[(rank, tenant)] += 1
+                self._preempt(model, slot, rank)
+            wakes += [] if later is None else [later]
+        if wakes:
+            self._wake_at(model, q, _loop_time(min(wakes)))
+
+    def _wake_at(self, model: str, q: _ModelQueue, when: float) -> None:
+        if q.wake is not None and q.wake.when() <= when:
+            return  # an earlier look comes first
+        if q.wake is not None:
+            q.wake.cancel()
+        q.wake = asyncio.get_running_loop().call_at(when, self._woken, model)
+
+    def _woken(self, model: str) -> None:
+        q = self._queues[model]
+        q.wake = None
+        self._preempt_for_share(model, q)
+
+    def _class_load(self, q: _ModelQueue, rank: int) -> ClassLoad:
+        """Slots per tenant of class `rank`: held, plus promised, less those yielding;
+        and its waiting requests with no slot promised."""
+        load = ClassLoad(Counter(), Counter(), {})
+        for ticket in q.holding:
+            if ticket.rank == rank:
+                load.held[ticket.tenant] += 1
+                load.weights[ticket.tenant] = ticket.weight
+        for slot in q.running:
+            if slot.preempted_by is not None and slot.ticket.rank == rank:
+                load.held[slot.ticket.tenant] -= 1
+        for ticket, future in q.waiters.items():
+            if ticket.rank == rank and not future.done():
+                load.waiting[ticket.tenant] += 1
+                load.weights[ticket.tenant] = ticket.weight
+        for (promised_rank, tenant), n in q.promised.items():
+            if promised_rank == rank:
+                load.held[tenant] += n
+                load.waiting[tenant] -= n
+        return load
 
     def _preempt_for_waiters(self, model: str, q: _ModelQueue) -> None:
         """A stream became preemptable: requests above the lowest class may be waiting
@@ -185,6 +246,8 @@ class FairQueue:
         preempting = sum(s.preempted_by is not None for s in q.running)
         if sum(lengths[:-1]) > preempting:
             self._preempt_for(model, q, next(r for r, n in enumerate(lengths) if n))
+        elif q.scheduler.size:
+            self._preempt_for_share(model, q)
 
     def busy(self, model: str) -> bool:
         """Whether requests for the model wait or hold promised slots: no time for hedges."""
@@ -202,13 +265,29 @@ class FairQueue:
                 q.waiters[ticket].set_result(None)
         while q.scheduler.size and (free := self._free(model, q)) > 0:
             # The last `interactive_headroom` free slots go to interactive requests only.
-            ticket = q.scheduler.pop(lowest_rank=0 if free <= self._headroom else len(PRIORITIES))
+            lowest_rank = 0 if free <= self._headroom else len(PRIORITIES)
+            ticket = self._promised(q) or q.scheduler.pop(lowest_rank=lowest_rank)
             if ticket is None:
                 break
-            ticket.started = time.monotonic()
+            self._hold(q, ticket)
             q.pending += 1
             q.waiters[ticket].set_result(None)
         self._gauge(model, q)
+
+    def _promised(self, q: _ModelQueue) -> Ticket | None:
+        """The next ticket of a tenant a slot was taken back for (fair share), if any."""
+        for rank, tenant in list(q.promised):
+            q.promised[(rank, tenant)] -= 1
+            if not q.promised[(rank, tenant)]:
+                del q.promised[(rank, tenant)]
+            ticket = q.scheduler.pop_for(rank, tenant)
+            if ticket is not None:  # else the tenant left: its promise goes with it
+                return ticket
+        return None
+
+    def _hold(self, q: _ModelQueue, ticket: Ticket) -> None:
+        ticket.started = time.monotonic()
+        q.holding.add(ticket)
 
     def done(self, model: str, ticket: Ticket | None, method: str, last: bytes | None) -> None:
         """The call ended: its tenant is charged its actual tokens (the usage in the last
@@ -216,6 +295,7 @@ class FairQueue:
         q = self._queues.get(model)
         if ticket is None or q is None or ticket.started is None:
             return
+        q.holding.discard(ticket)
         held = ticket.held_s + time.monotonic() - ticket.started
         q.hold_s = held if q.hold_s is None else q.hold_s + _HOLD_EWMA * (held - q.hold_s)
         usage = usage_of(method, last)
@@ -249,7 +329,7 @@ class FairQueue:
         return max(limit, 0.0)
 
     def _start(self, model: str, q: _ModelQueue, ticket: Ticket) -> None:
-        ticket.started = time.monotonic()
+        self._hold(q, ticket)
         q.scheduler.charge(ticket)
 
     @property
@@ -287,6 +367,12 @@ class FairQueue:
     def _gauge(self, model: str, q: _ModelQueue) -> None:
         for name, length in zip(PRIORITIES, q.scheduler.lengths(), strict=True):
             self._metrics.length.labels(model, name).set(length)
+
+
+def _loop_time(monotonic: float) -> float:
+    """A time.monotonic() instant on the running loop's clock (its own monotonic)."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + monotonic - time.monotonic()
 
 
 def _positive(value: str | None, default: float) -> float:

@@ -40,7 +40,7 @@ from services.router.hedge import Hedger, first_answer
 from services.router.metrics import RouterMetrics
 from services.router.policies import LoadBalancingPolicy, RouteRequest, create_policy
 from services.router.pool import ReplicaPool
-from services.router.preempt import Preempted, Slot
+from services.router.preempt import Preempted, Slot, yielding
 from services.router.queue import FairQueue
 from services.router.queue_metrics import QueueMetrics
 from services.router.refusal import Refusal, no_model, remaining
@@ -80,7 +80,7 @@ class Relay:
         self._policies = {
             m: create_policy(p, config.policy_options) for m, p in config.model_policies.items()
         }
-        hooks = ResumeHooks(choose=self._choose, failed=self._failed)
+        hooks = ResumeHooks(self._choose, self._failed, self._queue.preemptable)
         self._resumer = Resumer(config.resume, self._metrics, hooks)
         self._queue.reconfigure(config.fair)
 
@@ -124,17 +124,21 @@ class Relay:
         """The attempts; a stream cut after its first message goes on in a resume, and
         one preempted for a higher class goes on when the queue gives it a slot again."""
         journal = open_journal(up.method, up.request, dict(up.forward), self._config.resume)
+        cut: Cut | None = None
         while True:
             try:
-                async for chunk in self._attempts(up, journal):
+                if cut is None:
+                    stream = self._attempts(up, journal)
+                else:  # a resumed stream may be preempted too: on to the queue again
+                    args = (up.route, up.forward, up.context, up.slot)
+                    stream = self._resumer.resume(journal, cut, *args)
+                async for chunk in stream:
                     yield chunk
                 return
-            except Cut as cut:
-                resumed = self._resumer.resume(journal, cut, up.route, up.forward, up.context)
-                async for chunk in resumed:
-                    yield chunk
-                return
+            except Cut as cutting:
+                cut = cutting
             except Preempted as preempted:
+                cut = None
                 request = await self._after_preemption(up, journal, preempted)
                 if request is None:
                     return  # the caller had the whole answer already
@@ -313,25 +317,19 @@ class Relay:
         slot = up.slot if journal.continuable else None
         with self._queue.preemptable(up.route.model, slot, winner.call):
             async for last in self._rest(winner.call, winner.replica, slot):
-                kept = journal.keep(last)
-                if slot is not None and not journal.resumable:
-                    slot.pin()  # before the next await: a cut now could not be continued
-                yield kept
+                yield journal.keep(last, slot)
         self._metrics.count_prompt(winner.replica.address, usage_of(up.method, last))
 
     async def _rest(
         self, call: grpc.aio.UnaryStreamCall, replica: Replica, slot: Slot | None
     ) -> AsyncIterator[bytes]:
         try:
-            while (message := await call.read()) is not grpc.aio.EOF:
-                yield message  # type: ignore[misc]
+            with yielding(slot, replica.address):
+                while (message := await call.read()) is not grpc.aio.EOF:
+                    yield message  # type: ignore[misc]
         except grpc.aio.AioRpcError as exc:
             # Committed: the caller has tokens already. Never retried from the start.
             raise Cut(self._failed(exc, replica).refusal, replica.address) from None
-        except asyncio.CancelledError:
-            if slot is not None:
-                slot.check(replica.address)  # Preempted, if the queue cancelled the call
-            raise
         replica.record_success()
 
     @staticmethod

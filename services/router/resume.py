@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import grpc
@@ -28,6 +29,7 @@ from services.router.attempt import AttemptFailed
 from services.router.config import ResumeConfig
 from services.router.metrics import RouterMetrics
 from services.router.policies import RouteRequest
+from services.router.preempt import Slot, yielding
 from services.router.refusal import Refusal, remaining
 from services.router.replica import Replica
 from services.router.retry import RETRYABLE
@@ -60,13 +62,17 @@ class Journal:
     def resumable(self) -> bool:
         return self._chunks is not None
 
-    def keep(self, chunk: bytes) -> bytes:
+    def keep(self, chunk: bytes, slot: Slot | None = None) -> bytes:
+        """Keeps `chunk` while under the cap; past it, `slot` is pinned (before the next
+        await: a cut now could not be continued)."""
         if self._chunks is not None:
             self._size += len(chunk)
             if self._size > self._cap:
                 self._chunks = None  # too long to keep: fails as an unresumable stream
             else:
                 self._chunks.append(chunk)
+        if slot is not None and self._chunks is None:
+            slot.pin()
         return chunk
 
     @property
@@ -114,10 +120,14 @@ def open_journal(method: str, request: bytes, headers: dict[str, str], config: R
 
 @dataclass
 class ResumeHooks:
-    """What the resumer borrows from the relay: replica choice and failure accounting."""
+    """What the resumer borrows from the relay: replica choice, failure accounting, and
+    the queue's hold on the stream's slot (a resumed stream stays preemptable)."""
 
     choose: Callable[[RouteRequest, set[str], Refusal | None], Replica]
     failed: Callable[[grpc.aio.AioRpcError, Replica], AttemptFailed]
+    preemptable: Callable[
+        [str, Slot | None, grpc.aio.UnaryStreamCall], AbstractContextManager[None]
+    ]
 
 
 class Resumer:
@@ -134,9 +144,11 @@ class Resumer:
         route: RouteRequest,
         forward: tuple[tuple[str, str], ...],
         context: grpc.aio.ServicerContext,
+        slot: Slot | None,
     ) -> AsyncIterator[bytes]:
         """Continues the stream on other replicas until it ends, or ends it with the
-        cut's error when it cannot be continued."""
+        cut's error when it cannot be continued; raises Preempted if the queue takes its
+        slot (`slot`: None when the call is not queued)."""
         failure, cut_at, cutter = cut.refusal, time.monotonic(), cut.replica
         while True:
             if _reason(failure) == "drain":
@@ -160,13 +172,18 @@ class Resumer:
                 call = replica.channel.unary_stream(GENERATE)(
                     request, metadata=forward, timeout=remaining(context)
                 )
-            with replica.track():
+            held = slot if journal.continuable else None
+            with (
+                replica.track(),
+                self._up.preemptable(route.model, held, call),
+                yielding(held, replica.address),
+            ):
                 try:
                     while (message := await call.read()) is not grpc.aio.EOF:
                         if cut_at is not None:
                             self._metrics.resume_gap.observe(time.monotonic() - cut_at)
                             cut_at = None
-                        yield journal.keep(message)  # type: ignore[arg-type]
+                        yield journal.keep(message, held)  # type: ignore[arg-type]
                     replica.record_success()
                     return
                 except grpc.aio.AioRpcError as exc:

@@ -6,6 +6,8 @@ The batch caller must get exactly the answer of an unpreempted run (the stand-in
 in process, as in test_resume.py), with a pause and no error; the interactive caller's
 time to first token must stay near its unloaded figure (a step or two of the stand-in,
 plus the path through edge and router), not the rest of a 3-second batch stream.
+Within one class the same holds for a tenant under its fair share of the slots while
+another holds more than its share (share_preempt.py), and never the other way round.
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ from tests.observability.otlp_receiver import OtlpReceiver, tree
 
 ENGINE = {"tokens_per_second": 20, "step_ms": 20}  # a batch stream of 60 tokens: 3 s
 BATCH_TOKENS = 60
-KEYS = {"inter": {"priority": "interactive"}, "bulk": {"priority": "batch"}}
+KEYS = {
+    "inter": {"priority": "interactive"},
+    "bulk": {"priority": "batch"},
+    "quiet": {},  # quiet and noisy: the same class (standard), equal weights
+    "noisy": {},
+}
 ROUTER = {
     "hedge": {"enabled": False},
     "health": {"check_interval_s": 0.2, "check_timeout_s": 0.5, "load_poll_interval_s": 0.2},
@@ -56,7 +63,11 @@ class Answer:
 @pytest.fixture
 def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Fleet:
     def start(
-        slots: int, env: dict[str, str] | None = None, resume: dict | None = None, **fair: object
+        slots: int,
+        env: dict[str, str] | None = None,
+        resume: dict | None = None,
+        engines: list[dict] | None = None,
+        **fair: object,
     ) -> RunningStack:
         router = tmp_path / "router.yaml"
         settings = {**ROUTER, "fair": {**ROUTER["fair"], **fair}, "resume": resume or {}}
@@ -64,9 +75,12 @@ def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Fleet:
         catalog = tmp_path / "catalog.yaml"
         keys = [{"name": n, "key": f"sk-{n}", **extra} for n, extra in KEYS.items()]
         catalog.write_text(yaml.safe_dump({"models": [{"id": SCRIPTED_MODEL}], "keys": keys}))
+        behaviours = engines or [ENGINE]
         stack = scripted_stack(
-            engines=1,
-            per_engine_args=[["--scripted", json.dumps(ENGINE), "--max-in-flight", str(slots)]],
+            engines=len(behaviours),
+            per_engine_args=[
+                ["--scripted", json.dumps(b), "--max-in-flight", str(slots)] for b in behaviours
+            ],
             router_args=["--config", str(router), "--metrics-port", str(free_port())],
             edge_args=["--catalog", str(catalog)],
             env=env or {},
@@ -238,3 +252,76 @@ async def test_a_preemption_shows_in_the_trace(fleet: Fleet) -> None:
     assert [a.events.count("preempted") for a in attempts] == [1, 0], tree(spans)
     assert attempts[0].status_code != 2  # ERROR: a preemption is no failure
     assert [s.name for s in children].count("queue") == 1, tree(spans)
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["share-on", "share-off"])
+async def test_a_quiet_tenant_takes_a_slot_from_a_same_class_flood(
+    fleet: Fleet, share: bool
+) -> None:
+    """Two slots, both held by the noisy tenant's 3-second streams and four more of its
+    requests waiting: the quiet tenant (same class, equal weight) gets a slot within a
+    step or two; the noisy streams preempted for it end exactly as unpreempted ones.
+    With the switch off it waits for a noisy stream to end (the contrast)."""
+    stack = fleet(slots=2, preempt_for_share=share)
+    base = stack.base_url
+    alone = await unloaded_ttft(base)
+    noisy = [asyncio.create_task(ask(base, "sk-noisy", BATCH_TOKENS)) for _ in range(6)]
+    await asyncio.sleep(0.6)  # two noisy streams hold the slots, committed
+    quiet = []
+    for _ in range(3):
+        quiet.append(await ask(base, "sk-quiet", 5))
+        await asyncio.sleep(0.1)
+    answers = await asyncio.gather(*noisy)
+    ttfts = [q.ttft or 0.0 for q in quiet]
+    preempted = router_metric(stack, "tera_router_preemptions_total", by="standard")
+    print(f"\n[share {share}] quiet TTFTs {[round(t, 3) for t in ttfts]}; {preempted} preempted")
+    for answer in answers:
+        await assert_unpreempted(answer)
+    if not share:
+        assert preempted == 0 and min(ttfts) >= 1.0  # it waited for a 3 s stream to end
+        return
+    assert max(ttfts) <= alone + BOUND_S
+    assert preempted == 3  # one slot per quiet request: its tenant's share is one of two
+    assert sum(a.longest_gap >= 0.2 for a in answers) >= 1  # a noisy stream did pause
+
+
+async def test_a_tenant_at_its_share_is_not_preempted_for_another(fleet: Fleet) -> None:
+    """Three slots: quiet holds one, noisy two (its 1.5 share, rounded its way), and each
+    has one more waiting. Taking a slot from either would leave it under its share, so it
+    would take it back (thrash): nobody is preempted, everyone's answer is whole. (Quiet's
+    first stream outlasts noisy's, so no slot frees to tip the balance meanwhile.)"""
+    stack = fleet(slots=3)
+    base = stack.base_url
+    first = asyncio.create_task(ask(base, "sk-quiet", BATCH_TOKENS))
+    await asyncio.sleep(0.3)
+    noisy = [asyncio.create_task(ask(base, "sk-noisy", 40)) for _ in range(3)]
+    await asyncio.sleep(0.6)  # every stream committed
+    second = asyncio.create_task(ask(base, "sk-quiet", 40))
+    await assert_unpreempted(await first)
+    for answer in await asyncio.gather(second, *noisy):
+        await assert_unpreempted(answer, tokens=40)
+    assert router_metric(stack, "tera_router_preemptions_total") == 0
+
+
+async def test_a_stream_resumed_after_a_fault_can_still_be_preempted(fleet: Fleet) -> None:
+    """Two replicas of one slot that cut every call after 10 tokens (5 tokens/s): a batch
+    stream of 20 tokens is cut at 2 s and resumed on the other replica (its last 10
+    tokens are not cut); a standard stream of 10 then takes the first replica. An
+    interactive request takes the slot of the lowest class, the resumed batch stream
+    (before, a resumed stream was never preemptable: the standard one went instead),
+    and every answer matches the unfailed, unpreempted stream."""
+    faulty = {**ENGINE, "tokens_per_second": 5, "fail_after_tokens": 10}
+    stack = fleet(slots=1, engines=[faulty, faulty])
+    base = stack.base_url
+    batch = asyncio.create_task(ask(base, "sk-bulk", 20))
+    await asyncio.sleep(2.3)  # cut at ~2 s and resumed
+    assert router_metric(stack, "tera_router_resumes_total", reason="internal") == 1
+    standard = asyncio.create_task(ask(base, "sk-quiet", 10))
+    await asyncio.sleep(0.5)
+    inter = await ask(base, "sk-inter", 2)
+    await assert_unpreempted(await batch, tokens=20)
+    await assert_unpreempted(await standard, tokens=10)
+    print(f"\n[preempt] interactive TTFT {inter.ttft:.3f} s beside a resumed stream")
+    assert inter.error is None and inter.ttft is not None and inter.ttft <= BOUND_S
+    assert router_metric(stack, "tera_router_preemptions_total", priority="batch") == 1
+    assert router_metric(stack, "tera_router_preemptions_total", priority="standard") == 0
