@@ -50,6 +50,8 @@ class StepResult:
     added_latency_p99_ms: float
     edge_cpu_per_1k: float
     router_cpu_per_1k: float
+    # Tokens per SSE chunk the client read: 1.0 when every decode step is its own message.
+    tokens_per_chunk: float
     # Cores busy during the step, per process: all four share the machine's two.
     cores: dict[str, float]
     errors: int
@@ -85,10 +87,10 @@ class _Timings:
 
 
 async def _stream(
-    session: aiohttp.ClientSession, url: str, tokens: int, timings: _Timings
+    session: aiohttp.ClientSession, url: str, tokens: int, timings: _Timings, model: str
 ) -> tuple[int, bool]:
     body = {
-        "model": MODEL,
+        "model": model,
         "messages": [{"role": "user", "content": "go"}],
         "max_tokens": tokens,
         "stream": True,
@@ -122,7 +124,7 @@ def _cpu_snapshot(stack: Stack) -> dict[str, float]:
     }
 
 
-async def _step(stack: Stack, streams: int, rate: float) -> StepResult:
+async def _step(stack: Stack, streams: int, rate: float, model: str = MODEL) -> StepResult:
     url = f"{stack.plan.base_url}/chat/completions"
     tokens = max(2, int(rate * STREAM_SECONDS))
     timings = _Timings([], [])
@@ -133,7 +135,7 @@ async def _step(stack: Stack, streams: int, rate: float) -> StepResult:
         connector=limits, timeout=aiohttp.ClientTimeout(total=300)
     ) as session:
         outcomes = await asyncio.gather(
-            *(_stream(session, url, tokens, timings) for _ in range(streams))
+            *(_stream(session, url, tokens, timings, model) for _ in range(streams))
         )
     wall = time.monotonic() - started
     cpu = {name: seconds - cpu0[name] for name, seconds in _cpu_snapshot(stack).items()}
@@ -149,14 +151,18 @@ async def _step(stack: Stack, streams: int, rate: float) -> StepResult:
         added_latency_p99_ms=percentile(timings.latency_ms, 99),
         edge_cpu_per_1k=cpu["edge"] / thousands,
         router_cpu_per_1k=cpu["router"] / thousands,
+        # A stream's chunks: one ITL sample per chunk after its first.
+        tokens_per_chunk=total / max(1, len(timings.itl_ms) + streams),
         cores={name: round(seconds / wall, 2) for name, seconds in cpu.items()},
         errors=sum(1 for _, ok in outcomes if not ok),
     )
 
 
-async def _short_requests(stack: Stack, concurrency: int, seconds: float) -> float:
+async def _short_requests(
+    stack: Stack, concurrency: int, seconds: float, model: str = MODEL
+) -> float:
     url = f"{stack.plan.base_url}/chat/completions"
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     done = 0
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
