@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from bench import resume_cost
 from bench.common import median_ci, samples_needed
+from bench.relay import StepResult
 
 
 def test_median_ci_brackets_the_median_and_narrows_with_more_samples() -> None:
@@ -29,3 +33,48 @@ def test_samples_needed_scales_with_the_square_of_the_width() -> None:
     # +-6 % on 16 samples: +-3 % takes four times as many.
     assert samples_needed(16, (0.94, 1.06), 1.0, 0.03) == 64
     assert samples_needed(16, (0.985, 1.015), 1.0, 0.03) == 4
+
+
+def _window(router: float, edge: float) -> StepResult:
+    return StepResult(
+        streams=1,
+        rate_per_stream=50.0,
+        tokens_per_s=50.0,
+        added_itl_p50_ms=0.0,
+        added_itl_p99_ms=0.0,
+        added_latency_p50_ms=0.0,
+        added_latency_p99_ms=0.0,
+        edge_cpu_per_1k=edge,
+        router_cpu_per_1k=router,
+        tokens_per_chunk=1.0,
+        cores={},
+        errors=0,
+    )
+
+
+def test_ratio_rows_give_the_median_block_ratio_per_arm_pair() -> None:
+    """Router: on costs 2 % over off, ids 1 % over before, a drift over the blocks that
+    alternation cancels; one block's outlier moves the median by nothing."""
+    cost = {"on": 1.02 * 1.01, "off": 1.01, "before": 1.0}
+    windows = []
+    for block in range(9):
+        drift = 1 + 0.05 * block
+        outlier = 1.5 if block == 4 else 1.0
+        for arm in resume_cost.WINDOWS:
+            spike = outlier if arm == "on" else 1.0
+            windows.append((arm, _window(cost[arm] * drift * spike, 2.0 * drift)))
+    size = len(resume_cost.WINDOWS)
+    blocks = [resume_cost._block(windows[size * b : size * (b + 1)]) for b in range(9)]
+    rows = {
+        (r["ratio"], r["figure"]): r
+        for r in (
+            resume_cost._ratio_row(blocks, windows, a, b, f)
+            for a, b in resume_cost.RATIOS
+            for f in resume_cost.FIGURES
+        )
+    }
+    on_off = rows["on/off", "router_cpu_per_1k"]
+    assert on_off["median"] == pytest.approx(1.02, abs=1e-3)
+    assert on_off["ci95_low"] <= 1.02 <= on_off["ci95_high"]
+    assert rows["off/before", "router_cpu_per_1k"]["median"] == pytest.approx(1.01, abs=1e-3)
+    assert rows["on/before", "edge_cpu_per_1k"]["median"] == pytest.approx(1.0)
