@@ -24,8 +24,10 @@ def test_median_ci_brackets_the_median_and_narrows_with_more_samples() -> None:
 
 
 def test_median_ci_is_seeded_and_degenerate_for_equal_values() -> None:
-    values = [0.9, 1.1, 1.0, 1.3, 0.95]
-    assert median_ci(values) == median_ci(values)
+    rng = random.Random(2)
+    values = [rng.gauss(1.0, 0.05) for _ in range(41)]
+    # Few resamples: unseeded, their extremes would differ from call to call.
+    assert len({median_ci(values, resamples=20) for _ in range(5)}) == 1
     assert median_ci([1.02] * 8) == (1.02, 1.02)
 
 
@@ -53,16 +55,18 @@ def _window(router: float, edge: float) -> StepResult:
 
 
 def test_ratio_rows_give_the_median_block_ratio_per_arm_pair() -> None:
-    """Router: on costs 2 % over off, ids 1 % over before, a drift over the blocks that
-    alternation cancels; one block's outlier moves the median by nothing."""
+    """Router: on costs 2 % over off, ids 1 % over before, a drift over the blocks and
+    within each (linear: the on/off/before/before/off/on order cancels it when a block
+    pools each arm's two windows); one block's outlier moves the median by nothing."""
     cost = {"on": 1.02 * 1.01, "off": 1.01, "before": 1.0}
     windows = []
     for block in range(9):
         drift = 1 + 0.05 * block
         outlier = 1.5 if block == 4 else 1.0
-        for arm in resume_cost.WINDOWS:
+        for position, arm in enumerate(resume_cost.WINDOWS):
             spike = outlier if arm == "on" else 1.0
-            windows.append((arm, _window(cost[arm] * drift * spike, 2.0 * drift)))
+            within = drift + 0.02 * position
+            windows.append((arm, _window(cost[arm] * within * spike, 2.0 * within)))
     size = len(resume_cost.WINDOWS)
     blocks = [resume_cost._block(windows[size * b : size * (b + 1)]) for b in range(9)]
     rows = {
