@@ -1,23 +1,25 @@
 """Part: what being resumable costs the relay when nothing fails (issue 13 allows <= 3 %).
 
-Three arms, served by the SAME edge and router processes (so process placement, which
-moved a stack's speed ~4 % when each arm had its own, falls on all alike):
+Three arms, alike but for:
 - "on": resume on (every relayed message is kept, as bytes, for a continuation), deltas
   with token ids;
 - "off": resume off (`resume.max_resumes: 0`), deltas with token ids (the proto change
   alone);
 - "before": resume off and deltas without token ids, as before issue 13.
-Two stand-in engines serve two models, one with token ids and one without; the router's
-resume setting is flipped between windows by rewriting its config and SIGHUP (a reload).
-The load is fixed and well below what the relay carries (64 streams x 50 tokens/s), one
-token a message, so the relay's CPU per 1,000 tokens is its CPU per 1,000 messages, not
-a batching that varies with how saturated a window was (at saturation it moved 2.3-12 ms
-from window to window). Short windows run in blocks of on, off, before, before, off, on,
-so drift on the machine falls on all alike. Per block, the ratios on/off (keeping
-messages), off/before (the token ids) and on/before (the whole change) of the router's
-and the edge's CPU seconds (/proc utime + stime) per 1,000 tokens; reported as the median
-over blocks with a bootstrap 95 % CI and the interquartile range, and the blocks it
-would take for the CI to be within +-3 %.
+Three stacks (edge + router over two stand-ins, one model with token ids and one
+without) run the three arms AT ONCE, so what the machine's other tenants do to a window
+falls on every arm alike and cancels in the ratios (run one after another, single
+windows' CPU per token moved +-15 % and the CI of a ratio's median stayed +-6-9 % after
+16 blocks). The arms rotate over the stacks window by window (a router's resume setting
+flipped by rewriting its config and SIGHUP, a reload), so a block of three windows has
+each arm once on each stack, and process placement (a stack started first ran ~4 %
+faster) cancels too. The load is fixed and well below what the relay carries, one token
+a message, so CPU per 1,000 tokens is CPU per 1,000 messages rather than a batching that
+varies with how saturated a window was (at saturation it moved 2.3-12 ms per 1,000
+tokens). Per block, the ratios on/off (keeping messages), off/before (the token ids) and
+on/before (the whole change) of the router's and the edge's CPU seconds (/proc utime +
+stime) per 1,000 tokens; reported as the median over blocks with a bootstrap 95 % CI and
+the interquartile range, and the blocks it would take for the CI to be within +-3 %.
 
 The part also times what resume adds to the happy path, `Journal.keep` on every relayed
 message, in process over messages shaped like the load's, beside the router's measured
@@ -26,6 +28,7 @@ CPU per 1,000 tokens with resume off; and gives the bytes the token ids add to a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import statistics
@@ -42,14 +45,15 @@ from devstack.stack import Stack, StackPlan
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.resume import Journal
 
-STREAMS = 64
-RATE = 50.0  # tokens/s per stream: 3,200 offered, well below what the relay carries here
-BLOCKS = 16  # blocks of 6 windows of relay.STREAM_SECONDS (~27 s each)
+STREAMS = 32  # per stack, so three at once leave the 2-core machine some room
+RATE = 50.0  # tokens/s per stream: 1,600 a stack, well below what the relay carries here
+BLOCKS = 30  # blocks of 3 windows of relay.STREAM_SECONDS (~15 s each)
 TARGET = 0.03  # the CI half-width the figure should resolve: issue 13's bound
 NO_IDS_MODEL = f"{STAND_IN_MODEL}-no-ids"
 # Arm -> (router's resume.max_resumes, whether the engine's deltas carry token ids).
 ARMS = {"on": (2, True), "off": (0, True), "before": (0, False)}
-WINDOWS = ("on", "off", "before", "before", "off", "on")
+ROTATION = tuple(ARMS)  # window w: stack k runs ROTATION[(k + w) % 3]
+BLOCK = len(ROTATION) ** 2  # (arm, window) results in a block: each arm on each stack
 RATIOS = (("on", "off"), ("off", "before"), ("on", "before"))
 FIGURES = ("router_cpu_per_1k", "edge_cpu_per_1k")
 RELOADED = "configuration reloaded"  # what the router logs once a reload is applied
@@ -58,8 +62,8 @@ RELOADED = "configuration reloaded"  # what the router logs once a reload is app
 class _Relay:
     """One edge and router over two stand-ins (token ids, none); flips resume by reload."""
 
-    def __init__(self, results: Path, rate: float) -> None:
-        self.logs = results / "resume-cost"
+    def __init__(self, results: Path, name: str, rate: float) -> None:
+        self.logs = results / f"resume-cost-{name}"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.config = self.logs / "router.yaml"
         self.config.write_text(json.dumps({"resume": {"max_resumes": ARMS["on"][0]}}))
@@ -85,11 +89,11 @@ class _Relay:
             log_dir=self.logs,
         )
 
-    def window(self, arm: str, streams: int, rate: float) -> StepResult:
+    def prepare(self, arm: str) -> str:
+        """Sets the router up for `arm`; the model the arm's requests ask for."""
         max_resumes, ids = ARMS[arm]
         self._set_max_resumes(max_resumes)
-        model = STAND_IN_MODEL if ids else NO_IDS_MODEL
-        return uvloop.run(_step(self.stack, streams, rate, model))
+        return STAND_IN_MODEL if ids else NO_IDS_MODEL
 
     def _set_max_resumes(self, value: int) -> None:
         if value == self.max_resumes:
@@ -109,17 +113,22 @@ class _Relay:
 
 
 def run(results: Path, streams: int = STREAMS, rate: float = RATE, blocks: int = BLOCKS) -> dict:
-    relay = _Relay(results, rate)
+    relays: list[_Relay] = []
     try:
-        for model in (STAND_IN_MODEL, NO_IDS_MODEL):  # warm: connections, first calls
-            uvloop.run(_short_requests(relay.stack, 16, 0.5, model))
+        for k in range(len(ROTATION)):
+            relays.append(_Relay(results, str(k), rate))
+        for relay in relays:
+            for model in (STAND_IN_MODEL, NO_IDS_MODEL):  # warm: connections, first calls
+                uvloop.run(_short_requests(relay.stack, 16, 0.5, model))
         windows = [
-            (arm, relay.window(arm, streams, rate)) for _ in range(blocks) for arm in WINDOWS
+            result
+            for w in range(blocks * len(ROTATION))
+            for result in _window(relays, w, streams, rate)
         ]
     finally:
-        relay.stack.stop()
-    size = len(WINDOWS)
-    block_rows = [_block(windows[size * b : size * (b + 1)]) for b in range(blocks)]
+        for relay in relays:
+            relay.stack.stop()
+    block_rows = [_block(windows[BLOCK * b : BLOCK * (b + 1)]) for b in range(blocks)]
     router_off_ms = 1000 * _pooled(windows, "off", "router_cpu_per_1k")
     keep_ms = _keep_ms_per_1k_tokens(1)
     return {
@@ -150,6 +159,21 @@ def run(results: Path, streams: int = STREAMS, rate: float = RATE, blocks: int =
         ),
         "blocks": block_rows,
     }
+
+
+def _window(
+    relays: list[_Relay], w: int, streams: int, rate: float
+) -> list[tuple[str, StepResult]]:
+    """Window w: every arm at once, each on the stack the rotation gives it."""
+    arms = [ROTATION[(k + w) % len(ROTATION)] for k in range(len(relays))]
+    models = [relay.prepare(arm) for relay, arm in zip(relays, arms, strict=True)]
+
+    async def steps() -> list[StepResult]:
+        return await asyncio.gather(
+            *(_step(r.stack, streams, rate, m) for r, m in zip(relays, models, strict=True))
+        )
+
+    return list(zip(arms, uvloop.run(steps()), strict=True))
 
 
 def _ratio_row(
@@ -209,10 +233,13 @@ def _pooled(windows: list[tuple[str, StepResult]], arm: str, field: str) -> floa
 
 
 def _block(windows: list[tuple[str, StepResult]]) -> dict:
-    """One block: each arm's two windows pooled, then the ratios."""
+    """One block: each arm's windows (one on each stack) pooled, then the ratios. Pooled
+    as a geometric mean: a window's slowdown (the machine's other tenants) and a stack's
+    (placement) multiply the CPU per token, so they cancel exactly in its ratios, where
+    an arithmetic mean leaves their product's cross terms."""
 
     def mean(arm: str, field: str) -> float:
-        return statistics.fmean(getattr(w, field) for n, w in windows if n == arm)
+        return statistics.geometric_mean(getattr(w, field) for n, w in windows if n == arm)
 
     row: dict = {}
     for arm in ARMS:

@@ -69,10 +69,10 @@ def resume_cost_part(args: argparse.Namespace, results: Path, report: dict) -> l
     summary = {k: v for k, v in result.items() if k not in ("blocks", "ratios")}
     return [
         "## What resume costs the relay when nothing fails (resume on / off / before the "
-        f"proto change, one edge and router, {result['streams']} streams x "
-        f"{result['rate_per_stream']:.0f} tok/s, one token a message, windows "
-        "on/off/before/before/off/on; CPU per 1,000 tokens as ratios, median over blocks "
-        "with bootstrap 95 % CI and IQR)\n",
+        f"proto change, three stacks at once, the arms rotated over them; "
+        f"{result['streams']} streams x {result['rate_per_stream']:.0f} tok/s each, one "
+        "token a message; CPU per 1,000 tokens as ratios, median over blocks with "
+        "bootstrap 95 % CI and IQR)\n",
         table(result["ratios"], list(result["ratios"][0])),
         "",
         # Wide: one figure a row.

@@ -55,19 +55,23 @@ def _window(router: float, edge: float) -> StepResult:
 
 
 def test_ratio_rows_give_the_median_block_ratio_per_arm_pair() -> None:
-    """Router: on costs 2 % over off, ids 1 % over before, a drift over the blocks and
-    within each (linear: the on/off/before/before/off/on order cancels it when a block
-    pools each arm's two windows); one block's outlier moves the median by nothing."""
+    """Router: on costs 2 % over off, ids 1 % over before. Each window slows every arm
+    alike (the machine's other tenants) and each stack has its own speed (placement):
+    the rotation cancels both once a block pools each arm's windows. One block's outlier
+    moves the median by nothing."""
     cost = {"on": 1.02 * 1.01, "off": 1.01, "before": 1.0}
+    placement = (1.0, 1.04, 0.97)
+    rotation = resume_cost.ROTATION
     windows = []
-    for block in range(9):
-        drift = 1 + 0.05 * block
-        outlier = 1.5 if block == 4 else 1.0
-        for position, arm in enumerate(resume_cost.WINDOWS):
+    for w in range(9 * len(rotation)):
+        tenants = 1 + 0.05 * w
+        outlier = 1.5 if w == 13 else 1.0
+        for k, speed in enumerate(placement):
+            arm = rotation[(k + w) % len(rotation)]
             spike = outlier if arm == "on" else 1.0
-            within = drift + 0.02 * position
-            windows.append((arm, _window(cost[arm] * within * spike, 2.0 * within)))
-    size = len(resume_cost.WINDOWS)
+            slow = tenants * speed
+            windows.append((arm, _window(cost[arm] * slow * spike, 2.0 * slow)))
+    size = resume_cost.BLOCK
     blocks = [resume_cost._block(windows[size * b : size * (b + 1)]) for b in range(9)]
     rows = {
         (r["ratio"], r["figure"]): r
