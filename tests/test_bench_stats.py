@@ -37,7 +37,7 @@ def test_samples_needed_scales_with_the_square_of_the_width() -> None:
     assert samples_needed(16, (0.985, 1.015), 1.0, 0.03) == 4
 
 
-def _window(router: float, edge: float) -> StepResult:
+def _window(router: float, edge: float, tokens_per_chunk: float = 1.0) -> StepResult:
     return StepResult(
         streams=1,
         rate_per_stream=50.0,
@@ -48,7 +48,7 @@ def _window(router: float, edge: float) -> StepResult:
         added_latency_p99_ms=0.0,
         edge_cpu_per_1k=edge,
         router_cpu_per_1k=router,
-        tokens_per_chunk=1.0,
+        tokens_per_chunk=tokens_per_chunk,
         cores={},
         errors=0,
     )
@@ -58,7 +58,8 @@ def test_ratio_rows_give_the_median_block_ratio_per_arm_pair() -> None:
     """Router: on costs 2 % over off, ids 1 % over before. Each window slows every arm
     alike (the machine's other tenants) and each stack has its own speed (placement):
     the rotation cancels both once a block pools each arm's windows. One block's outlier
-    moves the median by nothing."""
+    moves the median by nothing. Before's stand-in sends 1.25 tokens a message: the
+    same cost per token is 1.25 times the cost per message."""
     cost = {"on": 1.02 * 1.01, "off": 1.01, "before": 1.0}
     placement = (1.0, 1.04, 0.97)
     rotation = resume_cost.ROTATION
@@ -70,7 +71,8 @@ def test_ratio_rows_give_the_median_block_ratio_per_arm_pair() -> None:
             arm = rotation[(k + w) % len(rotation)]
             spike = outlier if arm == "on" else 1.0
             slow = tenants * speed
-            windows.append((arm, _window(cost[arm] * slow * spike, 2.0 * slow)))
+            batch = 1.25 if arm == "before" else 1.0
+            windows.append((arm, _window(cost[arm] * slow * spike, 2.0 * slow, batch)))
     size = resume_cost.BLOCK
     blocks = [resume_cost._block(windows[size * b : size * (b + 1)]) for b in range(9)]
     rows = {
@@ -86,3 +88,5 @@ def test_ratio_rows_give_the_median_block_ratio_per_arm_pair() -> None:
     assert on_off["ci95_low"] <= 1.02 <= on_off["ci95_high"]
     assert rows["off/before", "router_cpu_per_1k"]["median"] == pytest.approx(1.01, abs=1e-3)
     assert rows["on/before", "edge_cpu_per_1k"]["median"] == pytest.approx(1.0)
+    per_message = rows["off/before", "router_cpu_per_1k_messages"]["median"]
+    assert per_message == pytest.approx(1.01 / 1.25, abs=1e-3)
