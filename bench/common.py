@@ -1,8 +1,11 @@
-"""Shared bench helpers: process CPU time, percentiles, markdown tables."""
+"""Shared bench helpers: process CPU time, percentiles, spreads, markdown tables."""
 
 from __future__ import annotations
 
+import math
 import os
+import random
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,24 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[k]
+
+
+def median_ci(
+    values: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the median: no assumption about the
+    shape of the noise (a shared machine's is skewed: a busy neighbour only slows)."""
+    rng = random.Random(seed)  # seeded: the same values give the same report
+    medians = [statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)]
+    tail = 100 * (1 - level) / 2
+    return percentile(medians, tail), percentile(medians, 100 - tail)
+
+
+def samples_needed(n: int, ci: tuple[float, float], center: float, half_width: float) -> int:
+    """Samples for the CI to be within center +- half_width (a share of center), from one
+    of n samples, as a CI narrows with the square root of the sample count."""
+    current = (ci[1] - ci[0]) / 2 / center
+    return max(1, math.ceil(round(n * (current / half_width) ** 2, 6)))  # float dust
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

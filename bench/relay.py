@@ -91,10 +91,10 @@ class _Timings:
 
 
 async def _stream(
-    session: aiohttp.ClientSession, url: str, tokens: int, timings: _Timings
+    session: aiohttp.ClientSession, url: str, tokens: int, timings: _Timings, model: str
 ) -> tuple[int, bool]:
     body = {
-        "model": MODEL,
+        "model": model,
         "messages": [{"role": "user", "content": "go"}],
         "max_tokens": tokens,
         "stream": True,
@@ -129,7 +129,7 @@ def _cpu_snapshot(stack: Stack) -> dict[str, float]:
     }
 
 
-async def _step(stack: Stack, streams: int, rate: float) -> StepResult:
+async def _step(stack: Stack, streams: int, rate: float, model: str = MODEL) -> StepResult:
     url = f"{stack.plan.base_url}/chat/completions"
     tokens = max(2, int(rate * STREAM_SECONDS))
     timings = _Timings([], [])
@@ -140,7 +140,7 @@ async def _step(stack: Stack, streams: int, rate: float) -> StepResult:
         connector=limits, timeout=aiohttp.ClientTimeout(total=300)
     ) as session:
         outcomes = await asyncio.gather(
-            *(_stream(session, url, tokens, timings) for _ in range(streams))
+            *(_stream(session, url, tokens, timings, model) for _ in range(streams))
         )
     wall = time.monotonic() - started
     cpu = {name: seconds - cpu0[name] for name, seconds in _cpu_snapshot(stack).items()}
@@ -163,9 +163,11 @@ async def _step(stack: Stack, streams: int, rate: float) -> StepResult:
     )
 
 
-async def _short_requests(stack: Stack, concurrency: int, seconds: float) -> float:
+async def _short_requests(
+    stack: Stack, concurrency: int, seconds: float, model: str = MODEL
+) -> float:
     url = f"{stack.plan.base_url}/chat/completions"
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     done = 0
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
