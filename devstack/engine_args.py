@@ -17,10 +17,12 @@ def vllm_engine_args(
     *,
     model_id: str = DEFAULT_MODEL_ID,
     eager: bool = True,
+    **options: object,
 ) -> list[str]:
-    """Arguments of a vLLM engine process serving one local model folder."""
+    """Arguments of a vLLM engine process serving one local model folder; `options`
+    are more of its VllmOptions."""
     return catalog_args.vllm_engine_args(
-        model_dir, cache_dir, model_id=model_id, options={"enforce_eager": eager}
+        model_dir, cache_dir, model_id=model_id, options={"enforce_eager": eager, **options}
     )
 
 
