@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from devstack.processes import free_port
 from services.common import prefix_hash
 from services.common.word_tokens import prompt_token_ids
 from services.edge.cli import build_parser, config_from_args
@@ -43,3 +46,14 @@ def test_prefix_tokenizer_flags_merge_over_the_config_file(tmp_path: Path) -> No
     assert edge.prefix_tokenizers == {"a": "words", "b": "/models/b", "c": "x=y"}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--prefix-tokenizer", "no-source"])
+
+
+def test_edge_loads_its_tokenizers_at_startup_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-tokenizer"
+    edge = [sys.executable, "-m", "services.edge", "--port", str(free_port())]
+    edge += ["--router", "127.0.0.1:1", "--prefix-tokenizer", f"m={missing}"]
+    done = subprocess.run(
+        edge, capture_output=True, text=True, timeout=60
+    )  # a healthy edge would run on
+    assert done.returncode != 0
+    assert str(missing) in done.stderr
