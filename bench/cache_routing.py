@@ -70,7 +70,7 @@ def run(results: Path, workload: Workload | None = None) -> dict:
     report = {}
     for name, w in (("uniform", base), ("skewed", _replace(base, hot_share=0.5))):
         rows = [_one(results / f"cache-{name}-{p}", p, w) for p in POLICIES]
-        report[name] = _with_ratios(rows)
+        report[name] = with_ratios(rows)
     return report
 
 
@@ -184,7 +184,7 @@ def _summary(policy: str, outcomes: list[Outcome], wall: float, shares: list[int
     }
 
 
-def _with_ratios(rows: list[dict]) -> list[dict]:
+def with_ratios(rows: list[dict]) -> list[dict]:
     by = {r["policy"]: r for r in rows}
     for row in rows:
         for ref in ("p2c", "round_robin"):

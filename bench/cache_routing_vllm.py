@@ -19,8 +19,8 @@ from bench.cache_routing import (
     POLICIES,
     Namer,
     Workload,
-    _with_ratios,
     measure,
+    with_ratios,
     write_router_config,
 )
 from bench.common import CACHE_DIR
@@ -67,7 +67,7 @@ def run(results: Path, model_dir: Path, workload: Workload = WORKLOAD) -> dict:
                     workload, hot_share=hot, prefix_salt=f"{name} {policy}. "
                 )
                 rows.append(measure(stack, policy, salted, namer))
-            report[name] = _with_ratios(rows)
+            report[name] = with_ratios(rows)
     finally:
         stack.stop()
     return report
