@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policy", help="the router's routing policy (default: the router's own, cache_aware)"
     )
+    p.add_argument(
+        "--prefix-names",
+        action="store_true",
+        help="the edge names prompt prefixes with the model's tokenizer, for cache_aware",
+    )
     p.add_argument("--model-dir", type=Path, help="a local Hugging Face model folder")
     p.add_argument("--model-id", default=DEFAULT_MODEL_ID, help="name clients use")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache"))
@@ -223,14 +228,18 @@ def default_plan(args: argparse.Namespace, model_dir: Path) -> StackPlan:
             model_dir, args.cache_dir, model_id=args.model_id, eager=not args.compile
         ),
         model_ids=[args.model_id],
-        # The edge names prompt prefixes with the engine's own tokenizer, for the
-        # router's cache_aware policy (its default).
-        edge_args=["--prefix-tokenizer", f"{args.model_id}={model_dir}"],
+        edge_args=_prefix_names(args, model_dir),
         responses_db=responses_db(args.cache_dir),
     )
     if not args.no_speech:
         _add_speech_engine(plan, args.engine_port + args.replicas)
     return plan
+
+
+def _prefix_names(args: argparse.Namespace, model_dir: Path) -> list[str]:
+    """Names for the router's cache_aware policy (its default), by the engine's own
+    tokenizer; opt-in, as the edge then imports transformers and torch (~10 s, 430 MiB)."""
+    return ["--prefix-tokenizer", f"{args.model_id}={model_dir}"] if args.prefix_names else []
 
 
 def _secured(plan: StackPlan, args: argparse.Namespace) -> StackPlan:
