@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +26,12 @@ from devstack.prefix_client import Outcome, call_metadata, chat, engine_totals, 
 from devstack.processes import free_port
 from devstack.stack import Stack, StackPlan
 from services.common import metadata
+from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 
 POLICIES = ("round_robin", "p2c", "affinity", "cache_aware", "oracle")
+# A request's metadata: tera-model and its prefix names (how the caller tokenizes).
+Namer = Callable[[pb.GenerateRequest], list]
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class Workload:
     # One group takes this share of the requests (0: uniform).
     hot_share: float = 0.0
     seed: int = 0
+    model: str = STAND_IN_MODEL
+    # Turns of history a session's next prompt keeps (as a client trims it).
+    history_turns: int = 6
+    # Put before every system prompt: new prompts for a run on engines already warm.
+    prefix_salt: str = ""
     # Per engine: chunks of 16 tokens (about 5 groups' prompts) and prefill cost.
     cache_chunks: int = 160
     prefill_ms_per_token: float = 0.2
@@ -61,7 +70,7 @@ def run(results: Path, workload: Workload | None = None) -> dict:
     report = {}
     for name, w in (("uniform", base), ("skewed", _replace(base, hot_share=0.5))):
         rows = [_one(results / f"cache-{name}-{p}", p, w) for p in POLICIES]
-        report[name] = _with_ratios(rows)
+        report[name] = with_ratios(rows)
     return report
 
 
@@ -72,9 +81,7 @@ def _replace(w: Workload, **changes: object) -> Workload:
 def _one(logs: Path, policy: str, w: Workload, options: dict | None = None) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     config = logs / "router.yaml"
-    router = {"policy": "p2c" if policy == "oracle" else policy, "hedge": {"enabled": False}}
-    router["policy_options"] = {policy: options} if options else {}
-    config.write_text(json.dumps(router | {"health": {"load_poll_interval_s": 0.2}}))
+    write_router_config(config, policy, options)
     behaviour = {
         "prefix_cache_chunks": w.cache_chunks,
         "prefill_ms_per_token": w.prefill_ms_per_token,
@@ -90,19 +97,36 @@ def _one(logs: Path, policy: str, w: Workload, options: dict | None = None) -> d
         log_dir=logs,
     )
     stack = Stack(plan).start(timeout_s=60)
-    engines = [f"{plan.host}:{p}" for p in plan.engine_ports]
     try:
-        before = engine_totals(engines)
-        outcomes, wall = asyncio.run(_drive(f"{plan.host}:{plan.router_port}", engines, policy, w))
-        shares = [b - a for a, b in zip(before, engine_totals(engines), strict=True)]
+        return measure(stack, policy, w, call_metadata)
     finally:
         stack.stop()
-    return _summary(policy, outcomes, wall, shares)
+
+
+def write_router_config(path: Path, policy: str, options: dict | None = None) -> None:
+    """The router's config for one policy (the oracle bypasses the router)."""
+    router = {"policy": "p2c" if policy == "oracle" else policy, "hedge": {"enabled": False}}
+    router["policy_options"] = {policy: options} if options else {}
+    path.write_text(json.dumps(router | {"health": {"load_poll_interval_s": 0.2}}))
+
+
+def measure(stack: Stack, policy: str, w: Workload, namer: Namer) -> dict:
+    """The workload through the stack's router (or pinned, for the oracle): one row."""
+    plan = stack.plan
+    engines = [f"{plan.host}:{p}" for p in plan.engine_ports]
+    before = engine_totals(engines)
+    router = f"{plan.host}:{plan.router_port}"
+    results, wall = asyncio.run(_drive(router, engines, policy, w, namer))
+    shares = [b - a for a, b in zip(before, engine_totals(engines), strict=True)]
+    # An overloaded policy shows as failed calls (e.g. no first message in time), not as
+    # a crashed part.
+    outcomes = [r for r in results if isinstance(r, Outcome)]
+    return _summary(policy, outcomes, wall, shares) | {"errors": len(results) - len(outcomes)}
 
 
 async def _drive(
-    router: str, engines: list[str], policy: str, w: Workload
-) -> tuple[list[Outcome], float]:
+    router: str, engines: list[str], policy: str, w: Workload, namer: Namer
+) -> tuple[list[Outcome | BaseException], float]:
     rng = random.Random(w.seed)
     sessions = [Session(g) for g in range(w.groups) for _ in range(w.sessions_per_group)]
     channels = [grpc.aio.insecure_channel(a) for a in [router, *engines]]
@@ -112,14 +136,14 @@ async def _drive(
     calls = []
     while loop.time() - started < w.duration_s:
         session = _pick(rng, sessions, w)
-        request = chat(STAND_IN_MODEL, _next_turn(rng, session, w), w.max_tokens)
+        request = chat(w.model, _next_turn(rng, session, w), w.max_tokens)
         # The oracle: each group on its own engine, chosen by hand.
         stub = stubs[1 + session.group % len(engines)] if policy == "oracle" else stubs[0]
         # The routing key an edge derives from the prompt's start: affinity's input.
-        md = [*call_metadata(request), (metadata.ROUTING_KEY, f"group-{session.group}")]
+        md = [*namer(request), (metadata.ROUTING_KEY, f"group-{session.group}")]
         calls.append(asyncio.create_task(generate(stub, request, md)))
         await asyncio.sleep(rng.expovariate(w.rate_per_s))
-    outcomes = await asyncio.gather(*calls)
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
     wall = loop.time() - started
     for channel in channels:
         await channel.close()
@@ -134,10 +158,11 @@ def _pick(rng: random.Random, sessions: list[Session], w: Workload) -> Session:
 
 def _next_turn(rng: random.Random, session: Session, w: Workload) -> list[tuple[str, str]]:
     """The session's prompt for its next turn: the group's system prompt, the history
-    (capped at 6 turns, as a client trims it), a new user turn."""
-    system = ("system", " ".join(f"g{session.group}w{i}" for i in range(w.system_words)))
+    (capped at w.history_turns, as a client trims it), a new user turn."""
+    words = (f"g{session.group}w{i}" for i in range(w.system_words))
+    system = ("system", w.prefix_salt + " ".join(words))
     user = " ".join(f"u{rng.randrange(10_000)}" for _ in range(w.user_words))
-    history = session.turns[-12:]
+    history = session.turns[len(session.turns) - 2 * w.history_turns :]
     session.turns = [*history, ("user", user), ("assistant", "ok " * 8)]
     return [system, *history, ("user", user)]
 
@@ -159,7 +184,7 @@ def _summary(policy: str, outcomes: list[Outcome], wall: float, shares: list[int
     }
 
 
-def _with_ratios(rows: list[dict]) -> list[dict]:
+def with_ratios(rows: list[dict]) -> list[dict]:
     by = {r["policy"]: r for r in rows}
     for row in rows:
         for ref in ("p2c", "round_robin"):
@@ -167,12 +192,15 @@ def _with_ratios(rows: list[dict]) -> list[dict]:
             row[f"tok_s_vs_{ref}"] = row["output_tok_s"] / base["output_tok_s"]
             row[f"ttft_p50_vs_{ref}"] = row["ttft_p50_ms"] / base["ttft_p50_ms"]
             row[f"ttft_p90_vs_{ref}"] = row["ttft_p90_ms"] / base["ttft_p90_ms"]
+        row["ttft_p99_vs_p2c"] = row["ttft_p99_ms"] / by["p2c"]["ttft_p99_ms"]
+        row["cached_vs_oracle"] = row["cached_ratio"] / max(by["oracle"]["cached_ratio"], 1e-9)
     return rows
 
 
 COLUMNS = [
     "policy",
     "requests",
+    "errors",
     "output_tok_s",
     "ttft_p50_ms",
     "ttft_p90_ms",
@@ -182,6 +210,8 @@ COLUMNS = [
     "tok_s_vs_p2c",
     "ttft_p50_vs_p2c",
     "ttft_p90_vs_p2c",
+    "ttft_p99_vs_p2c",
+    "cached_vs_oracle",
     "tok_s_vs_round_robin",
     "ttft_p50_vs_round_robin",
     "ttft_p90_vs_round_robin",

@@ -25,8 +25,12 @@ PARTS: dict[str, sections.Part] = {
     "cache_routing": sections.cache_routing_part,
     "stored_responses": sections.stored_responses_part,
 }
-# Asked for by name only: two real vLLM engines crash and come back (minutes on CPU).
-EXTRA_PARTS: dict[str, sections.Part] = {"recovery_vllm": sections.recovery_vllm_part}
+# Asked for by name only (minutes on CPU): two real vLLM engines crash and come back;
+# cache-aware routing on two vLLM engines.
+EXTRA_PARTS: dict[str, sections.Part] = {
+    "recovery_vllm": sections.recovery_vllm_part,
+    "cache_routing_vllm": sections.cache_routing_vllm_part,
+}
 
 
 def main() -> None:

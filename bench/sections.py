@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench import (
     cache_routing,
+    cache_routing_vllm,
     fairness,
     hedging,
     profile,
@@ -192,6 +193,26 @@ def cache_routing_part(args: argparse.Namespace, results: Path, report: dict) ->
         f"{w.prefill_ms_per_token} ms/uncached token, Poisson {w.rate_per_s:g} req/s for "
         f"{w.duration_s:g} s; oracle: each group pinned to one replica by hand)\n"
     ]
+    return md + _cache_tables(result)
+
+
+def cache_routing_vllm_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    model_dir = prepare_default_model(default_model_dir(CACHE_DIR))
+    report["cache_routing_vllm"] = result = cache_routing_vllm.run(results, model_dir)
+    w = cache_routing_vllm.WORKLOAD
+    md = [
+        f"## Cache-aware routing on vLLM ({w.engines} vLLM replicas of {w.model}, KV cache "
+        f"{cache_routing_vllm.KV_BLOCKS} blocks of 128 tokens each, prefix caching on; "
+        f"{w.groups} prefix groups x {w.sessions_per_group} sessions, {w.system_words}-word "
+        f"system prompts, {w.history_turns} turns of history, {w.max_tokens} output tokens, "
+        f"Poisson {w.rate_per_s:g} req/s for {w.duration_s:g} s; same engines for every "
+        "policy, fresh router and new prompts each; oracle: each group pinned by hand)\n"
+    ]
+    return md + _cache_tables(result)
+
+
+def _cache_tables(result: dict) -> list[str]:
+    md = []
     for variant, rows in result.items():
         md += [f"### {variant}\n", table(rows, cache_routing.COLUMNS), ""]
     return md

@@ -17,12 +17,13 @@ def vllm_engine_args(
     *,
     model_id: str = DEFAULT_MODEL_ID,
     eager: bool = True,
-    options: dict[str, object] | None = None,
+    **options: object,
 ) -> list[str]:
-    """Arguments of a vLLM engine process serving one local model folder; `options`:
-    more VllmOptions fields (e.g. max_num_seqs)."""
-    options = {"enforce_eager": eager, **(options or {})}
-    return catalog_args.vllm_engine_args(model_dir, cache_dir, model_id=model_id, options=options)
+    """Arguments of a vLLM engine process serving one local model folder; `options`
+    are more of its VllmOptions."""
+    return catalog_args.vllm_engine_args(
+        model_dir, cache_dir, model_id=model_id, options={"enforce_eager": eager, **options}
+    )
 
 
 def speech_engine_args(model_id: str = SPEECH_MODEL_ID) -> list[str]:

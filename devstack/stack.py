@@ -119,6 +119,14 @@ class Stack:
             raise
         return self
 
+    def restart_router(self, timeout_s: float = 60) -> None:
+        """A fresh router on the same port (it rereads its config), engines kept warm:
+        what the cache routing bench does between policies instead of reloading vLLM."""
+        if self.router is not None:
+            self.router.stop()
+        self._start_router()
+        self._wait_ready(timeout_s)
+
     def _start_router(self) -> None:
         plan = self.plan
         replicas = [a for p in plan.engine_ports for a in ("--replica", f"{plan.host}:{p}")]

@@ -63,11 +63,13 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
     async def engine_client(app: web.Application) -> AsyncIterator[None]:
         catalog = tenancy.catalog
         known = frozenset(m.id for m in catalog.models) if catalog else frozenset()
+        namer = PrefixNamer(config.prefix_tokenizers)
+        await asyncio.to_thread(namer.load)  # off the loop: transformers imports slowly
         client = EngineClient(
             config.router,
             models_cache_s=config.models_cache_s,
             known_models=known,
-            prefix_namer=PrefixNamer(config.prefix_tokenizers),
+            prefix_namer=namer,
             tls=config.tls,
             grace_s=config.request_timeout_s,
         )

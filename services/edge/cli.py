@@ -35,12 +35,29 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="SQLite file for stored responses (unless the catalog names Redis)",
     )
+    p.add_argument(
+        "--prefix-tokenizer",
+        dest="prefix_tokenizers",
+        action="append",
+        type=_model_and_source,
+        metavar="MODEL=TOKENIZER",
+        help="name this model's prompt prefixes for cache_aware routing (repeatable)",
+    )
     add_tls_flag(p)
     return p
 
 
+def _model_and_source(text: str) -> tuple[str, str]:
+    model, sep, source = text.partition("=")
+    if not (model and sep and source):
+        raise argparse.ArgumentTypeError(f"expected MODEL=TOKENIZER, got {text!r}")
+    return model, source
+
+
 def config_from_args(args: argparse.Namespace) -> EdgeConfig:
-    config = merge_config(args, sections=("tls",))
+    if args.prefix_tokenizers:  # pairs from the flags, merged over the file's key by key
+        args.prefix_tokenizers = dict(args.prefix_tokenizers)
+    config = merge_config(args, sections=("tls", "prefix_tokenizers"))
     env_keys = keys_from_env()
     if env_keys:
         config["api_keys"] = env_keys

@@ -61,6 +61,12 @@ class PrefixNamer:
         self._sources = dict(tokenizers)
         self._loaded: dict[str, Tokenize | None] = {}
 
+    def load(self) -> None:
+        """Every configured tokenizer, now: at startup, so a bad name stops the edge
+        there and the first request of each model does not pay for the load."""
+        for model in self._sources:
+            self._tokenizer(model)
+
     def covers(self, model: str) -> bool:
         return model in self._sources
 

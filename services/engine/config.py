@@ -22,6 +22,9 @@ class VllmOptions(BaseModel):
     pipeline_parallel_size: int = Field(1, ge=1)
     max_num_seqs: int | None = None
     enable_prefix_caching: bool | None = None
+    # KV cache size in blocks, overriding what memory allows (vLLM's
+    # num_gpu_blocks_override; on CPU too): a cache smaller than the RAM given to it.
+    num_gpu_blocks_override: int | None = Field(None, ge=1)
     # Publish the prefix cache's contents to routers (vLLM KV events, ipc socket only).
     kv_events: bool = True
     quantization: str | None = None

@@ -146,7 +146,10 @@ class RouterConfig(BaseModel):
     # Models that exist before any replica names them (the catalog's, those tera run
     # starts): while none is ready they get 503 + Retry-After too, never 404.
     known_models: list[str] = Field(default_factory=list)
-    policy: str = "p2c"
+    # cache_aware: the prefix cache's residency first, within a load band; a call that
+    # carries no prefix names is routed by routing key and load (README, Cache-aware
+    # routing, for the benchmark that made it the default).
+    policy: str = "cache_aware"
     # Per-model policy overrides: {"model id": "round_robin"}.
     model_policies: dict[str, str] = Field(default_factory=dict)
     # Knobs per policy name, e.g. {"cache_aware": {"load_margin": 8}}.

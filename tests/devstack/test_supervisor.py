@@ -30,7 +30,9 @@ def _served(address: str) -> int:
 async def test_a_killed_engine_is_restarted_and_back_in_rotation_under_load(
     tmp_path: Path,
 ) -> None:
-    with tera_run(tmp_path, FAST, replicas=2, args=["--restart-backoff", "0.2"]) as run:
+    # p2c: calls of one prompt reach both replicas (cache_aware would keep them on one).
+    args = ["--restart-backoff", "0.2", "--policy", "p2c"]
+    with tera_run(tmp_path, FAST, replicas=2, args=args) as run:
         victim = run.engine(0)
         load = asyncio.create_task(
             run_load(run.base_url, requests=120, concurrency=6, max_tokens=10, spacing_s=0.04)
@@ -56,6 +58,7 @@ async def test_a_killed_engine_is_restarted_and_back_in_rotation_under_load(
 async def test_a_crash_loop_is_given_up_on_and_the_rest_keep_serving(tmp_path: Path) -> None:
     behaviours = [FAST, {"exit_on_request": True}]
     args = ["--restart-backoff", "0.2", "--crash-limit", "3", "--crash-window", "60"]
+    args += ["--policy", "p2c"]  # calls of one prompt must reach the looping replica
     with tera_run(tmp_path, behaviours, args=args) as run:
         looping = run.engine(1)
         for _ in range(60):  # traffic until the looping engine has crashed 3 times

@@ -22,6 +22,7 @@ from tests.faults.load import Tally, run_load
 
 async def test_vllm_engine_killed_under_load_comes_back(tmp_path: Path, model_dir: Path) -> None:
     args = ["--model-dir", str(model_dir), "--no-speech", "--restart-backoff", "0.5"]
+    args += ["--policy", "p2c"]  # both replicas serve the load before the kill
     with tera_run(tmp_path, None, replicas=2, args=args, ready_timeout_s=600) as run:
         load = dict(requests=12, concurrency=2, max_tokens=8, model=DEFAULT_MODEL_ID)
         assert (await run_load(run.base_url, **load)).summary()["succeeded"] == 12

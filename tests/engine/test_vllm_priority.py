@@ -52,7 +52,7 @@ def one_at_a_time(
         edge_port=free_port(),
         router_port=free_port(),
         engine_ports=[free_port()],
-        engine_args=vllm_engine_args(model_dir, CACHE_DIR, options={"max_num_seqs": 1}),
+        engine_args=vllm_engine_args(model_dir, CACHE_DIR, max_num_seqs=1),
         router_args=["--config", str(config)],
         env=receiver.env,
         log_dir=logs,

@@ -38,6 +38,7 @@ KEYS = {
     "bulk": {"priority": "batch"},
 }
 ROUTER = {
+    "policy": "p2c",  # slots fill on both replicas, whatever the prompts
     "hedge": {"enabled": False},  # hedges would take the slots the queue hands out
     "health": {"check_interval_s": 0.2, "check_timeout_s": 0.5, "load_poll_interval_s": 0.2},
     "fair": {"queue_size": 64, "max_wait_s": {"interactive": 5, "standard": 10, "batch": 2}},

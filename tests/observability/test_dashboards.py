@@ -121,7 +121,8 @@ def scraped(scripted_stack, tmp_path: Path) -> Iterator[tuple[RunningStack, Prom
         stack: RunningStack = scripted_stack(
             engines=2,
             env=receiver.env,
-            router_args=["--metrics-port", str(router_metrics)],
+            # p2c: some calls reach the failing replica, whatever the prompts.
+            router_args=["--metrics-port", str(router_metrics), "--policy", "p2c"],
             per_engine_args=[
                 ["--metrics-port", str(port), "--scripted", json.dumps(b)]
                 for port, b in zip(engine_metrics, behaviours, strict=True)

@@ -166,3 +166,20 @@ def test_metrics_show_index_size_and_decisions_by_reason() -> None:
     assert 'tera_router_prefix_index_chunks{replica="10.0.0.0:1"} 3.0' in text
     assert 'tera_router_route_decisions_total{reason="cache_hit"} 1.0' in text
     assert 'tera_router_route_decisions_total{reason="no_prefix"} 1.0' in text
+
+
+def test_default_policy_is_cache_aware_and_spreads_calls_without_prefix_info() -> None:
+    """A router left at its default, given calls that carry neither names nor a routing
+    key (a model with no tokenizer at the edge, a bare gRPC caller): load decides."""
+    config = RouterConfig()
+    policy = create_policy(config.policy, config.policy_options)
+    assert isinstance(policy, CacheAwarePolicy)
+    replicas = fleet(3)
+    replicas[0].in_flight = 3
+    served: Counter[str] = Counter()
+    for _ in range(30):  # calls that stay in flight, as under load
+        chosen = policy.select(replicas, RouteRequest("m"))
+        chosen.in_flight += 1
+        served[chosen.address] += 1
+    assert sorted(r.in_flight for r in replicas) == [11, 11, 11]
+    assert served[replicas[0].address] == 8

@@ -26,6 +26,7 @@ def engine_args(config: EngineConfig, kv_events_endpoint: str | None = None) -> 
     optional = {
         "max_num_seqs": opts.max_num_seqs,
         "enable_prefix_caching": opts.enable_prefix_caching,
+        "num_gpu_blocks_override": opts.num_gpu_blocks_override,
         "quantization": opts.quantization,
         # Lets structured outputs (e.g. forced tool calls) start after the reasoning.
         "reasoning_parser": config.reasoning_parser,
