@@ -49,6 +49,7 @@ def _window(router: float, edge: float, tokens_per_chunk: float = 1.0) -> StepRe
         edge_cpu_per_1k=edge,
         router_cpu_per_1k=router,
         tokens_per_chunk=tokens_per_chunk,
+        relay_cores_per_10k=(edge + router) * 10,
         cores={},
         errors=0,
     )
