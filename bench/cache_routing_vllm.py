@@ -23,7 +23,7 @@ from bench.cache_routing import (
     with_ratios,
     write_router_config,
 )
-from bench.common import CACHE_DIR
+from bench.common import CACHE_DIR, cpu_placement
 from devstack.engine_args import vllm_engine_args
 from devstack.processes import free_port
 from devstack.stack import Stack, StackPlan
@@ -84,6 +84,7 @@ def _plan(model_dir: Path, logs: Path, config: Path, w: Workload) -> StackPlan:
         engine_args=args,
         router_args=["--config", str(config)],
         log_dir=logs,
+        **cpu_placement(w.engines),  # as tera run: vLLM alone would put both on core 0
     )
 
 

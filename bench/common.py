@@ -49,18 +49,22 @@ def vllm_plan(model_dir: Path, results: Path, *, pinned: bool = True, **extra: A
     """Edge + router + one vLLM engine on the default model (what vLLM's own server is
     compared with), laid out on the CPUs as `tera run` does unless not `pinned`; `extra`
     sets other StackPlan fields (env)."""
-    layout = plan_cpus(machine_cpus(), 1 if pinned else 0)
-    binds = [{OMP_BIND: b} for b in layout.engine_binds if b is not None]
     return StackPlan(
         edge_port=free_port(),
         router_port=free_port(),
         engine_ports=[free_port()],
         engine_args=vllm_engine_args(model_dir, CACHE_DIR),
-        per_engine_env=binds,
-        relay_cpus=layout.relay,
         log_dir=results,
+        **(cpu_placement(1) if pinned else {}),
         **extra,
     )
+
+
+def cpu_placement(engines: int) -> dict[str, Any]:
+    """StackPlan fields placing `engines` vLLM engines and the relay as `tera run` does."""
+    layout = plan_cpus(machine_cpus(), engines)
+    binds = [{OMP_BIND: b} if b is not None else {} for b in layout.engine_binds]
+    return {"per_engine_env": binds, "relay_cpus": layout.relay}
 
 
 def cpu_seconds(pid: int) -> float:
