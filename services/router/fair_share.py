@@ -15,6 +15,11 @@ REBASE_AT, and adds it to a base the routers' floors are corrected by; a tenant 
 has charged for `share_idle_s` is forgotten (it comes back lifted, as a new one), and the
 keys expire when no router syncs. Without Redis a router schedules on its own copy, and
 pushes what it charged once Redis is back.
+
+The same sync pushes the slots this router's streams hold per (class, tenant) and returns
+the other routers' (FleetSlots), so fair-share preemption weighs shares over the fleet's
+slots: a tenant served elsewhere does not take this router's slots too. A router that
+stops syncing drops out after HOLDINGS_TTL_INTERVALS; without Redis, only local slots count.
 """
 
 from __future__ import annotations
@@ -22,7 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
+import uuid
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,15 +46,22 @@ from services.tenancy.redis_store import connect
 log = logging.getLogger("tera.router.fair_share")
 
 REBASE_AT = 1e6  # weighted tokens; rebasing rewrites every counter, so not every sync
+HOLDINGS_TTL_INTERVALS = 4  # a router's held slots count this many sync intervals
 
-# KEYS: counters (hash), last charged (hash, Redis seconds), base. ARGV: idle seconds,
-# rebase threshold, the base the floors were taken at, then tenant, delta, floor ('' none).
+Holdings = Counter[tuple[int, str]]  # held slots per (class rank, tenant)
+
+# KEYS: counters (hash), last charged (hash, Redis seconds), base, held slots (hash:
+# router -> JSON {"rank:tenant": n}), routers (zset: router -> last sync, Redis seconds).
+# ARGV: idle seconds, rebase threshold, router id, its held slots (JSON), their lifetime
+# in seconds, the base the floors were taken at, then tenant, delta, floor ('' none).
+# Returns {base and counters (flat), the other routers' held slots summed (JSON)}.
 _SYNC = """
-local now = tonumber(redis.call('TIME')[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1])
 local idle = tonumber(ARGV[1])
 local base = tonumber(redis.call('GET', KEYS[3]) or '0')
-local shift = base - tonumber(ARGV[3])
-for i = 4, #ARGV, 3 do
+local shift = base - tonumber(ARGV[6])
+for i = 7, #ARGV, 3 do
   local value = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
   if ARGV[i + 2] ~= '' then value = math.max(value, tonumber(ARGV[i + 2]) - shift) end
   redis.call('HSET', KEYS[1], ARGV[i], tostring(value + tonumber(ARGV[i + 1])))
@@ -72,9 +88,25 @@ if low ~= nil and low >= tonumber(ARGV[2]) then
     redis.call('HSET', KEYS[1], values[i - 1], values[i])
   end
 end
-for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, math.ceil(idle)) end
 table.insert(values, 1, tostring(base))
-return values
+
+-- Held slots: this router's replace its last; routers silent too long are dropped.
+local router, precise = ARGV[3], now + tonumber(clock[2]) / 1e6
+redis.call('HSET', KEYS[4], router, ARGV[4])
+redis.call('ZADD', KEYS[5], precise, router)
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', precise - tonumber(ARGV[5]))) do
+  redis.call('HDEL', KEYS[4], gone)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', precise - tonumber(ARGV[5]))
+local others = {}
+local held = redis.call('HGETALL', KEYS[4])
+for i = 1, #held, 2 do
+  if held[i] ~= router then
+    for slot, n in pairs(cjson.decode(held[i + 1])) do others[slot] = (others[slot] or 0) + n end
+  end
+end
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, math.ceil(idle)) end
+return {values, cjson.encode(others)}
 """
 
 
@@ -139,6 +171,24 @@ class SharedCounters(TenantCounters):
         self._served = served
 
 
+@dataclass
+class FleetSlots:
+    """A model's held slots on the other routers at the last sync (none without Redis), and
+    where this router's own are counted, read at each sync."""
+
+    local: Callable[[], Holdings] = Counter
+    others: Holdings = field(default_factory=Counter)
+
+    def push(self) -> str:
+        return json.dumps({f"{rank}:{tenant}": n for (rank, tenant), n in self.local().items()})
+
+    def settle(self, reply: bytes) -> None:
+        self.others = Counter()
+        for slot, n in json.loads(reply).items():
+            rank, tenant = slot.split(":", 1)
+            self.others[(int(rank), tenant)] = n
+
+
 class FairShare:
     """Syncs every model's counters with Redis each `share_interval_s` (one round trip)."""
 
@@ -148,12 +198,17 @@ class FairShare:
         self._prefix = f"{settings.prefix}:fair"
         self._config = config
         self._metrics = metrics
+        self._router = uuid.uuid4().hex  # this router's held slots in Redis, until it stops
         self._models: dict[str, SharedCounters] = {}
+        self._slots: dict[str, FleetSlots] = {}
         self._failing = False
         self._task: asyncio.Task[None] | None = None
 
     def counters(self, model: str) -> SharedCounters:
         return self._models.setdefault(model, SharedCounters())
+
+    def slots(self, model: str) -> FleetSlots:
+        return self._slots.setdefault(model, FleetSlots())
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="fair share")
@@ -176,22 +231,24 @@ class FairShare:
             return
         pushes = [counters.take() for _, counters in models]
         calls = [
-            (self._keys(model), self._args(push))
+            (self._keys(model), self._args(model, push))
             for (model, _), push in zip(models, pushes, strict=True)
         ]
         try:
             replies = await self._round_trip(calls)
         except (RedisError, OSError) as exc:
-            for (_, counters), push in zip(models, pushes, strict=True):
+            for (model, counters), push in zip(models, pushes, strict=True):
                 counters.restore(push)
+                self.slots(model).others = Counter()  # unknown now: local slots only
             self._failed(exc)
             return
         self._metrics.share_syncs.labels("ok").inc()
         if self._failing:
             log.info("fair share: Redis is back; counters are the fleet's again")
             self._failing = False
-        for (_, counters), reply in zip(models, replies, strict=True):
-            counters.settle(_pairs(reply[1:]), float(reply[0]))
+        for (model, counters), (values, others) in zip(models, replies, strict=True):
+            counters.settle(_pairs(values[1:]), float(values[0]))
+            self.slots(model).settle(others)
 
     async def _round_trip(self, calls: list[tuple[list[str], list[str | float]]]) -> list[Any]:
         try:
@@ -215,10 +272,12 @@ class FairShare:
 
     def _keys(self, model: str) -> list[str]:
         key = f"{self._prefix}:{model}"
-        return [key, f"{key}:seen", f"{key}:base"]
+        return [key, f"{key}:seen", f"{key}:base", f"{key}:held", f"{key}:routers"]
 
-    def _args(self, push: Push) -> list[str | float]:
-        return [self._config.share_idle_s, REBASE_AT, *push.args()]
+    def _args(self, model: str, push: Push) -> list[str | float]:
+        ttl = HOLDINGS_TTL_INTERVALS * self._config.share_interval_s
+        held = (self._router, self.slots(model).push(), ttl)
+        return [self._config.share_idle_s, REBASE_AT, *held, *push.args()]
 
 
 def _pairs(flat: list[bytes]) -> dict[str, float]:

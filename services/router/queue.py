@@ -24,7 +24,7 @@ from services.common import metadata
 from services.common.priority import PRIORITIES, priority_rank
 from services.common.telemetry import PRIORITY
 from services.router.config import FairConfig
-from services.router.fair_share import FairShare
+from services.router.fair_share import FairShare, FleetSlots, Holdings
 from services.router.fairness import FairScheduler, Ticket
 from services.router.pool import ReplicaPool
 from services.router.preempt import Slot, victim
@@ -53,6 +53,10 @@ class _ModelQueue:
     promised: Counter[tuple[int, str]] = field(default_factory=Counter)  # (rank, tenant)
     wake: asyncio.TimerHandle | None = None  # a stream comes of age for fair share
     hold_s: float | None = None  # how long a request holds a slot (EWMA)
+    fleet: FleetSlots = field(default_factory=FleetSlots)  # other routers' slots (Redis)
+
+    def holdings(self) -> Holdings:
+        return Counter((ticket.rank, ticket.tenant) for ticket in self.holding)
 
 
 class FairQueue:
@@ -218,9 +222,13 @@ class FairQueue:
         self._preempt_for_share(model, q)
 
     def _class_load(self, q: _ModelQueue, rank: int) -> ClassLoad:
-        """Slots per tenant of class `rank`: held, plus promised, less those yielding;
+        """Slots per tenant of class `rank`: held, plus promised, less those yielding, plus
+        those held on the other routers (shares are the fleet's, when counters are shared);
         and its waiting requests with no slot promised."""
         load = ClassLoad(Counter(), Counter(), {})
+        for (held_rank, tenant), n in q.fleet.others.items():
+            if held_rank == rank:
+                load.held[tenant] += n
         for ticket in q.holding:
             if ticket.rank == rank:
                 load.held[ticket.tenant] += 1
@@ -358,7 +366,10 @@ class FairQueue:
             every = self._config.starvation_every
             counters = None if self._share is None else self._share.counters(model)
             scheduler = FairScheduler(starvation_every=every, counters=counters)
-            self._queues[model] = _ModelQueue(scheduler)
+            q = self._queues[model] = _ModelQueue(scheduler)
+            if self._share is not None:
+                q.fleet = self._share.slots(model)
+                q.fleet.local = q.holdings
         return self._queues[model]
 
     def _shed(self, model: str, ticket: Ticket, reason: str) -> None:

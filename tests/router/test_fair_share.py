@@ -4,6 +4,7 @@ two routers, synced by hand (no timers), so each step's view can be checked."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -115,3 +116,19 @@ async def test_a_tenant_nobody_charges_is_forgotten(router: Router) -> None:
         await asyncio.sleep(0.5)
     await a.sync()
     assert a.counters(MODEL).get("gone") == 0 and a.counters(MODEL).get("here") == 6
+
+
+async def test_routers_see_each_others_held_slots_until_a_silent_one_expires(
+    router: Router,
+) -> None:
+    a, b = router(share_interval_s=0.1), router(share_interval_s=0.1)
+    a.slots(MODEL).local = lambda: Counter({(1, "x"): 2})
+    b.slots(MODEL).local = lambda: Counter({(1, "y"): 2, (2, "x"): 1})
+    for share in (a, b, a):
+        share.counters(MODEL)  # the model's queue exists: it is synced
+        await share.sync()
+    assert a.slots(MODEL).others == Counter({(1, "y"): 2, (2, "x"): 1})
+    assert b.slots(MODEL).others == Counter({(1, "x"): 2})  # its own are not counted
+    await asyncio.sleep(0.6)  # B stops syncing for more than 4 intervals
+    await a.sync()
+    assert a.slots(MODEL).others == Counter()
