@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -28,8 +30,20 @@ from devstack.stack import Stack, StackPlan
 from tests.conftest import SCRIPTED_MODEL
 from tests.faults.fair_load import TenantLoad, flood, steady
 
-TOKENS = 10
-SECONDS = 6.0
+
+@dataclass(frozen=True)
+class Load:
+    """What each pair of tenants sends: answers of `tokens`, a steady request every
+    `every_s`, a flood of `workers` closed loops for `seconds`."""
+
+    model: str = SCRIPTED_MODEL
+    tokens: int = 10
+    seconds: float = 6.0
+    every_s: float = 0.3
+    workers: int = 20
+
+
+STAND_IN = Load()
 KEYS = {
     "quiet": {},
     "noisy": {},
@@ -54,7 +68,7 @@ SETTINGS = {
         f"{PREEMPTION}, min run {s} s": {"queue_size": 64, "share_min_run_s": s} for s in (0.2, 0.5)
     },
 }
-WINDOW_S = (1.0, SECONDS)  # of the flood, for the fleet's output: past its ramp-up
+RAMP_UP_S = 1.0  # of the flood, left out of the fleet's output
 PAIRS = {
     "quiet vs noisy (equal weights)": ("quiet", "noisy"),
     "interactive vs batch": ("inter", "bulk"),
@@ -67,31 +81,33 @@ def run(results: Path) -> list[dict]:
         plan = _plan(results / f"fairness-{i}", fair)
         stack = Stack(plan).start(timeout_s=60)
         try:
-            for pair, (protected, other) in PAIRS.items():
-                row = asyncio.run(_pair(plan.base_url, protected, other))
-                rows.append({"setting": setting, "tenants": pair, **row})
+            rows += [{"setting": setting, **row} for row in pairs(plan.base_url)]
         finally:
             stack.stop()
     return rows
 
 
-async def _pair(base: str, protected: str, other: str) -> dict:
-    steady_load = {"every_s": 0.3, "seconds": SECONDS / 2, "max_tokens": TOKENS}
+def pairs(base: str, load: Load = STAND_IN) -> Iterator[dict]:
+    """Every pair of tenants through one stack, one after the other: each row is
+    yielded as its run ends (so the caller can read the router's counters between)."""
+    for pair, (protected, other) in PAIRS.items():
+        yield {"tenants": pair, **asyncio.run(_pair(base, protected, other, load))}
+
+
+async def _pair(base: str, protected: str, other: str, load: Load) -> dict:
     ref, _ = await asyncio.gather(
-        steady(base, f"sk-{protected}", **steady_load),
-        steady(base, f"sk-{other}", **steady_load),
+        _steady(base, protected, load, load.seconds / 2),
+        _steady(base, other, load, load.seconds / 2),
     )
     alone_from = time.monotonic()
-    alone = await _flood(base, other)
+    alone = await _flood(base, other, load)
     flood_from = time.monotonic()
-    noisy = asyncio.create_task(_flood(base, other))
+    noisy = asyncio.create_task(_flood(base, other, load))
     await asyncio.sleep(0.5)
-    quiet = await steady(
-        base, f"sk-{protected}", every_s=0.3, seconds=SECONDS - 1, max_tokens=TOKENS
-    )
+    quiet = await _steady(base, protected, load, load.seconds - 1)
     flooder = await noisy
-    in_flood = _tokens_per_s([flooder, quiet], flood_from)
-    flood_only = _tokens_per_s([alone], alone_from)
+    in_flood = _tokens_per_s([flooder, quiet], flood_from, load)
+    flood_only = _tokens_per_s([alone], alone_from, load)
     return {
         "ref_p50_ttft_ms": _ms(ref, 50),
         "ref_p99_ttft_ms": _ms(ref, 99),
@@ -99,7 +115,7 @@ async def _pair(base: str, protected: str, other: str) -> dict:
         "flood_p99_ttft_ms": _ms(quiet, 99),
         "p99_ratio": round(_ms(quiet, 99) / max(_ms(ref, 99), 1e-3), 1),
         "protected_refused": len(quiet.results) - len(quiet.ok),
-        "flooder_req_per_s": round(len(flooder.ok) / SECONDS, 1),
+        "flooder_req_per_s": round(len(flooder.ok) / load.seconds, 1),
         "flooder_shed": len(flooder.shed),
         "flood_tok_per_s": round(in_flood, 1),
         "flood_only_tok_per_s": round(flood_only, 1),
@@ -107,16 +123,34 @@ async def _pair(base: str, protected: str, other: str) -> dict:
     }
 
 
-async def _flood(base: str, tenant: str) -> TenantLoad:
-    return await flood(base, f"sk-{tenant}", workers=20, seconds=SECONDS, max_tokens=TOKENS)
+async def _flood(base: str, tenant: str, load: Load) -> TenantLoad:
+    return await flood(
+        base,
+        f"sk-{tenant}",
+        workers=load.workers,
+        seconds=load.seconds,
+        max_tokens=load.tokens,
+        model=load.model,
+    )
 
 
-def _tokens_per_s(loads: list[TenantLoad], start: float) -> float:
-    """Output tokens/s of the answers that ended in the flood's window (each answer is
-    TOKENS long: the stand-in always runs to max_tokens)."""
-    begin, end = (start + edge for edge in WINDOW_S)
-    served = sum(load.served_between(begin, end) for load in loads)
-    return served * TOKENS / (end - begin)
+async def _steady(base: str, tenant: str, load: Load, seconds: float) -> TenantLoad:
+    return await steady(
+        base,
+        f"sk-{tenant}",
+        every_s=load.every_s,
+        seconds=seconds,
+        max_tokens=load.tokens,
+        model=load.model,
+    )
+
+
+def _tokens_per_s(loads: list[TenantLoad], start: float, load: Load) -> float:
+    """Output tokens/s of the answers that ended in the flood's window, each counted as
+    load.tokens (the stand-in always runs to max_tokens; vLLM may stop sooner)."""
+    begin, end = start + RAMP_UP_S, start + load.seconds
+    served = sum(tenant.served_between(begin, end) for tenant in loads)
+    return served * load.tokens / (end - begin)
 
 
 def preemption_ratios(rows: list[dict], off_setting: str = NO_PREEMPTION) -> list[dict]:
@@ -145,21 +179,23 @@ def _ms(load: TenantLoad, q: float) -> float:
     return round(percentile(ttfts, q) * 1000, 1) if ttfts else float("nan")
 
 
+def write_router_config(router: Path, fair: dict, extra: tuple[str, ...] = ()) -> list[str]:
+    """The router's config (no hedging, fast load polls, `fair`) and its arguments
+    (`extra` after --config)."""
+    config = {"hedge": {"enabled": False}, "health": {"load_poll_interval_s": 0.2}, "fair": fair}
+    router.write_text(yaml.safe_dump(config))
+    return ["--config", str(router), *extra]
+
+
+def write_catalog(catalog: Path, model: str) -> list[str]:
+    """The edge's catalog naming the tenants (KEYS), and its arguments."""
+    keys = [{"name": n, "key": f"sk-{n}", **extra} for n, extra in KEYS.items()]
+    catalog.write_text(yaml.safe_dump({"models": [{"id": model}], "keys": keys}))
+    return ["--catalog", str(catalog)]
+
+
 def _plan(logs: Path, fair: dict) -> StackPlan:
     logs.mkdir(parents=True, exist_ok=True)
-    router = logs / "router.yaml"
-    router.write_text(
-        yaml.safe_dump(
-            {
-                "hedge": {"enabled": False},
-                "health": {"load_poll_interval_s": 0.2},
-                "fair": fair,
-            }
-        )
-    )
-    catalog = logs / "catalog.yaml"
-    keys = [{"name": n, "key": f"sk-{n}", **extra} for n, extra in KEYS.items()]
-    catalog.write_text(yaml.safe_dump({"models": [{"id": SCRIPTED_MODEL}], "keys": keys}))
     engine = [*scripted_engine_args(SCRIPTED_MODEL, tokens_per_second=20), "--max-in-flight", "2"]
     return StackPlan(
         edge_port=free_port(),
@@ -167,7 +203,7 @@ def _plan(logs: Path, fair: dict) -> StackPlan:
         engine_ports=[free_port(), free_port()],
         per_engine_args=[engine, engine],
         model_ids=[SCRIPTED_MODEL],
-        router_args=["--config", str(router)],
-        edge_args=["--catalog", str(catalog)],
+        router_args=write_router_config(logs / "router.yaml", fair),
+        edge_args=write_catalog(logs / "catalog.yaml", SCRIPTED_MODEL),
         log_dir=logs,
     )

@@ -11,6 +11,7 @@ from bench import (
     cache_routing,
     cache_routing_vllm,
     fairness,
+    fairness_vllm,
     hedging,
     profile,
     recovery,
@@ -138,21 +139,39 @@ def hedging_part(args: argparse.Namespace, results: Path, report: dict) -> list[
 
 def fairness_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
     report["fairness"] = rows = fairness.run(results)
-    columns = ["setting", "tenants", "ref_p50_ttft_ms", "ref_p99_ttft_ms", "flood_p50_ttft_ms"]
-    columns += ["flood_p99_ttft_ms", "p99_ratio", "protected_refused", "flooder_req_per_s"]
-    columns += ["flooder_shed", "flood_tok_per_s", "flood_only_tok_per_s", "utilisation"]
     ratios = fairness.preemption_ratios(rows)
     ratios += fairness.preemption_ratios(rows, fairness.CLASS_PREEMPTION)
     return [
         "## Fair sharing under overload (2 stand-in replicas x 2 slots, 20 tok/s; the "
         "protected tenant steady at 1 request / 0.3 s, the other steady, then flooding 10x; "
         "utilisation: output tok/s in the flood over the flooder's alone)\n",
-        table(rows, columns),
+        table(rows, FAIRNESS_COLUMNS),
         "",
         "Preemption, off (or across classes only) vs on with fair share (the protected "
         "tenant's TTFT in the flood; targets: on_p99_over_ref <= 1.5, on_utilisation >= "
         "0.95):\n",
         table(ratios, PREEMPTION_COLUMNS),
+        "",
+    ]
+
+
+FAIRNESS_COLUMNS = ["setting", "tenants", "ref_p50_ttft_ms", "ref_p99_ttft_ms"]
+FAIRNESS_COLUMNS += ["flood_p50_ttft_ms", "flood_p99_ttft_ms", "p99_ratio", "protected_refused"]
+FAIRNESS_COLUMNS += ["flooder_req_per_s", "flooder_shed", "flood_tok_per_s"]
+FAIRNESS_COLUMNS += ["flood_only_tok_per_s", "utilisation"]
+
+
+def fairness_vllm_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    model_dir = prepare_default_model(default_model_dir(CACHE_DIR))
+    report["fairness_vllm"] = rows = fairness_vllm.run(results, model_dir)
+    load = fairness_vllm.LOAD
+    return [
+        f"## Fair sharing on vLLM (2 vLLM replicas of {load.model}, max_num_seqs "
+        f"{fairness_vllm.MAX_NUM_SEQS}; {load.tokens}-token answers; the protected tenant "
+        f"steady at 1 request / {load.every_s:g} s, the other steady, then {load.workers} "
+        f"closed loops for {load.seconds:g} s; same engines, a fresh router per setting; "
+        "tok/s counts each answer as max_tokens; no target)\n",
+        table(rows, [*FAIRNESS_COLUMNS, "preemptions"]),
         "",
     ]
 

@@ -45,9 +45,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))]
 
 
-async def one(session: aiohttp.ClientSession, base: str, key: str, max_tokens: int) -> Result:
+async def one(
+    session: aiohttp.ClientSession,
+    base: str,
+    key: str,
+    max_tokens: int,
+    model: str = SCRIPTED_MODEL,
+) -> Result:
     body = {
-        "model": SCRIPTED_MODEL,
+        "model": model,
         "messages": [{"role": "user", "content": "Hi"}],
         "max_tokens": max_tokens,
         "stream": True,
@@ -63,13 +69,26 @@ async def one(session: aiohttp.ClientSession, base: str, key: str, max_tokens: i
             )
         ttft = None
         async for line in response.content:
-            if ttft is None and b'"content":"tok' in line:
+            if ttft is None and _has_text(line):
                 ttft = time.monotonic() - started
         return Result(200, time.monotonic() - started, ttft)
 
 
+def _has_text(line: bytes) -> bool:
+    """A chunk with text: the first chunk carries the role and empty content, which is
+    not a token (any engine, stand-in or vLLM)."""
+    return b'"content":"' in line and b'"content":""' not in line
+
+
 async def flood(
-    base: str, key: str, *, workers: int, seconds: float, max_tokens: int, backoff_s: float = 0.2
+    base: str,
+    key: str,
+    *,
+    workers: int,
+    seconds: float,
+    max_tokens: int,
+    backoff_s: float = 0.2,
+    model: str = SCRIPTED_MODEL,
 ) -> TenantLoad:
     """`workers` closed loops for `seconds`; a refused worker waits backoff_s (a flooder
     that ignores Retry-After, but does not spin)."""
@@ -78,7 +97,7 @@ async def flood(
 
     async def worker(session: aiohttp.ClientSession) -> None:
         while time.monotonic() < end:
-            result = await one(session, base, key, max_tokens)
+            result = await one(session, base, key, max_tokens, model)
             load.results.append(result)
             if result.status != 200:
                 await asyncio.sleep(backoff_s)
@@ -89,13 +108,19 @@ async def flood(
 
 
 async def steady(
-    base: str, key: str, *, every_s: float, seconds: float, max_tokens: int
+    base: str,
+    key: str,
+    *,
+    every_s: float,
+    seconds: float,
+    max_tokens: int,
+    model: str = SCRIPTED_MODEL,
 ) -> TenantLoad:
     """One request every `every_s` (open loop), for `seconds`."""
     load = TenantLoad()
 
     async def send(session: aiohttp.ClientSession) -> None:
-        load.results.append(await one(session, base, key, max_tokens))
+        load.results.append(await one(session, base, key, max_tokens, model))
 
     async with _session() as session:
         tasks = []
@@ -107,11 +132,13 @@ async def steady(
     return load
 
 
-async def burst(base: str, key: str, *, requests: int, max_tokens: int) -> TenantLoad:
+async def burst(
+    base: str, key: str, *, requests: int, max_tokens: int, model: str = SCRIPTED_MODEL
+) -> TenantLoad:
     """`requests` at once."""
     async with _session() as session:
         results = await asyncio.gather(
-            *(one(session, base, key, max_tokens) for _ in range(requests))
+            *(one(session, base, key, max_tokens, model) for _ in range(requests))
         )
     return TenantLoad(list(results))
 

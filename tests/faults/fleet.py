@@ -8,6 +8,7 @@ import urllib.request
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.stack import StackPlan
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import RunningStack
@@ -34,7 +35,12 @@ def record(name: str, summary: dict[str, int]) -> None:
 def router_metric(stack: RunningStack, name: str, **labels: str) -> float:
     """The stack's router metric (its --metrics-port), summed over the series that match
     the labels given; 0 when absent."""
-    args = stack.stack.plan.router_args
+    return plan_router_metric(stack.stack.plan, name, **labels)
+
+
+def plan_router_metric(plan: StackPlan, name: str, **labels: str) -> float:
+    """router_metric for a plan's router (a bench's Stack as well as a test's)."""
+    args = plan.router_args
     port = args[args.index("--metrics-port") + 1]
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
