@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,26 +19,56 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
+# Ports handed out are below the kernel's ephemeral range: bind(0) would pick from inside
+# it, and between our check and the child's bind any outgoing connection on the machine
+# may take the same number as its source port (CI saw "address already in use" twice in
+# one run). Outgoing connections never land below the range.
+_LOWEST_PORT = 10_000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _candidate_ports() -> range:
+    low, high = _ephemeral_range()
+    if low - _LOWEST_PORT >= 1_000:
+        return range(_LOWEST_PORT, low)
+    return range(high + 1, 65_536)  # a range set low leaves room only above it
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, outside the ephemeral range, not handed out before by
+    this process (a child may not have bound it yet)."""
+    return free_ports_in_a_row(1, host)
 
 
-def free_ports_in_a_row(n: int) -> int:
+def free_ports_in_a_row(n: int, host: str = "127.0.0.1") -> int:
     """The first of n consecutive free ports."""
-    for _ in range(50):
-        first = free_port()
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(first, first + n):
-                    s = stack.enter_context(socket.socket())
-                    s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+    candidates = _candidate_ports()
+    for _ in range(200):
+        first = random.randrange(candidates.start, candidates.stop - n)
+        ports = range(first, first + n)
+        if any(p in _handed_out for p in ports):
+            continue
+        if all(_bindable(host, p) for p in ports):
+            _handed_out.update(ports)
             return first
-    raise RuntimeError(f"no {n} consecutive free ports")
+    raise RuntimeError(f"no {n} consecutive free ports in {candidates}")
 
 
 class ManagedProcess:

@@ -1,12 +1,15 @@
-"""ManagedProcess: a confined process runs, with every thread it starts, on its CPUs only."""
+"""ManagedProcess: a confined process runs, with every thread it starts, on its CPUs only;
+free_port hands out ports no outgoing connection can take before the child binds them."""
 
 from __future__ import annotations
 
 import os
+import socket
+from pathlib import Path
 
 import pytest
 
-from devstack.processes import ManagedProcess, wait_until
+from devstack.processes import ManagedProcess, free_port, free_ports_in_a_row, wait_until
 
 THREADS_REPORT = (
     "import threading, os, time\n"
@@ -27,3 +30,30 @@ def test_a_confined_process_and_its_threads_stay_on_their_cpus(tmp_path) -> None
         assert os.sched_getaffinity(process.pid) == {last}
     finally:
         process.stop(grace_s=0)
+
+
+def _ephemeral_range() -> range:
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return range(int(low), int(high) + 1)
+
+
+def test_free_ports_are_outside_the_ephemeral_range_and_never_handed_out_twice() -> None:
+    """An outgoing connection's source port comes from the ephemeral range: a listening
+    port picked there can be taken between our check and the child's bind."""
+    ephemeral = _ephemeral_range()
+    ports = [free_port() for _ in range(300)]
+    assert not [p for p in ports if p in ephemeral]
+    assert len(set(ports)) == len(ports)
+    first = free_ports_in_a_row(3)
+    assert not {first, first + 1, first + 2} & set(ports)
+    assert first not in ephemeral and first + 2 not in ephemeral
+
+
+def test_a_port_something_listens_on_is_not_handed_out(monkeypatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        monkeypatch.setattr("random.randrange", lambda start, stop: busy)
+        with pytest.raises(RuntimeError, match="no 1 consecutive free ports"):
+            free_port()
