@@ -83,7 +83,9 @@ def _throughput(results: Path, report: dict) -> bool:
 
 def _relay_latency(results: Path, report: dict) -> bool:
     runs = {
-        k.removeprefix("relay_coalesce_"): v for k, v in report.items() if k.startswith("relay_")
+        k.removeprefix("relay_coalesce_"): v
+        for k, v in report.items()
+        if k.startswith("relay_coalesce_")
     }
     if not runs:
         return False

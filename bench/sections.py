@@ -16,6 +16,7 @@ from bench import (
     profile,
     recovery,
     relay,
+    relay_mux,
     resume,
     resume_cost,
     speech,
@@ -54,6 +55,20 @@ def relay_part(args: argparse.Namespace, results: Path, report: dict) -> list[st
         report[f"relay_coalesce_{window}ms"] = result
         md += _relay_section(result, window)
     return md
+
+
+def relay_mux_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    report["relay_mux"] = result = relay_mux.run(results)
+    return [
+        "## What multiplexing would save the relay (the transport alone: a gRPC hop "
+        f"forwarding opaque bytes, a call per stream vs one call for all; an aiohttp SSE "
+        f"server, the edge's per-token floor; {relay_mux.RATE:.0f} tok/s a stream, one "
+        "token a message)\n",
+        table(result["rows"], list(result["rows"][0])),
+        "",
+        table(result["projection"], list(result["projection"][0])),
+        "",
+    ]
 
 
 def resume_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
