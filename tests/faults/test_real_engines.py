@@ -34,9 +34,7 @@ def two_vllm(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             {
                 **ROUTER_SETTINGS,
                 "retry": {**ROUTER_SETTINGS["retry"], "first_message_timeout_s": 60},
-                # Spread over both replicas, whatever the prompts: the tests kill the one
-                # holding streams and need the other to be holding some too.
-                "policy": "p2c",
+                "policy": "cache_aware",  # the default, which ROUTER_SETTINGS overrides
             }
         )
     )
