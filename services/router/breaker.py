@@ -35,6 +35,11 @@ class CircuitBreaker:
             return False
         return not (self.half_open and self._trial_in_flight)
 
+    @property
+    def awaiting_trial(self) -> bool:
+        """Held back only because its one half-open trial has not ended yet."""
+        return not self.ejected and self.half_open and self._trial_in_flight
+
     def on_attempt(self) -> None:
         if self.half_open:
             self._trial_in_flight = True

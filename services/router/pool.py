@@ -68,8 +68,14 @@ class ReplicaPool:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    def candidates(self, model: str) -> list[Replica]:
-        return [r for r in self.replicas.values() if r.available and model in r.models]
+    def candidates(self, model: str, *, past_trials: bool = False) -> list[Replica]:
+        """Available replicas of the model; `past_trials`: those awaiting the end of a
+        half-open trial too."""
+        return [
+            r
+            for r in self.replicas.values()
+            if (r.available or (past_trials and r.awaiting_trial)) and model in r.models
+        ]
 
     def _remember(self, replica: Replica) -> None:
         until = time.monotonic() + self._config.known_model_ttl_s

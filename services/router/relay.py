@@ -258,7 +258,13 @@ class Relay:
     def _choose(
         self, route: RouteRequest, tried: set[str], last_failure: Refusal | None
     ) -> Replica:
-        candidates = [r for r in self._pool.candidates(route.model) if r.address not in tried]
+        candidates = self._untried(route.model, tried)
+        if not candidates and last_failure is not None:
+            # A call cut loose by a failed replica may pass a half-open breaker's one-trial
+            # gate: the replica left may be half-open for as long as it gets no call (back
+            # from a restart while cache_aware sent a prompt's calls to the holder of its
+            # prefix), and its trial would turn away all but one of the dead one's calls.
+            candidates = self._untried(route.model, tried, past_trials=True)
         if not candidates:
             raise last_failure or self._no_candidate(route)
         unsaturated = [r for r in candidates if not r.saturated]
@@ -269,6 +275,10 @@ class Relay:
                 retry_after_s=self._config.retry_after_s,
             )
         return self._policy(route.model).select(unsaturated, route)
+
+    def _untried(self, model: str, tried: set[str], *, past_trials: bool = False) -> list[Replica]:
+        candidates = self._pool.candidates(model, past_trials=past_trials)
+        return [r for r in candidates if r.address not in tried]
 
     def _no_candidate(self, route: RouteRequest) -> Refusal:
         # 404 only for a name no replica has ever given; a known model with no ready

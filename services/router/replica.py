@@ -76,6 +76,11 @@ class Replica:
         return self.serving and self.breaker.allows()
 
     @property
+    def awaiting_trial(self) -> bool:
+        """Serving, and out of selection only while its breaker's trial call runs."""
+        return self.serving and self.breaker.awaiting_trial
+
+    @property
     def saturated(self) -> bool:
         limit = self.reported.max_in_flight
         return bool(limit) and self.in_flight >= limit

@@ -1,5 +1,5 @@
-"""What the fault tests share: the router settings that make faults show quickly, and
-probes of a running router's metrics and an engine's counters."""
+"""What the fault tests share: the router settings that make faults show quickly,
+probes of a running router's metrics and an engine's counters, and an engine restart."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import urllib.request
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.processes import wait_until
+from devstack.readiness import grpc_serving
 from devstack.stack import StackPlan
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
@@ -55,3 +57,20 @@ def engine_total(address: str) -> int:
     """Requests an engine has admitted since it started."""
     with grpc.insecure_channel(address) as channel:
         return pb_grpc.EngineStub(channel).GetLoad(pb.GetLoadRequest(), timeout=5).total_requests
+
+
+def restart_engine(stack: RunningStack, i: int = 0, timeout_s: float = 300) -> None:
+    """Stops engine i (if still running) and starts it again on its port, with its own
+    arguments; returns once it serves."""
+    plan, engines = stack.stack.plan, stack.stack.engines
+    engines.pop(i).stop(grace_s=1)
+    extra = plan.per_engine_args[i] if i < len(plan.per_engine_args) else []
+    stack.stack.start_engine(plan.engine_ports[i], extra)
+    engines.insert(i, engines.pop())  # back at its index
+    wait_until(
+        lambda: grpc_serving(stack.engine_addresses[i]),
+        timeout_s=timeout_s,
+        interval_s=1,
+        watch=engines,
+        what=f"engine {i} to serve again",
+    )

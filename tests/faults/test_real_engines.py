@@ -15,12 +15,11 @@ import pytest
 import yaml
 
 from devstack.engine_args import vllm_engine_args
-from devstack.processes import free_port, wait_until
-from devstack.readiness import grpc_serving
+from devstack.processes import free_port
 from devstack.stack import Stack, StackPlan
 from services.engine.model_prep import DEFAULT_MODEL_ID
 from tests.conftest import CACHE_DIR, RunningStack
-from tests.faults.fleet import ROUTER_SETTINGS, record, router_metric
+from tests.faults.fleet import ROUTER_SETTINGS, record, restart_engine, router_metric
 from tests.faults.load import Tally, run_load
 from tests.faults.test_resume import stream
 
@@ -35,9 +34,7 @@ def two_vllm(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             {
                 **ROUTER_SETTINGS,
                 "retry": {**ROUTER_SETTINGS["retry"], "first_message_timeout_s": 60},
-                # Spread over both replicas, whatever the prompts: the tests kill the one
-                # holding streams and need the other to be holding some too.
-                "policy": "p2c",
+                "policy": "cache_aware",  # the default, which ROUTER_SETTINGS overrides
             }
         )
     )
@@ -55,21 +52,6 @@ def two_vllm(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield RunningStack(stack)
     finally:
         stack.stop()
-
-
-def _restart_engine(stack: RunningStack, i: int = 0) -> None:
-    plan = stack.stack.plan
-    old = stack.stack.engines.pop(i)
-    old.stop(grace_s=1)
-    stack.stack.start_engine(plan.engine_ports[i])
-    stack.stack.engines.insert(i, stack.stack.engines.pop())  # back at its index
-    wait_until(
-        lambda: grpc_serving(stack.engine_addresses[i]),
-        timeout_s=300,
-        interval_s=1,
-        watch=stack.stack.engines,
-        what=f"engine {i} to serve again",
-    )
 
 
 async def test_real_1_killed_before_first_token(two_vllm: RunningStack) -> None:
@@ -103,7 +85,7 @@ async def test_real_1_killed_before_first_token(two_vllm: RunningStack) -> None:
 
 
 async def test_real_2_killed_mid_stream(two_vllm: RunningStack) -> None:
-    await asyncio.to_thread(_restart_engine, two_vllm, 0)
+    await asyncio.to_thread(restart_engine, two_vllm, 0)
     # Until the router routes to A again, its streams would all land on B.
     for _ in range(60):
         await run_load(
@@ -141,7 +123,7 @@ async def test_real_2_killed_mid_stream(two_vllm: RunningStack) -> None:
     # The victim's streams are resumed on the other replica: every stream completes.
     assert summary == {"sent": 8, "succeeded": 8, "failed_with_error": 0, "silently_truncated": 0}
     assert router_metric(two_vllm, "tera_router_resumes_total") >= on_victim > 0
-    await asyncio.to_thread(_restart_engine, two_vllm, holding[0])
+    await asyncio.to_thread(restart_engine, two_vllm, holding[0])
 
 
 PERSON = {

@@ -36,9 +36,11 @@ def test_half_open_trickle_then_growing_backoff_then_readmission() -> None:
     assert breaker.allows() and breaker.half_open
     breaker.on_attempt()
     assert not breaker.allows(), "one trial request at a time while half-open"
+    assert breaker.awaiting_trial, "held back by the trial alone: a failed-over call may pass"
     assert breaker.on_failure(), "a failed trial ejects again at once"
     clock.t += 1.5
     assert not breaker.allows(), "the second ejection lasts longer (2 s)"
+    assert not breaker.awaiting_trial, "an ejected replica is held back for all calls"
     clock.t += 0.6
     assert breaker.allows()
     breaker.on_attempt()
