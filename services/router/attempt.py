@@ -36,12 +36,13 @@ class Attempt:
     span: trace.Span
     hedge: bool
     first: asyncio.Task[bytes | None] = field(init=False)
+    started: float = field(init=False)  # on its replica's breaker clock
     _held: contextlib.ExitStack = field(init=False, default_factory=contextlib.ExitStack)
     _closed: bool = field(init=False, default=False)
 
     def wait_first(self, first: asyncio.Task[bytes | None]) -> None:
         """Counts the attempt as in flight on its replica until it is closed."""
-        self._held.enter_context(self.replica.track())
+        self.started = self._held.enter_context(self.replica.track())
         self.first = first
 
     def failed(self, failure: AttemptFailed) -> None:

@@ -15,6 +15,7 @@ class CircuitBreaker:
     ejections: int = 0  # consecutive, reset by a success
     total_ejections: int = 0
     ejected_until: float = 0.0
+    ejected_at: float = float("-inf")  # when the latest ejection began
     # Half-open: after an ejection, one trial request at a time until one succeeds.
     _trial_in_flight: bool = False
     _clock: object = field(default=time.monotonic, repr=False)
@@ -53,8 +54,18 @@ class CircuitBreaker:
         self.ejections = 0
         self._trial_in_flight = False
 
-    def on_failure(self) -> bool:
-        """Records a failure; True if it ejected the replica."""
+    def on_failure(self, *, started: float) -> bool:
+        """Records the failure of an attempt started at `started` (this breaker's clock);
+        True if it ejected the replica.
+
+        An attempt started before the latest ejection is not counted: a crash that cuts
+        ten streams fails them all within a millisecond, and each would eject again with
+        a doubled backoff, so one crash would sit out the longest ejection. The ejection
+        already stands for that fault (Envoy's outlier detection likewise ignores an
+        ejected host until it is back). Nor does such a failure end a half-open trial:
+        it is not the trial."""
+        if self.ejected or started <= self.ejected_at:
+            return False
         self._trial_in_flight = False
         self.consecutive_failures += 1
         threshold = 1 if self.ejections else self.config.consecutive_failures
@@ -63,5 +74,6 @@ class CircuitBreaker:
         backoff = min(self.config.base_ejection_s * (2**self.ejections), self.config.max_ejection_s)
         self.ejections += 1
         self.total_ejections += 1
-        self.ejected_until = self.now() + backoff
+        self.ejected_at = self.now()
+        self.ejected_until = self.ejected_at + backoff
         return True

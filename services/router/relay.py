@@ -232,10 +232,10 @@ class Relay:
             call = replica.channel.unary_stream(up.method)(
                 up.request, metadata=up.forward, timeout=remaining(up.context)
             )
-        opened.append(started := Attempt(replica, call, span, hedge))
-        first = self._first_message(call, replica, up.route.model, span)
-        started.wait_first(asyncio.create_task(first))
-        return started
+        opened.append(opening := Attempt(replica, call, span, hedge))
+        first = self._first_message(opening, up.route.model)
+        opening.wait_first(asyncio.create_task(first))  # sets .started before the task runs
+        return opening
 
     def _hedge(
         self, up: Upstream, attempt: int, opened: list[Attempt], tried: set[str]
@@ -292,15 +292,13 @@ class Relay:
             retry_after_s=self._config.retry_after_s,
         )
 
-    async def _first_message(
-        self, call: grpc.aio.UnaryStreamCall, replica: Replica, model: str, span: trace.Span
-    ) -> bytes | None:
-        started = time.monotonic()
+    async def _first_message(self, attempt: Attempt, model: str) -> bytes | None:
+        replica, started = attempt.replica, time.monotonic()
         try:
             async with asyncio.timeout(self._config.retry.first_message_timeout_s):
-                message = await call.read()
+                message = await attempt.call.read()
         except TimeoutError:
-            replica.record_failure("no first message in time")
+            replica.record_failure("no first message in time", started=attempt.started)
             raise AttemptFailed(
                 Refusal(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -309,10 +307,10 @@ class Relay:
                 retryable=True,
             ) from None
         except grpc.aio.AioRpcError as exc:
-            raise self._failed(exc, replica) from None
+            raise self._failed(exc, replica, attempt.started) from None
         if message is grpc.aio.EOF:
             return None
-        span.add_event("first_message")  # the first-token waterfall's router mark
+        attempt.span.add_event("first_message")  # the first-token waterfall's router mark
         elapsed = time.monotonic() - started
         replica.record_first_message(elapsed)
         self._hedger.observe(model, elapsed)
@@ -326,29 +324,29 @@ class Relay:
         yield journal.keep(last := first)
         slot = up.slot if journal.continuable else None
         with self._queue.preemptable(up.route.model, slot, winner.call):
-            async for last in self._rest(winner.call, winner.replica, slot):
+            async for last in self._rest(winner, slot):
                 yield journal.keep(last, slot)
         self._metrics.count_prompt(winner.replica.address, usage_of(up.method, last))
 
-    async def _rest(
-        self, call: grpc.aio.UnaryStreamCall, replica: Replica, slot: Slot | None
-    ) -> AsyncIterator[bytes]:
+    async def _rest(self, winner: Attempt, slot: Slot | None) -> AsyncIterator[bytes]:
+        replica = winner.replica
         try:
             with yielding(slot, replica.address):
-                while (message := await call.read()) is not grpc.aio.EOF:
+                while (message := await winner.call.read()) is not grpc.aio.EOF:
                     yield message  # type: ignore[misc]
         except grpc.aio.AioRpcError as exc:
             # Committed: the caller has tokens already. Never retried from the start.
-            raise Cut(self._failed(exc, replica).refusal, replica.address) from None
+            failure = self._failed(exc, replica, winner.started)
+            raise Cut(failure.refusal, replica.address) from None
         replica.record_success()
 
     @staticmethod
-    def _failed(exc: grpc.aio.AioRpcError, replica: Replica) -> AttemptFailed:
+    def _failed(exc: grpc.aio.AioRpcError, replica: Replica, started: float) -> AttemptFailed:
         code = exc.code()
         trailing = tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str))
         # A stream handed off by a draining replica is no fault of the replica.
         if code in REPLICA_FAULTS and not any(k == metadata.HANDOFF for k, _ in trailing):
-            replica.record_failure(code.name)
+            replica.record_failure(code.name, started=started)
         refusal = Refusal(code, exc.details() or code.name, trailing=trailing)
         return AttemptFailed(refusal, retryable=code in RETRYABLE)
 

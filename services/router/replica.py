@@ -92,13 +92,14 @@ class Replica:
     # -- outcomes -------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def track(self) -> Iterator[None]:
+    def track(self) -> Iterator[float]:
+        """Counts an attempt in flight; yields its start, for record_failure."""
         self.in_flight += 1
         self.requests += 1
         self.idle.clear()
         self.breaker.on_attempt()
         try:
-            yield
+            yield self.breaker.now()
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -111,9 +112,10 @@ class Replica:
     def record_success(self) -> None:
         self.breaker.on_success()
 
-    def record_failure(self, reason: str) -> None:
+    def record_failure(self, reason: str, *, started: float) -> None:
+        """`started`: what track() yielded for the attempt that failed."""
         self.failures += 1
-        if self.breaker.on_failure():
+        if self.breaker.on_failure(started=started):
             log.warning(
                 "ejecting %s after %d consecutive failures (%s), for %.1f s",
                 self.address,

@@ -124,7 +124,7 @@ class ResumeHooks:
     the queue's hold on the stream's slot (a resumed stream stays preemptable)."""
 
     choose: Callable[[RouteRequest, set[str], Refusal | None], Replica]
-    failed: Callable[[grpc.aio.AioRpcError, Replica], AttemptFailed]
+    failed: Callable[[grpc.aio.AioRpcError, Replica, float], AttemptFailed]
     preemptable: Callable[
         [str, Slot | None, grpc.aio.UnaryStreamCall], AbstractContextManager[None]
     ]
@@ -174,7 +174,7 @@ class Resumer:
                 )
             held = slot if journal.continuable else None
             with (
-                replica.track(),
+                replica.track() as started,
                 self._up.preemptable(route.model, held, call),
                 yielding(held, replica.address),
             ):
@@ -187,7 +187,7 @@ class Resumer:
                     replica.record_success()
                     return
                 except grpc.aio.AioRpcError as exc:
-                    failure = self._up.failed(exc, replica).refusal
+                    failure = self._up.failed(exc, replica, started).refusal
                     cut_at, cutter = cut_at or time.monotonic(), replica.address
                     span.set_attribute(RETRY_REASON, failure.code.name)
                     span.set_status(Status(StatusCode.ERROR, failure.message))

@@ -165,3 +165,21 @@ async def test_empty_ok_stream_is_a_complete_answer(fleet: Callable[..., Fleet])
     assert sum(f.engine_requests()) == 1, "not retried"
     assert f.metric("tera_router_retries_total") == 0
     assert f.metric("tera_router_requests_total", code="OK") == 1
+
+
+async def test_calls_sent_before_an_ejection_do_not_eject_again_when_they_fail_after_it(
+    fleet: Callable[..., Fleet],
+) -> None:
+    """A hung replica: two calls time out and eject it (0.5 s); three sent 2 s after them,
+    before the ejection, time out 2 s after it ended. They say nothing new: no second
+    ejection (counted, each would eject again; taken while ejected only, one would)."""
+    retry = {"first_message_timeout_s": 4.0, "max_attempts": 1}
+    breaker = {"consecutive_failures": 2, "base_ejection_s": 0.5}
+    f = fleet([{"hang": True}], router={"retry": retry, "breaker": breaker})
+    early = [asyncio.create_task(f.generate()) for _ in range(2)]
+    await asyncio.sleep(2.0)
+    late = [asyncio.create_task(f.generate()) for _ in range(3)]
+    codes = [code for code, _ in await asyncio.gather(*early, *late)]
+    assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 5
+    assert f.engine_requests() == [5], "the late three reached it before the ejection"
+    assert f.metric("tera_router_replica_ejections_total") == 1
