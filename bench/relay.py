@@ -60,7 +60,9 @@ class StepResult:
     errors: int
 
 
-def _stack(results: Path, rate: float, coalesce_ms: int) -> Stack:
+def _stack(
+    results: Path, rate: float, coalesce_ms: int, engine_transport: str = "per_call"
+) -> Stack:
     return stand_in_stack(
         results,
         {
@@ -77,6 +79,7 @@ def _stack(results: Path, rate: float, coalesce_ms: int) -> Stack:
             "--max-context-length",
             "1000000",
         ],
+        router_args=["--engine-transport", engine_transport],
     )
 
 
@@ -185,7 +188,11 @@ async def _short_requests(
 
 
 def run(
-    results: Path, streams: tuple[int, ...], rates: tuple[float, ...], coalesce_ms: int
+    results: Path,
+    streams: tuple[int, ...],
+    rates: tuple[float, ...],
+    coalesce_ms: int,
+    engine_transport: str = "per_call",
 ) -> dict:
     steps: list[StepResult] = []
     best: dict[int, StepResult] = {}
@@ -194,7 +201,7 @@ def run(
         active = [n for n in streams if n not in saturated]
         if not active:
             break
-        stack = _stack(results, rate, coalesce_ms)
+        stack = _stack(results, rate, coalesce_ms, engine_transport)
         try:
             uvloop.run(_short_requests(stack, 16, 0.5))  # warm: connections, first calls
             for n in active:
@@ -211,7 +218,7 @@ def run(
                     best[n] = step
         finally:
             stack.stop()
-    stack = _stack(results, 1000, coalesce_ms)
+    stack = _stack(results, 1000, coalesce_ms, engine_transport)
     try:
         uvloop.run(_short_requests(stack, 64, 1.0))
         short_rps = uvloop.run(_short_requests(stack, 64, 8.0))
@@ -222,4 +229,5 @@ def run(
         "best": {n: s.__dict__ for n, s in best.items()},
         "short_requests_per_s": short_rps,
         "coalesce_window_ms": coalesce_ms,
+        "engine_transport": engine_transport,
     }
