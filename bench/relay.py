@@ -34,8 +34,9 @@ ADDED_ITL_LIMIT_MS = 5.0
 # A step that delivers less than this share of the offered tokens/s is saturated.
 SATURATED = 0.8
 STREAM_SECONDS = 4.0
-# The stand-in's decode step. A GPU engine steps every 10-30 ms for a whole batch; 5 ms
-# is faster than any of them, so the relay sees more messages than it would in production.
+# The stand-in's decode step, shared by its streams. A GPU engine steps every 10-30 ms for
+# a whole batch; 5 ms is faster than any of them, so the relay sees more messages than it
+# would in production.
 STEP_MS = 5.0
 
 
@@ -69,6 +70,7 @@ def _stack(
             "tokens_per_second": rate,
             "default_max_tokens": 16,
             "step_ms": STEP_MS,
+            "shared_steps": True,
             "token_text": "t{i}@{t} ",
         },
         engine_args=[
