@@ -147,6 +147,7 @@ class _Link:
             details = f"multiplexed call to the engine failed: {exc.code().name} {exc.details()}"
         finally:  # however it broke, no stream on it is left waiting
             self.broken = True
+            self._outbox.close()
             lost = pb.MuxEnd(code=grpc.StatusCode.UNAVAILABLE.value[0], details=details)
             for stream in list(self._streams.values()):
                 stream.ended(lost)
