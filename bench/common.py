@@ -30,6 +30,7 @@ def stand_in_stack(
     engine_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     responses_db: Path | None = None,
+    router_args: Sequence[str] = (),
 ) -> Stack:
     """Edge + router + one stand-in engine (real processes) with the given behaviour."""
     plan = StackPlan(
@@ -40,6 +41,7 @@ def stand_in_stack(
         model_ids=[STAND_IN_MODEL],
         env=env or {},
         responses_db=responses_db,
+        router_args=list(router_args),
         log_dir=results,
     )
     return Stack(plan).start(timeout_s=60)

@@ -34,8 +34,9 @@ ADDED_ITL_LIMIT_MS = 5.0
 # A step that delivers less than this share of the offered tokens/s is saturated.
 SATURATED = 0.8
 STREAM_SECONDS = 4.0
-# The stand-in's decode step. A GPU engine steps every 10-30 ms for a whole batch; 5 ms
-# is faster than any of them, so the relay sees more messages than it would in production.
+# The stand-in's decode step, shared by its streams. A GPU engine steps every 10-30 ms for
+# a whole batch; 5 ms is faster than any of them, so the relay sees more messages than it
+# would in production.
 STEP_MS = 5.0
 
 
@@ -60,13 +61,16 @@ class StepResult:
     errors: int
 
 
-def _stack(results: Path, rate: float, coalesce_ms: int) -> Stack:
+def _stack(
+    results: Path, rate: float, coalesce_ms: int, engine_transport: str = "per_call"
+) -> Stack:
     return stand_in_stack(
         results,
         {
             "tokens_per_second": rate,
             "default_max_tokens": 16,
             "step_ms": STEP_MS,
+            "shared_steps": True,
             "token_text": "t{i}@{t} ",
         },
         engine_args=[
@@ -77,6 +81,7 @@ def _stack(results: Path, rate: float, coalesce_ms: int) -> Stack:
             "--max-context-length",
             "1000000",
         ],
+        router_args=["--engine-transport", engine_transport],
     )
 
 
@@ -185,7 +190,11 @@ async def _short_requests(
 
 
 def run(
-    results: Path, streams: tuple[int, ...], rates: tuple[float, ...], coalesce_ms: int
+    results: Path,
+    streams: tuple[int, ...],
+    rates: tuple[float, ...],
+    coalesce_ms: int,
+    engine_transport: str = "per_call",
 ) -> dict:
     steps: list[StepResult] = []
     best: dict[int, StepResult] = {}
@@ -194,7 +203,7 @@ def run(
         active = [n for n in streams if n not in saturated]
         if not active:
             break
-        stack = _stack(results, rate, coalesce_ms)
+        stack = _stack(results, rate, coalesce_ms, engine_transport)
         try:
             uvloop.run(_short_requests(stack, 16, 0.5))  # warm: connections, first calls
             for n in active:
@@ -211,7 +220,7 @@ def run(
                     best[n] = step
         finally:
             stack.stop()
-    stack = _stack(results, 1000, coalesce_ms)
+    stack = _stack(results, 1000, coalesce_ms, engine_transport)
     try:
         uvloop.run(_short_requests(stack, 64, 1.0))
         short_rps = uvloop.run(_short_requests(stack, 64, 8.0))
@@ -222,4 +231,5 @@ def run(
         "best": {n: s.__dict__ for n, s in best.items()},
         "short_requests_per_s": short_rps,
         "coalesce_window_ms": coalesce_ms,
+        "engine_transport": engine_transport,
     }

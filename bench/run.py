@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
         help="per-stream token rates to step through (tokens/s)",
     )
     p.add_argument("--coalesce-window-ms", type=int, default=10)
+    p.add_argument(
+        "--engine-transport",
+        choices=["per_call", "mux"],
+        default="per_call",
+        help="the router's engine_transport in the relay part",
+    )
     return p
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from opentelemetry import propagate, trace
 
+from services.common.mux import GENERATE_MUX
+
 log = logging.getLogger("tera.telemetry")
 
 # Semantic-convention attribute names (GenAI) and Tera's own.
@@ -98,9 +100,12 @@ def grpc_server_interceptors() -> list[Any]:
     from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
     # Probes are not part of any request's trace (and the interceptor cannot wrap the
-    # health service's Watch, which writes through the context).
+    # health service's Watch, which writes through the context). A multiplexed call
+    # carries many requests: each stream has its own span (services/engine/mux.py).
     skip = filters.any_of(
-        filters.service_prefix("grpc.health"), filters.service_prefix("grpc.reflection")
+        filters.service_prefix("grpc.health"),
+        filters.service_prefix("grpc.reflection"),
+        filters.full_method_name(GENERATE_MUX),
     )
     return [aio_server_interceptor(filter_=filters.negate(skip))]
 
@@ -110,7 +115,9 @@ def grpc_client_interceptors() -> list[Any] | None:
         return None
     from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters
 
-    skip = filters.service_prefix("grpc.health")
+    skip = filters.any_of(
+        filters.service_prefix("grpc.health"), filters.full_method_name(GENERATE_MUX)
+    )
     return list(aio_client_interceptors(filter_=filters.negate(skip)))
 
 

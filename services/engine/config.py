@@ -43,6 +43,9 @@ class ScriptedOptions(BaseModel):
     # Like a real engine's decode step: a stream wakes at most once per step and emits
     # every token that fell due meanwhile in one message.
     step_ms: float = Field(2.0, gt=0)
+    # Every stream steps on one clock (multiples of step_ms), as a GPU engine decodes its
+    # whole batch in one step: the tokens of all streams due at a step come out together.
+    shared_steps: bool = False
     fail_before_first: bool = False
     fail_first_requests: int = 0  # the first N requests fail before their first token
     # Fail each call after it has sent this many tokens (a continuation counts afresh).

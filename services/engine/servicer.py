@@ -16,6 +16,7 @@ from services.engine.admission import InFlightLimit
 from services.engine.backends.base import Backend
 from services.engine.coalesce import coalesce
 from services.engine.errors import EngineError
+from services.engine.mux import MuxServer
 from services.engine.observe import observe_generation
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
@@ -47,6 +48,12 @@ class EngineServicer(pb_grpc.EngineServicer):
         with self._admission.handed_off_at_grace():
             async for message in _abort_on_error(observed, context, self._admission):
                 yield message
+
+    async def GenerateMux(
+        self, request_iterator: AsyncIterator[pb.MuxFrames], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.MuxFrames]:
+        async for batch in MuxServer(self.Generate).serve(request_iterator):
+            yield batch
 
     async def Synthesize(
         self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext

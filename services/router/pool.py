@@ -31,8 +31,11 @@ class ReplicaPool:
         self._remembered: dict[str, tuple[pb.ModelInfo, float]] = {}
 
     def reconfigure(self, config: RouterConfig) -> None:
-        """New health and breaker settings apply to replicas added from now on."""
+        """New health and breaker settings apply to replicas added from now on, a new
+        engine transport to every replica's new calls."""
         self._config = config
+        for replica in self.replicas.values():
+            replica.transport = config.engine_transport
 
     def set_source(self, source: str, addresses: set[str]) -> None:
         self._sources[source] = set(addresses)
@@ -47,6 +50,7 @@ class ReplicaPool:
                 health=self._config.health,
                 breaker=self._config.breaker,
                 tls=self._config.tls,
+                transport=self._config.engine_transport,
             )
             self.replicas[address] = replica
             self._probes[address] = ReplicaProbes(replica, self._config.health)

@@ -229,7 +229,7 @@ class Relay:
             "attempt", attributes={ATTEMPT: attempt, REPLICA: replica.address, HEDGE: hedge}
         )
         with trace.use_span(span, end_on_exit=False):  # parent of the upstream call
-            call = replica.channel.unary_stream(up.method)(
+            call = replica.unary_stream(up.method)(
                 up.request, metadata=up.forward, timeout=remaining(up.context)
             )
         opened.append(opening := Attempt(replica, call, span, hedge))

@@ -9,12 +9,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 from grpc_health.v1 import health_pb2
 
 from services.common.grpc_options import CHANNEL_OPTIONS
+from services.common.mux import GENERATE
 from services.common.telemetry import grpc_client_interceptors
 from services.common.tls import RotatingChannel, TLSConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -22,6 +23,7 @@ from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from services.router.breaker import CircuitBreaker
 from services.router.cache_index import PrefixIndex
 from services.router.config import BreakerConfig, HealthConfig
+from services.router.mux import MuxCall, MuxChannel
 
 log = logging.getLogger("tera.router.replica")
 
@@ -40,14 +42,17 @@ class Replica:
         health: HealthConfig,
         breaker: BreakerConfig,
         tls: TLSConfig | None = None,
+        transport: str = "per_call",
     ) -> None:
         self.address = address
+        self.transport = transport  # RouterConfig.engine_transport
         # Generation, health and load all use one channel: the same credentials. A renewed
         # client certificate is picked up by new calls; streams on the old channel get
         # the longest request's time to finish.
         self._channel = RotatingChannel(
             address, tls, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
         )
+        self._mux = MuxChannel(self._channel.current, address)
         self.status: int = UNKNOWN
         self.models: dict[str, pb.ModelInfo] = {}
         self.in_flight = 0
@@ -135,7 +140,15 @@ class Replica:
     def stub(self) -> pb_grpc.EngineStub:
         return pb_grpc.EngineStub(self.channel)
 
+    def unary_stream(self, method: str) -> Callable[..., grpc.aio.UnaryStreamCall | MuxCall]:
+        """A streaming call to the engine: a plain call, or under the `mux` transport a
+        Generate stream on the replica's multiplexed call."""
+        if self.transport == "mux" and method == GENERATE:
+            return self._mux.unary_stream(method)
+        return self.channel.unary_stream(method)
+
     async def close(self) -> None:
+        self._mux.close()
         await self._channel.close()
 
     async def set_status(self, status: int) -> None:

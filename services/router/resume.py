@@ -23,6 +23,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from services.common import metadata
+from services.common.mux import GENERATE
 from services.common.telemetry import ATTEMPT, REPLICA, RESUMED_TOKENS, RETRY_REASON
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.attempt import AttemptFailed
@@ -34,7 +35,6 @@ from services.router.refusal import Refusal, remaining
 from services.router.replica import Replica
 from services.router.retry import RETRYABLE
 
-GENERATE = "/tera.v1.Engine/Generate"
 # A cut by one of these is the replica's failure, so another replica may continue.
 RESUMABLE = RETRYABLE | {grpc.StatusCode.CANCELLED}
 
@@ -169,7 +169,7 @@ class Resumer:
                 },
             )
             with trace.use_span(span, end_on_exit=False):
-                call = replica.channel.unary_stream(GENERATE)(
+                call = replica.unary_stream(GENERATE)(
                     request, metadata=forward, timeout=remaining(context)
                 )
             held = slot if journal.continuable else None

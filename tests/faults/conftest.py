@@ -15,7 +15,16 @@ from tests.faults.fleet import ROUTER_SETTINGS
 
 
 @pytest.fixture
-def resuming_fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path):
+def engine_transport() -> str:
+    """The router's engine_transport in the fleets below; a test module parametrizes it
+    to run its tests over both."""
+    return "per_call"
+
+
+@pytest.fixture
+def resuming_fleet(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path, engine_transport: str
+):
     """resuming_fleet(replicas, behaviour, resume={...}, engine_extra=[...]): stand-in
     replicas that all behave alike, behind a router with these resume settings."""
 
@@ -26,7 +35,8 @@ def resuming_fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path):
         engine_extra: list[str] | None = None,
     ) -> RunningStack:
         config = tmp_path / f"router-{replicas}.yaml"
-        config.write_text(yaml.safe_dump({**ROUTER_SETTINGS, "resume": resume or {}}))
+        settings = {**ROUTER_SETTINGS, "engine_transport": engine_transport}
+        config.write_text(yaml.safe_dump({**settings, "resume": resume or {}}))
         engine_args = ["--scripted", json.dumps(behaviour), *(engine_extra or [])]
         return scripted_stack(
             engines=replicas,
@@ -39,7 +49,7 @@ def resuming_fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path):
 
 @pytest.fixture
 def fleet(
-    scripted_stack: Callable[..., RunningStack], tmp_path: Path
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path, engine_transport: str
 ) -> Callable[..., RunningStack]:
     """fleet([behaviour_a, behaviour_b], router={...}) -> a stack with those replicas."""
 
@@ -47,7 +57,8 @@ def fleet(
         behaviours: list[dict], router: dict | None = None, engine_extra: list[str] | None = None
     ) -> RunningStack:
         config = tmp_path / "router.yaml"
-        config.write_text(yaml.safe_dump({**ROUTER_SETTINGS, **(router or {})}))
+        settings = {**ROUTER_SETTINGS, "engine_transport": engine_transport}
+        config.write_text(yaml.safe_dump({**settings, **(router or {})}))
         return scripted_stack(
             engines=len(behaviours),
             per_engine_args=[

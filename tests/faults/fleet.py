@@ -6,6 +6,7 @@ from __future__ import annotations
 import urllib.request
 
 import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.processes import wait_until
@@ -23,6 +24,10 @@ ROUTER_SETTINGS = {
     "retry": {"first_message_timeout_s": 1.0, "backoff_base_s": 0.01, "max_attempts": 3},
     "breaker": {"consecutive_failures": 3, "base_ejection_s": 0.5, "max_ejection_s": 2.0},
 }
+
+# A test marked with this runs twice: streams to the engines as plain calls, and
+# multiplexed (the router's engine_transport: mux).
+BOTH_TRANSPORTS = pytest.mark.parametrize("engine_transport", ["per_call", "mux"])
 
 # Sent / succeeded / failed / silently truncated per scenario, printed as one table at
 # the end of the fault suite.

@@ -24,7 +24,14 @@ from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import SCRIPTED_MODEL, RunningStack
 from tests.faults.dns import DnsServer
-from tests.faults.fleet import RESULTS, ROUTER_SETTINGS, engine_total, record, router_metric
+from tests.faults.fleet import (
+    BOTH_TRANSPORTS,
+    RESULTS,
+    ROUTER_SETTINGS,
+    engine_total,
+    record,
+    router_metric,
+)
 from tests.faults.gateway import gateway, stand_in
 from tests.faults.load import rss_kib, run_load, stream_once
 
@@ -34,7 +41,10 @@ StackFactory = Callable[..., RunningStack]
 NORMAL = {"tokens_per_second": 50}
 
 
-async def test_1_replica_killed_before_first_tokens(fleet: StackFactory) -> None:
+@BOTH_TRANSPORTS
+async def test_1_replica_killed_before_first_tokens(
+    fleet: StackFactory, engine_transport: str
+) -> None:
     # A would stay silent for 60 s and the router waits 30 s for a first message: only
     # the kill can move A's requests to B within the test.
     patient = {**ROUTER_SETTINGS["retry"], "first_message_timeout_s": 30.0}
@@ -51,7 +61,7 @@ async def test_1_replica_killed_before_first_tokens(fleet: StackFactory) -> None
     killed = time.monotonic()
     stack.stack.engines[0].kill_group(signal.SIGKILL)
     tally = await load
-    record("1 killed before first token", tally.summary())
+    record(f"1 killed before first token ({engine_transport})", tally.summary())
     assert tally.summary() == {
         "sent": 20,
         "succeeded": 20,
@@ -67,7 +77,8 @@ async def test_1_replica_killed_before_first_tokens(fleet: StackFactory) -> None
     assert router_has_replicas(router, 1)
 
 
-async def test_2_replica_killed_mid_stream(fleet: StackFactory) -> None:
+@BOTH_TRANSPORTS
+async def test_2_replica_killed_mid_stream(fleet: StackFactory, engine_transport: str) -> None:
     slow = {"tokens_per_second": 10}
     stack = fleet([slow, slow])
     load = asyncio.create_task(run_load(stack.base_url, requests=20, concurrency=20, max_tokens=30))
@@ -75,7 +86,7 @@ async def test_2_replica_killed_mid_stream(fleet: StackFactory) -> None:
     stack.stack.engines[0].kill_group(signal.SIGKILL)
     tally = await load
     summary = tally.summary()
-    record("2 killed mid-stream", summary)
+    record(f"2 killed mid-stream ({engine_transport})", summary)
     # A's streams are resumed on B token-exactly (see test_resume.py): none is lost.
     assert summary == {"sent": 20, "succeeded": 20, "failed_with_error": 0, "silently_truncated": 0}
     assert router_metric(stack, "tera_router_resumes_total", reason="unavailable") >= 1
@@ -90,7 +101,8 @@ async def test_3_hanging_replica_is_skipped_after_attempt_deadline(fleet: StackF
     assert 1.0 <= slowest < 5.0, "moved on after the 1 s attempt deadline"
 
 
-async def test_4_draining_replica_loses_nothing(fleet: StackFactory) -> None:
+@BOTH_TRANSPORTS
+async def test_4_draining_replica_loses_nothing(fleet: StackFactory, engine_transport: str) -> None:
     # Streams of 3 s (60 tokens at 20/s) outlast the gRPC server's own 1 s stop grace:
     # only the engine's drain lets them finish.
     slow = {"tokens_per_second": 20}
@@ -103,7 +115,7 @@ async def test_4_draining_replica_loses_nothing(fleet: StackFactory) -> None:
     held = (await asyncio.to_thread(stack.engine_load, 0)).in_flight
     draining.send_signal(signal.SIGTERM)
     tally = await load
-    record("4 draining replica", {**tally.summary(), "held_at_sigterm": held})
+    record(f"4 draining replica ({engine_transport})", {**tally.summary(), "held_at_sigterm": held})
     assert held > 0, "the draining replica held streams at SIGTERM"
     assert tally.summary()["succeeded"] == 24
     assert await asyncio.to_thread(draining.proc.wait, 30) == 0  # type: ignore[union-attr]

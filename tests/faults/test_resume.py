@@ -19,7 +19,9 @@ from services.engine.config import EngineConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import SCRIPTED_MODEL
-from tests.faults.fleet import router_metric
+from tests.faults.fleet import BOTH_TRANSPORTS, router_metric
+
+pytestmark = BOTH_TRANSPORTS
 
 # Byte-sliced tokens: é (2 bytes) and 😀 (4 bytes) are split across tokens.
 UTF8 = {"token_text": "é{i}😀 ", "bytes_per_token": 3, "tokens_per_second": 200}

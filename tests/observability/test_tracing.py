@@ -122,6 +122,22 @@ def traced_resume(
         stack.stop()
 
 
+@pytest.fixture(scope="module")
+def traced_mux(
+    receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningStack]:
+    """traced_resume's fleet with the router's streams multiplexed (engine_transport: mux)."""
+    logs = tmp_path_factory.mktemp("traced-mux")
+    config = logs / "router.yaml"
+    config.write_text(json.dumps({"policy": "round_robin", "engine_transport": "mux"}))
+    cutting = scripted_args(fail_after_tokens=3)
+    stack = _stack(logs, receiver, cutting, [SCRIPTED_MODEL], 2, None, ("--config", str(config)))
+    try:
+        yield RunningStack(stack)
+    finally:
+        stack.stop()
+
+
 async def _chat(stack: RunningStack, model: str, trace_id: str) -> str:
     """Sends a request as part of the client's span; returns that span's id."""
     client_span = secrets.token_hex(8)
@@ -262,6 +278,25 @@ async def test_resumed_stream_shows_each_attempt(
     assert cut.attributes["tera.retry.reason"] == "INTERNAL" and cut.status_code == 2
     assert resumed.attributes["tera.resume.tokens"] == 3
     assert cut.attributes["tera.replica.address"] != resumed.attributes["tera.replica.address"]
+
+
+async def test_multiplexed_streams_join_the_trace(
+    traced_mux: RunningStack, receiver: OtlpReceiver
+) -> None:
+    trace_id = secrets.token_hex(16)
+    await _chat(traced_mux, SCRIPTED_MODEL, trace_id)
+    spans = receiver.wait_for(trace_id, SERVICES)
+    TREES["resumed stream, multiplexed (stand-in engines)"] = tree(spans)
+    router = _one(spans, "tera-router", SERVER)
+    attempts = [s for s in _children(spans, router) if s.name == "attempt"]
+    engines = [s for s in spans if s.service == "tera-engine" and s.kind == SERVER]
+    assert len(attempts) == len(engines) == 2, tree(spans)
+    # No upstream call span: each stream's context rides in its open frame, so the
+    # engine's span hangs under the attempt itself.
+    assert {e.parent_id for e in engines} == {a.span_id for a in attempts}
+    resumed = max(engines, key=lambda e: e.attributes.get("gen_ai.usage.output_tokens", 0))
+    assert resumed.attributes["gen_ai.usage.output_tokens"] == 5
+    assert {"admitted", "first_token", "finished"} <= set(resumed.events)
 
 
 def test_engine_reexposes_vllm_metrics(traced_vllm: RunningStack) -> None:

@@ -9,6 +9,7 @@ real replica might.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -133,7 +134,10 @@ class ScriptedBackend(Backend):
                 )
             i = end
             if rate > 0 and not gen.done(max_tokens):
-                await asyncio.sleep(max(started + (i - start) / rate - loop.time(), step_s))
+                wake = max(started + (i - start) / rate, loop.time() + step_s)
+                if script.shared_steps:
+                    wake = math.ceil(wake / step_s) * step_s
+                await asyncio.sleep(wake - loop.time())
             elif rate <= 0:
                 await asyncio.sleep(0)
 

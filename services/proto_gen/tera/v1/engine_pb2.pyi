@@ -452,3 +452,57 @@ class PrefixCacheEvent(_message.Message):
     removed: _containers.RepeatedScalarFieldContainer[int]
     chunk_tokens: int
     def __init__(self, reset: _Optional[bool] = ..., stored: _Optional[_Iterable[int]] = ..., removed: _Optional[_Iterable[int]] = ..., chunk_tokens: _Optional[int] = ...) -> None: ...
+
+class MuxFrames(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[MuxFrame]
+    def __init__(self, frames: _Optional[_Iterable[_Union[MuxFrame, _Mapping]]] = ...) -> None: ...
+
+class MuxFrame(_message.Message):
+    __slots__ = ("stream_id", "open", "cancel", "message", "end")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    open: MuxOpen
+    cancel: MuxCancel
+    message: bytes
+    end: MuxEnd
+    def __init__(self, stream_id: _Optional[int] = ..., open: _Optional[_Union[MuxOpen, _Mapping]] = ..., cancel: _Optional[_Union[MuxCancel, _Mapping]] = ..., message: _Optional[bytes] = ..., end: _Optional[_Union[MuxEnd, _Mapping]] = ...) -> None: ...
+
+class MuxOpen(_message.Message):
+    __slots__ = ("method", "request", "metadata", "timeout_s")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    request: bytes
+    metadata: _containers.RepeatedCompositeFieldContainer[MetadataPair]
+    timeout_s: float
+    def __init__(self, method: _Optional[str] = ..., request: _Optional[bytes] = ..., metadata: _Optional[_Iterable[_Union[MetadataPair, _Mapping]]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class MuxCancel(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MuxEnd(_message.Message):
+    __slots__ = ("code", "details", "trailing_metadata")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    TRAILING_METADATA_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    details: str
+    trailing_metadata: _containers.RepeatedCompositeFieldContainer[MetadataPair]
+    def __init__(self, code: _Optional[int] = ..., details: _Optional[str] = ..., trailing_metadata: _Optional[_Iterable[_Union[MetadataPair, _Mapping]]] = ...) -> None: ...
+
+class MetadataPair(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: bytes
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...

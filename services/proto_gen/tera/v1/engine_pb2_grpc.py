@@ -61,6 +61,11 @@ class EngineStub:
                 request_serializer=tera_dot_v1_dot_engine__pb2.WatchPrefixCacheRequest.SerializeToString,
                 response_deserializer=tera_dot_v1_dot_engine__pb2.PrefixCacheEvent.FromString,
                 _registered_method=True)
+        self.GenerateMux = channel.stream_stream(
+                '/tera.v1.Engine/GenerateMux',
+                request_serializer=tera_dot_v1_dot_engine__pb2.MuxFrames.SerializeToString,
+                response_deserializer=tera_dot_v1_dot_engine__pb2.MuxFrames.FromString,
+                _registered_method=True)
 
 
 class EngineServicer:
@@ -106,6 +111,16 @@ class EngineServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateMux(self, request_iterator, context):
+        """Many Generate calls over one call, for a router (engine_transport: mux): each
+        message carries frames of any number of streams, so one decode step of every stream
+        costs one gRPC message instead of one per stream. Engines only; a router does not
+        serve it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngineServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +148,11 @@ def add_EngineServicer_to_server(servicer, server):
                     servicer.WatchPrefixCache,
                     request_deserializer=tera_dot_v1_dot_engine__pb2.WatchPrefixCacheRequest.FromString,
                     response_serializer=tera_dot_v1_dot_engine__pb2.PrefixCacheEvent.SerializeToString,
+            ),
+            'GenerateMux': grpc.stream_stream_rpc_method_handler(
+                    servicer.GenerateMux,
+                    request_deserializer=tera_dot_v1_dot_engine__pb2.MuxFrames.FromString,
+                    response_serializer=tera_dot_v1_dot_engine__pb2.MuxFrames.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +291,33 @@ class Engine:
             '/tera.v1.Engine/WatchPrefixCache',
             tera_dot_v1_dot_engine__pb2.WatchPrefixCacheRequest.SerializeToString,
             tera_dot_v1_dot_engine__pb2.PrefixCacheEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateMux(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tera.v1.Engine/GenerateMux',
+            tera_dot_v1_dot_engine__pb2.MuxFrames.SerializeToString,
+            tera_dot_v1_dot_engine__pb2.MuxFrames.FromString,
             options,
             channel_credentials,
             insecure,

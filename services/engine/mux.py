@@ -1,0 +1,132 @@
+"""GenerateMux, the engine's end: each open frame runs the servicer's own Generate, with a
+MuxContext standing in for the call's ServicerContext, and every stream's responses go out
+through one outbox (services/common/mux.py), batched.
+
+A cancel frame, the stream's deadline, or the end of the multiplexed call cancels the
+stream's task, which aborts the request in the backend as a cancelled plain call would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from services.common.mux import GENERATE, Metadata, Outbox, from_pairs, to_pairs
+from services.common.telemetry import tracing_enabled
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+
+log = logging.getLogger("tera.engine.mux")
+
+Generate = Callable[[pb.GenerateRequest, Any], AsyncIterator[pb.GenerateResponse]]
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: Metadata) -> None:
+        super().__init__(details)
+        self.end = pb.MuxEnd(
+            code=code.value[0], details=details, trailing_metadata=to_pairs(trailing)
+        )
+
+
+class MuxContext:
+    """What Generate uses of grpc.aio.ServicerContext, for one multiplexed stream."""
+
+    def __init__(self, opened: pb.MuxOpen) -> None:
+        self._metadata = from_pairs(opened.metadata)
+        self._deadline = (
+            time.monotonic() + opened.timeout_s if opened.HasField("timeout_s") else None
+        )
+
+    def invocation_metadata(self) -> Metadata:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()
+    ) -> None:
+        raise _Aborted(code, details, trailing_metadata)
+
+
+class MuxServer:
+    """One GenerateMux call: its streams by id, and the outbox they all write to."""
+
+    def __init__(self, generate: Generate) -> None:
+        self._generate = generate
+        self._outbox = Outbox()
+        self._streams: dict[int, asyncio.Task[None]] = {}
+
+    async def serve(self, frames: AsyncIterator[pb.MuxFrames]) -> AsyncIterator[pb.MuxFrames]:
+        reader = asyncio.create_task(self._read(frames))
+        try:
+            async for batch in self._outbox.batches():
+                yield batch
+        finally:  # the caller went away (or the server stops): every stream is aborted
+            reader.cancel()
+            for task in list(self._streams.values()):
+                task.cancel()
+
+    async def _read(self, frames: AsyncIterator[pb.MuxFrames]) -> None:
+        async for message in frames:
+            for frame in message.frames:
+                if frame.HasField("open"):
+                    run = self._run(frame.stream_id, frame.open)
+                    self._streams[frame.stream_id] = asyncio.create_task(run)
+                elif (task := self._streams.get(frame.stream_id)) is not None:
+                    task.cancel()  # a cancel frame
+        # The caller closed its side: finish the streams it started, then the call.
+        await asyncio.gather(*self._streams.values(), return_exceptions=True)
+        self._outbox.close()
+
+    async def _run(self, stream_id: int, opened: pb.MuxOpen) -> None:
+        context = MuxContext(opened)
+        try:
+            end = await self._stream(stream_id, opened, context)
+        except _Aborted as aborted:
+            end = aborted.end
+        except TimeoutError:
+            end = pb.MuxEnd(
+                code=grpc.StatusCode.DEADLINE_EXCEEDED.value[0], details="Deadline Exceeded"
+            )
+        except Exception as exc:  # Generate maps its own errors; this is a bad frame
+            log.exception("multiplexed stream failed")
+            end = pb.MuxEnd(code=grpc.StatusCode.INTERNAL.value[0], details=str(exc))
+        finally:
+            self._streams.pop(stream_id, None)
+        self._outbox.put(pb.MuxFrame(stream_id=stream_id, end=end))
+
+    async def _stream(self, stream_id: int, opened: pb.MuxOpen, context: MuxContext) -> pb.MuxEnd:
+        if opened.method != GENERATE:
+            raise _Aborted(grpc.StatusCode.UNIMPLEMENTED, f"{opened.method} is not multiplexed", ())
+        request = pb.GenerateRequest.FromString(opened.request)
+        async with asyncio.timeout(context.time_remaining()):
+            with _server_span(context.invocation_metadata()):
+                async for message in self._generate(request, context):
+                    frame = pb.MuxFrame(stream_id=stream_id, message=message.SerializeToString())
+                    self._outbox.put(frame)
+        return pb.MuxEnd()
+
+
+@contextlib.contextmanager
+def _server_span(metadata: Metadata) -> Iterator[None]:
+    """The span a plain call's server interceptor would open, child of the caller's."""
+    if not tracing_enabled():
+        yield
+        return
+    parent = propagate.extract({k: v for k, v in metadata if isinstance(v, str)})
+    tracer = trace.get_tracer("tera.engine")
+    with tracer.start_as_current_span(GENERATE, context=parent, kind=SpanKind.SERVER) as span:
+        try:
+            yield
+        except _Aborted as aborted:
+            span.set_status(Status(StatusCode.ERROR, aborted.end.details))
+            raise

@@ -1,0 +1,185 @@
+"""GenerateMux, the router's end (engine_transport: mux): Generate calls to one replica
+over one GenerateMux call, each behaving to the relay as a grpc.aio.UnaryStreamCall.
+
+The multiplexed call is opened with the first stream and again with the first stream
+after it broke; when it breaks, every stream on it ends UNAVAILABLE, as plain calls to an
+engine that died would, so retries and resumes work unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from services.common.mux import GENERATE_MUX, Metadata, Outbox, from_pairs, to_pairs
+from services.common.telemetry import inject_headers, tracing_enabled
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+
+log = logging.getLogger("tera.router.mux")
+
+
+class MuxCall:
+    """One stream on a multiplexed call: what the relay uses of grpc.aio.UnaryStreamCall."""
+
+    def __init__(self, link: _Link, stream_id: int, timeout: float | None) -> None:
+        self._link = link
+        self._id = stream_id
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._end: pb.MuxEnd | None = None
+        self._cancelled = False
+        self._timer = None
+        if timeout is not None:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._expire)
+
+    async def read(self) -> bytes | Any:
+        item = await self._inbox.get()
+        if self._cancelled:  # as a cancelled grpc.aio call's reads do
+            raise asyncio.CancelledError()
+        if isinstance(item, bytes):
+            return item
+        self._inbox.put_nowait(item)  # the end: every later read sees it too
+        if item.code == grpc.StatusCode.OK.value[0]:
+            return grpc.aio.EOF
+        raise self._error(item)
+
+    def cancel(self) -> bool:
+        if self._end is not None:
+            return False
+        self._cancelled = True
+        self._link.cancel(self._id)
+        self.ended(pb.MuxEnd(code=grpc.StatusCode.CANCELLED.value[0], details="Locally cancelled"))
+        return True
+
+    async def code(self) -> grpc.StatusCode:
+        return _code(self._end.code) if self._end else grpc.StatusCode.UNKNOWN
+
+    async def details(self) -> str:
+        return self._end.details if self._end else ""
+
+    async def initial_metadata(self) -> grpc.aio.Metadata:
+        return grpc.aio.Metadata()  # engines send none on Generate
+
+    async def trailing_metadata(self) -> grpc.aio.Metadata:
+        return grpc.aio.Metadata(*from_pairs(self._end.trailing_metadata if self._end else ()))
+
+    def received(self, frame: pb.MuxFrame) -> None:
+        if frame.HasField("end"):
+            self.ended(frame.end)
+        elif self._end is None:
+            self._inbox.put_nowait(frame.message)
+
+    def ended(self, end: pb.MuxEnd) -> None:
+        if self._end is not None:
+            return
+        self._end = end
+        self._link.forget(self._id)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._inbox.put_nowait(end)
+
+    def _expire(self) -> None:
+        # The caller's deadline, kept here as grpc keeps it for a plain call; the engine
+        # keeps it too and aborts the request.
+        self._link.cancel(self._id)
+        self.ended(
+            pb.MuxEnd(code=grpc.StatusCode.DEADLINE_EXCEEDED.value[0], details="Deadline Exceeded")
+        )
+
+    @staticmethod
+    def _error(end: pb.MuxEnd) -> grpc.aio.AioRpcError:
+        trailing = grpc.aio.Metadata(*from_pairs(end.trailing_metadata))
+        return grpc.aio.AioRpcError(_code(end.code), grpc.aio.Metadata(), trailing, end.details)
+
+
+class _Link:
+    """One GenerateMux call and the streams on it."""
+
+    def __init__(self, channel: grpc.aio.Channel, address: str) -> None:
+        log.info("opening a multiplexed call to %s", address)
+        self._outbox = Outbox()
+        self._streams: dict[int, MuxCall] = {}
+        self._ids = itertools.count(1)
+        self.broken = False
+        self.channel = channel
+        method = channel.stream_stream(
+            GENERATE_MUX,
+            request_serializer=pb.MuxFrames.SerializeToString,
+            response_deserializer=pb.MuxFrames.FromString,
+        )
+        self._call = method(self._outbox.batches())
+        self._reader = asyncio.create_task(self._read())
+
+    def open(
+        self, method: str, request: bytes, metadata: Metadata, timeout: float | None
+    ) -> MuxCall:
+        stream_id = next(self._ids)
+        self._streams[stream_id] = call = MuxCall(self, stream_id, timeout)
+        opened = pb.MuxOpen(method=method, request=request, metadata=to_pairs(metadata))
+        if timeout is not None:
+            opened.timeout_s = timeout
+        self._outbox.put(pb.MuxFrame(stream_id=stream_id, open=opened))
+        return call
+
+    def cancel(self, stream_id: int) -> None:
+        if stream_id in self._streams and not self.broken:
+            self._outbox.put(pb.MuxFrame(stream_id=stream_id, cancel=pb.MuxCancel()))
+
+    def forget(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+
+    def close(self) -> None:
+        self._call.cancel()
+
+    async def _read(self) -> None:
+        details = "the engine ended the multiplexed call"
+        try:
+            while (message := await self._call.read()) is not grpc.aio.EOF:
+                for frame in message.frames:  # type: ignore[union-attr]
+                    if (stream := self._streams.get(frame.stream_id)) is not None:
+                        stream.received(frame)
+        except grpc.aio.AioRpcError as exc:
+            details = f"multiplexed call to the engine failed: {exc.code().name} {exc.details()}"
+        finally:  # however it broke, no stream on it is left waiting
+            self.broken = True
+            self._outbox.close()
+            lost = pb.MuxEnd(code=grpc.StatusCode.UNAVAILABLE.value[0], details=details)
+            for stream in list(self._streams.values()):
+                stream.ended(lost)
+
+
+class MuxChannel:
+    """Generate calls to one replica over one multiplexed call, opened lazily."""
+
+    def __init__(self, channel: Callable[[], grpc.aio.Channel], address: str) -> None:
+        self._channel = channel
+        self._address = address
+        self._link: _Link | None = None
+
+    def unary_stream(self, method: str) -> Callable[..., MuxCall]:
+        return functools.partial(self._start, method)
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+
+    def _start(
+        self, method: str, request: bytes, *, metadata: Metadata = (), timeout: float | None = None
+    ) -> MuxCall:
+        channel = self._channel()
+        # A renewed certificate means a new channel: the old link serves its own streams.
+        if self._link is None or self._link.broken or self._link.channel is not channel:
+            self._link = _Link(channel, self._address)
+        if tracing_enabled():  # what the client interceptor does for a plain call
+            metadata = (*metadata, *inject_headers().items())
+        return self._link.open(method, request, metadata, timeout)
+
+
+@functools.cache
+def _code(value: int) -> grpc.StatusCode:
+    return next(c for c in grpc.StatusCode if c.value[0] == value)

@@ -1,0 +1,101 @@
+"""The router's end of GenerateMux against a real stand-in engine: each stream behaves as
+the grpc.aio.UnaryStreamCall that relay, resume and preemption code read and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from devstack.processes import ManagedProcess, free_port, wait_until
+from devstack.readiness import grpc_serving
+from services.common.mux import GENERATE
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
+from services.router.mux import MuxCall, MuxChannel
+from tests.conftest import SCRIPTED_MODEL
+from tests.faults.gateway import stand_in
+
+HEADERS = (("tera-model", SCRIPTED_MODEL),)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[tuple[ManagedProcess, str]]:
+    """A stand-in engine at 20 tokens/s, and its address."""
+    port = free_port()
+    process = stand_in(tmp_path, port, tokens_per_second=20)
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_until(lambda: grpc_serving(address), timeout_s=60, watch=[process], what="engine")
+        yield process, address
+    finally:
+        process.stop()
+
+
+def open_stream(mux: MuxChannel, max_tokens: int) -> MuxCall:
+    request = pb.GenerateRequest(
+        prompt=pb.PromptInput(text="hello"), sampling=pb.SamplingParams(max_tokens=max_tokens)
+    )
+    return mux.unary_stream(GENERATE)(request.SerializeToString(), metadata=HEADERS, timeout=30)
+
+
+async def in_flight(channel: grpc.aio.Channel) -> int:
+    load = await pb_grpc.EngineStub(channel).GetLoad(pb.GetLoadRequest(), timeout=5)
+    return load.in_flight
+
+
+async def test_cancel_fails_a_pending_read_and_aborts_the_request(engine) -> None:
+    _, address = engine
+    async with grpc.aio.insecure_channel(address) as channel:
+        mux = MuxChannel(lambda: channel, address)
+        call = open_stream(mux, max_tokens=200)  # 10 s of tokens
+        assert isinstance(await call.read(), bytes)
+        pending = asyncio.create_task(call.read())
+        await asyncio.sleep(0.01)  # the read waits for the next token (50 ms away)
+        assert call.cancel()
+        with pytest.raises(asyncio.CancelledError):  # preempt.py relies on this
+            await pending
+        assert await call.code() == grpc.StatusCode.CANCELLED
+        deadline = time.monotonic() + 3
+        while await in_flight(channel) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await in_flight(channel) == 0, "the engine still runs the cancelled stream"
+        finished = open_stream(mux, max_tokens=3)  # the multiplexed call lives on
+        messages = 0
+        while await finished.read() is not grpc.aio.EOF:
+            messages += 1
+        assert messages >= 1 and await finished.code() == grpc.StatusCode.OK
+        mux.close()
+
+
+async def test_a_lost_engine_fails_its_streams_unavailable(engine, tmp_path: Path) -> None:
+    process, address = engine
+    async with grpc.aio.insecure_channel(address) as channel:
+        mux = MuxChannel(lambda: channel, address)
+        calls = [open_stream(mux, max_tokens=200) for _ in range(3)]
+        for call in calls:
+            assert isinstance(await call.read(), bytes)
+        process.kill_group(signal.SIGKILL)
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as lost:
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+            assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The next stream opens a new multiplexed call, to the engine back on its port.
+        again = stand_in(tmp_path, int(address.rsplit(":", 1)[1]), tokens_per_second=200)
+        try:
+            wait_until(lambda: grpc_serving(address), timeout_s=60, watch=[again], what="engine")
+            await asyncio.wait_for(channel.channel_ready(), 10)  # past its reconnect backoff
+            call = open_stream(mux, max_tokens=3)
+            async with asyncio.timeout(10):  # on the broken call it would never end
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+            assert await call.code() == grpc.StatusCode.OK
+        finally:
+            mux.close()
+            again.stop()
