@@ -55,13 +55,18 @@ def test_unknown_model_is_not_found(shared_scripted_stack) -> None:
 
 
 def _hold_the_only_slot(address: str, max_tokens: int) -> threading.Thread:
+    """Returns once the holder streams: admitted, so its slot is taken (a fixed sleep
+    was too short on a loaded machine, and the second call took the slot)."""
+    streaming = threading.Event()
+
     def run() -> None:
         with tc.TeraClient(address, retry=tc.NO_RETRIES) as holder:
-            holder.complete(SCRIPTED_MODEL, prompt="hold", max_tokens=max_tokens)
+            for _ in holder.generate(SCRIPTED_MODEL, prompt="hold", max_tokens=max_tokens):
+                streaming.set()
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(0.8)  # admitted, streaming, and seen by the router's load poll
+    assert streaming.wait(timeout=60), "the holder never got a token"
     return thread
 
 
@@ -75,7 +80,7 @@ def one_slot(scripted_stack) -> str:
 
 
 def test_refusal_carries_retry_after_and_grpc_pushback(one_slot: str) -> None:
-    holder = _hold_the_only_slot(one_slot, max_tokens=15)
+    holder = _hold_the_only_slot(one_slot, max_tokens=30)
     with (
         tc.TeraClient(one_slot, retry=tc.NO_RETRIES) as client,
         pytest.raises(tc.RateLimitError) as caught,
@@ -85,7 +90,7 @@ def test_refusal_carries_retry_after_and_grpc_pushback(one_slot: str) -> None:
     assert caught.value.retry_after == 1
     request = pb.GenerateRequest(model=SCRIPTED_MODEL)
     request.prompt.text = "x"
-    holder = _hold_the_only_slot(one_slot, max_tokens=15)
+    holder = _hold_the_only_slot(one_slot, max_tokens=30)
     with pytest.raises(grpc.RpcError) as raw:
         _raw_generate(one_slot, request)
     holder.join()
@@ -93,10 +98,11 @@ def test_refusal_carries_retry_after_and_grpc_pushback(one_slot: str) -> None:
 
 
 def test_rate_limited_call_is_retried_after_the_pushback(one_slot: str) -> None:
-    # The slot frees ~2 s after the holder starts. Two retries with gRPC's own backoff
-    # (0.1-0.2 s) are spent long before that; waiting 1 s each, as told, reaches it.
+    # The slot frees ~1.3 s after the holder's first token (13 more at 10/s). Two retries
+    # with gRPC's own backoff (0.1-0.2 s) are spent long before that; waiting 1 s each,
+    # as told, reaches it at ~2 s.
     quick = tc.RetryPolicy(max_attempts=3, initial_backoff_s=0.1, max_backoff_s=0.2)
-    holder = _hold_the_only_slot(one_slot, max_tokens=20)
+    holder = _hold_the_only_slot(one_slot, max_tokens=14)
     started = time.monotonic()
     with tc.TeraClient(one_slot, retry=quick) as client:
         answer = client.complete(SCRIPTED_MODEL, prompt="second", max_tokens=2)

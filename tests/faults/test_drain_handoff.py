@@ -19,9 +19,11 @@ async def test_rolling_restart_with_streams_longer_than_the_grace(resuming_fleet
     stack = resuming_fleet(2, {"tokens_per_second": 20}, engine_extra=["--drain-grace-s", "0.5"])
     plan = stack.stack.plan
     router = f"{plan.host}:{plan.router_port}"
-    # 100 tokens at 20/s: 5 s a stream, ten times the grace.
+    # 300 tokens at 20/s: 15 s a stream, thirty times the grace, and long enough that
+    # every stream is still running at the second drain on a loaded machine, where an
+    # engine's restart took over 5 s (with 100 tokens the second drain found none).
     load = asyncio.create_task(
-        run_load(stack.base_url, requests=16, concurrency=16, max_tokens=100)
+        run_load(stack.base_url, requests=16, concurrency=16, max_tokens=300)
     )
     await asyncio.sleep(0.5)  # every stream has tokens out
     exits = []
