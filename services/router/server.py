@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,8 @@ from services.common.health import (
     serve_health_only,
     set_status,
 )
+from services.common.mux import GENERATE
+from services.common.mux_server import MuxServer
 from services.common.telemetry import grpc_server_interceptors
 from services.common.tls import add_port
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -43,6 +46,24 @@ def _relayed(relay: Relay, method: str) -> grpc.RpcMethodHandler:
     return grpc.unary_stream_rpc_method_handler(handler)
 
 
+def _multiplexed(relay: Relay) -> grpc.RpcMethodHandler:
+    """GenerateMux from edges (router_transport: mux): each stream is relayed as a plain
+    Generate call is, by the same handler."""
+    relayed = {GENERATE: functools.partial(relay.stream, GENERATE)}
+
+    async def handler(
+        frames: AsyncIterator[pb.MuxFrames], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.MuxFrames]:
+        async for batch in MuxServer(relayed, context, tracer="tera.router").serve(frames):
+            yield batch
+
+    return grpc.stream_stream_rpc_method_handler(
+        handler,
+        request_deserializer=pb.MuxFrames.FromString,
+        response_serializer=pb.MuxFrames.SerializeToString,
+    )
+
+
 def _unary(fn: Callable, request_type: type, response_type: type) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(
         fn,
@@ -66,6 +87,8 @@ def build_handler(pool: ReplicaPool, relay: Relay) -> grpc.GenericRpcHandler:
         )
 
     handlers = {m: _relayed(relay, m) for m in STREAMING_METHODS}
+    # The auth interceptor guards no stream-stream method: with auth on this one is closed.
+    handlers["GenerateMux"] = _multiplexed(relay)
     handlers["ListModels"] = _unary(list_models, pb.ListModelsRequest, pb.ListModelsResponse)
     handlers["GetLoad"] = _unary(get_load, pb.GetLoadRequest, pb.LoadReport)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
