@@ -45,6 +45,7 @@ class MuxContext:
 
     def __init__(self, opened: pb.MuxOpen, call: grpc.aio.ServicerContext) -> None:
         self._call = call  # the GenerateMux call's own: its peer is every stream's
+        self._code: grpc.StatusCode | None = None
         self._metadata = from_pairs(opened.metadata)
         self._deadline = (
             time.monotonic() + opened.timeout_s if opened.HasField("timeout_s") else None
@@ -59,7 +60,12 @@ class MuxContext:
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()
     ) -> None:
+        self._code = code
         raise _Aborted(code, details, trailing_metadata)
+
+    def code(self) -> grpc.StatusCode | None:
+        """The code the stream was aborted with, if it was (the handler's own view)."""
+        return self._code
 
     def peer(self) -> str:
         return self._call.peer()

@@ -18,8 +18,7 @@ class EdgeConfig(BaseModel):
     router: str = "127.0.0.1:50051"
     # How Generate streams reach the router: per_call, one gRPC call per stream; mux, all
     # of them over one GenerateMux call (as the router's engine_transport: mux), which
-    # costs edge and router a fraction of the CPU per message. The router must serve it:
-    # one with auth required does not (use per_call there).
+    # costs edge and router a fraction of the CPU per message.
     router_transport: Literal["per_call", "mux"] = "per_call"
     # The operations listener: /metrics and /admin/* (never on the public port). None:
     # neither is served. Expose it to Prometheus and operators only.
