@@ -31,6 +31,7 @@ def stand_in_stack(
     env: dict[str, str] | None = None,
     responses_db: Path | None = None,
     router_args: Sequence[str] = (),
+    edge_args: Sequence[str] = (),
 ) -> Stack:
     """Edge + router + one stand-in engine (real processes) with the given behaviour."""
     plan = StackPlan(
@@ -42,6 +43,7 @@ def stand_in_stack(
         env=env or {},
         responses_db=responses_db,
         router_args=list(router_args),
+        edge_args=list(edge_args),
         log_dir=results,
     )
     return Stack(plan).start(timeout_s=60)

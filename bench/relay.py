@@ -62,7 +62,11 @@ class StepResult:
 
 
 def _stack(
-    results: Path, rate: float, coalesce_ms: int, engine_transport: str = "per_call"
+    results: Path,
+    rate: float,
+    coalesce_ms: int,
+    engine_transport: str = "per_call",
+    router_transport: str = "per_call",
 ) -> Stack:
     return stand_in_stack(
         results,
@@ -82,6 +86,7 @@ def _stack(
             "1000000",
         ],
         router_args=["--engine-transport", engine_transport],
+        edge_args=["--router-transport", router_transport],
     )
 
 
@@ -195,6 +200,7 @@ def run(
     rates: tuple[float, ...],
     coalesce_ms: int,
     engine_transport: str = "per_call",
+    router_transport: str = "per_call",
 ) -> dict:
     steps: list[StepResult] = []
     best: dict[int, StepResult] = {}
@@ -203,7 +209,7 @@ def run(
         active = [n for n in streams if n not in saturated]
         if not active:
             break
-        stack = _stack(results, rate, coalesce_ms, engine_transport)
+        stack = _stack(results, rate, coalesce_ms, engine_transport, router_transport)
         try:
             uvloop.run(_short_requests(stack, 16, 0.5))  # warm: connections, first calls
             for n in active:
@@ -220,7 +226,7 @@ def run(
                     best[n] = step
         finally:
             stack.stop()
-    stack = _stack(results, 1000, coalesce_ms, engine_transport)
+    stack = _stack(results, 1000, coalesce_ms, engine_transport, router_transport)
     try:
         uvloop.run(_short_requests(stack, 64, 1.0))
         short_rps = uvloop.run(_short_requests(stack, 64, 8.0))
@@ -232,4 +238,5 @@ def run(
         "short_requests_per_s": short_rps,
         "coalesce_window_ms": coalesce_ms,
         "engine_transport": engine_transport,
+        "router_transport": router_transport,
     }

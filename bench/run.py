@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         default="per_call",
         help="the router's engine_transport in the relay part",
     )
+    p.add_argument(
+        "--router-transport",
+        choices=["per_call", "mux"],
+        default="per_call",
+        help="the edge's router_transport in the relay part",
+    )
     return p
 
 

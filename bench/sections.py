@@ -51,7 +51,9 @@ def relay_part(args: argparse.Namespace, results: Path, report: dict) -> list[st
     rates = tuple(map(float, args.rates.split(",")))
     md: list[str] = []
     for window in sorted({0, args.coalesce_window_ms}):
-        result = relay.run(results, streams, rates, window, args.engine_transport)
+        result = relay.run(
+            results, streams, rates, window, args.engine_transport, args.router_transport
+        )
         report[f"relay_coalesce_{window}ms"] = result
         md += _relay_section(result, window)
     return md
@@ -276,7 +278,9 @@ def _relay_section(result: dict, window: int) -> list[str]:
     )
     return [
         f"## Relay capacity (stand-in engine, {relay.STEP_MS:g} ms decode step, "
-        f"coalescing window {window} ms, engine transport {result['engine_transport']})\n",
+        f"coalescing window {window} ms, transports: edge-router "
+        f"{result.get('router_transport', 'per_call')}, router-engine "
+        f"{result['engine_transport']})\n",
         "Added ITL: gap between SSE chunks at the client minus the gap between the "
         "emissions of their newest tokens. Added latency: arrival minus emission, per "
         "token. CPU per 1k tokens in seconds.\n",

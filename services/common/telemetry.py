@@ -101,7 +101,7 @@ def grpc_server_interceptors() -> list[Any]:
 
     # Probes are not part of any request's trace (and the interceptor cannot wrap the
     # health service's Watch, which writes through the context). A multiplexed call
-    # carries many requests: each stream has its own span (services/engine/mux.py).
+    # carries many requests: each stream has its own span (services/common/mux_server.py).
     skip = filters.any_of(
         filters.service_prefix("grpc.health"),
         filters.service_prefix("grpc.reflection"),

@@ -72,6 +72,7 @@ def create_app(config: EdgeConfig, tracer_provider: Any | None = None) -> web.Ap
             prefix_namer=namer,
             tls=config.tls,
             grace_s=config.request_timeout_s,
+            transport=config.router_transport,
         )
         gate = tenancy.gate
         app[CHAT] = ChatServing(config, client, metrics, gate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
@@ -15,6 +16,10 @@ class EdgeConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     router: str = "127.0.0.1:50051"
+    # How Generate streams reach the router: per_call, one gRPC call per stream; mux, all
+    # of them over one GenerateMux call (as the router's engine_transport: mux), which
+    # costs edge and router a fraction of the CPU per message.
+    router_transport: Literal["per_call", "mux"] = "per_call"
     # The operations listener: /metrics and /admin/* (never on the public port). None:
     # neither is served. Expose it to Prometheus and operators only.
     ops_host: str = "127.0.0.1"

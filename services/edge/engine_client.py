@@ -12,6 +12,8 @@ import grpc
 
 from services.common import metadata, prefix_hash
 from services.common.grpc_options import CHANNEL_OPTIONS
+from services.common.mux import GENERATE
+from services.common.mux_client import MuxCall, MuxChannel
 from services.common.telemetry import grpc_client_interceptors
 from services.common.tls import RotatingChannel, TLSConfig
 from services.edge.errors import OpenAIError, from_grpc
@@ -34,6 +36,7 @@ class EngineClient:
         prefix_namer: PrefixNamer | None = None,
         tls: TLSConfig | None = None,
         grace_s: float = 600.0,
+        transport: str = "per_call",
     ) -> None:
         self._prefix_namer = prefix_namer
         # A renewed certificate is picked up by new calls; streams on the old channel
@@ -44,6 +47,12 @@ class EngineClient:
             options=CHANNEL_OPTIONS,
             interceptors=grpc_client_interceptors(),
             grace_s=grace_s,
+        )
+        # EdgeConfig.router_transport: Generate streams as calls of their own, or over one
+        # multiplexed call (its MuxCalls behave as plain calls to _relay).
+        self._mux = MuxChannel(self._channel.current, target) if transport == "mux" else None
+        self._mux_generate = self._mux and self._mux.unary_stream(
+            GENERATE, pb.GenerateResponse.FromString
         )
         self._models_cache_s = models_cache_s
         self._models: list[pb.ModelInfo] = []
@@ -56,7 +65,17 @@ class EngineClient:
     def _stub(self) -> pb_grpc.EngineStub:
         return pb_grpc.EngineStub(self._channel.current())
 
+    def _start(
+        self, request: pb.GenerateRequest, md: list, timeout_s: float
+    ) -> grpc.aio.UnaryStreamCall | MuxCall:
+        if self._mux_generate is None:
+            return self._stub.Generate(request, metadata=md, timeout=timeout_s)
+        data = request.SerializeToString()
+        return self._mux_generate(data, metadata=tuple(md), timeout=timeout_s)
+
     async def close(self) -> None:
+        if self._mux is not None:
+            self._mux.close()
         await self._channel.close()
 
     async def list_models(self) -> list[pb.ModelInfo]:
@@ -89,7 +108,7 @@ class EngineClient:
         md += [kv for kv in fair or () if kv[0] != metadata.TENANT]  # tenant sent once
         if self._prefix_namer is not None and self._prefix_namer.covers(request.model):
             return self._named(request, md, timeout_s, idle_timeout_s)
-        call = self._stub.Generate(request, metadata=md, timeout=timeout_s)
+        call = self._start(request, md, timeout_s)
         return _relay(call, idle_timeout_s, known_model=request.model in self._known_models)
 
     async def _named(
@@ -101,7 +120,7 @@ class EngineClient:
         names = await asyncio.to_thread(self._prefix_namer.names, request)
         if names:
             md = [*md, (prefix_hash.METADATA_KEY, names)]
-        call = self._stub.Generate(request, metadata=md, timeout=timeout_s)
+        call = self._start(request, md, timeout_s)
         known = request.model in self._known_models
         async with contextlib.aclosing(_relay(call, idle_timeout_s, known_model=known)) as stream:
             async for message in stream:
@@ -131,7 +150,7 @@ def _metadata(model: str, routing_key: str | None, tenant: str | None) -> list[t
 
 
 async def _relay(
-    call: grpc.aio.UnaryStreamCall, idle_timeout_s: float, *, known_model: bool
+    call: grpc.aio.UnaryStreamCall | MuxCall, idle_timeout_s: float, *, known_model: bool
 ) -> AsyncIterator[Any]:
     committed = False
     idle = _IdleWatch(call, idle_timeout_s)
@@ -166,7 +185,7 @@ class _IdleWatch:
     re-armed only when it fires: asyncio.timeout around each read made and cancelled a
     timer per message, and looked up the running loop and task (a getpid each) twice."""
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall, limit: float) -> None:
+    def __init__(self, call: grpc.aio.UnaryStreamCall | MuxCall, limit: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._call = call
         self._limit = limit

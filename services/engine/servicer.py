@@ -11,12 +11,13 @@ import grpc
 
 from services.common import metadata
 from services.common.bounded import clip_message
+from services.common.mux import GENERATE
+from services.common.mux_server import MuxServer
 from services.common.priority import priority_rank
 from services.engine.admission import InFlightLimit
 from services.engine.backends.base import Backend
 from services.engine.coalesce import coalesce
 from services.engine.errors import EngineError
-from services.engine.mux import MuxServer
 from services.engine.observe import observe_generation
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
@@ -52,8 +53,14 @@ class EngineServicer(pb_grpc.EngineServicer):
     async def GenerateMux(
         self, request_iterator: AsyncIterator[pb.MuxFrames], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.MuxFrames]:
-        async for batch in MuxServer(self.Generate).serve(request_iterator):
+        mux = MuxServer({GENERATE: self._generate_bytes}, context, tracer="tera.engine")
+        async for batch in mux.serve(request_iterator):
             yield batch
+
+    async def _generate_bytes(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
+        """Generate on serialized messages, as GenerateMux carries them."""
+        async for message in self.Generate(pb.GenerateRequest.FromString(request), context):
+            yield message.SerializeToString()
 
     async def Synthesize(
         self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext

@@ -13,7 +13,7 @@ A key's caller then gets the key's limits, usage and fair-queue class (tenant_li
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, model_validator
 from services.catalog.schema import Limits
 from services.catalog.schema import Redis as RedisSettings
 from services.common import metadata
+from services.common.mux import GENERATE_MUX
 from services.common.priority import Priority
 from services.router.wire import model_of
 from services.tenancy.keys import KeyStore, Tenant
@@ -146,17 +147,25 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler.unary_stream:
             return _guard_stream(handler, self._auth, self._limits, method)
+        if method == GENERATE_MUX:  # each stream on it is guarded (server.py, `guarded`)
+            return handler
         if handler.unary_unary:
             return _guard_unary(handler, self._auth, method)
         return None  # a kind of method nobody guards yet: closed (UNIMPLEMENTED)
 
 
-def _guard_stream(
-    handler: Any, auth: Authenticator, limits: TenantLimits, method: str
-) -> grpc.RpcMethodHandler:
-    inner = handler.unary_stream
+def guarded(
+    inner: Callable[[Any, Any], AsyncIterator[Any]],
+    method: str,
+    *,
+    auth: Authenticator,
+    limits: TenantLimits,
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    """A server-streaming handler that serves only callers the router knows, within their
+    allowlists and limits: a plain call's, or one stream's on a multiplexed call (whose
+    context gives the stream's metadata and the call's peer certificate)."""
 
-    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def guarded_stream(request: Any, context: Any) -> AsyncIterator[Any]:
         try:
             caller = check(auth, method, request, context)
         except Refused as exc:
@@ -164,8 +173,16 @@ def _guard_stream(
         async for item in limits.admitted(inner, request, context, method=method, caller=caller):
             yield item
 
+    return guarded_stream
+
+
+def _guard_stream(
+    handler: Any, auth: Authenticator, limits: TenantLimits, method: str
+) -> grpc.RpcMethodHandler:
     return grpc.unary_stream_rpc_method_handler(
-        guarded, handler.request_deserializer, handler.response_serializer
+        guarded(handler.unary_stream, method, auth=auth, limits=limits),
+        handler.request_deserializer,
+        handler.response_serializer,
     )
 
 

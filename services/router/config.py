@@ -156,8 +156,8 @@ class RouterConfig(BaseModel):
     policy_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # How Generate streams reach the engines: per_call, one gRPC call per stream; mux,
     # all of a replica's streams over one GenerateMux call, whose messages carry every
-    # stream's deltas queued since the last one (services/router/mux.py): at one token
-    # per message it costs the router a fraction of the CPU per token.
+    # stream's deltas queued since the last one (services/common/mux_client.py): at one
+    # token per message it costs the router a fraction of the CPU per token.
     engine_transport: Literal["per_call", "mux"] = "per_call"
     retry: RetryConfig = Field(default_factory=RetryConfig)
     resume: ResumeConfig = Field(default_factory=ResumeConfig)

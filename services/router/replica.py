@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2
 
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.mux import GENERATE
+from services.common.mux_client import MuxCall, MuxChannel
 from services.common.telemetry import grpc_client_interceptors
 from services.common.tls import RotatingChannel, TLSConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -23,7 +24,6 @@ from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from services.router.breaker import CircuitBreaker
 from services.router.cache_index import PrefixIndex
 from services.router.config import BreakerConfig, HealthConfig
-from services.router.mux import MuxCall, MuxChannel
 
 log = logging.getLogger("tera.router.replica")
 

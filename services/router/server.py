@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
@@ -16,10 +18,12 @@ from services.common.health import (
     serve_health_only,
     set_status,
 )
+from services.common.mux import GENERATE
+from services.common.mux_server import MuxServer
 from services.common.telemetry import grpc_server_interceptors
 from services.common.tls import add_port
 from services.proto_gen.tera.v1 import engine_pb2 as pb
-from services.router.auth import Authenticator, AuthInterceptor
+from services.router.auth import Authenticator, AuthInterceptor, guarded
 from services.router.config import RouterConfig
 from services.router.pool import ReplicaPool
 from services.router.relay import Relay
@@ -30,6 +34,10 @@ log = logging.getLogger("tera.router")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Engine"].full_name
 STREAMING_METHODS = ("Generate", "Synthesize")
+
+# A streaming handler (request, context) -> responses, and what guards one by method.
+Stream = Callable[[bytes, Any], AsyncIterator[bytes]]
+Guard = Callable[[Stream, str], Stream]
 
 
 def _relayed(relay: Relay, method: str) -> grpc.RpcMethodHandler:
@@ -43,6 +51,25 @@ def _relayed(relay: Relay, method: str) -> grpc.RpcMethodHandler:
     return grpc.unary_stream_rpc_method_handler(handler)
 
 
+def _multiplexed(relay: Relay, guard: Guard | None) -> grpc.RpcMethodHandler:
+    """GenerateMux from edges (router_transport: mux): each stream is relayed as a plain
+    Generate call is, by the same handler, and guarded as one when auth is required."""
+    stream = functools.partial(relay.stream, GENERATE)
+    relayed = {GENERATE: stream if guard is None else guard(stream, GENERATE)}
+
+    async def handler(
+        frames: AsyncIterator[pb.MuxFrames], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.MuxFrames]:
+        async for batch in MuxServer(relayed, context, tracer="tera.router").serve(frames):
+            yield batch
+
+    return grpc.stream_stream_rpc_method_handler(
+        handler,
+        request_deserializer=pb.MuxFrames.FromString,
+        response_serializer=pb.MuxFrames.SerializeToString,
+    )
+
+
 def _unary(fn: Callable, request_type: type, response_type: type) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(
         fn,
@@ -51,7 +78,12 @@ def _unary(fn: Callable, request_type: type, response_type: type) -> grpc.RpcMet
     )
 
 
-def build_handler(pool: ReplicaPool, relay: Relay) -> grpc.GenericRpcHandler:
+def build_handler(
+    pool: ReplicaPool, relay: Relay, guard: Guard | None = None
+) -> grpc.GenericRpcHandler:
+    """guard: what auth wraps a streaming handler in (None: no auth); the interceptor
+    guards plain calls, this the streams of multiplexed ones."""
+
     async def list_models(request: pb.ListModelsRequest, context: object) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=pool.models())
 
@@ -66,6 +98,7 @@ def build_handler(pool: ReplicaPool, relay: Relay) -> grpc.GenericRpcHandler:
         )
 
     handlers = {m: _relayed(relay, m) for m in STREAMING_METHODS}
+    handlers["GenerateMux"] = _multiplexed(relay, guard)
     handlers["ListModels"] = _unary(list_models, pb.ListModelsRequest, pb.ListModelsResponse)
     handlers["GetLoad"] = _unary(get_load, pb.GetLoadRequest, pb.LoadReport)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
@@ -78,11 +111,14 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
     if config.metrics_port is not None:
         runtime.metrics.serve(config.metrics_port, config.host)
     interceptors = grpc_server_interceptors()
+    guard = None
     if config.auth.required:
         limits = TenantLimits(config.auth.redis, runtime.metrics.registry)
-        interceptors.append(AuthInterceptor(Authenticator(config.auth), limits))
+        authenticator = Authenticator(config.auth)
+        interceptors.append(AuthInterceptor(authenticator, limits))
+        guard = functools.partial(guarded, auth=authenticator, limits=limits)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
-    server.add_generic_rpc_handlers((build_handler(runtime.pool, runtime.relay),))
+    server.add_generic_rpc_handlers((build_handler(runtime.pool, runtime.relay, guard),))
     health = add_health_and_reflection(server, SERVICE)
     add_port(server, config.address, config.tls)
     await server.start()

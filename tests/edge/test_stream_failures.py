@@ -40,9 +40,18 @@ def _events(raw: str) -> list[str]:
     return [e.removeprefix("data: ") for e in raw.split("\n\n") if e.strip()]
 
 
+@pytest.fixture(params=["per_call", "mux"])
+def router_transport(request: pytest.FixtureRequest) -> str:
+    """The edge's router_transport: a stream's failures read the same over both."""
+    return request.param
+
+
 @pytest.fixture
-def breaks_after_3(scripted_stack: StackFactory) -> RunningStack:
-    return scripted_stack(behaviour={"fail_after_tokens": 3, "tokens_per_second": 100})
+def breaks_after_3(scripted_stack: StackFactory, router_transport: str) -> RunningStack:
+    return scripted_stack(
+        behaviour={"fail_after_tokens": 3, "tokens_per_second": 100},
+        edge_args=["--router-transport", router_transport],
+    )
 
 
 @pytest.fixture
@@ -91,10 +100,10 @@ async def test_failure_before_the_first_token_is_a_plain_502(
 
 
 @pytest.fixture
-def goes_quiet(scripted_stack: StackFactory, tmp_path: Path) -> RunningStack:
+def goes_quiet(scripted_stack: StackFactory, tmp_path: Path, router_transport: str) -> RunningStack:
     """The first token at once, the next after 4 s; the edge waits 1 s between messages."""
     config = tmp_path / "edge.yaml"
-    config.write_text("stream_idle_timeout_s: 1.0\n")
+    config.write_text(f"stream_idle_timeout_s: 1.0\nrouter_transport: {router_transport}\n")
     return scripted_stack(
         behaviour={"tokens_per_second": 0.25}, edge_args=["--config", str(config)]
     )

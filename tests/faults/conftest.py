@@ -22,8 +22,17 @@ def engine_transport() -> str:
 
 
 @pytest.fixture
+def router_transport() -> str:
+    """The edge's router_transport in the fleets below, as engine_transport is the router's."""
+    return "per_call"
+
+
+@pytest.fixture
 def resuming_fleet(
-    scripted_stack: Callable[..., RunningStack], tmp_path: Path, engine_transport: str
+    scripted_stack: Callable[..., RunningStack],
+    tmp_path: Path,
+    engine_transport: str,
+    router_transport: str,
 ):
     """resuming_fleet(replicas, behaviour, resume={...}, engine_extra=[...]): stand-in
     replicas that all behave alike, behind a router with these resume settings."""
@@ -42,6 +51,7 @@ def resuming_fleet(
             engines=replicas,
             per_engine_args=[engine_args] * replicas,
             router_args=["--config", str(config), "--metrics-port", str(free_port())],
+            edge_args=["--router-transport", router_transport],
         )
 
     return start
@@ -49,12 +59,19 @@ def resuming_fleet(
 
 @pytest.fixture
 def fleet(
-    scripted_stack: Callable[..., RunningStack], tmp_path: Path, engine_transport: str
+    scripted_stack: Callable[..., RunningStack],
+    tmp_path: Path,
+    engine_transport: str,
+    router_transport: str,
 ) -> Callable[..., RunningStack]:
-    """fleet([behaviour_a, behaviour_b], router={...}) -> a stack with those replicas."""
+    """fleet([behaviour_a, behaviour_b], router={...}) -> a stack with those replicas.
+    edge_extra: edge flags, after (so over) the fixtures' own."""
 
     def start(
-        behaviours: list[dict], router: dict | None = None, engine_extra: list[str] | None = None
+        behaviours: list[dict],
+        router: dict | None = None,
+        engine_extra: list[str] | None = None,
+        edge_extra: list[str] | None = None,
     ) -> RunningStack:
         config = tmp_path / "router.yaml"
         settings = {**ROUTER_SETTINGS, "engine_transport": engine_transport}
@@ -65,6 +82,7 @@ def fleet(
                 ["--scripted", json.dumps(b), *(engine_extra or [])] for b in behaviours
             ],
             router_args=["--config", str(config), "--metrics-port", str(free_port())],
+            edge_args=["--router-transport", router_transport, *(edge_extra or [])],
         )
 
     return start

@@ -38,6 +38,7 @@ def _stack(
     engines: int = 1,
     per_engine: list[list[str]] | None = None,
     router_args: tuple[str, ...] = ("--policy", "round_robin"),
+    edge_args: tuple[str, ...] = (),
 ) -> Stack:
     plan = StackPlan(
         edge_port=free_port(),
@@ -47,6 +48,7 @@ def _stack(
         per_engine_args=per_engine or [],
         model_ids=models,
         router_args=list(router_args),
+        edge_args=list(edge_args),
         env=receiver.env,
         edge_env={"TERA_API_KEYS": KEY},
         log_dir=logs,
@@ -126,12 +128,14 @@ def traced_resume(
 def traced_mux(
     receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningStack]:
-    """traced_resume's fleet with the router's streams multiplexed (engine_transport: mux)."""
+    """traced_resume's fleet with both hops multiplexed (the edge's router_transport and
+    the router's engine_transport: mux)."""
     logs = tmp_path_factory.mktemp("traced-mux")
     config = logs / "router.yaml"
     config.write_text(json.dumps({"policy": "round_robin", "engine_transport": "mux"}))
     cutting = scripted_args(fail_after_tokens=3)
-    stack = _stack(logs, receiver, cutting, [SCRIPTED_MODEL], 2, None, ("--config", str(config)))
+    router_args, edge_args = ("--config", str(config)), ("--router-transport", "mux")
+    stack = _stack(logs, receiver, cutting, [SCRIPTED_MODEL], 2, None, router_args, edge_args)
     try:
         yield RunningStack(stack)
     finally:
@@ -288,6 +292,9 @@ async def test_multiplexed_streams_join_the_trace(
     spans = receiver.wait_for(trace_id, SERVICES)
     TREES["resumed stream, multiplexed (stand-in engines)"] = tree(spans)
     router = _one(spans, "tera-router", SERVER)
+    # The edge's stream, too, carries its context in its open frame: the router's span
+    # hangs under the edge's request span.
+    assert router.parent_id == _one(spans, "tera-edge", SERVER).span_id, tree(spans)
     attempts = [s for s in _children(spans, router) if s.name == "attempt"]
     engines = [s for s in spans if s.service == "tera-engine" and s.kind == SERVER]
     assert len(attempts) == len(engines) == 2, tree(spans)

@@ -18,6 +18,8 @@ from devstack.certs import ensure_local_certs
 from devstack.readiness import client_tls
 from services.catalog.schema import sha256_hex
 from services.common import metadata
+from services.common.mux import GENERATE
+from services.common.mux_client import MuxChannel
 from services.common.tls import aio_channel, sync_channel
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
@@ -72,6 +74,7 @@ def _guarded(
     tmp_path: Path,
     redis_url: str | None = None,
     env: dict[str, str] | None = None,
+    edge_args: list[str] | None = None,
 ) -> RunningStack:
     catalog = _catalog(tmp_path / "catalog.yaml", redis_url)
     (tmp_path / "router.yaml").write_text(yaml.safe_dump({"auth": {"required": True}}))
@@ -81,7 +84,7 @@ def _guarded(
         per_engine_args=[["--model-id", m, "--scripted", json.dumps({})] for m in (OPEN, CLOSED)],
         tls_dir=ensure_local_certs(tmp_path / "tls"),
         router_args=["--config", str(tmp_path / "router.yaml"), "--catalog", str(catalog)],
-        edge_args=["--catalog", str(catalog)],
+        edge_args=["--catalog", str(catalog), *(edge_args or [])],
         env=env or {},
     )
 
@@ -98,6 +101,28 @@ def guarded(
 ) -> RunningStack:
     """Traced: every service exports its spans to `receiver`."""
     return _guarded(scripted_stack, tmp_path, env=receiver.env)
+
+
+@pytest.fixture(params=["per_call", "mux"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """How callers reach the router: a call per stream, or streams on one GenerateMux
+    call, each guarded as a plain call is (the edge's router_transport)."""
+    return request.param
+
+
+@pytest.fixture
+def guarded_over(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path, transport: str
+) -> RunningStack:
+    """`guarded`, untraced, its edge on `transport`."""
+    return _guarded(scripted_stack, tmp_path, edge_args=["--router-transport", transport])
+
+
+def _transport(stack: RunningStack) -> str:
+    """The edge's router_transport, which _generate uses too."""
+    args = stack.stack.plan.edge_args
+    flag = "--router-transport"
+    return args[args.index(flag) + 1] if flag in args else "per_call"
 
 
 async def _generate(
@@ -117,9 +142,15 @@ async def _generate(
         sampling=pb.SamplingParams(max_tokens=max_tokens),
     )
     tls = client_tls(plan.tls_dir / cert)
-    async with aio_channel(f"127.0.0.1:{plan.router_port}", tls) as channel:
+    address = f"127.0.0.1:{plan.router_port}"
+    async with aio_channel(address, tls) as channel:
+        if _transport(stack) == "mux":
+            call = MuxChannel(lambda: channel, address).unary_stream(GENERATE)
+            stream = call(request.SerializeToString(), metadata=tuple(md), timeout=20)
+        else:
+            stream = pb_grpc.EngineStub(channel).Generate(request, metadata=md, timeout=20)
         try:
-            async for _ in pb_grpc.EngineStub(channel).Generate(request, metadata=md, timeout=20):
+            while await stream.read() is not grpc.aio.EOF:
                 pass
         except grpc.aio.AioRpcError as exc:
             return exc.code()
@@ -130,40 +161,43 @@ def _bearer(name: str) -> list[tuple[str, str]]:
     return [(metadata.AUTHORIZATION, f"Bearer {KEYS[name]}")]
 
 
-async def test_internal_callers_need_a_tenant_key(guarded: RunningStack) -> None:
+async def test_internal_callers_need_a_tenant_key(guarded_over: RunningStack) -> None:
     # The engine's certificate is from the right CA, but it is no edge and has no key.
-    assert await _generate(guarded, OPEN, cert="engine") == grpc.StatusCode.UNAUTHENTICATED
+    assert await _generate(guarded_over, OPEN, cert="engine") == grpc.StatusCode.UNAUTHENTICATED
     wrong = [(metadata.AUTHORIZATION, "Bearer sk-nope")]
-    assert await _generate(guarded, OPEN, cert="engine", md=wrong) == (
+    assert await _generate(guarded_over, OPEN, cert="engine", md=wrong) == (
         grpc.StatusCode.UNAUTHENTICATED
     )
     for model in (OPEN, CLOSED):
-        assert await _generate(guarded, model, cert="engine", md=_bearer("wide")) == (
+        assert await _generate(guarded_over, model, cert="engine", md=_bearer("wide")) == (
             grpc.StatusCode.OK
         )
 
 
-async def test_allowlist_and_forged_tenant_metadata(guarded: RunningStack) -> None:
+async def test_allowlist_and_forged_tenant_metadata(guarded_over: RunningStack) -> None:
     narrow = _bearer("narrow")
-    assert await _generate(guarded, OPEN, cert="engine", md=narrow) == grpc.StatusCode.OK
+    assert await _generate(guarded_over, OPEN, cert="engine", md=narrow) == grpc.StatusCode.OK
     denied = grpc.StatusCode.PERMISSION_DENIED
-    assert await _generate(guarded, CLOSED, cert="engine", md=narrow) == denied
+    assert await _generate(guarded_over, CLOSED, cert="engine", md=narrow) == denied
     forged = [(metadata.TENANT, "wide")]
-    assert await _generate(guarded, CLOSED, cert="engine", md=narrow + forged) == denied
-    assert await _generate(guarded, OPEN, cert="engine", md=forged) == (
+    assert await _generate(guarded_over, CLOSED, cert="engine", md=narrow + forged) == denied
+    assert await _generate(guarded_over, OPEN, cert="engine", md=forged) == (
         grpc.StatusCode.UNAUTHENTICATED
     ), "tenant metadata from a non-edge caller is ignored"
 
 
-async def test_the_edge_speaks_for_its_users(guarded: RunningStack) -> None:
+async def test_the_edge_speaks_for_its_users(guarded_over: RunningStack) -> None:
     body = {"model": OPEN, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     headers = {"Authorization": f"Bearer {KEYS['narrow']}"}
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"{guarded.base_url}/chat/completions", json=body, headers=headers) as r,
+        session.post(f"{guarded_over.base_url}/chat/completions", json=body, headers=headers) as r,
     ):
         assert r.status == 200, await r.text()
-    assert await _generate(guarded, OPEN, cert="edge") == grpc.StatusCode.OK
+    assert await _generate(guarded_over, OPEN, cert="edge") == grpc.StatusCode.OK
+    edge_log = (guarded_over.stack.plan.log_dir / "edge.log").read_text()  # type: ignore[operator]
+    multiplexed = "opening a multiplexed call" in edge_log
+    assert multiplexed == (_transport(guarded_over) == "mux")
 
 
 async def test_no_secret_reaches_the_logs(guarded: RunningStack, receiver: OtlpReceiver) -> None:

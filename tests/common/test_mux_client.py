@@ -15,9 +15,9 @@ import pytest
 from devstack.processes import ManagedProcess, free_port, wait_until
 from devstack.readiness import grpc_serving
 from services.common.mux import GENERATE
+from services.common.mux_client import MuxCall, MuxChannel
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
-from services.router.mux import MuxCall, MuxChannel
 from tests.conftest import SCRIPTED_MODEL
 from tests.faults.gateway import stand_in
 

@@ -1,9 +1,11 @@
-"""GenerateMux, the engine's end: each open frame runs the servicer's own Generate, with a
-MuxContext standing in for the call's ServicerContext, and every stream's responses go out
-through one outbox (services/common/mux.py), batched.
+"""GenerateMux, the serving end (the engine's, and the router's toward edges): each open
+frame runs the server's own per-call handler, with a MuxContext standing in for the call's
+ServicerContext, and every stream's responses go out through one outbox
+(services/common/mux.py), batched.
 
 A cancel frame, the stream's deadline, or the end of the multiplexed call cancels the
-stream's task, which aborts the request in the backend as a cancelled plain call would.
+stream's task, which cancels the handler as a cancelled plain call would (the engine aborts
+the request, the router its upstream call).
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.common.mux import GENERATE, Metadata, Outbox, from_pairs, to_pairs
+from services.common.mux import Metadata, Outbox, from_pairs, to_pairs
 from services.common.telemetry import tracing_enabled
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
-log = logging.getLogger("tera.engine.mux")
+log = logging.getLogger("tera.mux")
 
-Generate = Callable[[pb.GenerateRequest, Any], AsyncIterator[pb.GenerateResponse]]
+# A per-call server-streaming handler on serialized messages: request bytes and a context
+# in, response bytes out. By method path.
+Handler = Callable[[bytes, Any], AsyncIterator[bytes]]
 
 
 class _Aborted(Exception):
@@ -39,7 +43,9 @@ class _Aborted(Exception):
 class MuxContext:
     """What Generate uses of grpc.aio.ServicerContext, for one multiplexed stream."""
 
-    def __init__(self, opened: pb.MuxOpen) -> None:
+    def __init__(self, opened: pb.MuxOpen, call: grpc.aio.ServicerContext) -> None:
+        self._call = call  # the GenerateMux call's own: its peer is every stream's
+        self._code: grpc.StatusCode | None = None
         self._metadata = from_pairs(opened.metadata)
         self._deadline = (
             time.monotonic() + opened.timeout_s if opened.HasField("timeout_s") else None
@@ -54,14 +60,29 @@ class MuxContext:
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()
     ) -> None:
+        self._code = code
         raise _Aborted(code, details, trailing_metadata)
+
+    def code(self) -> grpc.StatusCode | None:
+        """The code the stream was aborted with, if it was (the handler's own view)."""
+        return self._code
+
+    def peer(self) -> str:
+        return self._call.peer()
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return self._call.auth_context()
 
 
 class MuxServer:
     """One GenerateMux call: its streams by id, and the outbox they all write to."""
 
-    def __init__(self, generate: Generate) -> None:
-        self._generate = generate
+    def __init__(
+        self, handlers: dict[str, Handler], call: grpc.aio.ServicerContext, *, tracer: str
+    ) -> None:
+        self._handlers = handlers
+        self._call = call
+        self._tracer = tracer
         self._outbox = Outbox()
         self._streams: dict[int, asyncio.Task[None]] = {}
 
@@ -88,7 +109,7 @@ class MuxServer:
         self._outbox.close()
 
     async def _run(self, stream_id: int, opened: pb.MuxOpen) -> None:
-        context = MuxContext(opened)
+        context = MuxContext(opened, self._call)
         try:
             end = await self._stream(stream_id, opened, context)
         except _Aborted as aborted:
@@ -105,26 +126,25 @@ class MuxServer:
         self._outbox.put(pb.MuxFrame(stream_id=stream_id, end=end))
 
     async def _stream(self, stream_id: int, opened: pb.MuxOpen, context: MuxContext) -> pb.MuxEnd:
-        if opened.method != GENERATE:
+        handler = self._handlers.get(opened.method)
+        if handler is None:
             raise _Aborted(grpc.StatusCode.UNIMPLEMENTED, f"{opened.method} is not multiplexed", ())
-        request = pb.GenerateRequest.FromString(opened.request)
         async with asyncio.timeout(context.time_remaining()):
-            with _server_span(context.invocation_metadata()):
-                async for message in self._generate(request, context):
-                    frame = pb.MuxFrame(stream_id=stream_id, message=message.SerializeToString())
-                    self._outbox.put(frame)
+            with _server_span(self._tracer, opened.method, context.invocation_metadata()):
+                async for message in handler(opened.request, context):
+                    self._outbox.put(pb.MuxFrame(stream_id=stream_id, message=message))
         return pb.MuxEnd()
 
 
 @contextlib.contextmanager
-def _server_span(metadata: Metadata) -> Iterator[None]:
+def _server_span(tracer_name: str, method: str, metadata: Metadata) -> Iterator[None]:
     """The span a plain call's server interceptor would open, child of the caller's."""
     if not tracing_enabled():
         yield
         return
     parent = propagate.extract({k: v for k, v in metadata if isinstance(v, str)})
-    tracer = trace.get_tracer("tera.engine")
-    with tracer.start_as_current_span(GENERATE, context=parent, kind=SpanKind.SERVER) as span:
+    tracer = trace.get_tracer(tracer_name)
+    with tracer.start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span:
         try:
             yield
         except _Aborted as aborted:

@@ -1,5 +1,6 @@
-"""GenerateMux, the router's end (engine_transport: mux): Generate calls to one replica
-over one GenerateMux call, each behaving to the relay as a grpc.aio.UnaryStreamCall.
+"""GenerateMux, the calling end (the router's toward a replica, engine_transport: mux; the
+edge's toward the router, router_transport: mux): Generate calls to one server over one
+GenerateMux call, each behaving to its caller as a grpc.aio.UnaryStreamCall.
 
 The multiplexed call is opened with the first stream and again with the first stream
 after it broke; when it breaks, every stream on it ends UNAVAILABLE, as plain calls to an
@@ -21,14 +22,20 @@ from services.common.mux import GENERATE_MUX, Metadata, Outbox, from_pairs, to_p
 from services.common.telemetry import inject_headers, tracing_enabled
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
-log = logging.getLogger("tera.router.mux")
+log = logging.getLogger("tera.mux")
+
+# What a plain call's response_deserializer does; None: messages stay bytes (the relay).
+Deserialize = Callable[[bytes], Any] | None
 
 
 class MuxCall:
     """One stream on a multiplexed call: what the relay uses of grpc.aio.UnaryStreamCall."""
 
-    def __init__(self, link: _Link, stream_id: int, timeout: float | None) -> None:
+    def __init__(
+        self, link: _Link, stream_id: int, timeout: float | None, deserialize: Deserialize
+    ) -> None:
         self._link = link
+        self._deserialize = deserialize
         self._id = stream_id
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
         self._end: pb.MuxEnd | None = None
@@ -42,7 +49,7 @@ class MuxCall:
         if self._cancelled:  # as a cancelled grpc.aio call's reads do
             raise asyncio.CancelledError()
         if isinstance(item, bytes):
-            return item
+            return item if self._deserialize is None else self._deserialize(item)
         self._inbox.put_nowait(item)  # the end: every later read sees it too
         if item.code == grpc.StatusCode.OK.value[0]:
             return grpc.aio.EOF
@@ -107,6 +114,7 @@ class _Link:
         self._ids = itertools.count(1)
         self.broken = False
         self.channel = channel
+        self._address = address
         method = channel.stream_stream(
             GENERATE_MUX,
             request_serializer=pb.MuxFrames.SerializeToString,
@@ -116,10 +124,15 @@ class _Link:
         self._reader = asyncio.create_task(self._read())
 
     def open(
-        self, method: str, request: bytes, metadata: Metadata, timeout: float | None
+        self,
+        method: str,
+        request: bytes,
+        metadata: Metadata,
+        timeout: float | None,
+        deserialize: Deserialize,
     ) -> MuxCall:
         stream_id = next(self._ids)
-        self._streams[stream_id] = call = MuxCall(self, stream_id, timeout)
+        self._streams[stream_id] = call = MuxCall(self, stream_id, timeout, deserialize)
         opened = pb.MuxOpen(method=method, request=request, metadata=to_pairs(metadata))
         if timeout is not None:
             opened.timeout_s = timeout
@@ -137,14 +150,15 @@ class _Link:
         self._call.cancel()
 
     async def _read(self) -> None:
-        details = "the engine ended the multiplexed call"
+        details = "the server ended the multiplexed call"
         try:
             while (message := await self._call.read()) is not grpc.aio.EOF:
                 for frame in message.frames:  # type: ignore[union-attr]
                     if (stream := self._streams.get(frame.stream_id)) is not None:
                         stream.received(frame)
         except grpc.aio.AioRpcError as exc:
-            details = f"multiplexed call to the engine failed: {exc.code().name} {exc.details()}"
+            failure = f"{exc.code().name} {exc.details()}"
+            details = f"multiplexed call to {self._address} failed: {failure}"
         finally:  # however it broke, no stream on it is left waiting
             self.broken = True
             self._outbox.close()
@@ -154,22 +168,30 @@ class _Link:
 
 
 class MuxChannel:
-    """Generate calls to one replica over one multiplexed call, opened lazily."""
+    """Generate calls to one server over one multiplexed call, opened lazily."""
 
     def __init__(self, channel: Callable[[], grpc.aio.Channel], address: str) -> None:
         self._channel = channel
         self._address = address
         self._link: _Link | None = None
 
-    def unary_stream(self, method: str) -> Callable[..., MuxCall]:
-        return functools.partial(self._start, method)
+    def unary_stream(
+        self, method: str, response_deserializer: Deserialize = None
+    ) -> Callable[..., MuxCall]:
+        return functools.partial(self._start, method, response_deserializer)
 
     def close(self) -> None:
         if self._link is not None:
             self._link.close()
 
     def _start(
-        self, method: str, request: bytes, *, metadata: Metadata = (), timeout: float | None = None
+        self,
+        method: str,
+        deserialize: Deserialize,
+        request: bytes,
+        *,
+        metadata: Metadata = (),
+        timeout: float | None = None,
     ) -> MuxCall:
         channel = self._channel()
         # A renewed certificate means a new channel: the old link serves its own streams.
@@ -177,7 +199,7 @@ class MuxChannel:
             self._link = _Link(channel, self._address)
         if tracing_enabled():  # what the client interceptor does for a plain call
             metadata = (*metadata, *inject_headers().items())
-        return self._link.open(method, request, metadata, timeout)
+        return self._link.open(method, request, metadata, timeout, deserialize)
 
 
 @functools.cache
