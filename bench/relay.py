@@ -65,8 +65,8 @@ def _stack(
     results: Path,
     rate: float,
     coalesce_ms: int,
-    engine_transport: str = "per_call",
-    router_transport: str = "per_call",
+    engine_transport: str = "mux",
+    router_transport: str = "mux",
 ) -> Stack:
     return stand_in_stack(
         results,
@@ -199,8 +199,8 @@ def run(
     streams: tuple[int, ...],
     rates: tuple[float, ...],
     coalesce_ms: int,
-    engine_transport: str = "per_call",
-    router_transport: str = "per_call",
+    engine_transport: str = "mux",
+    router_transport: str = "mux",
 ) -> dict:
     steps: list[StepResult] = []
     best: dict[int, StepResult] = {}

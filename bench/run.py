@@ -70,13 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--engine-transport",
         choices=["per_call", "mux"],
-        default="per_call",
+        default="mux",
         help="the router's engine_transport in the relay part",
     )
     p.add_argument(
         "--router-transport",
         choices=["per_call", "mux"],
-        default="per_call",
+        default="mux",
         help="the edge's router_transport in the relay part",
     )
     return p

@@ -28,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops-host", help="operations listener address (default 127.0.0.1)")
     p.add_argument("--ops-port", type=int, help="operations port: /metrics and /admin/*")
     p.add_argument("--router", help="router (or engine) address host:port")
-    p.add_argument("--router-transport", choices=["per_call", "mux"])
+    p.add_argument(
+        "--router-transport",
+        choices=["per_call", "mux"],
+        help="Generate streams over one multiplexed call (mux, the default) or one call each",
+    )
     p.add_argument("--coalesce-window-ms", type=int)
     p.add_argument("--catalog", type=Path, help="model catalog and keys (YAML)")
     p.add_argument(

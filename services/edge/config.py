@@ -16,10 +16,10 @@ class EdgeConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     router: str = "127.0.0.1:50051"
-    # How Generate streams reach the router: per_call, one gRPC call per stream; mux, all
-    # of them over one GenerateMux call (as the router's engine_transport: mux), which
-    # costs edge and router a fraction of the CPU per message.
-    router_transport: Literal["per_call", "mux"] = "per_call"
+    # How Generate streams reach the router: mux (the default), all of them over one
+    # GenerateMux call (as the router's engine_transport: mux), which costs edge and
+    # router a fraction of the CPU per message; per_call, one gRPC call per stream.
+    router_transport: Literal["per_call", "mux"] = "mux"
     # The operations listener: /metrics and /admin/* (never on the public port). None:
     # neither is served. Expose it to Prometheus and operators only.
     ops_host: str = "127.0.0.1"

@@ -38,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a model that exists before any replica names it: 503, not 404 (repeatable)",
     )
     p.add_argument("--policy")
-    p.add_argument("--engine-transport", choices=["per_call", "mux"])
+    p.add_argument(
+        "--engine-transport",
+        choices=["per_call", "mux"],
+        help="Generate streams over one multiplexed call per replica (mux, the default) "
+        "or one call each",
+    )
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--health-port", type=int, help="plaintext grpc.health.v1 only, for probes")
     p.add_argument(

@@ -154,11 +154,12 @@ class RouterConfig(BaseModel):
     model_policies: dict[str, str] = Field(default_factory=dict)
     # Knobs per policy name, e.g. {"cache_aware": {"load_margin": 8}}.
     policy_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    # How Generate streams reach the engines: per_call, one gRPC call per stream; mux,
-    # all of a replica's streams over one GenerateMux call, whose messages carry every
-    # stream's deltas queued since the last one (services/common/mux_client.py): at one
-    # token per message it costs the router a fraction of the CPU per token.
-    engine_transport: Literal["per_call", "mux"] = "per_call"
+    # How Generate streams reach the engines: mux (the default), all of a replica's
+    # streams over one GenerateMux call, whose messages carry every stream's deltas
+    # queued since the last one (services/common/mux_client.py): at one token per
+    # message it costs the router a fraction of the CPU per token; per_call, one gRPC
+    # call per stream.
+    engine_transport: Literal["per_call", "mux"] = "mux"
     retry: RetryConfig = Field(default_factory=RetryConfig)
     resume: ResumeConfig = Field(default_factory=ResumeConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)

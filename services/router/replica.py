@@ -42,7 +42,7 @@ class Replica:
         health: HealthConfig,
         breaker: BreakerConfig,
         tls: TLSConfig | None = None,
-        transport: str = "per_call",
+        transport: str = "mux",
     ) -> None:
         self.address = address
         self.transport = transport  # RouterConfig.engine_transport

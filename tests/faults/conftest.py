@@ -10,21 +10,23 @@ import pytest
 import yaml
 
 from devstack.processes import free_port
+from services.edge.config import EdgeConfig
+from services.router.config import RouterConfig
 from tests.conftest import RunningStack
 from tests.faults.fleet import ROUTER_SETTINGS
 
 
 @pytest.fixture
 def engine_transport() -> str:
-    """The router's engine_transport in the fleets below; a test module parametrizes it
-    to run its tests over both."""
-    return "per_call"
+    """The router's engine_transport in the fleets below: the shipped default; a test
+    module parametrizes it to run its tests over both."""
+    return RouterConfig().engine_transport
 
 
 @pytest.fixture
 def router_transport() -> str:
     """The edge's router_transport in the fleets below, as engine_transport is the router's."""
-    return "per_call"
+    return EdgeConfig().router_transport
 
 
 @pytest.fixture
