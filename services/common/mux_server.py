@@ -100,13 +100,23 @@ class MuxServer:
         async for message in frames:
             for frame in message.frames:
                 if frame.HasField("open"):
-                    run = self._run(frame.stream_id, frame.open)
-                    self._streams[frame.stream_id] = asyncio.create_task(run)
+                    self._open(frame.stream_id, frame.open)
                 elif (task := self._streams.get(frame.stream_id)) is not None:
                     task.cancel()  # a cancel frame
         # The caller closed its side: finish the streams it started, then the call.
         await asyncio.gather(*self._streams.values(), return_exceptions=True)
         self._outbox.close()
+
+    def _open(self, stream_id: int, opened: pb.MuxOpen) -> None:
+        if stream_id in self._streams:
+            # Refused, as a call with a bad argument: replacing the entry would orphan the
+            # live stream's task (its cancel frame could no longer reach it). Clients
+            # number their streams and never reuse one.
+            details = f"stream id {stream_id} is in use"
+            end = pb.MuxEnd(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], details=details)
+            self._outbox.put(pb.MuxFrame(stream_id=stream_id, end=end))
+            return
+        self._streams[stream_id] = asyncio.create_task(self._run(stream_id, opened))
 
     async def _run(self, stream_id: int, opened: pb.MuxOpen) -> None:
         context = MuxContext(opened, self._call)

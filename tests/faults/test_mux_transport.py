@@ -172,3 +172,24 @@ async def test_the_engine_keeps_a_multiplexed_streams_deadline(fleet) -> None:
     assert end.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
     assert sum(f.HasField("message") for m in messages for f in m.frames) >= 1
     assert await engine_idle(stack, 0, within_s=3.0)
+
+
+async def test_a_reused_stream_id_is_refused_and_the_live_stream_runs_on(fleet) -> None:
+    stack = fleet([{"tokens_per_second": 20}])
+    async with grpc.aio.insecure_channel(stack.engine_addresses[0]) as channel:
+        call = channel.stream_stream(
+            GENERATE_MUX,
+            request_serializer=pb.MuxFrames.SerializeToString,
+            response_deserializer=pb.MuxFrames.FromString,
+        )()
+        await call.write(pb.MuxFrames(frames=[pb.MuxFrame(stream_id=1, open=generate(20))]))
+        frames = list((await call.read()).frames)  # stream 1 is live: its first tokens
+        await call.write(pb.MuxFrames(frames=[pb.MuxFrame(stream_id=1, open=generate(5))]))
+        while not any(f.HasField("end") and f.end.code == 0 for f in frames):
+            frames += (await call.read()).frames
+        call.cancel()
+    ends = [(f.end.code, f.end.details) for f in frames if f.HasField("end")]
+    assert ends == [(grpc.StatusCode.INVALID_ARGUMENT.value[0], "stream id 1 is in use"), (0, "")]
+    responses = [pb.GenerateResponse.FromString(f.message) for f in frames if f.HasField("message")]
+    # Only the first open's 20 tokens, in order: the second never ran beside it.
+    assert [i for r in responses for c in r.choices for i in c.token_ids] == list(range(20))
