@@ -17,9 +17,16 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
 
 from services.common.mux import GENERATE_MUX, Metadata, Outbox, from_pairs, to_pairs
-from services.common.telemetry import inject_headers, tracing_enabled
+from services.common.telemetry import (
+    RPC_GRPC_STATUS_CODE,
+    inject_headers,
+    start_client_span,
+    tracing_enabled,
+)
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 log = logging.getLogger("tera.mux")
@@ -32,9 +39,15 @@ class MuxCall:
     """One stream on a multiplexed call: what the relay uses of grpc.aio.UnaryStreamCall."""
 
     def __init__(
-        self, link: _Link, stream_id: int, timeout: float | None, deserialize: Deserialize
+        self,
+        link: _Link,
+        stream_id: int,
+        timeout: float | None,
+        deserialize: Deserialize,
+        span: Span | None = None,
     ) -> None:
         self._link = link
+        self._span = span  # the stream's client span, ended with the stream
         self._deserialize = deserialize
         self._id = stream_id
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -89,6 +102,8 @@ class MuxCall:
         if self._timer is not None:
             self._timer.cancel()
         self._inbox.put_nowait(end)
+        if self._span is not None:
+            _end_span(self._span, end)
 
     def _expire(self) -> None:
         # The caller's deadline, kept here as grpc keeps it for a plain call; the engine
@@ -130,9 +145,10 @@ class _Link:
         metadata: Metadata,
         timeout: float | None,
         deserialize: Deserialize,
+        span: Span | None,
     ) -> MuxCall:
         stream_id = next(self._ids)
-        self._streams[stream_id] = call = MuxCall(self, stream_id, timeout, deserialize)
+        self._streams[stream_id] = call = MuxCall(self, stream_id, timeout, deserialize, span)
         opened = pb.MuxOpen(method=method, request=request, metadata=to_pairs(metadata))
         if timeout is not None:
             opened.timeout_s = timeout
@@ -197,9 +213,21 @@ class MuxChannel:
         # A renewed certificate means a new channel: the old link serves its own streams.
         if self._link is None or self._link.broken or self._link.channel is not channel:
             self._link = _Link(channel, self._address)
+        span = None
         if tracing_enabled():  # what the client interceptor does for a plain call
-            metadata = (*metadata, *inject_headers().items())
-        return self._link.open(method, request, metadata, timeout, deserialize)
+            span = start_client_span(method)
+            with trace.use_span(span):  # the server's span is the client span's child
+                metadata = (*metadata, *inject_headers().items())
+        return self._link.open(method, request, metadata, timeout, deserialize, span)
+
+
+def _end_span(span: Span, end: pb.MuxEnd) -> None:
+    span.set_attribute(RPC_GRPC_STATUS_CODE, end.code)
+    # A cancel is the caller's own doing (a hedge's loser, a caller gone): as for a plain
+    # call, whose cancel raises no error through the client interceptor, not an error.
+    if end.code not in (grpc.StatusCode.OK.value[0], grpc.StatusCode.CANCELLED.value[0]):
+        span.set_status(Status(StatusCode.ERROR, f"{_code(end.code).name}: {end.details}"))
+    span.end()
 
 
 @functools.cache

@@ -42,6 +42,11 @@ RETRY_REASON = "tera.retry.reason"
 HEDGE = "tera.attempt.hedge"
 # On a resumed attempt: the generated tokens it was given to continue from.
 RESUMED_TOKENS = "tera.resume.tokens"
+# What OpenTelemetry's gRPC instrumentation puts on a call's span (RPC conventions).
+RPC_SYSTEM = "rpc.system"
+RPC_SERVICE = "rpc.service"
+RPC_METHOD = "rpc.method"
+RPC_GRPC_STATUS_CODE = "rpc.grpc.status_code"
 
 
 def tracing_enabled() -> bool:
@@ -131,6 +136,21 @@ def instrument_aiohttp_server(provider: Any) -> None:
 def current_trace_id() -> str | None:
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def start_client_span(method: str) -> Any:
+    """A gRPC call's client span, as the client interceptor opens it for a plain call
+    (name, kind, rpc.* attributes), for a stream it does not see: one on a multiplexed
+    call. Not current: the caller makes it so while injecting, and ends it."""
+    service, name = method.lstrip("/").split("/", 1)
+    attributes = {
+        RPC_SYSTEM: "grpc",
+        RPC_SERVICE: service,
+        RPC_METHOD: name,
+        RPC_GRPC_STATUS_CODE: 0,
+    }
+    tracer = trace.get_tracer("tera.mux")
+    return tracer.start_span(method, kind=trace.SpanKind.CLIENT, attributes=attributes)
 
 
 def inject_headers() -> dict[str, str]:

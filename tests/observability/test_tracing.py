@@ -125,16 +125,16 @@ def traced_resume(
 
 
 @pytest.fixture(scope="module")
-def traced_mux(
+def traced_per_call(
     receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningStack]:
-    """traced_resume's fleet with both hops multiplexed (the edge's router_transport and
-    the router's engine_transport: mux)."""
-    logs = tmp_path_factory.mktemp("traced-mux")
+    """traced_resume's fleet with both hops on plain calls (the edge's router_transport
+    and the router's engine_transport: per_call; the default is mux)."""
+    logs = tmp_path_factory.mktemp("traced-per-call")
     config = logs / "router.yaml"
-    config.write_text(json.dumps({"policy": "round_robin", "engine_transport": "mux"}))
+    config.write_text(json.dumps({"policy": "round_robin", "engine_transport": "per_call"}))
     cutting = scripted_args(fail_after_tokens=3)
-    router_args, edge_args = ("--config", str(config)), ("--router-transport", "mux")
+    router_args, edge_args = ("--config", str(config)), ("--router-transport", "per_call")
     stack = _stack(logs, receiver, cutting, [SCRIPTED_MODEL], 2, None, router_args, edge_args)
     try:
         yield RunningStack(stack)
@@ -284,26 +284,42 @@ async def test_resumed_stream_shows_each_attempt(
     assert cut.attributes["tera.replica.address"] != resumed.attributes["tera.replica.address"]
 
 
-async def test_multiplexed_streams_join_the_trace(
-    traced_mux: RunningStack, receiver: OtlpReceiver
+Shape = list[tuple[object, ...]]
+
+
+def _shape(spans: list[ReceivedSpan]) -> Shape:
+    """Each span as service, kind, name (and a client span's rpc.* attributes: a server
+    span's differ, the peer's address among them), under its parent's."""
+    by_id = {s.span_id: s for s in spans}
+
+    def own(span: ReceivedSpan | None) -> tuple[object, ...]:
+        if span is None:
+            return ()
+        attributes = span.attributes.items() if span.kind == CLIENT else ()
+        rpc = sorted((k, v) for k, v in attributes if k.startswith("rpc."))
+        return (span.service, span.kind, span.name, *rpc)
+
+    return sorted((own(by_id.get(s.parent_id)), own(s)) for s in spans)
+
+
+async def test_both_transports_draw_the_same_tree(
+    traced_resume: RunningStack, traced_per_call: RunningStack, receiver: OtlpReceiver
 ) -> None:
-    trace_id = secrets.token_hex(16)
-    await _chat(traced_mux, SCRIPTED_MODEL, trace_id)
-    spans = receiver.wait_for(trace_id, SERVICES)
-    TREES["resumed stream, multiplexed (stand-in engines)"] = tree(spans)
-    router = _one(spans, "tera-router", SERVER)
-    # The edge's stream, too, carries its context in its open frame: the router's span
-    # hangs under the edge's request span.
-    assert router.parent_id == _one(spans, "tera-edge", SERVER).span_id, tree(spans)
-    attempts = [s for s in _children(spans, router) if s.name == "attempt"]
-    engines = [s for s in spans if s.service == "tera-engine" and s.kind == SERVER]
-    assert len(attempts) == len(engines) == 2, tree(spans)
-    # No upstream call span: each stream's context rides in its open frame, so the
-    # engine's span hangs under the attempt itself.
-    assert {e.parent_id for e in engines} == {a.span_id for a in attempts}
-    resumed = max(engines, key=lambda e: e.attributes.get("gen_ai.usage.output_tokens", 0))
-    assert resumed.attributes["gen_ai.usage.output_tokens"] == 5
-    assert {"admitted", "first_token", "finished"} <= set(resumed.events)
+    """A resumed stream's trace over multiplexed hops (the default) and over plain calls:
+    the same spans (a gRPC client span per hop and attempt, as the instrumentation opens
+    for a plain call), under the same parents."""
+    shapes: list[Shape] = []
+    for stack, name in [(traced_resume, "multiplexed"), (traced_per_call, "per_call")]:
+        trace_id = secrets.token_hex(16)
+        await _chat(stack, SCRIPTED_MODEL, trace_id)
+        spans = receiver.wait_for(trace_id, SERVICES)
+        TREES[f"resumed stream, {name} (stand-in engines)"] = tree(spans)
+        shapes.append(_shape(spans))
+    mux, per_call = shapes
+    assert mux == per_call
+    generate = ("/tera.v1.Engine/Generate", ("rpc.grpc.status_code", 0))
+    calls = [s for _, s in mux if s[1] == CLIENT and s[2:4] == generate]
+    assert len(calls) == 2, mux  # the edge's, and the resumed attempt's (the cut one failed)
 
 
 def test_engine_reexposes_vllm_metrics(traced_vllm: RunningStack) -> None:
