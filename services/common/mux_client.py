@@ -50,6 +50,10 @@ class MuxCall:
         self._span = span  # the stream's client span, ended with the stream
         self._deserialize = deserialize
         self._id = stream_id
+        # Unbounded: no flow control per stream, so a slow caller's deltas wait here. At
+        # most one answer's worth (the engine stops at max_tokens), and a plain call bounds
+        # it no better: vLLM keeps generating into its request's output collector when the
+        # Generate call's window is full, merging the deltas until they are read.
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
         self._end: pb.MuxEnd | None = None
         self._cancelled = False
