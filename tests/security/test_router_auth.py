@@ -21,6 +21,7 @@ from services.common import metadata
 from services.common.mux import GENERATE
 from services.common.mux_client import MuxChannel
 from services.common.tls import aio_channel, sync_channel
+from services.edge.config import EdgeConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import SCRIPTED_MODEL, RunningStack
@@ -122,7 +123,7 @@ def _transport(stack: RunningStack) -> str:
     """The edge's router_transport, which _generate uses too."""
     args = stack.stack.plan.edge_args
     flag = "--router-transport"
-    return args[args.index(flag) + 1] if flag in args else "per_call"
+    return args[args.index(flag) + 1] if flag in args else EdgeConfig().router_transport
 
 
 async def _generate(
