@@ -57,3 +57,12 @@ def remaining(context: grpc.aio.ServicerContext) -> float | None:
     if left is None:
         return None
     return max(left, 0.0)
+
+
+def caller_deadline(code: grpc.StatusCode, context: grpc.aio.ServicerContext) -> bool:
+    """Whether an upstream call's status is the caller's deadline passing: a
+    DEADLINE_EXCEEDED while the caller has a deadline is, since every upstream call is given
+    it (`remaining`). Judged by the code, not by a second look at time_remaining, which
+    may still show a moment left: grpc keeps the caller's copy of the deadline, while a
+    multiplexed stream (engine_transport: mux) times out on the event loop's clock."""
+    return code == grpc.StatusCode.DEADLINE_EXCEEDED and context.time_remaining() is not None

@@ -43,7 +43,7 @@ from services.router.pool import ReplicaPool
 from services.router.preempt import Preempted, Slot, yielding
 from services.router.queue import FairQueue
 from services.router.queue_metrics import QueueMetrics
-from services.router.refusal import Refusal, no_model, remaining
+from services.router.refusal import Refusal, caller_deadline, no_model, remaining
 from services.router.replica import Replica
 from services.router.resume import Cut, Journal, ResumeHooks, Resumer, open_journal
 from services.router.retry import REPLICA_FAULTS, RETRYABLE, RetryBudget, backoff_s
@@ -233,7 +233,7 @@ class Relay:
                 up.request, metadata=up.forward, timeout=remaining(up.context)
             )
         opened.append(opening := Attempt(replica, call, span, hedge))
-        first = self._first_message(opening, up.route.model)
+        first = self._first_message(opening, up.route.model, up.context)
         opening.wait_first(asyncio.create_task(first))  # sets .started before the task runs
         return opening
 
@@ -292,7 +292,9 @@ class Relay:
             retry_after_s=self._config.retry_after_s,
         )
 
-    async def _first_message(self, attempt: Attempt, model: str) -> bytes | None:
+    async def _first_message(
+        self, attempt: Attempt, model: str, context: grpc.aio.ServicerContext
+    ) -> bytes | None:
         replica, started = attempt.replica, time.monotonic()
         try:
             async with asyncio.timeout(self._config.retry.first_message_timeout_s):
@@ -307,7 +309,9 @@ class Relay:
                 retryable=True,
             ) from None
         except grpc.aio.AioRpcError as exc:
-            raise self._failed(exc, replica, attempt.started) from None
+            failed = self._failed(exc, replica, attempt.started)
+            failed.retryable &= not caller_deadline(exc.code(), context)
+            raise failed from None
         if message is grpc.aio.EOF:
             return None
         attempt.span.add_event("first_message")  # the first-token waterfall's router mark

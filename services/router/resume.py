@@ -31,7 +31,7 @@ from services.router.config import ResumeConfig
 from services.router.metrics import RouterMetrics
 from services.router.policies import RouteRequest
 from services.router.preempt import Slot, yielding
-from services.router.refusal import Refusal, remaining
+from services.router.refusal import Refusal, caller_deadline, remaining
 from services.router.replica import Replica
 from services.router.retry import RETRYABLE
 
@@ -218,7 +218,7 @@ class Resumer:
             why = "the stream is not resumable (opted out, or past the kept-bytes cap)"
         elif journal.resumes >= self._config.max_resumes:
             why = f"resumed {journal.resumes} times already"
-        elif remaining(context) == 0:
+        elif remaining(context) == 0 or caller_deadline(failure.code, context):
             why = "the call's deadline has passed"
         if why is None:
             try:

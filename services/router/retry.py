@@ -18,7 +18,7 @@ RETRYABLE = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.INTERNAL,
         grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.DEADLINE_EXCEEDED,  # the attempt's, not the caller's (checked first)
+        grpc.StatusCode.DEADLINE_EXCEEDED,  # an attempt's; the caller's: caller_deadline
         grpc.StatusCode.ABORTED,
     }
 )
