@@ -3,6 +3,7 @@ from __future__ import annotations
 import grpc
 
 from services.router.config import RetryConfig
+from services.router.refusal import caller_deadline
 from services.router.retry import REPLICA_FAULTS, RETRYABLE, RetryBudget, backoff_s
 
 
@@ -53,3 +54,22 @@ def test_backoff_is_jittered_and_capped() -> None:
     config = RetryConfig(backoff_base_s=0.1, backoff_max_s=0.3)
     samples = [backoff_s(5, config) for _ in range(200)]
     assert max(samples) <= 0.3 and min(samples) >= 0 and len(set(samples)) > 100
+
+
+class _Context:
+    """What caller_deadline reads of a ServicerContext."""
+
+    def __init__(self, left: float | None) -> None:
+        self.left = left
+
+    def time_remaining(self) -> float | None:
+        return self.left
+
+
+def test_an_upstream_deadline_under_the_callers_is_the_callers() -> None:
+    expired = grpc.StatusCode.DEADLINE_EXCEEDED
+    # A moment left on grpc's copy of the deadline when the multiplexed stream expired.
+    assert caller_deadline(expired, _Context(0.002))  # type: ignore[arg-type]
+    assert not caller_deadline(grpc.StatusCode.INTERNAL, _Context(0.002))  # type: ignore[arg-type]
+    # No caller deadline: the upstream's own, worth another replica.
+    assert not caller_deadline(expired, _Context(None))  # type: ignore[arg-type]
