@@ -37,7 +37,7 @@ def _deltas() -> list[pb.ChoiceDelta]:
     ]
     return [
         *plain,
-        pb.ChoiceDelta(index=0, reasoning_text="think\n\"hard\"", num_tokens=1),
+        pb.ChoiceDelta(index=0, reasoning_text='think\n"hard"', num_tokens=1),
         pb.ChoiceDelta(index=0, text="a", reasoning_text="b", num_tokens=2),
         pb.ChoiceDelta(
             index=0,
