@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
@@ -24,12 +25,15 @@ class Outbox:
     """Frames waiting to be written; `batches` yields all of them at each write."""
 
     def __init__(self) -> None:
-        self._frames: list[pb.MuxFrame] = []
+        self._batch = pb.MuxFrames()
         self._ready = asyncio.Event()
         self._closed = False
 
-    def put(self, frame: pb.MuxFrame) -> None:
-        self._frames.append(frame)
+    def put(self, stream_id: int, **kind: Any) -> None:
+        """Queues a frame of `stream_id` whose `kind` is one of MuxFrame's oneof fields.
+        Built in place in the next message: a MuxFrame of its own would be copied into
+        it again, once per relayed token."""
+        self._batch.frames.add(stream_id=stream_id, **kind)
         self._ready.set()
 
     def close(self) -> None:
@@ -41,10 +45,10 @@ class Outbox:
         while True:
             await self._ready.wait()
             self._ready.clear()
-            frames, self._frames = self._frames, []
-            if frames:
-                yield pb.MuxFrames(frames=frames)
-            if self._closed and not self._frames:
+            batch, self._batch = self._batch, pb.MuxFrames()
+            if batch.frames:
+                yield batch
+            if self._closed and not self._batch.frames:
                 return
 
 

@@ -10,6 +10,7 @@ engine that died would, so retries and resumes work unchanged.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import itertools
 import logging
@@ -50,24 +51,35 @@ class MuxCall:
         self._span = span  # the stream's client span, ended with the stream
         self._deserialize = deserialize
         self._id = stream_id
+        # A deque and one future per wait rather than an asyncio.Queue: Queue.get looks
+        # the running loop up (a getpid) and keeps a waiter list, once per relayed token.
         # Unbounded: no flow control per stream, so a slow caller's deltas wait here. At
         # most one answer's worth (the engine stops at max_tokens), and a plain call bounds
         # it no better: vLLM keeps generating into its request's output collector when the
         # Generate call's window is full, merging the deltas until they are read.
-        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._inbox: collections.deque[bytes | pb.MuxEnd] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._end: pb.MuxEnd | None = None
         self._cancelled = False
         self._timer = None
         if timeout is not None:
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._expire)
+            self._timer = self._loop.call_later(timeout, self._expire)
 
     async def read(self) -> bytes | Any:
-        item = await self._inbox.get()
+        if not self._inbox:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         if self._cancelled:  # as a cancelled grpc.aio call's reads do
             raise asyncio.CancelledError()
+        item = self._inbox[0]
         if isinstance(item, bytes):
+            self._inbox.popleft()
             return item if self._deserialize is None else self._deserialize(item)
-        self._inbox.put_nowait(item)  # the end: every later read sees it too
+        # The end stays queued: every later read sees it too.
         if item.code == grpc.StatusCode.OK.value[0]:
             return grpc.aio.EOF
         raise self._error(item)
@@ -96,7 +108,7 @@ class MuxCall:
         if frame.HasField("end"):
             self.ended(frame.end)
         elif self._end is None:
-            self._inbox.put_nowait(frame.message)
+            self._put(frame.message)
 
     def ended(self, end: pb.MuxEnd) -> None:
         if self._end is not None:
@@ -105,9 +117,14 @@ class MuxCall:
         self._link.forget(self._id)
         if self._timer is not None:
             self._timer.cancel()
-        self._inbox.put_nowait(end)
+        self._put(end)
         if self._span is not None:
             _end_span(self._span, end)
+
+    def _put(self, item: bytes | pb.MuxEnd) -> None:
+        self._inbox.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _expire(self) -> None:
         # The caller's deadline, kept here as grpc keeps it for a plain call; the engine
@@ -156,12 +173,12 @@ class _Link:
         opened = pb.MuxOpen(method=method, request=request, metadata=to_pairs(metadata))
         if timeout is not None:
             opened.timeout_s = timeout
-        self._outbox.put(pb.MuxFrame(stream_id=stream_id, open=opened))
+        self._outbox.put(stream_id, open=opened)
         return call
 
     def cancel(self, stream_id: int) -> None:
         if stream_id in self._streams and not self.broken:
-            self._outbox.put(pb.MuxFrame(stream_id=stream_id, cancel=pb.MuxCancel()))
+            self._outbox.put(stream_id, cancel=pb.MuxCancel())
 
     def forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)

@@ -114,7 +114,7 @@ class MuxServer:
             # number their streams and never reuse one.
             details = f"stream id {stream_id} is in use"
             end = pb.MuxEnd(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], details=details)
-            self._outbox.put(pb.MuxFrame(stream_id=stream_id, end=end))
+            self._outbox.put(stream_id, end=end)
             return
         self._streams[stream_id] = asyncio.create_task(self._run(stream_id, opened))
 
@@ -133,7 +133,7 @@ class MuxServer:
             end = pb.MuxEnd(code=grpc.StatusCode.INTERNAL.value[0], details=str(exc))
         finally:
             self._streams.pop(stream_id, None)
-        self._outbox.put(pb.MuxFrame(stream_id=stream_id, end=end))
+        self._outbox.put(stream_id, end=end)
 
     async def _stream(self, stream_id: int, opened: pb.MuxOpen, context: MuxContext) -> pb.MuxEnd:
         handler = self._handlers.get(opened.method)
@@ -142,7 +142,7 @@ class MuxServer:
         async with asyncio.timeout(context.time_remaining()):
             with _server_span(self._tracer, opened.method, context.invocation_metadata()):
                 async for message in handler(opened.request, context):
-                    self._outbox.put(pb.MuxFrame(stream_id=stream_id, message=message))
+                    self._outbox.put(stream_id, message=message)
         return pb.MuxEnd()
 
 

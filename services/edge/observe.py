@@ -101,19 +101,20 @@ class GenerationObserver:
         finish: list[str] = []
         try:
             async for message in stream:
-                self._on_message(message)
-                for choice in message.choices:
+                tokens = 0
+                for choice in message.choices:  # one pass a message: it runs per token
+                    tokens += choice.num_tokens
                     if choice.finish_reason:
                         finish.append(FINISH_REASON_NAMES.get(choice.finish_reason, "unknown"))
+                self._on_message(tokens or 1)
                 if message.HasField("usage"):
                     usage = message.usage
                 yield message
         finally:
             self._on_end(usage, finish)
 
-    def _on_message(self, message: pb.GenerateResponse) -> None:
+    def _on_message(self, tokens: int) -> None:
         now = time.monotonic()
-        tokens = sum(c.num_tokens for c in message.choices) or 1
         if self._last is None:
             self._span.add_event("first_message")  # the first-token waterfall's edge mark
             ttft = now - self._started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +24,11 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 def dumps(obj: Any) -> str:
     return _ENCODER.encode(obj)
+
+
+# A str as JSON, exactly as `dumps` writes one (the escaper an ensure_ascii=False encoder
+# uses): for chunks written without building their dict first.
+json_string = encode_basestring
 
 
 def frame(obj: Any) -> bytes:

@@ -87,6 +87,8 @@ class ReplicaProbes:
             if not replica.serving:
                 continue
             with contextlib.suppress(grpc.aio.AioRpcError):
-                replica.reported = await replica.stub.GetLoad(
-                    pb.GetLoadRequest(), timeout=self._config.check_timeout_s
+                replica.record_load(
+                    await replica.stub.GetLoad(
+                        pb.GetLoadRequest(), timeout=self._config.check_timeout_s
+                    )
                 )

@@ -324,25 +324,23 @@ class Relay:
     async def _committed(
         self, up: Upstream, winner: Attempt, first: bytes, journal: Journal
     ) -> AsyncIterator[bytes]:
-        """The answer from its first message on; preemptable while it can be continued."""
+        """The answer from its first message on; preemptable while it can be continued.
+        Reads the call itself, not through a generator of its own: one layer fewer to
+        resume for every relayed token."""
         yield journal.keep(last := first)
         slot = up.slot if journal.continuable else None
-        with self._queue.preemptable(up.route.model, slot, winner.call):
-            async for last in self._rest(winner, slot):
-                yield journal.keep(last, slot)
-        self._metrics.count_prompt(winner.replica.address, usage_of(up.method, last))
-
-    async def _rest(self, winner: Attempt, slot: Slot | None) -> AsyncIterator[bytes]:
         replica = winner.replica
-        try:
-            with yielding(slot, replica.address):
-                while (message := await winner.call.read()) is not grpc.aio.EOF:
-                    yield message  # type: ignore[misc]
-        except grpc.aio.AioRpcError as exc:
-            # Committed: the caller has tokens already. Never retried from the start.
-            failure = self._failed(exc, replica, winner.started)
-            raise Cut(failure.refusal, replica.address) from None
-        replica.record_success()
+        with self._queue.preemptable(up.route.model, slot, winner.call):
+            try:
+                with yielding(slot, replica.address):
+                    while (message := await winner.call.read()) is not grpc.aio.EOF:
+                        yield journal.keep(last := message, slot)  # type: ignore[arg-type]
+            except grpc.aio.AioRpcError as exc:
+                # Committed: the caller has tokens already. Never retried from the start.
+                failure = self._failed(exc, replica, winner.started)
+                raise Cut(failure.refusal, replica.address) from None
+            replica.record_success()
+        self._metrics.count_prompt(winner.replica.address, usage_of(up.method, last))
 
     @staticmethod
     def _failed(exc: grpc.aio.AioRpcError, replica: Replica, started: float) -> AttemptFailed:

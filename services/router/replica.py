@@ -21,6 +21,7 @@ from services.common.telemetry import grpc_client_interceptors
 from services.common.tls import RotatingChannel, TLSConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
+from services.router.arrivals import ArrivalRate
 from services.router.breaker import CircuitBreaker
 from services.router.cache_index import PrefixIndex
 from services.router.config import BreakerConfig, HealthConfig
@@ -57,6 +58,7 @@ class Replica:
         self.models: dict[str, pb.ModelInfo] = {}
         self.in_flight = 0
         self.reported = pb.LoadReport()
+        self.arrivals = ArrivalRate()  # calls its engine admitted recently, per second
         self.breaker = CircuitBreaker(breaker)
         self.prefix_index = PrefixIndex()  # what the engine's prefix cache holds
         self.ttft_ewma_s: float | None = None
@@ -130,6 +132,10 @@ class Replica:
             )
 
     # -- state the probes (services.router.probes) report ---------------------------
+
+    def record_load(self, report: pb.LoadReport) -> None:
+        self.reported = report
+        self.arrivals.observe(report.total_requests)
 
     @property
     def channel(self) -> grpc.aio.Channel:

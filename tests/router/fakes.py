@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.router.arrivals import ArrivalRate
 from services.router.cache_index import PrefixIndex
 from services.router.replica import Replica
 
 
 class FakeReplica(Replica):
-    """Selection only reads address, load and the prefix index; no channel is opened."""
+    """Selection only reads address, load, arrivals and the prefix index; no channel is opened."""
 
     def __init__(self, address: str, in_flight: int = 0) -> None:
         self.address = address
@@ -16,3 +17,4 @@ class FakeReplica(Replica):
         self.requests = 0
         self.reported = pb.LoadReport()
         self.prefix_index = PrefixIndex()
+        self.arrivals = ArrivalRate()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections import Counter
 from types import SimpleNamespace
 
@@ -10,6 +12,7 @@ from prometheus_client import generate_latest
 
 from services.common import prefix_hash
 from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.router.arrivals import ArrivalRate
 from services.router.cache_index import PrefixIndex
 from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics
@@ -183,3 +186,81 @@ def test_default_policy_is_cache_aware_and_spreads_calls_without_prefix_info() -
         served[chosen.address] += 1
     assert sorted(r.in_flight for r in replicas) == [11, 11, 11]
     assert served[replicas[0].address] == 8
+
+
+def arriving(replica: FakeReplica, per_s: float, seconds: float = 30.0) -> None:
+    """Feeds the replica's estimate reports of a steady rate, one a second."""
+    clock = iter(range(int(seconds) + 1))
+    replica.arrivals = ArrivalRate(clock=lambda: float(next(clock)))
+    for second in range(int(seconds) + 1):
+        replica.arrivals.observe(round(per_s * second))
+
+
+def test_arrival_rate_follows_the_engines_counter() -> None:
+    now = [0.0]
+    rate = ArrivalRate(half_life_s=10, clock=lambda: now[0])
+    rate.observe(1000)  # the first report is only a base: calls before it are old
+    assert rate.per_s == 0
+    for second in range(1, 6):
+        now[0] = second
+        rate.observe(1000 + 4 * second)
+    assert rate.per_s == pytest.approx(4)  # no bias towards its start at zero
+    for second in range(6, 36):  # three half-lives at 1 call/s
+        now[0] = second
+        rate.observe(1020 + (second - 5))
+    assert 1.05 < rate.per_s < 1.2  # the old rate's weight halved three times
+    settled = rate.per_s
+    now[0] += 1
+    rate.observe(3)  # the engine restarted: a new base, not a negative rate
+    assert rate.per_s == settled
+
+
+def test_a_new_group_goes_to_the_replica_with_the_least_recent_traffic() -> None:
+    """A hot group keeps its replica busy: every new group lands on the other, whatever
+    its hash, until their rates tie."""
+    replicas = fleet(2)
+    arriving(replicas[0], per_s=1.0)
+    arriving(replicas[1], per_s=0.5)
+    policy = CacheAwarePolicy()
+    picks = {policy.select(replicas, route(names(g, 4))).address for g in range(40)}
+    assert picks == {replicas[1].address}
+    assert policy.decisions["no_match"] == 40
+    hold(replicas[0], names(1, 4))  # a cache hit still wins over the rate
+    assert policy.select(replicas, route(names(1, 4))) is replicas[0]
+
+
+def test_rates_within_the_tolerance_tie_and_rendezvous_decides() -> None:
+    """Two routers whose estimates differ a little (they poll at different moments), or
+    an idle fleet, place new groups by the prefix's hash: on both replicas, the same."""
+    router_a, router_b = fleet(2), list(reversed(fleet(2)))
+    assert_place_alike(router_a, router_b)  # no reports at all
+    arriving(router_a[0], 1.0)
+    arriving(router_a[1], 0.9)
+    arriving(router_b[1], 0.9)  # B saw A's busier replica as the quieter one
+    arriving(router_b[0], 1.0)
+    assert_place_alike(router_a, router_b)
+
+
+def assert_place_alike(router_a: list[FakeReplica], router_b: list[FakeReplica]) -> None:
+    picks: Counter[str] = Counter()
+    for g in range(60):
+        p = route(names(g, 4))
+        a, b = CacheAwarePolicy().select(router_a, p), CacheAwarePolicy().select(router_b, p)
+        assert a.address == b.address
+        picks[a.address] += 1
+    assert len(picks) == 2 and min(picks.values()) > 15, picks
+
+
+def test_decision_cost_stays_under_a_third_of_a_millisecond() -> None:
+    replicas = fleet(8)
+    for i, r in enumerate(replicas):
+        hold(r, names(i, 40))
+        arriving(r, per_s=i)
+    policy = CacheAwarePolicy()
+    requests = [route(names(g, 75)) for g in range(16)]  # 1,200-token prompts
+    costs = []
+    for request in requests * 20:
+        started = time.perf_counter()
+        policy.select(replicas, request)
+        costs.append(time.perf_counter() - started)
+    assert statistics.median(costs) < 0.3e-3

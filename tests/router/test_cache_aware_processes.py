@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,13 +38,15 @@ def _system(group: str, words: int = 64) -> tuple[str, str]:
     return ("system", " ".join(f"{group}{i}" for i in range(words)))
 
 
-def _start(scripted_stack: Callable[..., RunningStack], tmp_path: Path, **cache: object):
+def _start(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path, engines: int = 3, **cache: object
+):
     config = tmp_path / "router.yaml"
     config.write_text(yaml.safe_dump(ROUTER))
     edge = tmp_path / "edge.yaml"  # the edge names stand-in prompts' prefixes
     edge.write_text(yaml.safe_dump({"prefix_tokenizers": {SCRIPTED_MODEL: "words"}}))
     return scripted_stack(
-        engines=3,
+        engines=engines,
         behaviour={**CACHE, **cache},
         router_args=["--config", str(config), "--metrics-port", str(free_port())],
         edge_args=["--config", str(edge)],
@@ -165,12 +168,53 @@ async def test_two_routers_agree(scripted_stack, tmp_path) -> None:
         assert agreed / 24 >= 0.95, f"{agreed}/24"
 
 
-def _not_the_fallback(stack: RunningStack, turns: list[tuple[str, str]]) -> int:
-    request = chat(SCRIPTED_MODEL, turns)
-    key = str(prefix_hash.chunk_hashes(prompt_token_ids(request))[0])
+async def test_a_hot_group_does_not_draw_new_groups_to_its_replica(
+    scripted_stack, tmp_path
+) -> None:
+    """One group takes half the calls; six others, all of which rendezvous hashing puts
+    with it, go to the quieter engine instead (the engines' admitted-call counts say
+    which), so the busiest engine's share stays within 1.5x the mean; and each group
+    stays where its prefix is: the cached tokens of groups pinned by hand."""
+    stack = _start(scripted_stack, tmp_path, engines=2, prefix_cache_chunks=400)
+    await asyncio.sleep(0.5)
+    hot = _fallback(stack, [_system("hot")])
+    candidates = (f"cold{i}" for i in range(1000))
+    cold = [g for g in candidates if _fallback(stack, [_system(g)]) == hot][:6]
+    served: Counter[int] = Counter()
+    cached = pinned = 0
+    seen: dict[str, set[int]] = {}  # per group: what one engine holding it all would
+    for round_ in range(36):
+        for group in ("hot", cold[round_ % len(cold)]):
+            turns = [_system(group), ("user", f"question {round_}")]
+            engine, hits = await _served_by(stack, turns)
+            served[engine] += 1
+            cached += hits
+            pinned += _pinned_hits(seen.setdefault(group, set()), _names(turns))
+        await asyncio.sleep(0.1)  # a load poll now and then (every 0.2 s)
+    assert max(served.values()) <= 1.5 * 72 / 2, f"a hot spot: {served}"
+    assert cached >= 0.9 * pinned, (cached, pinned)
+
+
+def _pinned_hits(held: set[int], names: list[int]) -> int:
+    """Cached tokens of a call on an engine that holds every earlier call of its group."""
+    hits = next((i for i, name in enumerate(names) if name not in held), len(names))
+    held.update(names)
+    return hits * prefix_hash.CHUNK_TOKENS
+
+
+def _fallback(stack: RunningStack, turns: list[tuple[str, str]]) -> int:
+    """The engine rendezvous hashing picks for the prompt among all of them."""
+    key = str(_names(turns)[0])
     addresses = stack.engine_addresses
-    fallback = max(addresses, key=lambda a: _rendezvous(key, a))
-    return (addresses.index(fallback) + 1) % len(addresses)
+    return addresses.index(max(addresses, key=lambda a: _rendezvous(key, a)))
+
+
+def _not_the_fallback(stack: RunningStack, turns: list[tuple[str, str]]) -> int:
+    return (_fallback(stack, turns) + 1) % len(stack.engine_addresses)
+
+
+def _names(turns: list[tuple[str, str]]) -> list[int]:
+    return prefix_hash.chunk_hashes(prompt_token_ids(chat(SCRIPTED_MODEL, turns)))
 
 
 async def _call(router: str, turns: list[tuple[str, str]]) -> None:

@@ -8,8 +8,9 @@ from typing import Any
 from services.common.wire import FINISH_REASON_NAMES
 from services.edge.chat.protocol import ChatCompletionRequest
 from services.edge.generation.admission import Admitted
-from services.edge.generation.render import FAILED, Renderer
+from services.edge.generation.render import FAILED, FINISH_JSON, Renderer
 from services.edge.generation.serving import GenerationServing, RequestContext, Upstream
+from services.edge.sse import json_string
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 
@@ -65,6 +66,14 @@ class ChatRenderer(Renderer):
             else None,
             "finish_reason": FINISH_REASON_NAMES[d.finish_reason],
         }
+
+    def delta_json(self, index: int, d: pb.ChoiceDelta) -> str:
+        if self.logprobs or d.reasoning_text or d.tool_calls:
+            return super().delta_json(index, d)
+        # Plain text, the common case: the same JSON as `delta`'s, written directly.
+        content = f'{{"content":{json_string(d.text)}}}' if d.text else "{}"
+        finish = FINISH_JSON[d.finish_reason]
+        return f'{{"index":{index},"delta":{content},"logprobs":null,"finish_reason":{finish}}}'
 
     def failed(self, index: int) -> dict[str, Any]:
         return {"index": index, "delta": {}, "logprobs": None, "finish_reason": FAILED}

@@ -11,8 +11,9 @@ from typing import Any
 from services.common.wire import FINISH_REASON_NAMES
 from services.edge.completions.protocol import CompletionRequest
 from services.edge.generation.admission import Admitted
-from services.edge.generation.render import FAILED, Renderer
+from services.edge.generation.render import FAILED, FINISH_JSON, Renderer
 from services.edge.generation.serving import GenerationServing, RequestContext, Upstream
+from services.edge.sse import json_string
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 
@@ -51,6 +52,14 @@ class CompletionRenderer(Renderer):
             "logprobs": _logprobs(delta.logprobs) if self.logprobs else None,
             "finish_reason": FINISH_REASON_NAMES[delta.finish_reason],
         }
+
+    def delta_json(self, index: int, delta: pb.ChoiceDelta) -> str:
+        if self.logprobs:
+            return super().delta_json(index, delta)
+        # Without logprobs: the same JSON as `delta`'s, written directly.
+        finish = FINISH_JSON[delta.finish_reason]
+        text = json_string(delta.text)
+        return f'{{"index":{index},"text":{text},"logprobs":null,"finish_reason":{finish}}}'
 
     def failed(self, index: int) -> dict[str, Any]:
         return {"index": index, "text": "", "logprobs": None, "finish_reason": FAILED}

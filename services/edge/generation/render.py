@@ -10,12 +10,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Protocol
 
+from services.common.wire import FINISH_REASON_NAMES
 from services.edge.errors import OpenAIError
+from services.edge.sse import dumps
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 # finish_reason of a choice whose stream broke: anything but "stop", so that no client
 # mistakes a truncated answer for a complete one.
 FAILED = "error"
+
+# Each finish reason's JSON value (null for none), for chunks written without dumps.
+FINISH_JSON: dict[int, str] = {value: dumps(name) for value, name in FINISH_REASON_NAMES.items()}
 
 
 class Choice(Protocol):
@@ -44,6 +49,12 @@ class Renderer(ABC):
     @abstractmethod
     def delta(self, index: int, delta: pb.ChoiceDelta) -> dict[str, Any]:
         """One streamed choice, renumbered to `index`."""
+
+    def delta_json(self, index: int, delta: pb.ChoiceDelta) -> str:
+        """`delta(index, delta)` as JSON. A renderer may write its common case directly:
+        once per streamed token, building the dict and encoding it costs more than the
+        rest of rendering."""
+        return dumps(self.delta(index, delta))
 
     @abstractmethod
     def failed(self, index: int) -> dict[str, Any]:

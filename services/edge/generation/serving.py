@@ -232,7 +232,7 @@ async def _stream(
                 index = upstream * reply.n + delta.index
                 if delta.finish_reason:
                     unfinished.discard(index)
-                chunks.append(framer.choices(dumps(renderer.delta(index, delta))))
+                chunks.append(framer.choices(renderer.delta_json(index, delta)))
             await response.write(b"".join(chunks))
             if item is first:  # the first-token waterfall's last server-side mark
                 trace.get_current_span().add_event("first_chunk_written")

@@ -10,10 +10,15 @@ and evictions). Per request:
    cached replica beyond the band loses its advantage (load escape).
 2. Within the band, the replica holding the longest prefix of the prompt (at least
    `min_match_chunks`); among equals, the least loaded, then a hash of the prefix.
-3. No match in the band: rendezvous hashing of the prefix (or routing key) over the
-   band. Every router makes the same pick for the same prompt, a new prefix group lands
-   on one replica, and a hot prefix that escaped its first replica lands on the same
-   second one, which then holds it too: the hot prefix spreads, instead of queueing.
+3. No match anywhere (a new prefix group): the band's replica whose engine admitted
+   the fewest calls recently (services.router.arrivals), so new groups fill the replicas
+   that the groups already placed keep quiet; rates within `rate_tolerance` of the
+   lowest (or all near zero) tie, and ties go by rendezvous hashing of the prefix, so
+   routers whose estimates differ a little, or an idle fleet, still make the same pick.
+   A match only beyond the band (load escape): rendezvous over the band, so a hot
+   prefix that escaped its first replica lands on the same second one, which then holds
+   it too: the hot prefix spreads, instead of queueing. Without names: rendezvous of
+   the routing key (no rates: nothing else would keep a keyed conversation in place).
 
 Decisions made so far are counted by reason in `decisions`.
 """
@@ -25,6 +30,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from services.router.arrivals import ArrivalRate
 from services.router.cache_index import PrefixIndex
 from services.router.policies.base import LoadBalancingPolicy, R, RouteRequest
 
@@ -32,6 +38,10 @@ CACHE_HIT = "cache_hit"
 LOAD_ESCAPE = "load_escape"
 NO_MATCH = "no_match"
 NO_PREFIX = "no_prefix"
+
+# Calls per second below which replicas count as equally idle: an idle fleet's decaying
+# estimates, however unequal, decide nothing.
+_IDLE_PER_S = 0.05
 
 
 def _rendezvous(key: str, address: str) -> int:
@@ -43,13 +53,24 @@ def _index(replica: Any) -> PrefixIndex | None:
     return getattr(replica, "prefix_index", None)
 
 
+def _arrival_rate(replica: Any) -> float:
+    arrivals: ArrivalRate | None = getattr(replica, "arrivals", None)
+    return arrivals.per_s if arrivals is not None else 0.0
+
+
 class CacheAwarePolicy(LoadBalancingPolicy):
     def __init__(
-        self, *, load_margin: float = 8.0, load_factor: float = 1.5, min_match_chunks: int = 1
+        self,
+        *,
+        load_margin: float = 8.0,
+        load_factor: float = 1.5,
+        min_match_chunks: int = 1,
+        rate_tolerance: float = 0.25,
     ) -> None:
         self._margin = load_margin
         self._factor = load_factor
         self._min_match = max(1, min_match_chunks)
+        self._rate_tolerance = rate_tolerance
         self.decisions: Counter[str] = Counter()
 
     @classmethod
@@ -75,9 +96,17 @@ class CacheAwarePolicy(LoadBalancingPolicy):
             self.decisions[CACHE_HIT] += 1
             holders = [r for r in band if matches[r.address] == best]
             return min(holders, key=lambda r: (loads[r.address], -_rendezvous(key, r.address)))
-        escaped = max(matches.values()) >= self._min_match
-        self.decisions[LOAD_ESCAPE if escaped else NO_MATCH] += 1
-        return self._spread(band, key, loads)
+        if max(matches.values()) >= self._min_match:
+            self.decisions[LOAD_ESCAPE] += 1
+            return self._spread(band, key, loads)
+        self.decisions[NO_MATCH] += 1
+        return self._spread(self._quietest(band), key, loads)
+
+    def _quietest(self, band: Sequence[R]) -> list[R]:
+        """The replicas whose recent arrival rate ties with the lowest in the band."""
+        rates = [(_arrival_rate(r), r) for r in band]
+        limit = min(rate for rate, _ in rates) * (1 + self._rate_tolerance) + _IDLE_PER_S
+        return [r for rate, r in rates if rate <= limit]
 
     @staticmethod
     def _match(replica: Any, names: Sequence[int]) -> int:
