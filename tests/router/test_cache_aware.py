@@ -118,6 +118,8 @@ def test_a_near_complete_match_on_a_quieter_replica_takes_the_call() -> None:
     p = names(1, 50)
     hold(replicas[0], p)  # the whole conversation
     hold(replicas[1], p[:46])  # its system prompt: all but the newest 4 chunks
+    replicas[0].in_flight = 2  # not enough for 4 chunks: slack_cost is 2 calls
+    assert CacheAwarePolicy().select(replicas, route(p)) is replicas[0]
     replicas[0].in_flight = 3
     assert CacheAwarePolicy(match_slack=0).select(replicas, route(p)) is replicas[0]
     assert CacheAwarePolicy().select(replicas, route(p)) is replicas[1]
@@ -144,7 +146,7 @@ def test_a_hot_prefix_held_twice_is_shared_by_load_not_by_history() -> None:
         chosen.in_flight += 1
         hold(chosen, prefix)
     loads = [r.in_flight for r in replicas]
-    assert max(loads) - min(loads) <= 1, loads
+    assert max(loads) - min(loads) <= 3, loads  # slack_cost 2; without the slack, 8
     assert policy.decisions["cache_hit"] == 16
 
 
