@@ -41,8 +41,8 @@ WORKLOAD = Workload(
     system_words=160,  # "g3w17" is about 5 tokens: ~800-token system prompts
     user_words=8,
     max_tokens=16,
-    rate_per_s=1.5,
-    duration_s=30.0,
+    rate_per_s=3.0,  # saturates p2c here (TTFT p50 ~1 s), as the issue asks
+    duration_s=40.0,
     model=DEFAULT_MODEL_ID,
     history_turns=2,
 )

@@ -111,6 +111,45 @@ def test_flood_of_one_prefix_never_builds_a_hot_spot() -> None:
     assert max(loads) - min(loads) <= 3, loads
 
 
+def test_a_near_complete_match_on_a_quieter_replica_takes_the_call() -> None:
+    """A conversation's newest turns on a busy replica: a quieter one holding all but the
+    last few chunks (its system prompt) takes it; one holding much less does not."""
+    replicas = fleet(2)
+    p = names(1, 50)
+    hold(replicas[0], p)  # the whole conversation
+    hold(replicas[1], p[:46])  # its system prompt: all but the newest 4 chunks
+    replicas[0].in_flight = 2  # not enough for 4 chunks: slack_cost is 2 calls
+    assert CacheAwarePolicy().select(replicas, route(p)) is replicas[0]
+    replicas[0].in_flight = 3
+    assert CacheAwarePolicy(match_slack=0).select(replicas, route(p)) is replicas[0]
+    assert CacheAwarePolicy().select(replicas, route(p)) is replicas[1]
+    replicas[1].prefix_index.apply(pb.PrefixCacheEvent(removed=[p[40]]))  # 40 of 50 left
+    assert CacheAwarePolicy().select(replicas, route(p)) is replicas[0]
+    with pytest.raises(ValueError, match="match_slack"):
+        CacheAwarePolicy.from_options({"match_slack": 1.0})
+
+
+def test_a_hot_prefix_held_twice_is_shared_by_load_not_by_history() -> None:
+    """Simulated: both replicas hold a hot system prompt, every session's history starts
+    on the first; each chosen replica keeps its request and caches the session's turn."""
+    replicas = fleet(2)
+    system = names(1, 45)
+    sessions = [system + names(100 + i, 5) for i in range(6)]
+    for replica in replicas:
+        hold(replica, system)
+    for prefix in sessions:
+        hold(replicas[0], prefix)
+    policy = CacheAwarePolicy()
+    for turn in range(16):
+        prefix = sessions[turn % len(sessions)]
+        chosen = policy.select(replicas, route(prefix))
+        chosen.in_flight += 1
+        hold(chosen, prefix)
+    loads = [r.in_flight for r in replicas]
+    assert max(loads) - min(loads) <= 3, loads  # slack_cost 2; without the slack, 8
+    assert policy.decisions["cache_hit"] == 16
+
+
 def test_new_prefixes_spread_and_ties_are_deterministic() -> None:
     replicas = fleet(4)
     picks = Counter(

@@ -9,7 +9,12 @@ and evictions). Per request:
    one, or `load_factor` times it, whichever is larger. Only these may be chosen: a
    cached replica beyond the band loses its advantage (load escape).
 2. Within the band, the replica holding the longest prefix of the prompt (at least
-   `min_match_chunks`); among equals, the least loaded, then a hash of the prefix.
+   `min_match_chunks`); among equals, the least loaded, then a hash of the prefix. A
+   replica holding all but the last `match_slack` of the longest match competes too, as
+   if `slack_cost` calls busier: so a conversation whose newest turns live on a busy
+   replica moves to a quieter one that holds its system prompt (a few chunks of prefill
+   instead of a queue), and a hot prefix held by two replicas is shared by load, while
+   small load differences leave conversations where their whole history is.
 3. No match anywhere (a new prefix group): the band's replica whose engine admitted
    the fewest calls recently (services.router.arrivals), so new groups fill the replicas
    that the groups already placed keep quiet; rates within `rate_tolerance` of the
@@ -66,11 +71,17 @@ class CacheAwarePolicy(LoadBalancingPolicy):
         load_factor: float = 1.5,
         min_match_chunks: int = 1,
         rate_tolerance: float = 0.25,
+        match_slack: float = 0.1,
+        slack_cost: float = 2.0,
     ) -> None:
+        if not 0 <= match_slack < 1:
+            raise ValueError(f"match_slack must be in [0, 1), not {match_slack}")
         self._margin = load_margin
         self._factor = load_factor
         self._min_match = max(1, min_match_chunks)
         self._rate_tolerance = rate_tolerance
+        self._slack = match_slack
+        self._slack_cost = slack_cost
         self.decisions: Counter[str] = Counter()
 
     @classmethod
@@ -94,13 +105,20 @@ class CacheAwarePolicy(LoadBalancingPolicy):
         best = max(matches[r.address] for r in band)
         if best >= self._min_match:
             self.decisions[CACHE_HIT] += 1
-            holders = [r for r in band if matches[r.address] == best]
-            return min(holders, key=lambda r: (loads[r.address], -_rendezvous(key, r.address)))
+            enough = max(self._min_match, best - int(best * self._slack))
+            holders = [r for r in band if matches[r.address] >= enough]
+            return min(holders, key=lambda r: self._cost(r, matches, best, loads, key))
         if max(matches.values()) >= self._min_match:
             self.decisions[LOAD_ESCAPE] += 1
             return self._spread(band, key, loads)
         self.decisions[NO_MATCH] += 1
         return self._spread(self._quietest(band), key, loads)
+
+    def _cost(
+        self, r: Any, matches: dict[str, int], best: int, loads: dict[str, float], key: str
+    ) -> tuple[float, float, int]:
+        short = self._slack_cost if matches[r.address] < best else 0.0
+        return loads[r.address] + short, short, -_rendezvous(key, r.address)
 
     def _quietest(self, band: Sequence[R]) -> list[R]:
         """The replicas whose recent arrival rate ties with the lowest in the band."""
