@@ -38,12 +38,19 @@ class Attempt:
     first: asyncio.Task[bytes | None] = field(init=False)
     started: float = field(init=False)  # on its replica's breaker clock
     _held: contextlib.ExitStack = field(init=False, default_factory=contextlib.ExitStack)
+    _prefill: contextlib.ExitStack = field(init=False, default_factory=contextlib.ExitStack)
     _closed: bool = field(init=False, default=False)
 
-    def wait_first(self, first: asyncio.Task[bytes | None]) -> None:
-        """Counts the attempt as in flight on its replica until it is closed."""
+    def wait_first(self, first: asyncio.Task[bytes | None], uncached_tokens: int = 0) -> None:
+        """Counts the attempt as in flight on its replica until it is closed, and its
+        uncached prompt as the replica's queued prefill until it answers."""
         self.started = self._held.enter_context(self.replica.track())
+        self._prefill.enter_context(self.replica.prefilling(uncached_tokens))
         self.first = first
+
+    def answered(self) -> None:
+        """The first message came: the engine has prefilled the prompt."""
+        self._prefill.close()
 
     def failed(self, failure: AttemptFailed) -> None:
         self.span.set_attribute(RETRY_REASON, failure.refusal.code.name)
@@ -63,6 +70,7 @@ class Attempt:
         self.call.cancel()
         if abandoned:
             self.replica.breaker.on_abandoned()
+        self._prefill.close()
         self._held.close()
         self.span.end()
 

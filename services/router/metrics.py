@@ -106,14 +106,21 @@ class _ReplicaCollector(Collector):
             "Prefix-cache chunks an engine reports resident, as the router's index holds them",
             labels=["replica"],
         )
+        prefill = GaugeMetricFamily(
+            "tera_router_replica_prefill_tokens",
+            "Uncached prompt tokens this router sent a replica that it has not answered yet "
+            "(the queued prefill cache_aware weighs)",
+            labels=["replica"],
+        )
         for address, replica in sorted(self._pool.replicas.items()):
             up.add_metric([address], 1.0 if replica.available else 0.0)
             in_flight.add_metric([address], replica.in_flight)
+            prefill.add_metric([address], replica.prefill_tokens)
             ejections.add_metric([address], replica.breaker.total_ejections)
             index = getattr(replica, "prefix_index", None)
             if index is not None:
                 prefix.add_metric([address], len(index))
-        yield from (up, in_flight, ejections, prefix)
+        yield from (up, in_flight, prefill, ejections, prefix)
         yield self._ready_by_model()
 
     def _ready_by_model(self) -> GaugeMetricFamily:

@@ -234,7 +234,10 @@ class Relay:
             )
         opened.append(opening := Attempt(replica, call, span, hedge))
         first = self._first_message(opening, up.route.model, up.context)
-        opening.wait_first(asyncio.create_task(first))  # sets .started before the task runs
+        # Sets .started before the task runs.
+        opening.wait_first(
+            asyncio.create_task(first), replica.uncached_tokens(up.route.prefix_hashes)
+        )
         return opening
 
     def _hedge(
@@ -315,6 +318,7 @@ class Relay:
         if message is grpc.aio.EOF:
             return None
         attempt.span.add_event("first_message")  # the first-token waterfall's router mark
+        attempt.answered()
         elapsed = time.monotonic() - started
         replica.record_first_message(elapsed)
         self._hedger.observe(model, elapsed)

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.mux import GENERATE
 from services.common.mux_client import MuxCall, MuxChannel
+from services.common.prefix_hash import CHUNK_TOKENS
 from services.common.telemetry import grpc_client_interceptors
 from services.common.tls import RotatingChannel, TLSConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -61,6 +62,9 @@ class Replica:
         self.arrivals = ArrivalRate()  # calls its engine admitted recently, per second
         self.breaker = CircuitBreaker(breaker)
         self.prefix_index = PrefixIndex()  # what the engine's prefix cache holds
+        # Prompt tokens this router sent here that the engine has still to prefill (calls
+        # with no first message yet, each counted by what the index said was uncached).
+        self.prefill_tokens = 0
         self.ttft_ewma_s: float | None = None
         self.requests = 0
         self.failures = 0
@@ -95,6 +99,19 @@ class Replica:
     def load_score(self) -> float:
         """In-flight calls we know of, plus what the engine says is queued inside it."""
         return self.in_flight + self.reported.waiting + self.reported.kv_cache_usage
+
+    def uncached_tokens(self, names: Sequence[int]) -> int:
+        """The prompt tokens, in whole chunks, of prefix `names` that the cache lacks."""
+        return (len(names) - self.prefix_index.match(names)) * CHUNK_TOKENS
+
+    @contextlib.contextmanager
+    def prefilling(self, tokens: int) -> Iterator[None]:
+        """Counts a call's uncached prompt as queued prefill until its first message."""
+        self.prefill_tokens += tokens
+        try:
+            yield
+        finally:
+            self.prefill_tokens -= tokens
 
     # -- outcomes -------------------------------------------------------------------
 

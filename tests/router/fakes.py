@@ -17,4 +17,5 @@ class FakeReplica(Replica):
         self.requests = 0
         self.reported = pb.LoadReport()
         self.prefix_index = PrefixIndex()
+        self.prefill_tokens = 0
         self.arrivals = ArrivalRate()

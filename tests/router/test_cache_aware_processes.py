@@ -124,6 +124,40 @@ async def test_an_eviction_is_noticed(scripted_stack, tmp_path) -> None:
     assert served == 1 and cached == 48
 
 
+async def test_a_prompt_being_prefilled_counts_as_work_on_its_replica(
+    scripted_stack, tmp_path
+) -> None:
+    """The router counts a call's uncached prompt as queued prefill on its replica until
+    the first message: while one engine prefills a long prompt, the next turn of a
+    conversation whose whole history it holds goes to the other engine, which holds the
+    system prompt (160 tokens of history to prefill there, against 400 queued)."""
+    # 10 ms per uncached prompt token: the long prompt's prefill takes 4 s.
+    stack = _start(
+        scripted_stack, tmp_path, engines=2, prefix_cache_chunks=400, prefill_ms_per_token=10
+    )
+    await asyncio.sleep(0.5)
+    system = _system("conv")
+    conversation = [system, ("user", " ".join(f"q{i}" for i in range(160)))]
+    await _prime(stack, 1, [system])
+    await _prime(stack, 0, conversation)
+    long_system = _system("long")
+    await _prime(stack, 0, [long_system])  # so the long prompt goes to engine 0
+    a = stack.engine_addresses[0]
+    long_prompt = [long_system, ("user", " ".join(f"w{i}" for i in range(400)))]
+    waiting = asyncio.create_task(_call(_router(stack), long_prompt))
+    await asyncio.to_thread(
+        wait_until,
+        lambda: router_metric(stack, "tera_router_replica_prefill_tokens", replica=a) > 0,
+        timeout_s=10,
+        what="the long prompt counted as queued prefill",
+    )
+    assert router_metric(stack, "tera_router_replica_prefill_tokens", replica=a) >= 400
+    served, _ = await _served_by(stack, conversation)
+    assert served == 1
+    await waiting
+    assert router_metric(stack, "tera_router_replica_prefill_tokens") == 0
+
+
 async def test_a_flood_of_one_prefix_spreads(scripted_stack, tmp_path) -> None:
     # Slow streams, so the calls are all in flight together.
     stack = _start(scripted_stack, tmp_path, tokens_per_second=20)

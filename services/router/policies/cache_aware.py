@@ -8,13 +8,17 @@ and evictions). Per request:
 1. The load band: replicas whose load is at most `load_margin` above the least loaded
    one, or `load_factor` times it, whichever is larger. Only these may be chosen: a
    cached replica beyond the band loses its advantage (load escape).
-2. Within the band, the replica holding the longest prefix of the prompt (at least
-   `min_match_chunks`); among equals, the least loaded, then a hash of the prefix. A
-   replica holding all but the last `match_slack` of the longest match competes too, as
-   if `slack_cost` calls busier: so a conversation whose newest turns live on a busy
-   replica moves to a quieter one that holds its system prompt (a few chunks of prefill
-   instead of a queue), and a hot prefix held by two replicas is shared by load, while
-   small load differences leave conversations where their whole history is.
+2. Within the band, if any replica holds at least `min_match_chunks` of the prompt: the
+   replica with the least work ahead of the call's first token, in prompt tokens (as
+   Dynamo's KV router costs prefill and decode blocks): the prefill this router has
+   queued there (calls not yet answered, services.router.replica.prefilling), plus the
+   part of this prompt its cache lacks, plus `call_tokens` per call in flight or waiting
+   there. Ties go to the longer match, then a hash of the prefix. So a cached prefix
+   stays put while its replica's queue is shorter than a cold prefill elsewhere, a
+   conversation whose newest turns live on a busy replica moves to a quieter one that
+   holds its system prompt (a few chunks of prefill instead of a queue), and a hot
+   prefix held by two replicas is shared by load. A pick that holds less than the
+   longest match is counted as a load escape.
 3. No match anywhere (a new prefix group): the band's replica whose engine admitted
    the fewest calls recently (services.router.arrivals), so new groups fill the replicas
    that the groups already placed keep quiet; rates within `rate_tolerance` of the
@@ -35,6 +39,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from services.common.prefix_hash import CHUNK_TOKENS
 from services.router.arrivals import ArrivalRate
 from services.router.cache_index import PrefixIndex
 from services.router.policies.base import LoadBalancingPolicy, R, RouteRequest
@@ -71,17 +76,15 @@ class CacheAwarePolicy(LoadBalancingPolicy):
         load_factor: float = 1.5,
         min_match_chunks: int = 1,
         rate_tolerance: float = 0.25,
-        match_slack: float = 0.1,
-        slack_cost: float = 2.0,
+        call_tokens: float = 64.0,
     ) -> None:
-        if not 0 <= match_slack < 1:
-            raise ValueError(f"match_slack must be in [0, 1), not {match_slack}")
+        if call_tokens < 0:
+            raise ValueError(f"call_tokens must be at least 0, not {call_tokens}")
         self._margin = load_margin
         self._factor = load_factor
         self._min_match = max(1, min_match_chunks)
         self._rate_tolerance = rate_tolerance
-        self._slack = match_slack
-        self._slack_cost = slack_cost
+        self._call_tokens = call_tokens
         self.decisions: Counter[str] = Counter()
 
     @classmethod
@@ -104,21 +107,26 @@ class CacheAwarePolicy(LoadBalancingPolicy):
         matches = {r.address: self._match(r, names) for r in candidates}
         best = max(matches[r.address] for r in band)
         if best >= self._min_match:
-            self.decisions[CACHE_HIT] += 1
-            enough = max(self._min_match, best - int(best * self._slack))
-            holders = [r for r in band if matches[r.address] >= enough]
-            return min(holders, key=lambda r: self._cost(r, matches, best, loads, key))
+            work = {r.address: self._work(r, names, matches, loads) for r in band}
+            chosen = min(
+                band,
+                key=lambda r: (work[r.address], -matches[r.address], -_rendezvous(key, r.address)),
+            )
+            self.decisions[CACHE_HIT if matches[chosen.address] == best else LOAD_ESCAPE] += 1
+            return chosen
         if max(matches.values()) >= self._min_match:
             self.decisions[LOAD_ESCAPE] += 1
             return self._spread(band, key, loads)
         self.decisions[NO_MATCH] += 1
         return self._spread(self._quietest(band), key, loads)
 
-    def _cost(
-        self, r: Any, matches: dict[str, int], best: int, loads: dict[str, float], key: str
-    ) -> tuple[float, float, int]:
-        short = self._slack_cost if matches[r.address] < best else 0.0
-        return loads[r.address] + short, short, -_rendezvous(key, r.address)
+    def _work(
+        self, r: Any, names: Sequence[int], matches: dict[str, int], loads: dict[str, float]
+    ) -> float:
+        """Prompt tokens of work ahead of this call's first token on `r`."""
+        queued = getattr(r, "prefill_tokens", 0)
+        uncached = (len(names) - matches[r.address]) * CHUNK_TOKENS
+        return queued + uncached + self._call_tokens * loads[r.address]
 
     def _quietest(self, band: Sequence[R]) -> list[R]:
         """The replicas whose recent arrival rate ties with the lowest in the band."""
