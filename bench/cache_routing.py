@@ -110,8 +110,31 @@ def write_router_config(path: Path, policy: str, options: dict | None = None) ->
     path.write_text(json.dumps(router | {"health": {"load_poll_interval_s": 0.2}}))
 
 
+@dataclass
+class Run:
+    """One policy's calls on one workload: what a row is summarised from."""
+
+    outcomes: list[Outcome]
+    errors: int
+    wall_s: float
+    shares: list[int]  # calls each engine admitted
+
+    def __add__(self, other: Run) -> Run:
+        shares = [a + b for a, b in zip(self.shares, other.shares, strict=True)]
+        return Run(
+            self.outcomes + other.outcomes,
+            self.errors + other.errors,
+            self.wall_s + other.wall_s,
+            shares,
+        )
+
+
 def measure(stack: Stack, policy: str, w: Workload, namer: Namer) -> dict:
     """The workload through the stack's router (or pinned, for the oracle): one row."""
+    return summary(policy, measure_run(stack, policy, w, namer))
+
+
+def measure_run(stack: Stack, policy: str, w: Workload, namer: Namer) -> Run:
     plan = stack.plan
     engines = [f"{plan.host}:{p}" for p in plan.engine_ports]
     before = engine_totals(engines)
@@ -121,7 +144,7 @@ def measure(stack: Stack, policy: str, w: Workload, namer: Namer) -> dict:
     # An overloaded policy shows as failed calls (e.g. no first message in time), not as
     # a crashed part.
     outcomes = [r for r in results if isinstance(r, Outcome)]
-    return _summary(policy, outcomes, wall, shares) | {"errors": len(results) - len(outcomes)}
+    return Run(outcomes, len(results) - len(outcomes), wall, shares)
 
 
 async def _drive(
@@ -167,20 +190,21 @@ def _next_turn(rng: random.Random, session: Session, w: Workload) -> list[tuple[
     return [system, *history, ("user", user)]
 
 
-def _summary(policy: str, outcomes: list[Outcome], wall: float, shares: list[int]) -> dict:
-    ttfts = [o.ttft_s for o in outcomes]
-    prompt = sum(o.prompt_tokens for o in outcomes)
-    mean_share = sum(shares) / len(shares)
+def summary(policy: str, run: Run) -> dict:
+    ttfts = [o.ttft_s for o in run.outcomes]
+    prompt = sum(o.prompt_tokens for o in run.outcomes)
+    mean_share = sum(run.shares) / len(run.shares)
     return {
         "policy": policy,
-        "requests": len(outcomes),
-        "output_tok_s": sum(o.completion_tokens for o in outcomes) / wall,
+        "requests": len(run.outcomes),
+        "errors": run.errors,
+        "output_tok_s": sum(o.completion_tokens for o in run.outcomes) / run.wall_s,
         "ttft_p50_ms": percentile(ttfts, 50) * 1000,
         "ttft_p90_ms": percentile(ttfts, 90) * 1000,
         "ttft_p99_ms": percentile(ttfts, 99) * 1000,
-        "cached_ratio": sum(o.cached_tokens for o in outcomes) / max(prompt, 1),
-        "max_share_over_mean": max(shares) / mean_share if mean_share else 0.0,
-        "shares": shares,
+        "cached_ratio": sum(o.cached_tokens for o in run.outcomes) / max(prompt, 1),
+        "max_share_over_mean": max(run.shares) / mean_share if mean_share else 0.0,
+        "shares": run.shares,
     }
 
 

@@ -242,7 +242,9 @@ def cache_routing_vllm_part(args: argparse.Namespace, results: Path, report: dic
         f"{w.groups} prefix groups x {w.sessions_per_group} sessions, {w.system_words}-word "
         f"system prompts, {w.history_turns} turns of history, {w.max_tokens} output tokens, "
         f"Poisson {w.rate_per_s:g} req/s for {w.duration_s:g} s; same engines for every "
-        "policy, fresh router and new prompts each; oracle: each group pinned by hand)\n"
+        "policy, fresh router and new prompts each; oracle: each group pinned by hand; "
+        f"{', '.join(cache_routing_vllm.POOLED)} pooled over {cache_routing_vllm.SEEDS} "
+        "arrival seeds, alternated, the others one)\n"
     ]
     return md + _cache_tables(result)
 
