@@ -79,6 +79,7 @@ FLEET: list[P | Row] = [
     panel("Ready replicas per model", "short", Q(f"tera_router_model_ready_replicas{{{M}}}", "{{model}}")),
     panel("Ejections", "short", Q("sum by (replica) (increase(tera_router_replica_ejections_total[$__rate_interval]))", "{{replica}}")),
     panel("Calls in flight per replica", "short", Q("tera_router_replica_in_flight", "{{replica}}")),
+    panel("Queued prefill per replica (prompt tokens sent, not yet answered)", "short", Q("tera_router_replica_prefill_tokens", "{{replica}}")),
     panel("Relayed calls/s by gRPC code", "reqps", Q(rate("tera_router_requests_total", M, "code"), "{{code}}")),
     panel("Retries/s by reason", "reqps", Q(rate("tera_router_retries_total", "", "reason"), "{{reason}}")),
     panel("Retries refused by the retry budget", "reqps", Q(rate("tera_router_retry_budget_exhausted_total", M, "model"), "{{model}}")),
