@@ -138,7 +138,7 @@ def current_trace_id() -> str | None:
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
 
-def start_client_span(method: str) -> Any:
+def start_client_span(method: str) -> trace.Span:
     """A gRPC call's client span, as the client interceptor opens it for a plain call
     (name, kind, rpc.* attributes), for a stream it does not see: one on a multiplexed
     call. Not current: the caller makes it so while injecting, and ends it."""
