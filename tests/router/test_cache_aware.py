@@ -120,17 +120,21 @@ def test_a_conversation_moves_when_the_queue_costs_more_than_its_missing_turns()
     p = names(1, 50)
     hold(replicas[0], p)  # the whole conversation
     hold(replicas[1], p[:46])  # its system prompt: all but the newest 4 chunks (64 tokens)
-    replicas[0].in_flight = 1  # a call costs 64 tokens: a tie, the longer match keeps it
-    assert CacheAwarePolicy().select(replicas, route(p)) is replicas[0]
+    # 64 tokens to prefill weigh 128; a call in flight 64: two calls tie, the longer
+    # match keeps it.
     replicas[0].in_flight = 2
+    assert CacheAwarePolicy().select(replicas, route(p)) is replicas[0]
+    replicas[0].in_flight = 3
     policy = CacheAwarePolicy()
     assert policy.select(replicas, route(p)) is replicas[1]
     assert policy.decisions == Counter({"load_escape": 1})
-    assert CacheAwarePolicy(call_tokens=16).select(replicas, route(p)) is replicas[0]
+    assert CacheAwarePolicy(call_tokens=32).select(replicas, route(p)) is replicas[0]
+    assert CacheAwarePolicy(prefill_weight=1).select(replicas, route(p)) is replicas[1]
     replicas[1].prefix_index.apply(pb.PrefixCacheEvent(removed=[p[20]]))  # 20 of 50 left
     assert CacheAwarePolicy().select(replicas, route(p)) is replicas[0]
-    with pytest.raises(ValueError, match="call_tokens"):
-        CacheAwarePolicy.from_options({"call_tokens": -1})
+    for bad in ({"call_tokens": -1}, {"prefill_weight": -1}):
+        with pytest.raises(ValueError, match="at least 0"):
+            CacheAwarePolicy.from_options(bad)
 
 
 def test_a_prompt_queued_for_prefill_counts_as_work_ahead() -> None:
@@ -141,7 +145,7 @@ def test_a_prompt_queued_for_prefill_counts_as_work_ahead() -> None:
     replicas = fleet(2)
     p = names(1, 50)
     hold(replicas[0], p)
-    hold(replicas[1], p[:40])  # 10 chunks (160 tokens) short
+    hold(replicas[1], p[:40])  # 10 chunks (160 tokens, weighing 320) short
     assert CacheAwarePolicy().select(replicas, route(p)) is replicas[0]
     with replicas[0].prefilling(400):
         assert CacheAwarePolicy().select(replicas, route(p)) is replicas[1]
