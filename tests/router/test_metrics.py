@@ -15,6 +15,7 @@ def _replica(available: bool, *models: str) -> SimpleNamespace:
         available=available,
         models=dict.fromkeys(models),
         in_flight=0,
+        prefill_tokens=0,
         breaker=SimpleNamespace(total_ejections=0),
     )
 
