@@ -147,7 +147,8 @@ class _DecisionCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
             "tera_router_route_decisions",
-            "cache_aware decisions by reason (cache_hit, load_escape, no_match, no_prefix)",
+            "cache_aware decisions by reason "
+            "(cache_hit, hot_spread, load_escape, no_match, no_prefix)",
             labels=["reason"],
         )
         totals: dict[str, int] = {}

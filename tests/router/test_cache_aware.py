@@ -127,7 +127,7 @@ def test_a_conversation_moves_when_the_queue_costs_more_than_its_missing_turns()
     replicas[0].in_flight = 3
     policy = CacheAwarePolicy()
     assert policy.select(replicas, route(p)) is replicas[1]
-    assert policy.decisions == Counter({"load_escape": 1})
+    assert policy.decisions == Counter({"hot_spread": 1})
     assert CacheAwarePolicy(call_tokens=32).select(replicas, route(p)) is replicas[0]
     assert CacheAwarePolicy(prefill_weight=1).select(replicas, route(p)) is replicas[1]
     replicas[1].prefix_index.apply(pb.PrefixCacheEvent(removed=[p[20]]))  # 20 of 50 left
@@ -171,8 +171,8 @@ def test_a_hot_prefix_held_twice_is_shared_by_load_not_by_history() -> None:
         hold(chosen, prefix)
     loads = [r.in_flight for r in replicas]
     assert max(loads) - min(loads) <= 2, loads  # by cache alone: 16 on the first
-    assert policy.decisions["load_escape"] >= 1
-    assert policy.decisions["cache_hit"] + policy.decisions["load_escape"] == 16
+    assert policy.decisions["hot_spread"] >= 1
+    assert policy.decisions["cache_hit"] + policy.decisions["hot_spread"] == 16
 
 
 def test_new_prefixes_spread_and_ties_are_deterministic() -> None:

@@ -22,7 +22,7 @@ and evictions). Per request:
    conversation whose newest turns live on a busy replica moves to a quieter one that
    holds its system prompt (a few chunks of prefill instead of a queue), and a hot
    prefix held by two replicas is shared by load. A pick that holds less than the
-   longest match is counted as a load escape.
+   longest match copies the prefix onto a quieter replica: counted as a hot spread.
 3. No match anywhere (a new prefix group): the band's replica whose engine admitted
    the fewest calls recently (services.router.arrivals), so new groups fill the replicas
    that the groups already placed keep quiet; rates within `rate_tolerance` of the
@@ -50,6 +50,7 @@ from services.router.policies.base import LoadBalancingPolicy, R, RouteRequest
 
 CACHE_HIT = "cache_hit"
 LOAD_ESCAPE = "load_escape"
+HOT_SPREAD = "hot_spread"
 NO_MATCH = "no_match"
 NO_PREFIX = "no_prefix"
 
@@ -121,7 +122,7 @@ class CacheAwarePolicy(LoadBalancingPolicy):
                 band,
                 key=lambda r: (work[r.address], -matches[r.address], -_rendezvous(key, r.address)),
             )
-            self.decisions[CACHE_HIT if matches[chosen.address] == best else LOAD_ESCAPE] += 1
+            self.decisions[CACHE_HIT if matches[chosen.address] == best else HOT_SPREAD] += 1
             return chosen
         if max(matches.values()) >= self._min_match:
             self.decisions[LOAD_ESCAPE] += 1
