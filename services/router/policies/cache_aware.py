@@ -18,10 +18,9 @@ and evictions). Per request:
    next call then misses too (at 1, the vLLM bench's uniform cached tokens fell to
    0.87x the oracle's). Ties go to the longer match, then a hash of the prefix. So a
    cached prefix stays put while its replica's queue is shorter than a cold prefill
-   elsewhere, a
-   conversation whose newest turns live on a busy replica moves to a quieter one that
-   holds its system prompt (a few chunks of prefill instead of a queue), and a hot
-   prefix held by two replicas is shared by load. A pick that holds less than the
+   elsewhere, a conversation whose newest turns live on a busy replica moves to a
+   quieter one that holds its system prompt (a few chunks of prefill instead of a
+   queue), and a hot prefix held by two replicas is shared by load. A pick that holds less than the
    longest match copies the prefix onto a quieter replica: counted as a hot spread.
 3. No match anywhere (a new prefix group): the band's replica whose engine admitted
    the fewest calls recently (services.router.arrivals), so new groups fill the replicas
