@@ -134,9 +134,17 @@ class ScriptedBackend(Backend):
                 )
             i = end
             if rate > 0 and not gen.done(max_tokens):
-                wake = max(started + (i - start) / rate, loop.time() + step_s)
+                now = loop.time()
                 if script.shared_steps:
-                    wake = math.ceil(wake / step_s) * step_s
+                    # The next tick of the shared clock, or a later one if no token of
+                    # this stream falls due by then. Not now + step rounded up: a wake-up
+                    # a moment late would skip a tick, and a stream whose rate matches the
+                    # step (a GPU step gives every running stream a token) would get two
+                    # tokens every other step.
+                    tick = (math.floor(now / step_s) + 1) * step_s
+                    wake = math.ceil(max(started + (i - start) / rate, tick) / step_s) * step_s
+                else:
+                    wake = max(started + (i - start) / rate, now + step_s)
                 await asyncio.sleep(wake - loop.time())
             elif rate <= 0:
                 await asyncio.sleep(0)
