@@ -36,8 +36,11 @@ SATURATED = 0.8
 STREAM_SECONDS = 4.0
 # The stand-in's decode step, shared by its streams. A GPU engine steps every 10-30 ms for
 # a whole batch; 5 ms is faster than any of them, so the relay sees more messages than it
-# would in production.
+# would in production: at 100 tok/s a stream, each step carries half the streams.
 STEP_MS = 5.0
+# The issue's figure, GPU-shaped: every step gives every running stream one token, so the
+# step is the token interval (10 ms at this rate) and a message carries every stream.
+GPU_SHAPED_RATE = 100.0
 
 
 @dataclass
@@ -67,13 +70,14 @@ def _stack(
     coalesce_ms: int,
     engine_transport: str = "mux",
     router_transport: str = "mux",
+    step_ms: float = STEP_MS,
 ) -> Stack:
     return stand_in_stack(
         results,
         {
             "tokens_per_second": rate,
             "default_max_tokens": 16,
-            "step_ms": STEP_MS,
+            "step_ms": step_ms,
             "shared_steps": True,
             "token_text": "t{i}@{t} ",
         },
@@ -237,6 +241,29 @@ def run(
         "best": {n: s.__dict__ for n, s in best.items()},
         "short_requests_per_s": short_rps,
         "coalesce_window_ms": coalesce_ms,
+        "engine_transport": engine_transport,
+        "router_transport": router_transport,
+    }
+
+
+def run_gpu_shaped(
+    results: Path,
+    streams: tuple[int, ...],
+    engine_transport: str = "mux",
+    router_transport: str = "mux",
+) -> dict:
+    """The relay's cost at one token a message with the stand-in stepping as a GPU does at
+    GPU_SHAPED_RATE a stream: one step per token interval, all streams in each step."""
+    step_ms = 1000 / GPU_SHAPED_RATE
+    stack = _stack(results, GPU_SHAPED_RATE, 0, engine_transport, router_transport, step_ms=step_ms)
+    try:
+        uvloop.run(_short_requests(stack, 16, 0.5))
+        steps = [uvloop.run(_step(stack, n, GPU_SHAPED_RATE)) for n in streams]
+    finally:
+        stack.stop()
+    return {
+        "steps": [s.__dict__ for s in steps],
+        "step_ms": step_ms,
         "engine_transport": engine_transport,
         "router_transport": router_transport,
     }

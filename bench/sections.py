@@ -56,7 +56,10 @@ def relay_part(args: argparse.Namespace, results: Path, report: dict) -> list[st
         )
         report[f"relay_coalesce_{window}ms"] = result
         md += _relay_section(result, window)
-    return md
+    report["relay_gpu_shaped"] = shaped = relay.run_gpu_shaped(
+        results, streams, args.engine_transport, args.router_transport
+    )
+    return md + _gpu_shaped_section(shaped)
 
 
 def relay_mux_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
@@ -265,6 +268,28 @@ def stored_responses_part(args: argparse.Namespace, results: Path, report: dict)
         f"non-streaming, {stored_responses.MAX_OUTPUT_TOKENS} stand-in tokens, sequential, "
         "ABBA-alternated; ratios stored/stateless)\n",
         table(rows, columns),
+        "",
+    ]
+
+
+def _gpu_shaped_section(result: dict) -> list[str]:
+    return [
+        f"## Relay cost at GPU-shaped steps ({relay.GPU_SHAPED_RATE:.0f} tok/s a stream, "
+        f"one {result['step_ms']:g} ms step per token: every stream has a token in each "
+        "step, as in a GPU's decode batch; coalescing off)\n",
+        table(
+            result["steps"],
+            [
+                "streams",
+                "tokens_per_s",
+                "tokens_per_chunk",
+                "edge_cpu_per_1k",
+                "router_cpu_per_1k",
+                "relay_cores_per_10k",
+                "added_itl_p99_ms",
+                "errors",
+            ],
+        ),
         "",
     ]
 
