@@ -20,7 +20,7 @@ import numpy as np
 from bench.part_plots import PLOTS as PART_PLOTS
 from bench.part_plots import save as _save
 
-TARGETS = ("vllm", "tera")
+TARGETS = ("vllm", "tera", "vllm-b")  # vllm-b: the control server, when it ran
 
 
 def write(results: Path, report: dict) -> list[str]:

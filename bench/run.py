@@ -27,11 +27,14 @@ PARTS: dict[str, sections.Part] = {
     "stored_responses": sections.stored_responses_part,
 }
 # Asked for by name only (minutes on CPU): two real vLLM engines crash and come back;
-# cache-aware routing and fair sharing on two vLLM engines.
+# cache-aware routing and fair sharing on two vLLM engines; the vLLM comparison's control.
 EXTRA_PARTS: dict[str, sections.Part] = {
     "recovery_vllm": sections.recovery_vllm_part,
     "cache_routing_vllm": sections.cache_routing_vllm_part,
     "fairness_vllm": sections.fairness_vllm_part,
+    # vs_vllm with a second vLLM server as a control: what the comparison gives for two
+    # identical servers (half as long again as vs_vllm).
+    "vs_vllm_control": sections.vs_vllm_control_part,
 }
 
 

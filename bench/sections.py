@@ -31,16 +31,31 @@ Part = Callable[[argparse.Namespace, Path, dict], list[str]]
 
 
 def vs_vllm_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    return _vs_vllm(args, results, report, control=False)
+
+
+def vs_vllm_control_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    return _vs_vllm(args, results, report, control=True)
+
+
+def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: bool) -> list[str]:
     model_dir = prepare_default_model(default_model_dir(CACHE_DIR))
-    rows = vs_vllm.run(model_dir, results, tuple(map(int, args.concurrency.split(","))))
+    concurrencies = tuple(map(int, args.concurrency.split(",")))
+    rows = vs_vllm.run(model_dir, results, concurrencies, control=control)
     report["vs_vllm"] = rows
     columns = ["target", "concurrency", "output_throughput", "request_throughput"]
     columns += ["p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms", "p99_itl_ms"]
+    order = (
+        f"vLLM, Tera, a second vLLM server ({vs_vllm.CONTROL}: the control), twice, then "
+        "Tera, vLLM with seeds 0, 0, 0, 1, 1, 1"
+        if control
+        else "vLLM, Tera, Tera, vLLM with seeds 0, 0, 1, 1"
+    )
     return [
         "## Tera vs vLLM's own server (vllm bench serve, openai-chat, random "
         f"{vs_vllm.INPUT_LEN} in / {vs_vllm.OUTPUT_LEN} out, streaming; per concurrency "
-        "vLLM, Tera, Tera, vLLM with seeds 0, 0, 1, 1, each target's halves pooled)\n",
-        "Ratio rows: throughput as Tera/vLLM, latencies as Tera minus vLLM (ms).\n",
+        f"{order}, each target's halves pooled)\n",
+        "Ratio rows: throughput as target/vLLM, latencies as target minus vLLM (ms).\n",
         table(rows, columns),
         "",
     ]

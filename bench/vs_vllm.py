@@ -4,6 +4,8 @@ streaming), one target at a time so they never compete for the CPU."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -40,6 +42,13 @@ def prompts_for(concurrency: int) -> int:
 # Each concurrency runs vLLM, Tera, Tera, vLLM (a different seed per half), so a drift
 # of the shared machine during the pair weighs on both alike.
 ORDER = (("vllm", 0), ("tera", 0), ("tera", 1), ("vllm", 1))
+# With the control: a second vLLM server of the same settings, measured in the same
+# sitting and centred on the same moment. Its ratio to the first is what this measurement
+# says of two identical servers: the spread any target on Tera's ratios has to clear.
+CONTROL = "vllm-b"
+CONTROL_ORDER = (
+    ("vllm", 0), ("tera", 0), (CONTROL, 0), (CONTROL, 1), ("tera", 1), ("vllm", 1)
+)  # fmt: skip
 
 
 def _bench(base_url: str, model_dir: Path, concurrency: int, seed: int, out: Path) -> dict:
@@ -106,7 +115,9 @@ def _models_listed(base_url: str) -> bool:
         return False
 
 
-def _start_vllm(model_dir: Path, results: Path) -> tuple[ManagedProcess, str]:
+def _start_vllm(
+    model_dir: Path, results: Path, log: str = "vllm-server.log"
+) -> tuple[ManagedProcess, str]:
     """vLLM's server laid out as Tera's stack is (bench.common.vllm_plan): its OpenMP
     threads on the engine's cores, its API process on the relay's CPU."""
     port = free_port()
@@ -132,7 +143,7 @@ def _start_vllm(model_dir: Path, results: Path) -> tuple[ManagedProcess, str]:
             "--enforce-eager",
         ],
         env={**ENGINE_ENV, **bind},
-        log_path=results / "vllm-server.log",
+        log_path=results / log,
         cpus=layout.relay,
     ).start()
     base = f"http://127.0.0.1:{port}"
@@ -150,28 +161,45 @@ def _start_vllm(model_dir: Path, results: Path) -> tuple[ManagedProcess, str]:
     return vllm, base
 
 
-def run(model_dir: Path, results: Path, concurrencies: tuple[int, ...]) -> list[dict]:
-    """Both servers stay up (idle while the other is measured) and each concurrency runs
-    vLLM then Tera back to back, so the machine's drift lands on both alike."""
-    rows: list[dict] = []
-    plan = vllm_plan(model_dir, results)
-    vllm, vllm_base = _start_vllm(model_dir, results)
-    try:
-        stack = Stack(plan).start(timeout_s=600)
-        try:
-            targets = {"vllm": vllm_base, "tera": plan.base_url.removesuffix("/v1")}
-            for c in concurrencies:
-                halves: dict[str, list[dict]] = {"vllm": [], "tera": []}
-                for name, seed in ORDER:
-                    out = results / f"{name}-c{c}-seed{seed}.json"
-                    halves[name].append(_bench(targets[name], model_dir, c, seed, out))
-                for name in targets:
-                    rows.append({"target": name, "concurrency": c, **combine(halves[name])})
-        finally:
-            stack.stop()
-    finally:
-        vllm.stop()
+def run(
+    model_dir: Path, results: Path, concurrencies: tuple[int, ...], *, control: bool = False
+) -> list[dict]:
+    """Every server stays up (idle while another is measured) and each concurrency runs
+    them back to back, so the machine's drift lands on all alike."""
+    with contextlib.ExitStack() as servers:
+        vllm, vllm_base = _start_vllm(model_dir, results)
+        servers.callback(vllm.stop)
+        targets = {"vllm": vllm_base}
+        if control:
+            other, targets[CONTROL] = _start_vllm(model_dir, results, log=f"{CONTROL}.log")
+            servers.callback(other.stop)
+        stack = Stack(vllm_plan(model_dir, results)).start(timeout_s=600)
+        servers.callback(stack.stop)
+        targets["tera"] = stack.plan.base_url.removesuffix("/v1")
+        rows = [
+            row
+            for c in concurrencies
+            for row in _concurrency(
+                targets, model_dir, results, c, CONTROL_ORDER if control else ORDER
+            )
+        ]
     return rows + ratios(rows)
+
+
+def _concurrency(
+    targets: dict[str, str],
+    model_dir: Path,
+    results: Path,
+    concurrency: int,
+    order: tuple[tuple[str, int], ...],
+) -> list[dict]:
+    halves: dict[str, list[dict]] = {name: [] for name in targets}
+    for name, seed in order:
+        out = results / f"{name}-c{concurrency}-seed{seed}.json"
+        halves[name].append(_bench(targets[name], model_dir, concurrency, seed, out))
+    return [
+        {"target": name, "concurrency": concurrency, **combine(halves[name])} for name in targets
+    ]
 
 
 def combine(halves: list[dict]) -> dict:
@@ -194,14 +222,16 @@ def combine(halves: list[dict]) -> dict:
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """Tera / vLLM per concurrency (throughput: higher is better; latency: delta in ms)."""
+    """Each other target (Tera, the control) over vLLM, per concurrency (throughput: higher
+    is better; latency: delta in ms)."""
     out = []
-    for c in sorted({r["concurrency"] for r in rows}):
+    others = [name for name in dict.fromkeys(r["target"] for r in rows) if name != "vllm"]
+    for name, c in itertools.product(others, sorted({r["concurrency"] for r in rows})):
         v = next(r for r in rows if r["target"] == "vllm" and r["concurrency"] == c)
-        t = next(r for r in rows if r["target"] == "tera" and r["concurrency"] == c)
+        t = next(r for r in rows if r["target"] == name and r["concurrency"] == c)
         out.append(
             {
-                "target": "tera/vllm",
+                "target": f"{name}/vllm",
                 "concurrency": c,
                 "output_throughput": t["output_throughput"] / v["output_throughput"],
                 "request_throughput": t["request_throughput"] / v["request_throughput"],

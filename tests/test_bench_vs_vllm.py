@@ -55,3 +55,17 @@ def test_ratios_are_tera_over_vllm_and_latency_deltas() -> None:
     assert ratio["output_throughput"] == pytest.approx(1.03)
     assert ratio["p99_ttft_ms"] == pytest.approx(2.0)
     assert ratio["p50_ttft_ms"] == 0
+
+
+def test_the_control_server_gets_its_own_ratio_to_vllm() -> None:
+    base = {"p99_ttft_ms": 20.0, "p50_itl_ms": 5.0, "p99_itl_ms": 9.0, "request_throughput": 2.0}
+    rows = [
+        {"target": "vllm", "concurrency": 8, "output_throughput": 100.0, "p50_ttft_ms": 10.0},
+        {"target": "tera", "concurrency": 8, "output_throughput": 98.0, "p50_ttft_ms": 11.0},
+        {"target": "vllm-b", "concurrency": 8, "output_throughput": 97.0, "p50_ttft_ms": 12.0},
+    ]
+    by_target = {r["target"]: r for r in ratios([row | base for row in rows])}
+    assert set(by_target) == {"tera/vllm", "vllm-b/vllm"}
+    assert by_target["vllm-b/vllm"]["output_throughput"] == pytest.approx(0.97)
+    assert by_target["vllm-b/vllm"]["p50_ttft_ms"] == pytest.approx(2.0)
+    assert by_target["tera/vllm"]["p50_ttft_ms"] == pytest.approx(1.0)
