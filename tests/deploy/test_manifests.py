@@ -175,6 +175,17 @@ def _container(docs: list[Doc], name: str) -> Doc:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_the_router_routes_as_tera_run_does(overlay: Path) -> None:
+    """A deployment routes by what each engine's prefix cache holds, as `make run` and
+    the cache-routing benchmarks do, not by the policy the manifests were first written
+    with (p2c)."""
+    docs = render(overlay)
+    router = RouterConfig.model_validate(config_map_file(docs, "tera-router", "router.yaml"))
+    assert router.policy == RouterConfig().policy == "cache_aware"
+    assert not router.model_policies
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_the_router_requires_callers_to_be_tenants(overlay: Path) -> None:
     """Any pod with a certificate from the CA (an engine's, say) reaching the router
     must still be a tenant: the edge by its certificate's name, others by a key."""
