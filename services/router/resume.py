@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 
 import grpc
@@ -175,12 +175,18 @@ class Resumer:
             held = slot if journal.continuable else None
             with (
                 replica.track() as started,
+                ExitStack() as prefill,
                 self._up.preemptable(route.model, held, call),
                 yielding(held, replica.address),
             ):
+                # Until it answers, the continuation (the prompt and what was sent) is
+                # this replica's queued prefill, as a first attempt's prompt is.
+                uncached = replica.uncached_tokens(route.prefix_hashes) + tokens
+                prefill.enter_context(replica.prefilling(uncached))
                 try:
                     while (message := await call.read()) is not grpc.aio.EOF:
                         if cut_at is not None:
+                            prefill.close()
                             self._metrics.resume_gap.observe(time.monotonic() - cut_at)
                             cut_at = None
                         yield journal.keep(message, held)  # type: ignore[arg-type]

@@ -158,6 +158,49 @@ async def test_a_prompt_being_prefilled_counts_as_work_on_its_replica(
     assert router_metric(stack, "tera_router_replica_prefill_tokens") == 0
 
 
+async def test_a_resumed_stream_counts_its_continuation_as_prefill(
+    scripted_stack, tmp_path
+) -> None:
+    """A stream cut on one engine is continued on the other; until that engine answers,
+    the continuation's prompt is its queued prefill, as a first attempt's is."""
+    # Each call fails after 8 tokens; a continuation counts afresh, so one resume ends
+    # the 12-token answer. 10 ms per uncached prompt token: each prefill takes ~3 s.
+    stack = _start(
+        scripted_stack,
+        tmp_path,
+        engines=2,
+        prefix_cache_chunks=400,
+        prefill_ms_per_token=10,
+        fail_after_tokens=8,
+    )
+    await asyncio.sleep(0.5)
+    turns = [_system("cut"), ("user", " ".join(f"w{i}" for i in range(240)))]
+    request = chat(SCRIPTED_MODEL, turns, max_tokens=12)
+    prefill = "tera_router_replica_prefill_tokens"
+
+    def prefilling() -> set[str]:
+        return {a for a in stack.engine_addresses if router_metric(stack, prefill, replica=a)}
+
+    async with grpc.aio.insecure_channel(_router(stack)) as channel:
+        call = asyncio.create_task(generate(pb_grpc.EngineStub(channel), request))
+        await asyncio.to_thread(
+            wait_until, prefilling, timeout_s=10, what="the first attempt's prefill"
+        )
+        (cut,) = prefilling()
+        await asyncio.to_thread(
+            wait_until,
+            lambda: bool(prefilling() - {cut}),
+            timeout_s=15,
+            what="the continuation counted as prefill on the other engine",
+        )
+        (other,) = prefilling() - {cut}
+        assert router_metric(stack, prefill, replica=other) >= 240
+        outcome = await call
+    assert outcome.completion_tokens == 12
+    assert router_metric(stack, "tera_router_resumes_total") == 1
+    assert router_metric(stack, prefill) == 0
+
+
 async def test_a_flood_of_one_prefix_spreads(scripted_stack, tmp_path) -> None:
     # Slow streams, so the calls are all in flight together.
     stack = _start(scripted_stack, tmp_path, tokens_per_second=20)
