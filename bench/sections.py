@@ -46,8 +46,8 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
     columns = ["target", "concurrency", "output_throughput", "request_throughput"]
     columns += ["p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms", "p99_itl_ms"]
     order = (
-        f"vLLM, Tera, a second vLLM server ({vs_vllm.CONTROL}: the control), twice, then "
-        "Tera, vLLM with seeds 0, 0, 0, 1, 1, 1"
+        f"vLLM, Tera, {vs_vllm.CONTROL} (a second vLLM server: the control), "
+        f"{vs_vllm.CONTROL}, Tera, vLLM with seeds 0, 0, 0, 1, 1, 1"
         if control
         else "vLLM, Tera, Tera, vLLM with seeds 0, 0, 1, 1"
     )
