@@ -185,7 +185,7 @@ class Resumer:
                 prefill.enter_context(replica.prefilling(uncached))
                 try:
                     while (message := await call.read()) is not grpc.aio.EOF:
-                        if cut_at is not None:
+                        if cut_at is not None:  # this call's first message
                             prefill.close()
                             self._metrics.resume_gap.observe(time.monotonic() - cut_at)
                             cut_at = None

@@ -20,8 +20,9 @@ and evictions). Per request:
    cached prefix stays put while its replica's queue is shorter than a cold prefill
    elsewhere, a conversation whose newest turns live on a busy replica moves to a
    quieter one that holds its system prompt (a few chunks of prefill instead of a
-   queue), and a hot prefix held by two replicas is shared by load. A pick that holds less than the
-   longest match copies the prefix onto a quieter replica: counted as a hot spread.
+   queue), and a hot prefix held by two replicas is shared by load. A pick that holds
+   less than the longest match copies the prefix onto a quieter replica: counted as a
+   hot spread.
 3. No match anywhere (a new prefix group): the band's replica whose engine admitted
    the fewest calls recently (services.router.arrivals), so new groups fill the replicas
    that the groups already placed keep quiet; rates within `rate_tolerance` of the
