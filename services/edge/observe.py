@@ -80,6 +80,7 @@ class GenerationObserver:
         self._model = model
         self._started = time.monotonic()
         self._last: float | None = None
+        self._slowest_gap = 0.0
         self._fields: dict[str, Any] = http.setdefault(REQUEST_LOG, {})
         self._fields["model"] = model
         self._span = trace.get_current_span()
@@ -123,7 +124,13 @@ class GenerationObserver:
             self._fields["ttft_ms"] = round(ttft * 1000, 1)
         else:
             gap = (now - self._last) / tokens
-            self._itl.observe(gap, self._exemplar)
+            if gap > self._slowest_gap:
+                # The exemplar goes with the stream's slowest gap so far, the one worth
+                # opening its trace for; one on every token cost 1.5 us more per token.
+                self._slowest_gap = gap
+                self._itl.observe(gap, self._exemplar)
+            else:
+                self._itl.observe(gap)
         self._last = now
 
     def _on_end(self, usage: pb.Usage, finish: list[str]) -> None:
