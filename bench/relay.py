@@ -17,8 +17,10 @@ short (1-token, non-streamed) requests per second.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import resource
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ import uvloop
 
 from bench.common import STAND_IN_MODEL, cpu_seconds, percentile, stand_in_stack
 from devstack.stack import Stack
+from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 MODEL = STAND_IN_MODEL
 ADDED_ITL_LIMIT_MS = 5.0
@@ -41,6 +44,8 @@ STEP_MS = 5.0
 # The issue's figure, GPU-shaped: every step gives every running stream one token, so the
 # step is the token interval (10 ms at this rate) and a message carries every stream.
 GPU_SHAPED_RATE = 100.0
+# Rounds of the host reference: about 50 ms on a quiet host.
+REFERENCE_ROUNDS = 4000
 
 
 @dataclass
@@ -62,6 +67,8 @@ class StepResult:
     # Cores busy during the step, per process: all four share the machine's two.
     cores: dict[str, float]
     errors: int
+    # host_reference_ms around the step (mean of before and after); None: not measured.
+    host_reference_ms: float | None = None
 
 
 def _stack(
@@ -177,6 +184,34 @@ async def _step(stack: Stack, streams: int, rate: float, model: str = MODEL) -> 
     )
 
 
+def host_reference_ms() -> float:
+    """CPU milliseconds for a fixed piece of the relay's kind of work: a protobuf message
+    parsed and written, a chunk's JSON, a 100-byte send and receive over loopback TCP.
+    The host's speed drifts by a third within an hour (its other tenants), so a relay
+    figure compares with another only beside the reference measured with it."""
+    message = pb.GenerateResponse(choices=[pb.ChoiceDelta(text="token", num_tokens=1)])
+    chunk = {"choices": [{"index": 0, "delta": {"content": "token"}, "finish_reason": None}]}
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = socket.create_connection(server.getsockname())
+        receiver, _ = server.accept()
+        with sender, receiver:
+            sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            started = time.process_time()
+            for _ in range(REFERENCE_ROUNDS):
+                pb.GenerateResponse.FromString(message.SerializeToString())
+                sender.sendall(json.dumps(chunk).encode())
+                receiver.recv(4096)
+            return (time.process_time() - started) * 1000
+
+
+def _measured_step(stack: Stack, streams: int, rate: float) -> StepResult:
+    """A step with the host reference taken just before and just after it."""
+    before = host_reference_ms()
+    step = uvloop.run(_step(stack, streams, rate))
+    step.host_reference_ms = (before + host_reference_ms()) / 2
+    return step
+
+
 async def _short_requests(
     stack: Stack, concurrency: int, seconds: float, model: str = MODEL
 ) -> float:
@@ -217,7 +252,7 @@ def run(
         try:
             uvloop.run(_short_requests(stack, 16, 0.5))  # warm: connections, first calls
             for n in active:
-                step = uvloop.run(_step(stack, n, rate))
+                step = _measured_step(stack, n, rate)
                 steps.append(step)
                 # The relay's cost is per message, and with coalescing a faster stream
                 # packs more tokens per message: a failing step does not end the sweep,
@@ -258,7 +293,7 @@ def run_gpu_shaped(
     stack = _stack(results, GPU_SHAPED_RATE, 0, engine_transport, router_transport, step_ms=step_ms)
     try:
         uvloop.run(_short_requests(stack, 16, 0.5))
-        steps = [uvloop.run(_step(stack, n, GPU_SHAPED_RATE)) for n in streams]
+        steps = [_measured_step(stack, n, GPU_SHAPED_RATE) for n in streams]
     finally:
         stack.stop()
     return {

@@ -303,9 +303,11 @@ def _gpu_shaped_section(result: dict) -> list[str]:
                 "relay_cores_per_10k",
                 "added_itl_p99_ms",
                 "errors",
+                "host_reference_ms",
             ],
         ),
-        "",
+        f"Host reference: CPU ms for {relay.REFERENCE_ROUNDS} rounds of protobuf, JSON "
+        "and a loopback send, around each step: runs compare at equal reference.\n",
     ]
 
 
@@ -345,6 +347,7 @@ def _relay_section(result: dict, window: int) -> list[str]:
                 "engine cores",
                 "load generator cores",
                 "errors",
+                "host_reference_ms",
             ],
         ),
         f"\nBest passing step (p99 added ITL <= {relay.ADDED_ITL_LIMIT_MS:g} ms, no errors): "
