@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import statistics
 
-from services.engine.backends.scripted import ScriptedBackend
+import pytest
+
+from services.engine.backends.scripted import ScriptedBackend, shared_tick
 from services.engine.config import EngineConfig, ScriptedOptions
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
@@ -37,3 +39,13 @@ async def test_a_step_as_long_as_the_token_interval_sends_one_token_a_message() 
     # skips a tick after every slightly late wake-up sends two in most messages.
     assert statistics.median(counts) == 1
     assert sum(n == 1 for n in counts) >= 0.75 * len(counts)
+
+
+def test_a_token_due_on_a_tick_is_sent_at_that_tick() -> None:
+    # 0.07 / 0.01 is 7.000000000000001 in floats: rounded up, the 70 ms tick was skipped.
+    assert shared_tick(0.0601, next_due=0.07, step_s=0.01) == pytest.approx(0.07)
+    assert shared_tick(0.0701, next_due=0.07, step_s=0.01) == pytest.approx(0.08)
+    # A wake-up a moment late still gets the next tick, not the one after.
+    assert shared_tick(0.0802, next_due=0.075, step_s=0.01) == pytest.approx(0.09)
+    # A stream slower than the clock waits for the tick at or after its token is due.
+    assert shared_tick(0.0601, next_due=0.095, step_s=0.01) == pytest.approx(0.1)

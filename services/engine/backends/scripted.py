@@ -28,6 +28,21 @@ from services.engine.prefix_cache import PrefixCacheFeed
 from services.engine.truncation import drop_oldest_turn, fits
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
+# Float error allowed when a time is turned into a tick number (ticks are step_ms apart).
+_TICK_SLACK = 1e-6
+
+
+def shared_tick(now: float, next_due: float, step_s: float) -> float:
+    """When a stream on the shared clock wakes next: the clock's next tick, or a later one
+    if its next token is due after that. Not now + step rounded up: a wake-up a moment late
+    would skip a tick, and a stream whose rate matches the step (a GPU step gives every
+    running stream a token) would get two tokens every other step. Counted in tick numbers:
+    a tick's time over the step is not always whole in floats (0.07 / 0.01 > 7), and
+    rounding that up skipped the tick in one message of four."""
+    tick = math.floor(now / step_s + _TICK_SLACK) + 1
+    due = math.ceil(next_due / step_s - _TICK_SLACK)
+    return max(tick, due) * step_s
+
 
 class ScriptedBackend(Backend):
     def __init__(self, config: EngineConfig) -> None:
@@ -136,13 +151,7 @@ class ScriptedBackend(Backend):
             if rate > 0 and not gen.done(max_tokens):
                 now = loop.time()
                 if script.shared_steps:
-                    # The next tick of the shared clock, or a later one if no token of
-                    # this stream falls due by then. Not now + step rounded up: a wake-up
-                    # a moment late would skip a tick, and a stream whose rate matches the
-                    # step (a GPU step gives every running stream a token) would get two
-                    # tokens every other step.
-                    tick = (math.floor(now / step_s) + 1) * step_s
-                    wake = math.ceil(max(started + (i - start) / rate, tick) / step_s) * step_s
+                    wake = shared_tick(now, started + (i - start) / rate, step_s)
                 else:
                     wake = max(started + (i - start) / rate, now + step_s)
                 await asyncio.sleep(wake - loop.time())
