@@ -128,6 +128,12 @@ class ScriptedBackend(Backend):
         rate, step_s = script.tokens_per_second, script.step_ms / 1000
         loop = asyncio.get_running_loop()
         started = loop.time()
+        if script.shared_steps:
+            # The stream joins the step under way, as a request joins a GPU's running
+            # batch: its tokens fall due on ticks. Counted from its own start instead, a
+            # stream started just after a tick had its token due a moment after each
+            # tick, and a wake-up later than that moment sent two.
+            started = math.floor(started / step_s + _TICK_SLACK) * step_s
         i = start
         while not gen.done(max_tokens):
             # Everything due by now goes in one message (at most one wake-up per step),
