@@ -39,7 +39,8 @@ SATURATED = 0.8
 STREAM_SECONDS = 4.0
 # The stand-in's decode step, shared by its streams. A GPU engine steps every 10-30 ms for
 # a whole batch; 5 ms is faster than any of them, so the relay sees more messages than it
-# would in production: at 100 tok/s a stream, each step carries half the streams.
+# would in production: at 100 tok/s a stream, a stream has a token every other step (which
+# steps, by the tick it joined; the bench's streams start together, so mostly the same).
 STEP_MS = 5.0
 # The figure, GPU-shaped: every step gives every running stream one token, so the
 # step is the token interval (10 ms at this rate) and a message carries every stream.
