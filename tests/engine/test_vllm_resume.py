@@ -128,8 +128,16 @@ def test_min_tokens_hold_across_the_cut(engine) -> None:
 def test_frequency_and_presence_penalties_count_the_emitted_tokens(engine) -> None:
     penalties = {"frequency_penalty": 1.5, "presence_penalty": 1.0}
     want, got = resumed(engine, chat("Write a short poem about the sea.", 40, s=penalties), 12)
-    # Strict: without the emitted tokens' penalties the outputs part at once (token 14
-    # here), which a near-tie allowance would hide.
+    if got["ids"] != want["ids"]:
+        # Without the emitted tokens' penalties the outputs part at once (token 14 here)
+        # on a token emitted before, which the continuation no longer penalises. Where
+        # neither side's token was emitted before, no penalty differs between them: the
+        # raw logits rounded another way (bf16 on CPU; token 17 in one CI run).
+        pairs = enumerate(zip(got["ids"], want["ids"], strict=False))
+        d = next((i for i, (a, b) in pairs if a != b), None)  # None: one is a prefix
+        assert d is not None and d >= 12, (d, got, want)
+        assert not {got["ids"][d], want["ids"][d]} & set(want["ids"][:d]), (d, got, want)
+        pytest.xfail(f"near-tie of unpenalised tokens at {d} after a cut at 12")
     assert got == want
 
 
