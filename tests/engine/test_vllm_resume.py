@@ -72,16 +72,21 @@ def resumed(engine, request: pb.GenerateRequest, k: int) -> tuple[dict, dict]:
     return view(reference), view(seen + list(engine.Generate(again, timeout=120)))
 
 
+def _parted_at(got: dict, want: dict) -> int | None:
+    """The first token index where the two outputs differ; None if one is a prefix."""
+    pairs = enumerate(zip(got["ids"], want["ids"], strict=False))
+    return next((i for i, (a, b) in pairs if a != b), None)
+
+
 def same(want: dict, got: dict, k: int) -> None:
     """got == want, unless greedy decoding took another branch after the cut: prefill of
     the emitted tokens and step-by-step decode round differently in bf16 on CPU, so a
     near-tie can go the other way (seen on some runs). That is reported as xfail; a
     divergence before the cut, or any other difference, fails."""
     if got["ids"] != want["ids"]:
-        pairs = zip(got["ids"], want["ids"], strict=False)
-        d = next(
-            (i for i, (a, b) in enumerate(pairs) if a != b), min(len(got["ids"]), len(want["ids"]))
-        )
+        d = _parted_at(got, want)
+        if d is None:  # one is a prefix of the other: they part where the shorter ends
+            d = min(len(got["ids"]), len(want["ids"]))
         assert d >= k, f"diverged at {d}, before the cut at {k}"
         pytest.xfail(f"greedy near-tie: outputs diverged at token {d} after a cut at {k}")
     assert got == want
@@ -133,8 +138,7 @@ def test_frequency_and_presence_penalties_count_the_emitted_tokens(engine) -> No
         # on a token emitted before, which the continuation no longer penalises. Where
         # neither side's token was emitted before, no penalty differs between them: the
         # raw logits rounded another way (bf16 on CPU; token 17 in one CI run).
-        pairs = enumerate(zip(got["ids"], want["ids"], strict=False))
-        d = next((i for i, (a, b) in pairs if a != b), None)  # None: one is a prefix
+        d = _parted_at(got, want)
         assert d is not None and d >= 12, (d, got, want)
         assert not {got["ids"][d], want["ids"][d]} & set(want["ids"][:d]), (d, got, want)
         pytest.xfail(f"near-tie of unpenalised tokens at {d} after a cut at 12")
