@@ -35,6 +35,11 @@ log = logging.getLogger("tera.mux")
 # What a plain call's response_deserializer does; None: messages stay bytes (the relay).
 Deserialize = Callable[[bytes], Any] | None
 
+# Takes a message as it arrives, on the link's reader, instead of the stream's reader
+# (see MuxCall.read); False: not taken, the read returns it. It must not raise: it runs
+# on the reader of every stream of the link.
+Forward = Callable[[bytes], bool]
+
 
 class MuxCall:
     """One stream on a multiplexed call: what the relay uses of grpc.aio.UnaryStreamCall."""
@@ -60,19 +65,25 @@ class MuxCall:
         self._loop = asyncio.get_running_loop()
         self._inbox: collections.deque[bytes | pb.MuxEnd] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._forward: Forward | None = None
         self._end: pb.MuxEnd | None = None
         self._cancelled = False
         self._timer = None
         if timeout is not None:
             self._timer = self._loop.call_later(timeout, self._expire)
 
-    async def read(self) -> bytes | Any:
+    async def read(self, forward: Forward | None = None) -> bytes | Any:
+        """The next message, as grpc.aio's read; `forward`, while this read waits, takes the
+        messages it accepts straight from the link, in order, so that a relay of bytes
+        wakes its task only for what it must see itself (the end, the usage)."""
         if not self._inbox:
+            self._forward = forward
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+                self._forward = None
         if self._cancelled:  # as a cancelled grpc.aio call's reads do
             raise asyncio.CancelledError()
         item = self._inbox[0]
@@ -122,6 +133,10 @@ class MuxCall:
             _end_span(self._span, end)
 
     def _put(self, item: bytes | pb.MuxEnd) -> None:
+        if self._forward is not None:
+            if isinstance(item, bytes) and self._forward(item):
+                return
+            self._forward = None  # what comes after waits behind this item, in order
         self._inbox.append(item)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)

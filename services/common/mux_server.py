@@ -43,13 +43,24 @@ class _Aborted(Exception):
 class MuxContext:
     """What Generate uses of grpc.aio.ServicerContext, for one multiplexed stream."""
 
-    def __init__(self, opened: pb.MuxOpen, call: grpc.aio.ServicerContext) -> None:
+    def __init__(
+        self, opened: pb.MuxOpen, call: grpc.aio.ServicerContext, outbox: Outbox, stream_id: int
+    ) -> None:
         self._call = call  # the GenerateMux call's own: its peer is every stream's
+        self._outbox = outbox
+        self._id = stream_id
         self._code: grpc.StatusCode | None = None
         self._metadata = from_pairs(opened.metadata)
         self._deadline = (
             time.monotonic() + opened.timeout_s if opened.HasField("timeout_s") else None
         )
+
+    def send_now(self, message: bytes) -> None:
+        """Sends a response message of the stream without yielding it from the handler
+        (the router's relay forwards on the link's reader, services/router/relay.py). It
+        goes out in order with those yielded, as long as the handler yields none while
+        sending so."""
+        self._outbox.put(self._id, message=message)
 
     def invocation_metadata(self) -> Metadata:
         return self._metadata
@@ -119,7 +130,7 @@ class MuxServer:
         self._streams[stream_id] = asyncio.create_task(self._run(stream_id, opened))
 
     async def _run(self, stream_id: int, opened: pb.MuxOpen) -> None:
-        context = MuxContext(opened, self._call)
+        context = MuxContext(opened, self._call, self._outbox, stream_id)
         try:
             end = await self._stream(stream_id, opened, context)
         except _Aborted as aborted:

@@ -23,6 +23,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from services.common import metadata
+from services.common.mux import GENERATE
+from services.common.mux_client import Forward, MuxCall
 from services.common.priority import PRIORITIES
 from services.common.telemetry import (
     ATTEMPT,
@@ -334,10 +336,11 @@ class Relay:
         yield journal.keep(last := first)
         slot = up.slot if journal.continuable else None
         replica = winner.replica
+        direct = _forwarded(up, winner.call, journal, slot)
         with self._queue.preemptable(up.route.model, slot, winner.call):
             try:
                 with yielding(slot, replica.address):
-                    while (message := await winner.call.read()) is not grpc.aio.EOF:
+                    while (message := await winner.call.read(*direct)) is not grpc.aio.EOF:
                         yield journal.keep(last := message, slot)  # type: ignore[arg-type]
             except grpc.aio.AioRpcError as exc:
                 # Committed: the caller has tokens already. Never retried from the start.
@@ -355,6 +358,27 @@ class Relay:
             replica.record_failure(code.name, started=started)
         refusal = Refusal(code, exc.details() or code.name, trailing=trailing)
         return AttemptFailed(refusal, retryable=code in RETRYABLE)
+
+
+def _forwarded(
+    up: Upstream, call: grpc.aio.UnaryStreamCall | MuxCall, journal: Journal, slot: Slot | None
+) -> tuple[Forward, ...]:
+    """Between two multiplexed calls (both transports mux, the default), the messages
+    that carry no usage go from the replica's link straight to the caller's outbox,
+    journaled, rather than through this stream's task and the generators above it: one
+    task wake-up less a relayed token. What those layers read of the stream is its first
+    message and the last, with the usage (their `last`), and both still pass through."""
+    send_now = getattr(up.context, "send_now", None)  # a MuxContext's, or a Vouched one's
+    if send_now is None or not isinstance(call, MuxCall) or up.method != GENERATE:
+        return ()
+
+    def forward(message: bytes) -> bool:
+        if usage_of(up.method, message) is not None:
+            return False
+        send_now(journal.keep(message, slot))
+        return True
+
+    return (forward,)
 
 
 @contextlib.contextmanager

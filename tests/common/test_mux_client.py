@@ -99,3 +99,34 @@ async def test_a_lost_engine_fails_its_streams_unavailable(engine, tmp_path: Pat
         finally:
             mux.close()
             again.stop()
+
+
+class _QuietLink:
+    """A link that is never told anything: the stream below is fed by hand."""
+
+    def cancel(self, stream_id: int) -> None:
+        pass
+
+    def forget(self, stream_id: int) -> None:
+        pass
+
+
+async def test_a_forwarding_read_returns_what_it_refuses_and_what_follows_waits_behind() -> None:
+    call = MuxCall(_QuietLink(), 1, None, None)  # type: ignore[arg-type]
+    taken: list[bytes] = []
+
+    def forward(message: bytes) -> bool:  # the router's: all but the one with the usage
+        if message == b"m1":
+            return False
+        taken.append(message)
+        return True
+
+    reading = asyncio.create_task(call.read(forward))
+    await asyncio.sleep(0)  # the read is waiting
+    for i in range(3):  # one message of the link's, with three frames of the stream
+        call.received(pb.MuxFrame(stream_id=1, message=f"m{i}".encode()))
+    assert await reading == b"m1"
+    # m2 came after the refused m1: forwarded before the reader had m1, it would have
+    # overtaken m1 on its way to the caller.
+    assert taken == [b"m0"]
+    assert await call.read() == b"m2"
