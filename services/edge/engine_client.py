@@ -17,6 +17,7 @@ from services.common.mux_client import MuxCall, MuxChannel
 from services.common.telemetry import grpc_client_interceptors
 from services.common.tls import RotatingChannel, TLSConfig
 from services.edge.errors import OpenAIError, from_grpc
+from services.edge.forwarding import Forwarding
 from services.edge.prefix import PrefixNamer
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
@@ -97,9 +98,12 @@ class EngineClient:
         timeout_s: float,
         idle_timeout_s: float,
         fair: list[tuple[str, str]] | None = None,
+        forwarding: Forwarding | None = None,
     ) -> AsyncIterator[pb.GenerateResponse]:
         """Yields the stream's messages; failures arrive as OpenAIError. `fair`: the
-        tenant metadata the router's fair queue reads.
+        tenant metadata the router's fair queue reads. `forwarding`: takes messages as
+        they arrive, when the router link is multiplexed (forwarding.py); the rest are
+        yielded.
 
         Closing the iterator early (client gone) cancels the call, and with it the
         request on the engine that holds it.
@@ -107,12 +111,18 @@ class EngineClient:
         md: list[tuple[str, Any]] = _metadata(request.model, routing_key, tenant)
         md += [kv for kv in fair or () if kv[0] != metadata.TENANT]  # tenant sent once
         if self._prefix_namer is not None and self._prefix_namer.covers(request.model):
-            return self._named(request, md, timeout_s, idle_timeout_s)
+            return self._named(request, md, timeout_s, idle_timeout_s, forwarding)
         call = self._start(request, md, timeout_s)
-        return _relay(call, idle_timeout_s, known_model=request.model in self._known_models)
+        known = request.model in self._known_models
+        return _relay(call, idle_timeout_s, known_model=known, forwarding=forwarding)
 
     async def _named(
-        self, request: pb.GenerateRequest, md: list, timeout_s: float, idle_timeout_s: float
+        self,
+        request: pb.GenerateRequest,
+        md: list,
+        timeout_s: float,
+        idle_timeout_s: float,
+        forwarding: Forwarding | None,
     ) -> AsyncIterator[pb.GenerateResponse]:
         """Names the prompt's prefix for cache_aware routing, off the event loop
         (tokenizing takes milliseconds), then relays as generate does."""
@@ -122,7 +132,8 @@ class EngineClient:
             md = [*md, (prefix_hash.METADATA_KEY, names)]
         call = self._start(request, md, timeout_s)
         known = request.model in self._known_models
-        async with contextlib.aclosing(_relay(call, idle_timeout_s, known_model=known)) as stream:
+        relay = _relay(call, idle_timeout_s, known_model=known, forwarding=forwarding)
+        async with contextlib.aclosing(relay) as stream:
             async for message in stream:
                 yield message
 
@@ -150,15 +161,23 @@ def _metadata(model: str, routing_key: str | None, tenant: str | None) -> list[t
 
 
 async def _relay(
-    call: grpc.aio.UnaryStreamCall | MuxCall, idle_timeout_s: float, *, known_model: bool
+    call: grpc.aio.UnaryStreamCall | MuxCall,
+    idle_timeout_s: float,
+    *,
+    known_model: bool,
+    forwarding: Forwarding | None = None,
 ) -> AsyncIterator[Any]:
     committed = False
     idle = _IdleWatch(call, idle_timeout_s)
+    direct: tuple[Forwarding, ...] = ()
+    if forwarding is not None and isinstance(call, MuxCall):
+        forwarding.tap(idle.heard)
+        direct = (forwarding,)
     try:
         while True:
             idle.reading()
             try:
-                message = await call.read()
+                message = await call.read(*direct)
             except asyncio.CancelledError:
                 if not idle.expired or _cancelling():
                     raise
@@ -198,6 +217,10 @@ class _IdleWatch:
 
     def read(self) -> None:
         self._since = None  # the caller's own waits (a slow client) are not the model's
+
+    def heard(self, _: object) -> None:
+        """A message taken while the read waits (forwarded): the model is not idle."""
+        self._since = self._loop.time()
 
     def _check(self) -> None:
         now = self._loop.time()

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common import telemetry as t
 from services.common.wire import FINISH_REASON_NAMES
+from services.edge.forwarding import Forwarding
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
 access_log = logging.getLogger("tera.access")
@@ -81,6 +82,8 @@ class GenerationObserver:
         self._started = time.monotonic()
         self._last: float | None = None
         self._slowest_gap = 0.0
+        self._usage = pb.Usage()  # the last one the stream sent
+        self._finish: list[str] = []
         self._fields: dict[str, Any] = http.setdefault(REQUEST_LOG, {})
         self._fields["model"] = model
         self._span = trace.get_current_span()
@@ -96,23 +99,27 @@ class GenerationObserver:
         self._exemplar = _exemplar()
 
     async def watch(
-        self, stream: AsyncIterator[pb.GenerateResponse]
+        self, stream: AsyncIterator[pb.GenerateResponse], forwarding: Forwarding | None = None
     ) -> AsyncIterator[pb.GenerateResponse]:
-        usage = pb.Usage()
-        finish: list[str] = []
+        """Observes each message of `stream`, and those `forwarding` takes around it."""
+        if forwarding is not None:
+            forwarding.tap(self._seen)
         try:
             async for message in stream:
-                tokens = 0
-                for choice in message.choices:  # one pass a message: it runs per token
-                    tokens += choice.num_tokens
-                    if choice.finish_reason:
-                        finish.append(FINISH_REASON_NAMES.get(choice.finish_reason, "unknown"))
-                self._on_message(tokens or 1)
-                if message.HasField("usage"):
-                    usage = message.usage
+                self._seen(message)
                 yield message
         finally:
-            self._on_end(usage, finish)
+            self._on_end(self._usage, self._finish)
+
+    def _seen(self, message: pb.GenerateResponse) -> None:
+        tokens = 0
+        for choice in message.choices:  # one pass a message: it runs per token
+            tokens += choice.num_tokens
+            if choice.finish_reason:
+                self._finish.append(FINISH_REASON_NAMES.get(choice.finish_reason, "unknown"))
+        self._on_message(tokens or 1)
+        if message.HasField("usage"):
+            self._usage = message.usage
 
     def _on_message(self, tokens: int) -> None:
         now = time.monotonic()

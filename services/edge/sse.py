@@ -7,6 +7,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 DONE = b"data: [DONE]\n\n"
 
@@ -56,3 +57,30 @@ async def open_stream(request: web.Request, headers: dict[str, str]) -> web.Stre
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     await response.prepare(request)
     return response
+
+
+class ImmediateWriter:
+    """Writes an SSE response's bytes to the client's socket within the call, no coroutine,
+    when the socket takes them without waiting: for writes made off the response's task
+    (a forwarded stream's, forwarding.py). `write_now` is False when the
+    transport holds unsent bytes or is closing; the caller then awaits `response.write`,
+    which waits for a slow client and raises for a gone one.
+
+    Use it only after the response's first `write`: aiohttp holds the headers back until
+    then. Framing is aiohttp's: chunked (HTTP/1.1) or raw (HTTP/1.0), never compressed.
+    """
+
+    def __init__(self, response: web.StreamResponse, writer: AbstractStreamWriter) -> None:
+        assert not response.compression, "SSE responses are not compressed"
+        self._chunked = bool(getattr(writer, "chunked", False))
+        self._writer = writer
+
+    def write_now(self, data: bytes) -> bool:
+        if not data:  # an empty chunk would end a chunked body
+            return True
+        transport = self._writer.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        transport.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+        self._writer.output_size += len(data)  # as aiohttp counts its own writes
+        return True

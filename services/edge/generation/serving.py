@@ -11,7 +11,7 @@ import hashlib
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -21,12 +21,13 @@ from opentelemetry import trace
 from services.edge.config import EdgeConfig
 from services.edge.engine_client import EngineClient
 from services.edge.errors import OpenAIError
+from services.edge.forwarding import Forwarding
 from services.edge.generation.admission import Admitted, admit
 from services.edge.generation.merge import merge_streams
 from services.edge.generation.protocol import SamplingRequest
 from services.edge.generation.render import Renderer, add_usage, truncated, usage_json
 from services.edge.observe import EdgeMetrics, GenerationObserver
-from services.edge.sse import DONE, ChunkFramer, dumps, frame, open_stream
+from services.edge.sse import DONE, ChunkFramer, ImmediateWriter, dumps, frame, open_stream
 from services.edge.tenancy.gate import Account, Gate, tenant_of
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
@@ -43,6 +44,8 @@ class RequestContext:
     created: int = field(default_factory=lambda: int(time.time()))
     # Added to the response (rate-limit headers).
     headers: dict[str, str] = field(default_factory=dict)
+    # A single upstream's way to the SSE writer around the task (forwarding.py).
+    forwarding: Forwarding | None = None
 
     def response_headers(self) -> dict[str, str]:
         return {**self.headers, "X-Request-Id": self.request_id}
@@ -118,6 +121,8 @@ class GenerationServing(ABC, Generic[B]):
             await account.reserve(admitted.estimated_tokens)
             upstreams = self.upstreams(ctx, body, admitted)
             fair = account.tenant.fair_metadata(admitted.estimated_tokens // max(1, len(upstreams)))
+            if body.stream and len(upstreams) == 1:  # several go through merge_streams
+                ctx.forwarding = Forwarding()
             streams = [self._generate(ctx, u, account, body.user, fair) for u in upstreams]
             merged = merge_streams(streams)  # type: ignore[arg-type]
             try:
@@ -155,7 +160,9 @@ class GenerationServing(ABC, Generic[B]):
                 timeout_s=self.config.request_timeout_s,
                 idle_timeout_s=self.config.stream_idle_timeout_s,
                 fair=fair,
-            )
+                forwarding=ctx.forwarding,
+            ),
+            ctx.forwarding,
         )
 
     def routing_key(self, http: web.Request, user: str | None, prompt_text: str) -> str | None:
@@ -218,34 +225,69 @@ async def _stream(
     renderer = reply.renderer
     response = await open_stream(reply.ctx.http, reply.ctx.response_headers())
     framer = ChunkFramer(_envelope(reply, renderer.chunk_object), include_usage=reply.include_usage)
-    unfinished = set(range(reply.choices))
+    chunks = _Chunks(reply, framer)
     opening = renderer.opening(reply.n)
     if opening:
         await response.write(b"".join(framer.choices(dumps(c)) for c in opening))
-    usages: dict[int, pb.Usage] = {}
     try:
         item = first
         while item is not None:
             upstream, message = item
-            chunks = []
-            for delta in message.choices:
-                index = upstream * reply.n + delta.index
-                if delta.finish_reason:
-                    unfinished.discard(index)
-                chunks.append(framer.choices(renderer.delta_json(index, delta)))
-            await response.write(b"".join(chunks))
+            await response.write(chunks.render(upstream, message))
+            chunks.sent(upstream, message)
             if item is first:  # the first-token waterfall's last server-side mark
                 trace.get_current_span().add_event("first_chunk_written")
-            if message.HasField("usage"):
-                usages[upstream] = message.usage
+                if reply.ctx.forwarding is not None:  # headers are out: writes may skip us
+                    writer = await response.prepare(reply.ctx.http)  # the prepared one's
+                    assert writer is not None
+                    reply.ctx.forwarding.sink = chunks.sink(ImmediateWriter(response, writer))
             item = await anext(messages, None)
-        if unfinished:
+        if chunks.unfinished:
             raise truncated()
     except OpenAIError as exc:
-        failed = (framer.choices(dumps(renderer.failed(i))) for i in sorted(unfinished))
+        failed = (framer.choices(dumps(renderer.failed(i))) for i in sorted(chunks.unfinished))
         await response.write(b"".join(failed) + frame(exc.body()))
         return response
-    if reply.include_usage and (usages or not renderer.usage_needs_upstream):
-        await response.write(framer.usage(usage_json(_total(usages))))
+    finally:
+        if reply.ctx.forwarding is not None:
+            reply.ctx.forwarding.sink = None
+    if reply.include_usage and (chunks.usages or not renderer.usage_needs_upstream):
+        await response.write(framer.usage(usage_json(_total(chunks.usages))))
     await response.write(DONE)
     return response
+
+
+class _Chunks:
+    """A streamed reply's SSE chunks and what they have told the client so far; used by
+    the stream's task and, for forwarded messages, on the router link's reader."""
+
+    def __init__(self, reply: _Reply, framer: ChunkFramer) -> None:
+        self._renderer = reply.renderer
+        self._n = reply.n
+        self._framer = framer
+        self.unfinished = set(range(reply.choices))
+        self.usages: dict[int, pb.Usage] = {}
+
+    def render(self, upstream: int, message: pb.GenerateResponse) -> bytes:
+        delta_json, choices = self._renderer.delta_json, self._framer.choices
+        n = self._n
+        return b"".join(choices(delta_json(upstream * n + d.index, d)) for d in message.choices)
+
+    def sent(self, upstream: int, message: pb.GenerateResponse) -> None:
+        for delta in message.choices:
+            if delta.finish_reason:
+                self.unfinished.discard(upstream * self._n + delta.index)
+        if message.HasField("usage"):
+            self.usages[upstream] = message.usage
+
+    def sink(self, writer: ImmediateWriter) -> Callable[[pb.GenerateResponse], bool]:
+        """Renders and writes a single upstream's message now, if the client's socket
+        takes it without waiting."""
+
+        def take(message: pb.GenerateResponse) -> bool:
+            if not writer.write_now(self.render(0, message)):
+                return False
+            self.sent(0, message)
+            return True
+
+        return take
