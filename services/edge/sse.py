@@ -62,9 +62,9 @@ async def open_stream(request: web.Request, headers: dict[str, str]) -> web.Stre
 class ImmediateWriter:
     """Writes an SSE response's bytes to the client's socket within the call, no coroutine,
     when the socket takes them without waiting: for writes made off the response's task
-    (a forwarded stream's, forwarding.py). `write_now` is False when the
-    transport holds unsent bytes or is closing; the caller then awaits `response.write`,
-    which waits for a slow client and raises for a gone one.
+    (a forwarded stream's, forwarding.py). `write_now` is False when the transport holds
+    unsent bytes or is closing; the caller then awaits `response.write`, which waits for
+    a slow client and raises for a gone one.
 
     Use it only after the response's first `write`: aiohttp holds the headers back until
     then. Framing is aiohttp's: chunked (HTTP/1.1) or raw (HTTP/1.0), never compressed.
