@@ -9,16 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import urllib.request
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.edge.sse import SSE_HEADERS, ImmediateWriter
 from tests.conftest import SCRIPTED_MODEL, RunningStack
+from tests.faults.fleet import scraped_metric
 
 TOKENS = 40
 
@@ -54,9 +53,7 @@ async def _stream(stack: RunningStack) -> list[dict]:
 
 
 def _edge_metric(stack: RunningStack, name: str) -> float:
-    text = urllib.request.urlopen(f"{stack.ops_url}/metrics", timeout=5).read().decode()
-    families = text_string_to_metric_families(text)
-    return sum(s.value for f in families for s in f.samples if s.name == name)
+    return scraped_metric(f"{stack.ops_url}/metrics", name)
 
 
 async def test_a_stream_longer_than_the_idle_timeout_completes(steady_stack: RunningStack) -> None:

@@ -73,9 +73,13 @@ if not SPEC.exists():
 KEY = "sk-tera-conformance"
 
 
+SSE = "text/event-stream"
+
+
 def _load_spec() -> dict:
-    """The spec, less two defects. ItemResource (input_items' data) names `type` as its
-    discriminator with no mapping, so a validator expects the schema's name
+    """The spec, less two defects, with its SSE schemas as schemathesis reads them.
+    ItemResource (input_items' data) names `type` as its discriminator with no mapping,
+    so a validator expects the schema's name
     ("InputMessageResource") where OpenAI sends "message"; its oneOf still applies. And
     createCompletion documents only JSON, while with `stream: true` OpenAI answers
     text/event-stream, as the spec does document for createChatCompletion."""
@@ -89,9 +93,6 @@ def _load_spec() -> dict:
     chunk = {"contentMediaType": "application/json", "contentSchema": chat[SSE]["schema"]}
     chat[SSE]["schema"] = _event({"anyOf": [{"const": "[DONE]"}, {"type": "string", **chunk}]})
     return raw
-
-
-SSE = "text/event-stream"
 
 
 def _event(data: dict) -> dict:

@@ -49,7 +49,12 @@ def plan_router_metric(plan: StackPlan, name: str, **labels: str) -> float:
     """router_metric for a plan's router (a bench's Stack as well as a test's)."""
     args = plan.router_args
     port = args[args.index("--metrics-port") + 1]
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return scraped_metric(f"http://127.0.0.1:{port}/metrics", name, **labels)
+
+
+def scraped_metric(url: str, name: str, **labels: str) -> float:
+    """A Prometheus endpoint's metric, summed over the series that match the labels."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
     samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
     return sum(
         s.value
