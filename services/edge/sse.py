@@ -53,10 +53,14 @@ class ChunkFramer:
         return frame({**self._envelope, "choices": [], "usage": usage})
 
 
-async def open_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+async def open_stream(
+    request: web.Request, headers: dict[str, str]
+) -> tuple[web.StreamResponse, AbstractStreamWriter]:
+    """The prepared SSE response, and the writer under it (for an `ImmediateWriter`)."""
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
-    await response.prepare(request)
-    return response
+    writer = await response.prepare(request)
+    assert writer is not None, "a fresh response is prepared once"
+    return response, writer
 
 
 class ImmediateWriter:

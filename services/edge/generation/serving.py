@@ -13,7 +13,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 from aiohttp import web
 from opentelemetry import trace
@@ -76,6 +76,11 @@ class _Reply:
 
 
 class GenerationServing(ABC, Generic[B]):
+    # Whether `respond` streams through `_stream`, the SSE loop that can take a single
+    # upstream's messages on the router link's reader (forwarding.py). An endpoint that
+    # writes its own stream (Responses' typed events) leaves this False.
+    forwards_streams: ClassVar[bool] = True
+
     def __init__(
         self, config: EdgeConfig, client: EngineClient, metrics: EdgeMetrics, gate: Gate
     ) -> None:
@@ -121,7 +126,7 @@ class GenerationServing(ABC, Generic[B]):
             await account.reserve(admitted.estimated_tokens)
             upstreams = self.upstreams(ctx, body, admitted)
             fair = account.tenant.fair_metadata(admitted.estimated_tokens // max(1, len(upstreams)))
-            if body.stream and len(upstreams) == 1:  # several go through merge_streams
+            if self.forwards_streams and body.stream and len(upstreams) == 1:  # else: merge
                 ctx.forwarding = Forwarding()
             streams = [self._generate(ctx, u, account, body.user, fair) for u in upstreams]
             merged = merge_streams(streams)  # type: ignore[arg-type]
@@ -223,7 +228,7 @@ async def _stream(
     reply: _Reply, first: tuple[int, pb.GenerateResponse] | None, messages: Messages
 ) -> web.StreamResponse:
     renderer = reply.renderer
-    response = await open_stream(reply.ctx.http, reply.ctx.response_headers())
+    response, writer = await open_stream(reply.ctx.http, reply.ctx.response_headers())
     framer = ChunkFramer(_envelope(reply, renderer.chunk_object), include_usage=reply.include_usage)
     chunks = _Chunks(reply, framer)
     opening = renderer.opening(reply.n)
@@ -238,8 +243,6 @@ async def _stream(
             if item is first:  # the first-token waterfall's last server-side mark
                 trace.get_current_span().add_event("first_chunk_written")
                 if reply.ctx.forwarding is not None:  # headers are out: writes may skip us
-                    writer = await response.prepare(reply.ctx.http)  # the prepared one's
-                    assert writer is not None
                     reply.ctx.forwarding.sink = chunks.sink(ImmediateWriter(response, writer))
             item = await anext(messages, None)
         if chunks.unfinished:

@@ -56,6 +56,8 @@ class _Run:
 
 
 class ResponsesServing(GenerationServing[ResponseRequest]):
+    forwards_streams = False  # its typed events are written by its own loop
+
     def __init__(
         self,
         config: EdgeConfig,
@@ -117,7 +119,7 @@ class ResponsesServing(GenerationServing[ResponseRequest]):
         return web.json_response(run.response, dumps=dumps, headers=ctx.response_headers())
 
     async def _stream(self, run: _Run, first: First, messages: Messages) -> web.StreamResponse:
-        response = await open_stream(run.ctx.http, run.ctx.response_headers())
+        response, _ = await open_stream(run.ctx.http, run.ctx.response_headers())
         writer = _EventWriter(response)
         opening = dict(run.response)
         await writer.write(
