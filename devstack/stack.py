@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +14,16 @@ from devstack.readiness import (
     router_has_replicas,
     router_lists_models,
 )
+from services.common.grpc_options import RELAY_GRPC_EXPERIMENTS
 from services.common.tls import TLSConfig
 from services.engine.model_prep import DEFAULT_MODEL_ID
+
+
+def relay_env(env: dict[str, str]) -> dict[str, str]:
+    """An edge's or a router's environment, `env` added: gRPC's polling I/O unless this
+    process's environment or `env` names other experiments (grpc_options.py)."""
+    experiments = os.environ.get("GRPC_EXPERIMENTS", RELAY_GRPC_EXPERIMENTS)
+    return {"GRPC_EXPERIMENTS": experiments, **env}
 
 
 @dataclass
@@ -146,7 +155,7 @@ class Stack:
                 *plan.tls_args("router"),
                 *plan.router_args,
             ],
-            env=plan.env,
+            env=relay_env(plan.env),
             log_path=self._log("router"),
             cpus=plan.relay_cpus,
         ).start()
@@ -170,7 +179,7 @@ class Stack:
                 *plan.tls_args("edge"),
                 *plan.edge_args,
             ],
-            env={**plan.env, **plan.edge_env},
+            env=relay_env({**plan.env, **plan.edge_env}),
             log_path=self._log("edge"),
             cpus=plan.relay_cpus,
         ).start()

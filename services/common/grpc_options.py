@@ -4,6 +4,19 @@ Clients ping every 10 s so a dead peer is noticed on idle connections too; serve
 then permit those pings, or they answer GOAWAY "too_many_pings".
 """
 
+# gRPC's I/O in the relay processes (edge, router), as their GRPC_EXPERIMENTS: the
+# polling I/O gRPC Python ran on before its EventEngine rollout, where the thread that
+# waits on the completion queue reads and writes the sockets itself. With the
+# EventEngine (grpcio's default since) an EventEngine thread does the socket I/O and
+# hands each message on to the poller thread: one more thread wake-up per message, on
+# every hop, which at one token a message is 5-12 % of the relay's CPU (README, "gRPC's
+# I/O"). grpc reads the variable once, when it is first imported, so whoever starts the
+# process sets it: devstack for the local stack, the gateway image for Kubernetes. An
+# experiment grpc no longer knows is logged as "Unknown experiment" and ignored.
+RELAY_GRPC_EXPERIMENTS = (
+    "-event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints"
+)
+
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),

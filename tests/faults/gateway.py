@@ -10,6 +10,7 @@ from pathlib import Path
 from devstack.engine_args import scripted_engine_args
 from devstack.processes import ManagedProcess, free_port, wait_until
 from devstack.readiness import edge_lists_models, http_healthy
+from devstack.stack import relay_env
 from tests.conftest import SCRIPTED_MODEL
 
 
@@ -44,6 +45,7 @@ def gateway(
     router = ManagedProcess(
         "router",
         ["-m", "services.router", "--port", str(router_port), *router_args],
+        env=relay_env({}),
         log_path=logs / "router.log",
     ).start()
     edge = ManagedProcess(
@@ -52,6 +54,7 @@ def gateway(
             *("-m", "services.edge", "--port", str(edge_port)),
             *("--router", f"127.0.0.1:{router_port}", *edge_args),
         ],
+        env=relay_env({}),
         log_path=logs / "edge.log",
     ).start()
     base = f"http://127.0.0.1:{edge_port}/v1"
