@@ -9,10 +9,12 @@ then permit those pings, or they answer GOAWAY "too_many_pings".
 # waits on the completion queue reads and writes the sockets itself. With the
 # EventEngine (grpcio's default since) an EventEngine thread does the socket I/O and
 # hands each message on to the poller thread: one more thread wake-up per message, on
-# every hop, which at one token a message is 5-12 % of the relay's CPU (README, "gRPC's
-# I/O"). grpc reads the variable once, when it is first imported, so whoever starts the
-# process sets it: devstack for the local stack, the gateway image for Kubernetes. An
-# experiment grpc no longer knows is logged as "Unknown experiment" and ignored.
+# every hop, about 5 % of the relay's CPU at one token a message (README, "gRPC's I/O on
+# the thread that polls"). grpc reads the variable once, when it is first imported, so
+# whoever starts the process sets it: devstack for the local stack, the gateway image for
+# Kubernetes. An experiment grpc no longer knows is logged as "Unknown experiment" and
+# ignored. Engines keep the default: vLLM starts its own processes from theirs, and
+# gRPC's fork handling under this setting is untested.
 RELAY_GRPC_EXPERIMENTS = (
     "-event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints"
 )
