@@ -79,10 +79,10 @@ SSE = "text/event-stream"
 def _load_spec() -> dict:
     """The spec, less two defects, with its SSE schemas as schemathesis reads them.
     ItemResource (input_items' data) names `type` as its discriminator with no mapping,
-    so a validator expects the schema's name
-    ("InputMessageResource") where OpenAI sends "message"; its oneOf still applies. And
-    createCompletion documents only JSON, while with `stream: true` OpenAI answers
-    text/event-stream, as the spec does document for createChatCompletion."""
+    so a validator expects the schema's name ("InputMessageResource") where OpenAI sends
+    "message"; its oneOf still applies. And createCompletion documents only JSON, while
+    with `stream: true` OpenAI answers text/event-stream, as the spec does document for
+    createChatCompletion."""
     raw = yaml.load(SPEC.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     raw["components"]["schemas"]["ItemResource"].pop("discriminator", None)
     completions = raw["paths"]["/completions"]["post"]["responses"]["200"]["content"]
