@@ -21,6 +21,7 @@ import json
 import re
 import resource
 import socket
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 import aiohttp
 import uvloop
 
+from bench import transport_floor
 from bench.common import STAND_IN_MODEL, cpu_seconds, percentile, stand_in_stack
 from devstack.stack import Stack
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -45,6 +47,12 @@ STEP_MS = 5.0
 # The issue's figure, GPU-shaped: every step gives every running stream one token, so the
 # step is the token interval (10 ms at this rate) and a message carries every stream.
 GPU_SHAPED_RATE = 100.0
+TRANSPORT_FLOOR_SECONDS = 5.0
+# Steps run at these stream counts as well, for the split of the relay's CPU into a cost a
+# decode step and a cost a token (at one stream, a step's cost is nearly all of it).
+SPLIT_STREAMS = (1, 8)
+# Above this, the stand-in fell behind and packed tokens: the split's line leaves it out.
+ONE_TOKEN_A_MESSAGE = 1.05
 # Rounds of the host reference: about 50 ms on a quiet host.
 REFERENCE_ROUNDS = 4000
 
@@ -282,6 +290,25 @@ def run(
     }
 
 
+def cost_split(steps: list[StepResult]) -> dict[str, dict[str, float]]:
+    """Edge's and router's CPU as a cost a decode step plus a cost a token: the least-squares
+    line of each one's cores over the steps' tokens/s, all steps at the same step rate (its
+    intercept is the steps' cost; a stream's set-up falls on the tokens, 400 a stream)."""
+    steps = [s for s in steps if s.tokens_per_chunk <= ONE_TOKEN_A_MESSAGE and not s.errors]
+    if len({s.streams for s in steps}) < 2:
+        return {}
+    rates = [s.tokens_per_s for s in steps]
+    split = {}
+    for name in ("edge", "router"):
+        cores = [getattr(s, f"{name}_cpu_per_1k") * s.tokens_per_s / 1000 for s in steps]
+        per_token, per_second = statistics.linear_regression(rates, cores)
+        split[name] = {
+            "per_step_us": per_second / GPU_SHAPED_RATE * 1e6,
+            "per_token_us": per_token * 1e6,
+        }
+    return split
+
+
 def run_gpu_shaped(
     results: Path,
     streams: tuple[int, ...],
@@ -294,11 +321,14 @@ def run_gpu_shaped(
     stack = _stack(results, GPU_SHAPED_RATE, 0, engine_transport, router_transport, step_ms=step_ms)
     try:
         uvloop.run(_short_requests(stack, 16, 0.5))
-        steps = [_measured_step(stack, n, GPU_SHAPED_RATE) for n in streams]
+        split_only = [n for n in SPLIT_STREAMS if n not in streams]
+        steps = [_measured_step(stack, n, GPU_SHAPED_RATE) for n in split_only + list(streams)]
     finally:
         stack.stop()
     return {
         "steps": [s.__dict__ for s in steps],
+        "split": cost_split(steps),
+        "transport_floor": transport_floor.measure(GPU_SHAPED_RATE, TRANSPORT_FLOOR_SECONDS),
         "step_ms": step_ms,
         "engine_transport": engine_transport,
         "router_transport": router_transport,

@@ -308,6 +308,30 @@ def _gpu_shaped_section(result: dict) -> list[str]:
         ),
         f"Host reference: CPU ms for {relay.REFERENCE_ROUNDS} rounds of protobuf, JSON "
         "and a loopback send, around each step: runs compare at equal reference.\n",
+        *_cost_split_lines(result),
+    ]
+
+
+def _cost_split_lines(result: dict) -> list[str]:
+    """Where the GPU-shaped steps' CPU goes: a cost a decode step (one message a hop) and
+    a cost a token, and what gRPC alone costs a message against a plain socket."""
+    split, floor = result.get("split"), result.get("transport_floor")
+    if not split or not floor:
+        return []
+    rows = [{"process": name} | costs for name, costs in split.items()]
+    excess_read = floor["grpc_read_us"] - floor["socket_read_us"]
+    excess_write = floor["grpc_write_us"] - floor["socket_write_us"]
+    return [
+        "Split (least squares over the steps: cores = steps/s x per step + tokens/s x per "
+        "token; the router reads one message a step and writes one, the edge reads one):\n",
+        table(rows, ["process", "per_step_us", "per_token_us"]),
+        "",
+        f"Transport floor at {relay.GPU_SHAPED_RATE:.0f} messages/s, CPU µs a message "
+        "(bench/transport_floor.py): gRPC aio read "
+        f"{floor['grpc_read_us']:.0f} against a plain asyncio socket's "
+        f"{floor['socket_read_us']:.0f} (+{excess_read:.0f}); the paced writer "
+        f"{floor['grpc_write_us']:.0f} against {floor['socket_write_us']:.0f} "
+        f"(+{excess_write:.0f}).\n",
     ]
 
 

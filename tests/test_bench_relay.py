@@ -7,24 +7,62 @@ from pathlib import Path
 
 import pytest
 
-from bench import relay, sections
+from bench import relay, sections, transport_floor
 
 
 def test_each_gpu_shaped_step_carries_the_host_speed_it_ran_at(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(relay, "STREAM_SECONDS", 0.5)
-    references = iter([40.0, 60.0, 100.0, 120.0])
+    monkeypatch.setattr(relay, "TRANSPORT_FLOOR_SECONDS", 0.5)
+    monkeypatch.setattr(relay, "SPLIT_STREAMS", (1,))
+    references = iter([20.0, 30.0, 40.0, 60.0, 100.0, 120.0])
     monkeypatch.setattr(relay, "host_reference_ms", lambda: next(references))
 
     result = relay.run_gpu_shaped(tmp_path, (2, 4))
 
     steps = result["steps"]
-    assert [s["streams"] for s in steps] == [2, 4]
-    assert [s["errors"] for s in steps] == [0, 0]
-    assert [s["host_reference_ms"] for s in steps] == [50.0, 110.0]
+    assert [s["streams"] for s in steps] == [1, 2, 4]
+    assert [s["errors"] for s in steps] == [0, 0, 0]
+    assert [s["host_reference_ms"] for s in steps] == [25.0, 50.0, 110.0]
     table = "\n".join(sections._gpu_shaped_section(result))
     assert "host_reference_ms" in table and "110" in table
+    assert set(result["split"]) == {"edge", "router"}
+    assert "Transport floor" in table and "gRPC aio read" in table
+
+
+def test_the_split_recovers_a_cost_a_step_and_a_cost_a_token() -> None:
+    # 300 µs a step at 100 steps/s plus 20 µs a token, for the edge; the router half that.
+    def step(streams: int) -> relay.StepResult:
+        tokens_per_s = streams * relay.GPU_SHAPED_RATE
+        edge_cores = 100 * 300e-6 + tokens_per_s * 20e-6
+        return relay.StepResult(
+            streams=streams,
+            rate_per_stream=relay.GPU_SHAPED_RATE,
+            tokens_per_s=tokens_per_s,
+            added_itl_p50_ms=0,
+            added_itl_p99_ms=0,
+            added_latency_p50_ms=0,
+            added_latency_p99_ms=0,
+            tokens_per_chunk=1.0,
+            edge_cpu_per_1k=edge_cores / tokens_per_s * 1000,
+            router_cpu_per_1k=edge_cores / 2 / tokens_per_s * 1000,
+            relay_cores_per_10k=0,
+            cores={},
+            errors=0,
+        )
+
+    split = relay.cost_split([step(1), step(8), step(32)])
+
+    assert split["edge"] == pytest.approx({"per_step_us": 300, "per_token_us": 20})
+    assert split["router"] == pytest.approx({"per_step_us": 150, "per_token_us": 10})
+
+
+def test_the_transport_floor_reads_every_message_over_both_transports() -> None:
+    floor = transport_floor.measure(rate=200, seconds=0.25)
+
+    assert set(floor) == {"grpc_read_us", "grpc_write_us", "socket_read_us", "socket_write_us"}
+    assert all(0 < us < 1_000_000 for us in floor.values())
 
 
 def test_the_host_reference_runs_its_work_over_real_sockets() -> None:

@@ -1,0 +1,170 @@
+"""What one relayed message costs the reading process before any of Tera's code runs: a
+server stream read with grpc aio (as the router and the edge read their multiplexed links)
+against the same bytes read from a plain asyncio socket, at one message per GPU-shaped
+decode step. Server and reader are processes of their own, with the relay's gRPC settings.
+
+    python -m bench.transport_floor --rate 100 --seconds 5   # prints JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import grpc
+import uvloop
+
+from devstack.stack import relay_env
+
+METHOD = "/tera.bench.Floor/Stream"
+PAYLOAD = b"x" * 60  # about one token's GenerateResponse in a MuxFrames message
+HEADER = 4
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _paced(rate: float, seconds: float, report: Any) -> AsyncIterator[int]:
+    """Yields at `rate` per second, on a schedule (not a sleep after each); then puts the
+    writer's CPU µs a message on `report`."""
+    started = _cpu_seconds()
+    due = time.monotonic()
+    messages = int(rate * seconds)
+    for i in range(messages):
+        yield i
+        due += 1 / rate
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+    report.put((_cpu_seconds() - started) / messages * 1e6)
+
+
+async def _serve_grpc(rate: float, seconds: float, ready: Any) -> None:
+    async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async for _ in _paced(rate, seconds, ready):
+            yield PAYLOAD
+
+    handler = grpc.method_handlers_generic_handler(
+        "tera.bench.Floor", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    ready.put(server.add_insecure_port("127.0.0.1:0"))
+    await server.start()
+    await server.wait_for_termination()
+
+
+async def _serve_socket(rate: float, seconds: float, ready: Any) -> None:
+    async def stream(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for _ in _paced(rate, seconds, ready):
+            writer.write(len(PAYLOAD).to_bytes(HEADER, "big") + PAYLOAD)
+        writer.close()
+
+    server = await asyncio.start_server(stream, "127.0.0.1", 0)
+    ready.put(server.sockets[0].getsockname()[1])
+    await server.serve_forever()
+
+
+def _server(kind: str, rate: float, seconds: float, ready: Any) -> None:
+    serve = _serve_grpc if kind == "grpc" else _serve_socket
+    uvloop.run(serve(rate, seconds, ready))
+
+
+async def _read_grpc(port: int) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_stream(METHOD)(b"")
+        messages = 0
+        while await call.read() is not grpc.aio.EOF:
+            messages += 1
+        return messages
+
+
+class _Frames(asyncio.Protocol):
+    """Length-prefixed frames, split in the protocol's callback as a transport would."""
+
+    def __init__(self, done: asyncio.Future[int]) -> None:
+        self._buffer = bytearray()
+        self._done = done
+        self.messages = 0
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= HEADER:
+            size = HEADER + int.from_bytes(self._buffer[:HEADER], "big")
+            if len(self._buffer) < size:
+                return
+            del self._buffer[:size]
+            self.messages += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done.set_result(self.messages)
+
+
+async def _read_socket(port: int) -> int:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    await loop.create_connection(lambda: _Frames(done), "127.0.0.1", port)
+    return await done
+
+
+def _us_per_message(kind: str, rate: float, seconds: float) -> tuple[float, float]:
+    """The reader's and the writer's CPU µs a message (the writer's with its pacing)."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Queue()
+    server = context.Process(target=_server, args=(kind, rate, seconds, ready), daemon=True)
+    server.start()
+    try:
+        port = ready.get(timeout=30)
+        read: Callable[[int], Coroutine[Any, Any, int]] = (
+            _read_grpc if kind == "grpc" else _read_socket
+        )
+        started = _cpu_seconds()
+        messages = uvloop.run(read(port))
+        reader_us = (_cpu_seconds() - started) / max(messages, 1) * 1e6
+        if messages != int(rate * seconds):
+            raise RuntimeError(f"{kind}: read {messages} of {int(rate * seconds)} messages")
+        return reader_us, ready.get(timeout=30)
+    finally:
+        server.kill()
+        server.join()
+
+
+def measure(rate: float, seconds: float) -> dict[str, float]:
+    """µs of the reader's CPU a message, each kind in a fresh process with the relay's
+    gRPC settings (grpc reads them when first imported)."""
+    command = [sys.executable, "-m", "bench.transport_floor", "--rate", str(rate)]
+    command += ["--seconds", str(seconds)]
+    done = subprocess.run(
+        command, env=relay_env(dict(os.environ)), capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    # Interleaved, so that a drift of the host's speed falls on both kinds alike.
+    runs: dict[str, list[tuple[float, float]]] = {"grpc": [], "socket": []}
+    for _ in range(2):
+        for kind, us in runs.items():
+            us.append(_us_per_message(kind, args.rate, args.seconds))
+    floor = {}
+    for kind, us in runs.items():
+        floor[f"{kind}_read_us"] = min(read for read, _ in us)
+        floor[f"{kind}_write_us"] = min(write for _, write in us)
+    print(json.dumps(floor))
+
+
+if __name__ == "__main__":
+    main()
