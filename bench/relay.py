@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import resource
 import socket
 import statistics
 import time
@@ -30,7 +29,13 @@ import aiohttp
 import uvloop
 
 from bench import transport_floor
-from bench.common import STAND_IN_MODEL, cpu_seconds, percentile, stand_in_stack
+from bench.common import (
+    STAND_IN_MODEL,
+    cpu_seconds,
+    own_cpu_seconds,
+    percentile,
+    stand_in_stack,
+)
 from devstack.stack import Stack
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
@@ -147,15 +152,10 @@ async def _stream(
     return received, received == tokens
 
 
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _cpu_snapshot(stack: Stack) -> dict[str, float]:
     pids = {"edge": stack.edge.pid, "router": stack.router.pid, "engine": stack.engines[0].pid}  # type: ignore[union-attr]
     return {name: cpu_seconds(pid) for name, pid in pids.items()} | {
-        "load generator": _own_cpu_seconds()
+        "load generator": own_cpu_seconds()
     }
 
 

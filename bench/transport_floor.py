@@ -13,7 +13,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import grpc
 import uvloop
 
+from bench.common import own_cpu_seconds
 from devstack.stack import relay_env
 
 METHOD = "/tera.bench.Floor/Stream"
@@ -30,22 +30,17 @@ PAYLOAD = b"x" * 60  # about one token's GenerateResponse in a MuxFrames message
 HEADER = 4
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def _paced(rate: float, seconds: float, report: Any) -> AsyncIterator[int]:
     """Yields at `rate` per second, on a schedule (not a sleep after each); then puts the
     writer's CPU µs a message on `report`."""
-    started = _cpu_seconds()
+    started = own_cpu_seconds()
     due = time.monotonic()
     messages = int(rate * seconds)
     for i in range(messages):
         yield i
         due += 1 / rate
         await asyncio.sleep(max(0.0, due - time.monotonic()))
-    report.put((_cpu_seconds() - started) / messages * 1e6)
+    report.put((own_cpu_seconds() - started) / messages * 1e6)
 
 
 async def _serve_grpc(rate: float, seconds: float, ready: Any) -> None:
@@ -127,9 +122,9 @@ def _us_per_message(kind: str, rate: float, seconds: float) -> tuple[float, floa
         read: Callable[[int], Coroutine[Any, Any, int]] = (
             _read_grpc if kind == "grpc" else _read_socket
         )
-        started = _cpu_seconds()
+        started = own_cpu_seconds()
         messages = uvloop.run(read(port))
-        reader_us = (_cpu_seconds() - started) / max(messages, 1) * 1e6
+        reader_us = (own_cpu_seconds() - started) / max(messages, 1) * 1e6
         if messages != int(rate * seconds):
             raise RuntimeError(f"{kind}: read {messages} of {int(rate * seconds)} messages")
         return reader_us, ready.get(timeout=30)
