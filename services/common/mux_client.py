@@ -1,6 +1,7 @@
-"""GenerateMux, the calling end (the router's toward a replica, engine_transport: mux; the
-edge's toward the router, router_transport: mux): Generate calls to one server over one
-GenerateMux call, each behaving to its caller as a grpc.aio.UnaryStreamCall.
+"""GenerateMux, the calling end (the router's toward a replica, engine_transport: mux or
+stream; the edge's toward the router, router_transport: mux or stream): Generate calls to
+one server over one GenerateMux call, or one link to its stream listener, each behaving to
+its caller as a grpc.aio.UnaryStreamCall.
 
 The multiplexed call is opened with the first stream and again with the first stream
 after it broke; when it breaks, every stream on it ends UNAVAILABLE, as plain calls to an
@@ -14,13 +15,16 @@ import collections
 import functools
 import itertools
 import logging
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+from services.common import mux_stream
 from services.common.mux import GENERATE_MUX, Metadata, Outbox, from_pairs, to_pairs
 from services.common.telemetry import (
     RPC_GRPC_STATUS_CODE,
@@ -28,7 +32,9 @@ from services.common.telemetry import (
     start_client_span,
     tracing_enabled,
 )
+from services.common.tls import TLSConfig, host_of
 from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 
 log = logging.getLogger("tera.mux")
 
@@ -156,23 +162,22 @@ class MuxCall:
 
 
 class _Link:
-    """One GenerateMux call and the streams on it."""
+    """One multiplexed call and the streams on it: a GenerateMux call on the channel, or,
+    with `stream` set and where the server offers a listener, a connection of its own
+    (services/common/mux_stream.py). Either way the same frames, read the same way."""
 
-    def __init__(self, channel: grpc.aio.Channel, address: str) -> None:
-        log.info("opening a multiplexed call to %s", address)
+    def __init__(
+        self, channel: grpc.aio.Channel, address: str, stream: StreamTransport | None
+    ) -> None:
         self._outbox = Outbox()
         self._streams: dict[int, MuxCall] = {}
         self._ids = itertools.count(1)
         self.broken = False
         self.channel = channel
         self._address = address
-        method = channel.stream_stream(
-            GENERATE_MUX,
-            request_serializer=pb.MuxFrames.SerializeToString,
-            response_deserializer=pb.MuxFrames.FromString,
-        )
-        self._call = method(self._outbox.batches())
-        self._reader = asyncio.create_task(self._read())
+        self._stream = stream
+        self.stream_port: int | None = None  # once connected: the listener's; 0: gRPC
+        self._reader = asyncio.create_task(self._run())
 
     def open(
         self,
@@ -199,18 +204,23 @@ class _Link:
         self._streams.pop(stream_id, None)
 
     def close(self) -> None:
-        self._call.cancel()
+        self._reader.cancel()
 
-    async def _read(self) -> None:
-        details = "the server ended the multiplexed call"
+    def _received(self, message: pb.MuxFrames) -> None:
+        for frame in message.frames:
+            if (stream := self._streams.get(frame.stream_id)) is not None:
+                stream.received(frame)
+
+    async def _run(self) -> None:
+        details = "the multiplexed call was closed"
         try:
-            while (message := await self._call.read()) is not grpc.aio.EOF:
-                for frame in message.frames:  # type: ignore[union-attr]
-                    if (stream := self._streams.get(frame.stream_id)) is not None:
-                        stream.received(frame)
+            port = await self._stream_port() if self._stream is not None else 0
+            details = await (self._over_stream(port) if port else self._over_grpc())
         except grpc.aio.AioRpcError as exc:
             failure = f"{exc.code().name} {exc.details()}"
             details = f"multiplexed call to {self._address} failed: {failure}"
+        except (OSError, ssl.SSLError) as exc:
+            details = f"multiplexed stream link to {self._address} failed: {exc}"
         finally:  # however it broke, no stream on it is left waiting
             self.broken = True
             self._outbox.close()
@@ -218,13 +228,71 @@ class _Link:
             for stream in list(self._streams.values()):
                 stream.ended(lost)
 
+    async def _over_grpc(self) -> str:
+        log.info("opening a multiplexed call to %s", self._address)
+        self.stream_port = 0
+        method = self.channel.stream_stream(
+            GENERATE_MUX,
+            request_serializer=pb.MuxFrames.SerializeToString,
+            response_deserializer=pb.MuxFrames.FromString,
+        )
+        call = method(self._outbox.batches())
+        try:
+            while (message := await call.read()) is not grpc.aio.EOF:
+                self._received(message)  # type: ignore[arg-type]
+        finally:
+            call.cancel()
+        return "the server ended the multiplexed call"
+
+    async def _over_stream(self, port: int) -> str:
+        assert self._stream is not None
+        host = _host(self._address)
+        log.info("opening a multiplexed stream link to %s:%d", host, port)
+        link = await mux_stream.connect(host, port, self._stream.tls, self._received)
+        self.stream_port = port
+        writer = asyncio.create_task(link.send_all(self._outbox.batches()))
+        try:
+            return f"multiplexed stream link to {host}:{port}: {await link.closed}"
+        finally:
+            writer.cancel()
+            link.close()
+
+    async def _stream_port(self) -> int:
+        """The server's stream listener (LoadReport.mux_stream_port); 0: none, or it
+        could not be asked, and the link stays on gRPC."""
+        try:
+            load = await pb_grpc.EngineStub(self.channel).GetLoad(pb.GetLoadRequest(), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("%s: no stream listener port (%s); using gRPC", self._address, exc.code())
+            return 0
+        return load.mux_stream_port
+
+
+def _host(address: str) -> str:
+    """The host of a gRPC target (host:port, [v6]:port, dns:///host:port)."""
+    return host_of(address.rpartition("/")[2]).strip("[]")
+
+
+@dataclass(frozen=True)
+class StreamTransport:
+    """Links over the server's stream listener where it offers one (transport `stream`),
+    with the client certificate of the hop's gRPC channel."""
+
+    tls: TLSConfig | None
+
 
 class MuxChannel:
     """Generate calls to one server over one multiplexed call, opened lazily."""
 
-    def __init__(self, channel: Callable[[], grpc.aio.Channel], address: str) -> None:
+    def __init__(
+        self,
+        channel: Callable[[], grpc.aio.Channel],
+        address: str,
+        stream: StreamTransport | None = None,
+    ) -> None:
         self._channel = channel
         self._address = address
+        self.stream = stream  # for links opened from now on
         self._link: _Link | None = None
 
     def unary_stream(
@@ -248,7 +316,7 @@ class MuxChannel:
         channel = self._channel()
         # A renewed certificate means a new channel: the old link serves its own streams.
         if self._link is None or self._link.broken or self._link.channel is not channel:
-            self._link = _Link(channel, self._address)
+            self._link = _Link(channel, self._address, self.stream)
         span = None
         if tracing_enabled():  # what the client interceptor does for a plain call
             span = start_client_span(method)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from opentelemetry import propagate, trace
@@ -40,13 +40,20 @@ class _Aborted(Exception):
         )
 
 
+class Peer(Protocol):
+    """Who is on the other end of a multiplexed call: the GenerateMux call's
+    ServicerContext, or a stream link's (mux_stream.py)."""
+
+    def peer(self) -> str: ...
+
+    def auth_context(self) -> dict[str, list[bytes]]: ...
+
+
 class MuxContext:
     """What Generate uses of grpc.aio.ServicerContext, for one multiplexed stream."""
 
-    def __init__(
-        self, opened: pb.MuxOpen, call: grpc.aio.ServicerContext, outbox: Outbox, stream_id: int
-    ) -> None:
-        self._call = call  # the GenerateMux call's own: its peer is every stream's
+    def __init__(self, opened: pb.MuxOpen, call: Peer, outbox: Outbox, stream_id: int) -> None:
+        self._call = call  # the multiplexed call's own: its peer is every stream's
         self._outbox = outbox
         self._id = stream_id
         self._code: grpc.StatusCode | None = None
@@ -86,35 +93,58 @@ class MuxContext:
 
 
 class MuxServer:
-    """One GenerateMux call: its streams by id, and the outbox they all write to."""
+    """One GenerateMux call: its streams by id, and the outbox they all write to. A
+    transport feeds it the caller's messages (`received`, then `finish` when the caller
+    closes its side) and writes `outgoing`; `serve` does both for a gRPC call."""
 
-    def __init__(
-        self, handlers: dict[str, Handler], call: grpc.aio.ServicerContext, *, tracer: str
-    ) -> None:
+    def __init__(self, handlers: dict[str, Handler], call: Peer, *, tracer: str) -> None:
         self._handlers = handlers
         self._call = call
         self._tracer = tracer
         self._outbox = Outbox()
         self._streams: dict[int, asyncio.Task[None]] = {}
+        self._finishing: asyncio.Task[None] | None = None
+
+    def running(self) -> list[asyncio.Task[None]]:
+        """The streams' tasks now in flight."""
+        return list(self._streams.values())
 
     async def serve(self, frames: AsyncIterator[pb.MuxFrames]) -> AsyncIterator[pb.MuxFrames]:
         reader = asyncio.create_task(self._read(frames))
         try:
-            async for batch in self._outbox.batches():
+            async for batch in self.outgoing():
                 yield batch
         finally:  # the caller went away (or the server stops): every stream is aborted
             reader.cancel()
-            for task in list(self._streams.values()):
-                task.cancel()
+            self.abort()
+
+    def outgoing(self) -> AsyncIterator[pb.MuxFrames]:
+        return self._outbox.batches()
+
+    def received(self, message: pb.MuxFrames) -> None:
+        for frame in message.frames:
+            if frame.HasField("open"):
+                self._open(frame.stream_id, frame.open)
+            elif (task := self._streams.get(frame.stream_id)) is not None:
+                task.cancel()  # a cancel frame
+
+    def finish(self) -> None:
+        """The caller closed its side: the streams it started finish, then the call."""
+        if self._finishing is None:
+            self._finishing = asyncio.create_task(self._finish())
+
+    def abort(self) -> None:
+        if self._finishing is not None:
+            self._finishing.cancel()
+        for task in list(self._streams.values()):
+            task.cancel()
 
     async def _read(self, frames: AsyncIterator[pb.MuxFrames]) -> None:
         async for message in frames:
-            for frame in message.frames:
-                if frame.HasField("open"):
-                    self._open(frame.stream_id, frame.open)
-                elif (task := self._streams.get(frame.stream_id)) is not None:
-                    task.cancel()  # a cancel frame
-        # The caller closed its side: finish the streams it started, then the call.
+            self.received(message)
+        await self._finish()
+
+    async def _finish(self) -> None:
         await asyncio.gather(*self._streams.values(), return_exceptions=True)
         self._outbox.close()
 

@@ -13,7 +13,7 @@ import grpc
 from services.common import metadata, prefix_hash
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.mux import GENERATE
-from services.common.mux_client import MuxCall, MuxChannel
+from services.common.mux_client import MuxCall, MuxChannel, StreamTransport
 from services.common.telemetry import grpc_client_interceptors
 from services.common.tls import RotatingChannel, TLSConfig
 from services.edge.errors import OpenAIError, from_grpc
@@ -50,8 +50,11 @@ class EngineClient:
             grace_s=grace_s,
         )
         # EdgeConfig.router_transport: Generate streams as calls of their own, or over one
-        # multiplexed call (its MuxCalls behave as plain calls to _relay).
-        self._mux = MuxChannel(self._channel.current, target) if transport == "mux" else None
+        # multiplexed call or stream link (its MuxCalls behave as plain calls to _relay).
+        self._mux = None
+        if transport != "per_call":
+            stream = StreamTransport(tls) if transport == "stream" else None
+            self._mux = MuxChannel(self._channel.current, target, stream)
         self._mux_generate = self._mux and self._mux.unary_stream(
             GENERATE, pb.GenerateResponse.FromString
         )

@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-in-flight", type=int)
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--health-port", type=int, help="plaintext grpc.health.v1 only, for probes")
+    p.add_argument(
+        "--mux-stream-port",
+        type=int,
+        help="the GenerateMux stream listener's port (transport stream; 0: any free port)",
+    )
     p.add_argument("--drain-grace-s", type=float)
     p.add_argument("--coalesce-window-ms", dest="default_coalesce_window_ms", type=int)
     p.add_argument("--tool-call-parser")

@@ -127,6 +127,9 @@ class EngineConfig(BaseModel):
     tls: TLSConfig | None = None
     # grpc.health.v1 alone, in plaintext, for Kubernetes' probes (None: off).
     health_port: int | None = None
+    # GenerateMux frames on a TCP listener of their own, on `host`, under `tls`, for
+    # routers on engine_transport: stream (services/common/mux_stream.py); None: off.
+    mux_stream_port: int | None = Field(None, ge=0, le=65535)
 
     @field_validator("backend")
     @classmethod

@@ -21,6 +21,7 @@ from services.common.health import (
     serve_health_only,
     set_status,
 )
+from services.common.mux_stream import start_listener
 from services.common.telemetry import grpc_server_interceptors
 from services.common.tls import add_port
 from services.engine.admission import InFlightLimit
@@ -52,6 +53,10 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
     health = add_health_and_reflection(server, ENGINE_SERVICE)
     add_port(server, config.address, config.tls)
     await server.start()
+    streams = await start_listener(
+        servicer.multiplexed, config.host, config.mux_stream_port, config.tls, tracer="tera.engine"
+    )
+    servicer.mux_stream_port = streams.port if streams is not None else 0
     probes = await serve_health_only(health, config.host, config.health_port)
     await health.set(LIVENESS_SERVICE, SERVING)
     if config.metrics_port is not None:
@@ -76,6 +81,8 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
             log.warning("grace period over: handing off %d streams", admission.hand_off())
             await admission.drain(_HANDOFF_S)
     finally:
+        if streams is not None:
+            await streams.stop(grace=1.0)
         await server.stop(grace=1.0)
         if probes is not None:
             await probes.stop(grace=None)

@@ -35,6 +35,9 @@ class EngineServicer(pb_grpc.EngineServicer):
         self._default_coalesce_ms = coalesce_ms
         # Reported with the models: LOADING until the server says the backend is ready.
         self.model_state: pb.ModelState = pb.MODEL_STATE_LOADING
+        self.mux_stream_port = 0  # reported in GetLoad once the listener is up
+        # What a multiplexed call or stream link serves, by method.
+        self.multiplexed = {GENERATE: self._generate_bytes}
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -53,7 +56,7 @@ class EngineServicer(pb_grpc.EngineServicer):
     async def GenerateMux(
         self, request_iterator: AsyncIterator[pb.MuxFrames], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.MuxFrames]:
-        mux = MuxServer({GENERATE: self._generate_bytes}, context, tracer="tera.engine")
+        mux = MuxServer(self.multiplexed, context, tracer="tera.engine")
         async for batch in mux.serve(request_iterator):
             yield batch
 
@@ -89,6 +92,7 @@ class EngineServicer(pb_grpc.EngineServicer):
             max_in_flight=self._admission.max_in_flight,
             total_requests=self._admission.admitted_total,
             serving_replicas=1,
+            mux_stream_port=self.mux_stream_port,
         )
 
     async def WatchPrefixCache(

@@ -40,9 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy")
     p.add_argument(
         "--engine-transport",
-        choices=["per_call", "mux"],
-        help="Generate streams over one multiplexed call per replica (mux, the default) "
-        "or one call each",
+        choices=["per_call", "mux", "stream"],
+        help="Generate streams over one multiplexed call per replica (mux, the default), "
+        "over its stream listener where it offers one (stream), or one call each",
+    )
+    p.add_argument(
+        "--mux-stream-port",
+        type=int,
+        help="the GenerateMux stream listener's port (transport stream; 0: any free port)",
     )
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--health-port", type=int, help="plaintext grpc.health.v1 only, for probes")

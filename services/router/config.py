@@ -157,9 +157,11 @@ class RouterConfig(BaseModel):
     # How Generate streams reach the engines: mux (the default), all of a replica's
     # streams over one GenerateMux call, whose messages carry every stream's deltas
     # queued since the last one (services/common/mux_client.py): at one token per
-    # message it costs the router a fraction of the CPU per token; per_call, one gRPC
-    # call per stream.
-    engine_transport: Literal["per_call", "mux"] = "mux"
+    # message it costs the router a fraction of the CPU per token; stream, the same
+    # frames on a TCP link of their own to each engine that offers one (its
+    # mux_stream_port), which saves gRPC's cost a message (services/common/mux_stream.py);
+    # per_call, one gRPC call per stream.
+    engine_transport: Literal["per_call", "mux", "stream"] = "mux"
     retry: RetryConfig = Field(default_factory=RetryConfig)
     resume: ResumeConfig = Field(default_factory=ResumeConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
@@ -177,6 +179,9 @@ class RouterConfig(BaseModel):
     tls: TLSConfig | None = None
     # grpc.health.v1 alone, in plaintext, for Kubernetes' probes (None: off).
     health_port: int | None = None
+    # GenerateMux frames on a TCP listener of their own, on `host`, under `tls`, for
+    # edges on router_transport: stream (services/common/mux_stream.py); None: off.
+    mux_stream_port: int | None = Field(None, ge=0, le=65535)
     # Callers as tenants (services/router/auth.py); keys come from --catalog.
     auth: AuthConfig = Field(default_factory=AuthConfig)
     # Shared state with the other routers (the fair queue's counters); the catalog's

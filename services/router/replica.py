@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2
 
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.mux import GENERATE
-from services.common.mux_client import MuxCall, MuxChannel
+from services.common.mux_client import MuxCall, MuxChannel, StreamTransport
 from services.common.prefix_hash import CHUNK_TOKENS
 from services.common.telemetry import grpc_client_interceptors
 from services.common.tls import RotatingChannel, TLSConfig
@@ -47,7 +47,7 @@ class Replica:
         transport: str = "mux",
     ) -> None:
         self.address = address
-        self.transport = transport  # RouterConfig.engine_transport
+        self._tls = tls
         # Generation, health and load all use one channel: the same credentials. A renewed
         # client certificate is picked up by new calls; streams on the old channel get
         # the longest request's time to finish.
@@ -55,6 +55,7 @@ class Replica:
             address, tls, options=CHANNEL_OPTIONS, interceptors=grpc_client_interceptors()
         )
         self._mux = MuxChannel(self._channel.current, address)
+        self.transport = transport  # RouterConfig.engine_transport
         self.status: int = UNKNOWN
         self.models: dict[str, pb.ModelInfo] = {}
         self.in_flight = 0
@@ -72,6 +73,16 @@ class Replica:
         # Set while no call is in flight: a retired replica closes once this is set.
         self.idle = asyncio.Event()
         self.idle.set()
+
+    @property
+    def transport(self) -> str:
+        return self._transport
+
+    @transport.setter
+    def transport(self, transport: str) -> None:
+        """For calls from now on: a multiplexed link already open serves its streams."""
+        self._transport = transport
+        self._mux.stream = StreamTransport(self._tls) if transport == "stream" else None
 
     def __repr__(self) -> str:
         return f"Replica({self.address}, status={self.status}, in_flight={self.in_flight})"
@@ -164,9 +175,9 @@ class Replica:
         return pb_grpc.EngineStub(self.channel)
 
     def unary_stream(self, method: str) -> Callable[..., grpc.aio.UnaryStreamCall | MuxCall]:
-        """A streaming call to the engine: a plain call, or under the `mux` transport a
-        Generate stream on the replica's multiplexed call."""
-        if self.transport == "mux" and method == GENERATE:
+        """A streaming call to the engine: a plain call, or under the `mux` and `stream`
+        transports a Generate stream on the replica's multiplexed call or link."""
+        if self.transport != "per_call" and method == GENERATE:
             return self._mux.unary_stream(method)
         return self.channel.unary_stream(method)
 

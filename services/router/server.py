@@ -20,6 +20,7 @@ from services.common.health import (
 )
 from services.common.mux import GENERATE
 from services.common.mux_server import MuxServer
+from services.common.mux_stream import start_listener
 from services.common.telemetry import grpc_server_interceptors
 from services.common.tls import add_port
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -51,11 +52,16 @@ def _relayed(relay: Relay, method: str) -> grpc.RpcMethodHandler:
     return grpc.unary_stream_rpc_method_handler(handler)
 
 
-def _multiplexed(relay: Relay, guard: Guard | None) -> grpc.RpcMethodHandler:
-    """GenerateMux from edges (router_transport: mux): each stream is relayed as a plain
-    Generate call is, by the same handler, and guarded as one when auth is required."""
+def multiplexed_handlers(relay: Relay, guard: Guard | None) -> dict[str, Stream]:
+    """What edges' multiplexed calls and stream links serve (router_transport: mux or
+    stream): each stream is relayed as a plain Generate call is, by the same handler, and
+    guarded as one when auth is required."""
     stream = functools.partial(relay.stream, GENERATE)
-    relayed = {GENERATE: stream if guard is None else guard(stream, GENERATE)}
+    return {GENERATE: stream if guard is None else guard(stream, GENERATE)}
+
+
+def _multiplexed(relayed: dict[str, Stream]) -> grpc.RpcMethodHandler:
+    """GenerateMux: `relayed`'s streams over one gRPC call."""
 
     async def handler(
         frames: AsyncIterator[pb.MuxFrames], context: grpc.aio.ServicerContext
@@ -79,10 +85,11 @@ def _unary(fn: Callable, request_type: type, response_type: type) -> grpc.RpcMet
 
 
 def build_handler(
-    pool: ReplicaPool, relay: Relay, guard: Guard | None = None
+    pool: ReplicaPool, relay: Relay, guard: Guard | None = None, mux_stream_port: int = 0
 ) -> grpc.GenericRpcHandler:
     """guard: what auth wraps a streaming handler in (None: no auth); the interceptor
-    guards plain calls, this the streams of multiplexed ones."""
+    guards plain calls, this the streams of multiplexed ones. mux_stream_port: the stream
+    listener's, reported in GetLoad (0: none)."""
 
     async def list_models(request: pb.ListModelsRequest, context: object) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=pool.models())
@@ -95,10 +102,11 @@ def build_handler(
             waiting=sum(r.reported.waiting for r in replicas),
             max_in_flight=sum(r.reported.max_in_flight for r in replicas),
             serving_replicas=len(replicas),
+            mux_stream_port=mux_stream_port,
         )
 
     handlers = {m: _relayed(relay, m) for m in STREAMING_METHODS}
-    handlers["GenerateMux"] = _multiplexed(relay, guard)
+    handlers["GenerateMux"] = _multiplexed(multiplexed_handlers(relay, guard))
     handlers["ListModels"] = _unary(list_models, pb.ListModelsRequest, pb.ListModelsResponse)
     handlers["GetLoad"] = _unary(get_load, pb.GetLoadRequest, pb.LoadReport)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
@@ -117,8 +125,18 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
         authenticator = Authenticator(config.auth)
         interceptors.append(AuthInterceptor(authenticator, limits))
         guard = functools.partial(guarded, auth=authenticator, limits=limits)
+    streams = await start_listener(
+        multiplexed_handlers(runtime.relay, guard),
+        config.host,
+        config.mux_stream_port,
+        config.tls,
+        tracer="tera.router",
+    )
+    stream_port = streams.port if streams is not None else 0
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
-    server.add_generic_rpc_handlers((build_handler(runtime.pool, runtime.relay, guard),))
+    server.add_generic_rpc_handlers(
+        (build_handler(runtime.pool, runtime.relay, guard, stream_port),)
+    )
     health = add_health_and_reflection(server, SERVICE)
     add_port(server, config.address, config.tls)
     await server.start()
@@ -138,7 +156,10 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
         await stop.wait()
     finally:
         await health.enter_graceful_shutdown()
-        await server.stop(grace=5.0)
+        stopping = [server.stop(grace=5.0)]
+        if streams is not None:
+            stopping.append(streams.stop(grace=5.0))
+        await asyncio.gather(*stopping)
         if probes is not None:
             await probes.stop(grace=None)
         await runtime.close()

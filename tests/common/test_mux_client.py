@@ -1,5 +1,6 @@
-"""The router's end of GenerateMux against a real stand-in engine: each stream behaves as
-the grpc.aio.UnaryStreamCall that relay, resume and preemption code read and cancel."""
+"""The router's end of GenerateMux against a real stand-in engine, over the gRPC call and
+over the engine's stream listener: each stream behaves as the grpc.aio.UnaryStreamCall
+that relay, resume and preemption code read and cancel."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from devstack.processes import ManagedProcess, free_port, wait_until
 from devstack.readiness import grpc_serving
 from services.common.mux import GENERATE
-from services.common.mux_client import MuxCall, MuxChannel
+from services.common.mux_client import MuxCall, MuxChannel, StreamTransport
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import SCRIPTED_MODEL
@@ -25,16 +26,41 @@ HEADERS = (("tera-model", SCRIPTED_MODEL),)
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[tuple[ManagedProcess, str]]:
-    """A stand-in engine at 20 tokens/s, and its address."""
+def stream_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def engine(tmp_path: Path, stream_port: int) -> Iterator[tuple[ManagedProcess, str]]:
+    """A stand-in engine at 20 tokens/s with a stream listener, and its gRPC address."""
     port = free_port()
-    process = stand_in(tmp_path, port, tokens_per_second=20)
+    process = stand_in(tmp_path, port, args=_listening(stream_port), tokens_per_second=20)
     address = f"127.0.0.1:{port}"
     try:
         wait_until(lambda: grpc_serving(address), timeout_s=60, watch=[process], what="engine")
         yield process, address
     finally:
         process.stop()
+
+
+@pytest.fixture(params=["mux", "stream"])
+def transport(request: pytest.FixtureRequest) -> StreamTransport | None:
+    """The multiplexed call over gRPC, or over the engine's stream listener."""
+    return StreamTransport(tls=None) if request.param == "stream" else None
+
+
+def _listening(stream_port: int) -> list[str]:
+    return ["--mux-stream-port", str(stream_port)]
+
+
+async def _link_is(mux: MuxChannel, transport: StreamTransport | None, stream_port: int) -> None:
+    """The link the first stream opened goes where `transport` says it should."""
+    link = mux._link
+    assert link is not None
+    async with asyncio.timeout(5):
+        while link.stream_port is None:
+            await asyncio.sleep(0.01)
+    assert link.stream_port == (stream_port if transport is not None else 0)
 
 
 def open_stream(mux: MuxChannel, max_tokens: int) -> MuxCall:
@@ -49,12 +75,15 @@ async def in_flight(channel: grpc.aio.Channel) -> int:
     return load.in_flight
 
 
-async def test_cancel_fails_a_pending_read_and_aborts_the_request(engine) -> None:
+async def test_cancel_fails_a_pending_read_and_aborts_the_request(
+    engine, transport: StreamTransport | None, stream_port: int
+) -> None:
     _, address = engine
     async with grpc.aio.insecure_channel(address) as channel:
-        mux = MuxChannel(lambda: channel, address)
+        mux = MuxChannel(lambda: channel, address, transport)
         call = open_stream(mux, max_tokens=200)  # 10 s of tokens
         assert isinstance(await call.read(), bytes)
+        await _link_is(mux, transport, stream_port)
         pending = asyncio.create_task(call.read())
         await asyncio.sleep(0.01)  # the read waits for the next token (50 ms away)
         assert call.cancel()
@@ -73,13 +102,16 @@ async def test_cancel_fails_a_pending_read_and_aborts_the_request(engine) -> Non
         mux.close()
 
 
-async def test_a_lost_engine_fails_its_streams_unavailable(engine, tmp_path: Path) -> None:
+async def test_a_lost_engine_fails_its_streams_unavailable(
+    engine, tmp_path: Path, transport: StreamTransport | None, stream_port: int
+) -> None:
     process, address = engine
     async with grpc.aio.insecure_channel(address) as channel:
-        mux = MuxChannel(lambda: channel, address)
+        mux = MuxChannel(lambda: channel, address, transport)
         calls = [open_stream(mux, max_tokens=200) for _ in range(3)]
         for call in calls:
             assert isinstance(await call.read(), bytes)
+        await _link_is(mux, transport, stream_port)
         process.kill_group(signal.SIGKILL)
         for call in calls:
             with pytest.raises(grpc.aio.AioRpcError) as lost:
@@ -87,7 +119,8 @@ async def test_a_lost_engine_fails_its_streams_unavailable(engine, tmp_path: Pat
                     pass
             assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
         # The next stream opens a new multiplexed call, to the engine back on its port.
-        again = stand_in(tmp_path, int(address.rsplit(":", 1)[1]), tokens_per_second=200)
+        port = int(address.rsplit(":", 1)[1])
+        again = stand_in(tmp_path, port, args=_listening(stream_port), tokens_per_second=200)
         try:
             wait_until(lambda: grpc_serving(address), timeout_s=60, watch=[again], what="engine")
             await asyncio.wait_for(channel.channel_ready(), 10)  # past its reconnect backoff
@@ -96,6 +129,7 @@ async def test_a_lost_engine_fails_its_streams_unavailable(engine, tmp_path: Pat
                 while await call.read() is not grpc.aio.EOF:
                     pass
             assert await call.code() == grpc.StatusCode.OK
+            await _link_is(mux, transport, stream_port)
         finally:
             mux.close()
             again.stop()

@@ -4,7 +4,7 @@ engines on chosen addresses, and a router + edge in front of whatever they are g
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from devstack.engine_args import scripted_engine_args
@@ -14,7 +14,14 @@ from devstack.stack import relay_env
 from tests.conftest import SCRIPTED_MODEL
 
 
-def stand_in(logs: Path, port: int, host: str = "127.0.0.1", **behaviour: object) -> ManagedProcess:
+def stand_in(
+    logs: Path,
+    port: int,
+    host: str = "127.0.0.1",
+    args: Sequence[str] = (),
+    **behaviour: object,
+) -> ManagedProcess:
+    """A stand-in engine on host:port; `args`: more engine flags."""
     return ManagedProcess(
         f"engine@{host}:{port}",
         [
@@ -25,6 +32,7 @@ def stand_in(logs: Path, port: int, host: str = "127.0.0.1", **behaviour: object
             "--port",
             str(port),
             *scripted_engine_args(SCRIPTED_MODEL, **behaviour),
+            *args,
         ],
         log_path=logs / f"engine-{host}-{port}.log",
     ).start()

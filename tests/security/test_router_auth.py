@@ -19,7 +19,7 @@ from devstack.readiness import client_tls
 from services.catalog.schema import sha256_hex
 from services.common import metadata
 from services.common.mux import GENERATE
-from services.common.mux_client import MuxChannel
+from services.common.mux_client import MuxChannel, StreamTransport
 from services.common.tls import aio_channel, sync_channel
 from services.edge.config import EdgeConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -76,6 +76,7 @@ def _guarded(
     redis_url: str | None = None,
     env: dict[str, str] | None = None,
     edge_args: list[str] | None = None,
+    router_args: list[str] | None = None,
 ) -> RunningStack:
     catalog = _catalog(tmp_path / "catalog.yaml", redis_url)
     (tmp_path / "router.yaml").write_text(yaml.safe_dump({"auth": {"required": True}}))
@@ -84,7 +85,13 @@ def _guarded(
         model_ids=[OPEN, CLOSED],
         per_engine_args=[["--model-id", m, "--scripted", json.dumps({})] for m in (OPEN, CLOSED)],
         tls_dir=ensure_local_certs(tmp_path / "tls"),
-        router_args=["--config", str(tmp_path / "router.yaml"), "--catalog", str(catalog)],
+        router_args=[
+            "--config",
+            str(tmp_path / "router.yaml"),
+            "--catalog",
+            str(catalog),
+            *(router_args or []),
+        ],
         edge_args=["--catalog", str(catalog), *(edge_args or [])],
         env=env or {},
     )
@@ -104,10 +111,12 @@ def guarded(
     return _guarded(scripted_stack, tmp_path, env=receiver.env)
 
 
-@pytest.fixture(params=["per_call", "mux"])
+@pytest.fixture(params=["per_call", "mux", "stream"])
 def transport(request: pytest.FixtureRequest) -> str:
     """How callers reach the router: a call per stream, or streams on one GenerateMux
-    call, each guarded as a plain call is (the edge's router_transport)."""
+    call or on one link to its stream listener (whose peer is known by the TLS
+    handshake's certificate), each guarded as a plain call is (the edge's
+    router_transport)."""
     return request.param
 
 
@@ -116,7 +125,12 @@ def guarded_over(
     scripted_stack: Callable[..., RunningStack], tmp_path: Path, transport: str
 ) -> RunningStack:
     """`guarded`, untraced, its edge on `transport`."""
-    return _guarded(scripted_stack, tmp_path, edge_args=["--router-transport", transport])
+    return _guarded(
+        scripted_stack,
+        tmp_path,
+        edge_args=["--router-transport", transport],
+        router_args=["--mux-stream-port", "0"],
+    )
 
 
 def _transport(stack: RunningStack) -> str:
@@ -145,8 +159,9 @@ async def _generate(
     tls = client_tls(plan.tls_dir / cert)
     address = f"127.0.0.1:{plan.router_port}"
     async with aio_channel(address, tls) as channel:
-        if _transport(stack) == "mux":
-            call = MuxChannel(lambda: channel, address).unary_stream(GENERATE)
+        if (transport := _transport(stack)) != "per_call":
+            over = StreamTransport(tls) if transport == "stream" else None
+            call = MuxChannel(lambda: channel, address, over).unary_stream(GENERATE)
             stream = call(request.SerializeToString(), metadata=tuple(md), timeout=20)
         else:
             stream = pb_grpc.EngineStub(channel).Generate(request, metadata=md, timeout=20)
@@ -197,8 +212,9 @@ async def test_the_edge_speaks_for_its_users(guarded_over: RunningStack) -> None
         assert r.status == 200, await r.text()
     assert await _generate(guarded_over, OPEN, cert="edge") == grpc.StatusCode.OK
     edge_log = (guarded_over.stack.plan.log_dir / "edge.log").read_text()  # type: ignore[operator]
-    multiplexed = "opening a multiplexed call" in edge_log
-    assert multiplexed == (_transport(guarded_over) == "mux")
+    transport = _transport(guarded_over)
+    assert ("opening a multiplexed call" in edge_log) == (transport == "mux")
+    assert ("opening a multiplexed stream link" in edge_log) == (transport == "stream")
 
 
 async def test_no_secret_reaches_the_logs(guarded: RunningStack, receiver: OtlpReceiver) -> None:
