@@ -56,6 +56,9 @@ TRANSPORT_FLOOR_SECONDS = 5.0
 # Steps run at these stream counts as well, for the split of the relay's CPU into a cost a
 # decode step and a cost a token (at one stream, a step's cost is nearly all of it).
 SPLIT_STREAMS = (1, 8)
+# Engine and router offer a stream listener (any free port, advertised in GetLoad): used
+# where a transport is `stream`, idle otherwise.
+STREAM_LISTENER = ["--mux-stream-port", "0"]
 # Above this, the stand-in fell behind and packed tokens: the split's line leaves it out.
 ONE_TOKEN_A_MESSAGE = 1.05
 # Rounds of the host reference: about 50 ms on a quiet host.
@@ -109,8 +112,9 @@ def _stack(
             "4096",
             "--max-context-length",
             "1000000",
+            *STREAM_LISTENER,
         ],
-        router_args=["--engine-transport", engine_transport],
+        router_args=["--engine-transport", engine_transport, *STREAM_LISTENER],
         edge_args=["--router-transport", router_transport],
     )
 

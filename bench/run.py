@@ -72,13 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--coalesce-window-ms", type=int, default=10)
     p.add_argument(
         "--engine-transport",
-        choices=["per_call", "mux"],
+        choices=["per_call", "mux", "stream"],
         default="mux",
         help="the router's engine_transport in the relay part",
     )
     p.add_argument(
         "--router-transport",
-        choices=["per_call", "mux"],
+        choices=["per_call", "mux", "stream"],
         default="mux",
         help="the edge's router_transport in the relay part",
     )
