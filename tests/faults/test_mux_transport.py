@@ -29,9 +29,9 @@ def engine_transport() -> str:
 
 
 def mux_calls_opened(stack: RunningStack) -> int:
-    """Multiplexed calls the router opened (it logs each)."""
+    """Multiplexed calls or stream links the router opened (it logs each)."""
     log = stack.stack.plan.log_dir / "router.log"  # type: ignore[operator]
-    return log.read_text().count("opening a multiplexed call")
+    return log.read_text().count("opening a multiplexed ")
 
 
 async def engine_idle(stack: RunningStack, index: int, within_s: float) -> bool:

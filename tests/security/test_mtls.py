@@ -4,9 +4,13 @@ never enters rotation, and the edge → router → engine path works end to end.
 
 from __future__ import annotations
 
+import socket
+import ssl
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import grpc
@@ -16,6 +20,7 @@ from devstack.certs import issue, new_authority
 from devstack.processes import free_port, wait_until
 from devstack.readiness import client_tls, grpc_serving, router_has_replicas
 from devstack.stack import Stack, StackPlan
+from services.common.mux import GENERATE
 from services.common.tls import sync_channel
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
@@ -171,3 +176,82 @@ async def test_real_vllm_behind_mutual_tls(vllm_mtls_stack: RunningStack) -> Non
     with grpc.insecure_channel(engine) as channel:
         assert _list_models(engine, channel) == grpc.StatusCode.UNAVAILABLE
     assert vllm_mtls_stack.engine_load().in_flight == 0  # the router's certificate works
+
+
+def _stream_answers(host: str, port: int, context: ssl.SSLContext | None) -> bool:
+    """Whether a GenerateMux stream link at host:port, opened with `context`'s
+    credentials (None: plaintext), answers a Generate stream with tokens."""
+    request = pb.GenerateRequest(
+        prompt=pb.PromptInput(text="hi"), sampling=pb.SamplingParams(max_tokens=2)
+    )
+    opened = pb.MuxOpen(method=GENERATE, request=request.SerializeToString())
+    opened.metadata.add(key="tera-model", value=SCRIPTED_MODEL.encode())
+    data = pb.MuxFrames(frames=[pb.MuxFrame(stream_id=1, open=opened)]).SerializeToString()
+    try:
+        with socket.create_connection((host, port), timeout=5) as raw:
+            sock = context.wrap_socket(raw, server_hostname=host) if context else raw
+            sock.sendall(struct.pack(">I", len(data)) + data)
+            header = sock.recv(4)
+            if len(header) < 4:
+                return False
+            message = pb.MuxFrames.FromString(sock.recv(struct.unpack(">I", header)[0]))
+    except (OSError, ssl.SSLError):
+        return False
+    return any(f.HasField("message") for f in message.frames)
+
+
+def _context(folder: Path, ca: Path | None = None, *, with_cert: bool = True) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca or folder / "ca.crt"))
+    if with_cert:
+        context.load_cert_chain(str(folder / "tls.crt"), str(folder / "tls.key"))
+    return context
+
+
+async def test_stream_links_take_the_same_certificates_as_grpc(
+    scripted_stack: Callable[..., RunningStack], certs: Path, stranger: Path
+) -> None:
+    """Both hops on stream links (transport stream) under mutual TLS: the edge's and
+    router's links work, and the router's listener answers only a client certificate
+    from its CA."""
+    listener = ["--mux-stream-port", "0"]
+    stack = scripted_stack(
+        tls_dir=certs,
+        per_engine_args=[listener],
+        router_args=[*listener, "--engine-transport", "stream"],
+        edge_args=["--router-transport", "stream"],
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stack.base_url}/chat/completions", json=CHAT) as r,
+    ):
+        assert r.status == 200, await r.text()
+    for name in ("edge", "router"):
+        log = (stack.stack.plan.log_dir / f"{name}.log").read_text()  # type: ignore[operator]
+        assert "opening a multiplexed stream link" in log, name
+    router = f"127.0.0.1:{stack.stack.plan.router_port}"
+    with sync_channel(router, client_tls(certs / "edge")) as channel:
+        port = pb_grpc.EngineStub(channel).GetLoad(pb.GetLoadRequest(), timeout=5).mux_stream_port
+    assert port, "the router advertises its stream listener"
+    edge = certs / "edge"
+    assert _stream_answers("127.0.0.1", port, _context(edge)), "the edge's certificate"
+    assert not _stream_answers("127.0.0.1", port, None), "plaintext"
+    assert not _stream_answers("127.0.0.1", port, _context(edge, with_cert=False)), "no cert"
+    foreign = _context(stranger / "edge", ca=edge / "ca.crt")  # trusts the router
+    assert not _stream_answers("127.0.0.1", port, foreign), "another CA"
+
+
+def test_stream_listeners_pick_up_renewed_certificates(tmp_path: Path) -> None:
+    from services.common.mux_stream import _ReloadingServerContext
+
+    folder = issue(new_authority(), "router", tmp_path / "router")
+    reloading = _ReloadingServerContext(client_tls(folder))  # type: ignore[arg-type]
+    handshake = SimpleNamespace(context=None)
+    reloading._handshake(handshake, None, None)  # type: ignore[arg-type]
+    first = handshake.context
+    assert first is not None
+    reloading._handshake(handshake, None, None)  # type: ignore[arg-type]
+    assert handshake.context is first, "unchanged files: the current context stays"
+    time.sleep(0.01)
+    issue(new_authority(), "router", folder)  # cert-manager renews the Secret
+    reloading._handshake(handshake, None, None)  # type: ignore[arg-type]
+    assert handshake.context is not first, "the next handshake uses the new certificate"
