@@ -103,6 +103,7 @@ def test_engine_invariants(overlay: Path) -> None:
         # Liveness must survive a drain (readiness goes NOT_SERVING, the process lives).
         assert container["livenessProbe"]["grpc"]["service"] == "liveness"
         assert config.port == ports["grpc"] and config.host == "0.0.0.0"
+        assert config.mux_stream_port == ports["mux-stream"], "the router's stream links"
         assert config.tls is not None, "engines serve mutual TLS only"
         grace = pod["spec"]["terminationGracePeriodSeconds"]
         pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
@@ -132,6 +133,13 @@ def test_router_discovers_the_headless_service(overlay: Path) -> None:
         f"{router_service['metadata']['name']}:{router_service['spec']['ports'][0]['port']}"
     )
     assert edge["args"][edge["args"].index("--router") + 1] == router_target
+    # Stream links: the edge's dial the router Service on the port GetLoad names.
+    assert edge["args"][edge["args"].index("--router-transport") + 1] == "stream"
+    assert router.engine_transport == "stream"
+    pod = named(docs, "Deployment", "tera-router")["spec"]["template"]["spec"]
+    container_ports = {p["name"]: p["containerPort"] for p in pod["containers"][0]["ports"]}
+    service_ports = {p["name"]: p["port"] for p in router_service["spec"]["ports"]}
+    assert router.mux_stream_port == container_ports["mux-stream"] == service_ports["mux-stream"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
@@ -154,6 +162,16 @@ def test_only_the_edge_is_exposed_and_engines_accept_only_the_router(overlay: Pa
     (rule,) = engine_rules
     sources = [s["podSelector"]["matchLabels"] for r in rule["spec"]["ingress"] for s in r["from"]]
     assert sources == [{"tera.ai/role": "router"}]
+    # The gRPC port and the stream links' port, of engines and of the router.
+    engine_ports = {p["port"] for r in rule["spec"]["ingress"] for p in r["ports"]}
+    assert engine_ports == {50061, 50063}
+    (router_rule,) = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"].get("matchLabels") == {"tera.ai/role": "router"}
+    ]
+    router_ports = {p["port"] for r in router_rule["spec"]["ingress"] for p in r["ports"]}
+    assert router_ports == {50051, 50053}
 
 
 def test_api_keys_come_from_a_secret() -> None:
