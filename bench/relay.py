@@ -56,9 +56,6 @@ TRANSPORT_FLOOR_SECONDS = 5.0
 # Steps run at these stream counts as well, for the split of the relay's CPU into a cost a
 # decode step and a cost a token (at one stream, a step's cost is nearly all of it).
 SPLIT_STREAMS = (1, 8)
-# Engine and router offer a stream listener (any free port, advertised in GetLoad): used
-# where a transport is `stream`, idle otherwise.
-STREAM_LISTENER = ["--mux-stream-port", "0"]
 # Above this, the stand-in fell behind and packed tokens: the split's line leaves it out.
 ONE_TOKEN_A_MESSAGE = 1.05
 # Rounds of the host reference: about 50 ms on a quiet host.
@@ -92,8 +89,8 @@ def _stack(
     results: Path,
     rate: float,
     coalesce_ms: int,
-    engine_transport: str = "mux",
-    router_transport: str = "mux",
+    engine_transport: str = "stream",
+    router_transport: str = "stream",
     step_ms: float = STEP_MS,
 ) -> Stack:
     return stand_in_stack(
@@ -112,9 +109,8 @@ def _stack(
             "4096",
             "--max-context-length",
             "1000000",
-            *STREAM_LISTENER,
         ],
-        router_args=["--engine-transport", engine_transport, *STREAM_LISTENER],
+        router_args=["--engine-transport", engine_transport],
         edge_args=["--router-transport", router_transport],
     )
 
@@ -251,8 +247,8 @@ def run(
     streams: tuple[int, ...],
     rates: tuple[float, ...],
     coalesce_ms: int,
-    engine_transport: str = "mux",
-    router_transport: str = "mux",
+    engine_transport: str = "stream",
+    router_transport: str = "stream",
 ) -> dict:
     steps: list[StepResult] = []
     best: dict[int, StepResult] = {}
@@ -316,8 +312,8 @@ def cost_split(steps: list[StepResult]) -> dict[str, dict[str, float]]:
 def run_gpu_shaped(
     results: Path,
     streams: tuple[int, ...],
-    engine_transport: str = "mux",
-    router_transport: str = "mux",
+    engine_transport: str = "stream",
+    router_transport: str = "stream",
 ) -> dict:
     """The relay's cost at one token a message with the stand-in stepping as a GPU does at
     GPU_SHAPED_RATE a stream: one step per token interval, all streams in each step."""

@@ -73,13 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--engine-transport",
         choices=["per_call", "mux", "stream"],
-        default="mux",
+        default="stream",
         help="the router's engine_transport in the relay part",
     )
     p.add_argument(
         "--router-transport",
         choices=["per_call", "mux", "stream"],
-        default="mux",
+        default="stream",
         help="the edge's router_transport in the relay part",
     )
     return p

@@ -18,6 +18,11 @@ from services.common.grpc_options import RELAY_GRPC_EXPERIMENTS
 from services.common.tls import TLSConfig
 from services.engine.model_prep import DEFAULT_MODEL_ID
 
+# Engines and router offer a GenerateMux stream listener on any free port, which they
+# advertise in GetLoad; the edge's and router's default transport (stream) links there.
+# Before a stack's own args, which may override it.
+STREAM_LISTENER = ("--mux-stream-port", "0")
+
 
 def relay_env(env: dict[str, str]) -> dict[str, str]:
     """An edge's or a router's environment, `env` added: gRPC's polling I/O unless this
@@ -105,6 +110,7 @@ class Stack:
                 plan.host,
                 "--port",
                 str(port),
+                *STREAM_LISTENER,
                 *plan.engine_args,
                 *plan.tls_args("engine"),
                 *(extra or []),
@@ -152,6 +158,7 @@ class Stack:
                 str(plan.router_port),
                 *replicas,
                 *known,
+                *STREAM_LISTENER,
                 *plan.tls_args("router"),
                 *plan.router_args,
             ],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import functools
 import itertools
 import logging
@@ -177,7 +178,9 @@ class _Link:
         self._address = address
         self._stream = stream
         self.stream_port: int | None = None  # once connected: the listener's; 0: gRPC
-        self._reader = asyncio.create_task(self._run())
+        # A context of its own: the link outlives the request whose stream opened it, and
+        # its port lookup must not be traced as a part of that request.
+        self._reader = asyncio.create_task(self._run(), context=contextvars.Context())
 
     def open(
         self,

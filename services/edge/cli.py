@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--router-transport",
         choices=["per_call", "mux", "stream"],
-        help="Generate streams over one multiplexed call (mux, the default), over the "
-        "router's stream listener where it offers one (stream), or one call each",
+        help="Generate streams over one link to the router's stream listener where it "
+        "offers one (stream, the default), over one GenerateMux call (mux), or one call each",
     )
     p.add_argument("--coalesce-window-ms", type=int)
     p.add_argument("--catalog", type=Path, help="model catalog and keys (YAML)")

@@ -16,13 +16,13 @@ class EdgeConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     router: str = "127.0.0.1:50051"
-    # How Generate streams reach the router: mux (the default), all of them over one
-    # GenerateMux call (as the router's engine_transport: mux), which costs edge and
-    # router a fraction of the CPU per message; stream, the same frames on a TCP link of
-    # their own to the router's stream listener where it offers one (its
-    # mux_stream_port), which saves gRPC's cost a message; per_call, one gRPC call per
-    # stream.
-    router_transport: Literal["per_call", "mux", "stream"] = "mux"
+    # How Generate streams reach the router: stream (the default), all of them over one
+    # multiplexed link to the router's stream listener (its mux_stream_port,
+    # services/common/mux_stream.py), which saves gRPC's cost a message, or over one
+    # GenerateMux call where it offers none; mux, always over the GenerateMux call
+    # (either costs edge and router a fraction of the CPU per message of per_call); per_call,
+    # one gRPC call per stream.
+    router_transport: Literal["per_call", "mux", "stream"] = "stream"
     # The operations listener: /metrics and /admin/* (never on the public port). None:
     # neither is served. Expose it to Prometheus and operators only.
     ops_host: str = "127.0.0.1"

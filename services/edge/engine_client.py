@@ -37,7 +37,7 @@ class EngineClient:
         prefix_namer: PrefixNamer | None = None,
         tls: TLSConfig | None = None,
         grace_s: float = 600.0,
-        transport: str = "mux",
+        transport: str,
     ) -> None:
         self._prefix_namer = prefix_namer
         # A renewed certificate is picked up by new calls; streams on the old channel

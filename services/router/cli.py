@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--engine-transport",
         choices=["per_call", "mux", "stream"],
-        help="Generate streams over one multiplexed call per replica (mux, the default), "
-        "over its stream listener where it offers one (stream), or one call each",
+        help="Generate streams over one link to each replica's stream listener where it "
+        "offers one (stream, the default), over one GenerateMux call (mux), or one call each",
     )
     p.add_argument(
         "--mux-stream-port",

@@ -154,14 +154,14 @@ class RouterConfig(BaseModel):
     model_policies: dict[str, str] = Field(default_factory=dict)
     # Knobs per policy name, e.g. {"cache_aware": {"load_margin": 8}}.
     policy_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    # How Generate streams reach the engines: mux (the default), all of a replica's
-    # streams over one GenerateMux call, whose messages carry every stream's deltas
-    # queued since the last one (services/common/mux_client.py): at one token per
-    # message it costs the router a fraction of the CPU per token; stream, the same
-    # frames on a TCP link of their own to each engine that offers one (its
-    # mux_stream_port), which saves gRPC's cost a message (services/common/mux_stream.py);
-    # per_call, one gRPC call per stream.
-    engine_transport: Literal["per_call", "mux", "stream"] = "mux"
+    # How Generate streams reach the engines: stream (the default), all of a replica's
+    # streams over one multiplexed link to its stream listener (its mux_stream_port,
+    # services/common/mux_stream.py), or over one GenerateMux call where it offers
+    # none; mux, always the GenerateMux call. Either way a message carries every
+    # stream's deltas queued since the last one (services/common/mux_client.py): at one
+    # token per message it costs the router a fraction of per_call's CPU per token, and
+    # the link saves gRPC's cost a message as well. per_call: one gRPC call per stream.
+    engine_transport: Literal["per_call", "mux", "stream"] = "stream"
     retry: RetryConfig = Field(default_factory=RetryConfig)
     resume: ResumeConfig = Field(default_factory=ResumeConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)

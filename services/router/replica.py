@@ -44,7 +44,7 @@ class Replica:
         health: HealthConfig,
         breaker: BreakerConfig,
         tls: TLSConfig | None = None,
-        transport: str = "mux",
+        transport: str,
     ) -> None:
         self.address = address
         self._tls = tls

@@ -1,4 +1,4 @@
-"""A streamed answer over the multiplexed router link (router_transport: mux, the default)
+"""A streamed answer over the multiplexed router link (router_transport: stream, the default)
 is written to the client on the link's reader, past the request's task (forwarding.py).
 What the task's layers did per message still happens: the idle clock hears each message,
 the observer counts each one, and a client's socket that is backed up is left to the task,
@@ -26,7 +26,7 @@ TOKENS = 40
 def steady_stack(scripted_stack, tmp_path: Path) -> RunningStack:  # type: ignore[no-untyped-def]
     """40 tokens over about 2 s, one a message, with a 1 s idle timeout at the edge."""
     config = tmp_path / "edge.yaml"
-    config.write_text("stream_idle_timeout_s: 1.0\nrouter_transport: mux\n")
+    config.write_text("stream_idle_timeout_s: 1.0\nrouter_transport: stream\n")
     return scripted_stack(
         behaviour={"tokens_per_second": 20, "token_text": "t{i} "},
         edge_args=["--config", str(config)],

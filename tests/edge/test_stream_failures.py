@@ -40,9 +40,9 @@ def _events(raw: str) -> list[str]:
     return [e.removeprefix("data: ") for e in raw.split("\n\n") if e.strip()]
 
 
-@pytest.fixture(params=["per_call", "mux"])
+@pytest.fixture(params=["per_call", "mux", "stream"])
 def router_transport(request: pytest.FixtureRequest) -> str:
-    """The edge's router_transport: a stream's failures read the same over both."""
+    """The edge's router_transport: a stream's failures read the same over each."""
     return request.param
 
 

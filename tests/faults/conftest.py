@@ -15,10 +15,6 @@ from services.router.config import RouterConfig
 from tests.conftest import RunningStack
 from tests.faults.fleet import ROUTER_SETTINGS
 
-# Engines and router offer a stream listener (any free port, advertised in GetLoad), used
-# by the fleets whose transport is `stream`.
-STREAMS = ["--mux-stream-port", "0"]
-
 
 @pytest.fixture
 def engine_transport() -> str:
@@ -52,11 +48,11 @@ def resuming_fleet(
         config = tmp_path / f"router-{replicas}.yaml"
         settings = {**ROUTER_SETTINGS, "engine_transport": engine_transport}
         config.write_text(yaml.safe_dump({**settings, "resume": resume or {}}))
-        engine_args = ["--scripted", json.dumps(behaviour), *STREAMS, *(engine_extra or [])]
+        engine_args = ["--scripted", json.dumps(behaviour), *(engine_extra or [])]
         return scripted_stack(
             engines=replicas,
             per_engine_args=[engine_args] * replicas,
-            router_args=["--config", str(config), "--metrics-port", str(free_port()), *STREAMS],
+            router_args=["--config", str(config), "--metrics-port", str(free_port())],
             edge_args=["--router-transport", router_transport],
         )
 
@@ -85,9 +81,9 @@ def fleet(
         return scripted_stack(
             engines=len(behaviours),
             per_engine_args=[
-                ["--scripted", json.dumps(b), *STREAMS, *(engine_extra or [])] for b in behaviours
+                ["--scripted", json.dumps(b), *(engine_extra or [])] for b in behaviours
             ],
-            router_args=["--config", str(config), "--metrics-port", str(free_port()), *STREAMS],
+            router_args=["--config", str(config), "--metrics-port", str(free_port())],
             edge_args=["--router-transport", router_transport, *(edge_extra or [])],
         )
 

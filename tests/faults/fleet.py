@@ -26,8 +26,10 @@ ROUTER_SETTINGS = {
 }
 
 # A test marked with this runs twice: streams to the engines as plain calls, and
-# multiplexed (the router's engine_transport: mux).
-BOTH_TRANSPORTS = pytest.mark.parametrize("engine_transport", ["per_call", "mux"])
+# multiplexed on stream links (the router's engine_transport: stream, the default).
+BOTH_TRANSPORTS = pytest.mark.parametrize("engine_transport", ["per_call", "stream"])
+# ... and a third time multiplexed on GenerateMux calls (engine_transport: mux).
+EVERY_TRANSPORT = pytest.mark.parametrize("engine_transport", ["per_call", "mux", "stream"])
 
 # Sent / succeeded / failed / silently truncated per scenario, printed as one table at
 # the end of the fault suite.

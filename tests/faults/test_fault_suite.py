@@ -25,7 +25,7 @@ from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import SCRIPTED_MODEL, RunningStack
 from tests.faults.dns import DnsServer
 from tests.faults.fleet import (
-    BOTH_TRANSPORTS,
+    EVERY_TRANSPORT,
     RESULTS,
     ROUTER_SETTINGS,
     engine_total,
@@ -41,7 +41,7 @@ StackFactory = Callable[..., RunningStack]
 NORMAL = {"tokens_per_second": 50}
 
 
-@BOTH_TRANSPORTS
+@EVERY_TRANSPORT
 async def test_1_replica_killed_before_first_tokens(
     fleet: StackFactory, engine_transport: str
 ) -> None:
@@ -77,7 +77,7 @@ async def test_1_replica_killed_before_first_tokens(
     assert router_has_replicas(router, 1)
 
 
-@BOTH_TRANSPORTS
+@EVERY_TRANSPORT
 async def test_2_replica_killed_mid_stream(fleet: StackFactory, engine_transport: str) -> None:
     slow = {"tokens_per_second": 10}
     stack = fleet([slow, slow])
@@ -101,7 +101,7 @@ async def test_3_hanging_replica_is_skipped_after_attempt_deadline(fleet: StackF
     assert 1.0 <= slowest < 5.0, "moved on after the 1 s attempt deadline"
 
 
-@BOTH_TRANSPORTS
+@EVERY_TRANSPORT
 async def test_4_draining_replica_loses_nothing(fleet: StackFactory, engine_transport: str) -> None:
     # Streams of 3 s (60 tokens at 20/s) outlast the gRPC server's own 1 s stop grace:
     # only the engine's drain lets them finish.

@@ -129,7 +129,7 @@ def traced_per_call(
     receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningStack]:
     """traced_resume's fleet with both hops on plain calls (the edge's router_transport
-    and the router's engine_transport: per_call; the default is mux)."""
+    and the router's engine_transport: per_call; the default is stream)."""
     logs = tmp_path_factory.mktemp("traced-per-call")
     config = logs / "router.yaml"
     config.write_text(json.dumps({"policy": "round_robin", "engine_transport": "per_call"}))
