@@ -16,7 +16,6 @@ import contextvars
 import functools
 import itertools
 import logging
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -217,19 +216,41 @@ class _Link:
     async def _run(self) -> None:
         details = "the multiplexed call was closed"
         try:
-            port = await self._stream_port() if self._stream is not None else 0
-            details = await (self._over_stream(port) if port else self._over_grpc())
+            details = await self._carry()
         except grpc.aio.AioRpcError as exc:
             failure = f"{exc.code().name} {exc.details()}"
             details = f"multiplexed call to {self._address} failed: {failure}"
-        except (OSError, ssl.SSLError) as exc:
-            details = f"multiplexed stream link to {self._address} failed: {exc}"
+        except OSError as exc:  # ssl.SSLError included
+            details = f"multiplexed stream link to {self._address} failed: {exc!r}"
         finally:  # however it broke, no stream on it is left waiting
             self.broken = True
             self._outbox.close()
             lost = pb.MuxEnd(code=grpc.StatusCode.UNAVAILABLE.value[0], details=details)
             for stream in list(self._streams.values()):
                 stream.ended(lost)
+
+    async def _carry(self) -> str:
+        """Carries the link's frames until it breaks; returns why it ended. A stream
+        listener that is offered but cannot be reached (a network policy without its
+        port, a certificate it refuses) leaves the link on gRPC, with a warning, rather
+        than failing every stream."""
+        port = await self._stream_port() if self._stream is not None else 0
+        if port:
+            host = _host(self._address)
+            log.info("opening a multiplexed stream link to %s:%d", host, port)
+            try:
+                link = await asyncio.wait_for(self._connect(host, port), _CONNECT_TIMEOUT_S)
+            except OSError as exc:  # ssl.SSLError and TimeoutError included
+                log.warning("%s:%d unreachable (%r); using gRPC", host, port, exc)
+            else:
+                return await self._over_stream(link, f"{host}:{port}")
+        return await self._over_grpc()
+
+    async def _connect(self, host: str, port: int) -> mux_stream.FrameProtocol:
+        assert self._stream is not None
+        link = await mux_stream.connect(host, port, self._stream.tls, self._received)
+        self.stream_port = port
+        return link
 
     async def _over_grpc(self) -> str:
         log.info("opening a multiplexed call to %s", self._address)
@@ -247,15 +268,10 @@ class _Link:
             call.cancel()
         return "the server ended the multiplexed call"
 
-    async def _over_stream(self, port: int) -> str:
-        assert self._stream is not None
-        host = _host(self._address)
-        log.info("opening a multiplexed stream link to %s:%d", host, port)
-        link = await mux_stream.connect(host, port, self._stream.tls, self._received)
-        self.stream_port = port
+    async def _over_stream(self, link: mux_stream.FrameProtocol, peer: str) -> str:
         writer = asyncio.create_task(link.send_all(self._outbox.batches()))
         try:
-            return f"multiplexed stream link to {host}:{port}: {await link.closed}"
+            return f"multiplexed stream link to {peer}: {await link.closed}"
         finally:
             writer.cancel()
             link.close()
@@ -269,6 +285,9 @@ class _Link:
             log.warning("%s: no stream listener port (%s); using gRPC", self._address, exc.code())
             return 0
         return load.mux_stream_port
+
+
+_CONNECT_TIMEOUT_S = 5.0  # TCP and TLS handshake to a stream listener
 
 
 def _host(address: str) -> str:

@@ -13,8 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devstack.certs import ensure_local_certs
 from devstack.processes import ManagedProcess, free_port, wait_until
-from devstack.readiness import grpc_serving
+from devstack.readiness import client_tls, grpc_serving
 from services.common.mux import GENERATE
 from services.common.mux_client import MuxCall, MuxChannel, StreamTransport
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -164,3 +165,22 @@ async def test_a_forwarding_read_returns_what_it_refuses_and_what_follows_waits_
     # overtaken m1 on its way to the caller.
     assert taken == [b"m0"]
     assert await call.read() == b"m2"
+
+
+async def test_an_unreachable_stream_listener_leaves_the_link_on_grpc(
+    engine, tmp_path: Path, stream_port: int
+) -> None:
+    """A listener the client cannot talk to (here: TLS offered to a plaintext one, as a
+    misconfigured certificate or network policy would do) costs a warning, not the
+    streams: the link opens a GenerateMux call instead."""
+    _, address = engine
+    tls = client_tls(ensure_local_certs(tmp_path / "tls") / "router")
+    async with grpc.aio.insecure_channel(address) as channel:
+        mux = MuxChannel(lambda: channel, address, StreamTransport(tls=tls))
+        call = open_stream(mux, max_tokens=3)
+        async with asyncio.timeout(15):
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        assert await call.code() == grpc.StatusCode.OK
+        await _link_is(mux, None, stream_port)
+        mux.close()
