@@ -180,6 +180,8 @@ class _Link:
         # A context of its own: the link outlives the request whose stream opened it, and
         # its port lookup must not be traced as a part of that request.
         self._reader = asyncio.create_task(self._run(), context=contextvars.Context())
+        # Also when closed before it ever ran (its `finally` then never does).
+        self._reader.add_done_callback(lambda _: self._lost("the multiplexed link was closed"))
 
     def open(
         self,
@@ -214,7 +216,7 @@ class _Link:
                 stream.received(frame)
 
     async def _run(self) -> None:
-        details = "the multiplexed call was closed"
+        details = "the multiplexed link was closed"
         try:
             details = await self._carry()
         except grpc.aio.AioRpcError as exc:
@@ -222,12 +224,16 @@ class _Link:
             details = f"multiplexed call to {self._address} failed: {failure}"
         except OSError as exc:  # ssl.SSLError included
             details = f"multiplexed stream link to {self._address} failed: {exc!r}"
-        finally:  # however it broke, no stream on it is left waiting
-            self.broken = True
-            self._outbox.close()
-            lost = pb.MuxEnd(code=grpc.StatusCode.UNAVAILABLE.value[0], details=details)
-            for stream in list(self._streams.values()):
-                stream.ended(lost)
+        finally:
+            self._lost(details)
+
+    def _lost(self, details: str) -> None:
+        """However the link broke, no stream on it is left waiting (ended once each)."""
+        self.broken = True
+        self._outbox.close()
+        lost = pb.MuxEnd(code=grpc.StatusCode.UNAVAILABLE.value[0], details=details)
+        for stream in list(self._streams.values()):
+            stream.ended(lost)
 
     async def _carry(self) -> str:
         """Carries the link's frames until it breaks; returns why it ended. A stream

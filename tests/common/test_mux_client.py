@@ -184,3 +184,15 @@ async def test_an_unreachable_stream_listener_leaves_the_link_on_grpc(
         assert await call.code() == grpc.StatusCode.OK
         await _link_is(mux, None, stream_port)
         mux.close()
+
+
+async def test_a_link_closed_before_it_ran_ends_its_streams(engine) -> None:
+    _, address = engine
+    async with grpc.aio.insecure_channel(address) as channel:
+        mux = MuxChannel(lambda: channel, address, StreamTransport(tls=None))
+        call = open_stream(mux, max_tokens=3)
+        mux.close()  # in the same loop turn: the link's task never started
+        with pytest.raises(grpc.aio.AioRpcError) as lost:
+            async with asyncio.timeout(5):
+                await call.read()
+        assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
