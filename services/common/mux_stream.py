@@ -28,6 +28,8 @@ import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import grpc
+
 from services.common.mux_server import Handler, MuxServer
 from services.common.tls import TLSConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -299,6 +301,17 @@ async def start_listener(
     listener = StreamListener(handlers, tracer=tracer)
     await listener.start(host, port, tls)
     return listener
+
+
+async def stop_together(
+    server: grpc.aio.Server, listener: StreamListener | None, *, grace: float
+) -> None:
+    """Stops a gRPC server and its stream listener at once, each giving its streams
+    `grace` seconds."""
+    stopping = [server.stop(grace=grace)]
+    if listener is not None:
+        stopping.append(listener.stop(grace=grace))
+    await asyncio.gather(*stopping)
 
 
 async def connect(

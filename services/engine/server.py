@@ -21,7 +21,7 @@ from services.common.health import (
     serve_health_only,
     set_status,
 )
-from services.common.mux_stream import start_listener
+from services.common.mux_stream import start_listener, stop_together
 from services.common.telemetry import grpc_server_interceptors
 from services.common.tls import add_port
 from services.engine.admission import InFlightLimit
@@ -81,9 +81,7 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
             log.warning("grace period over: handing off %d streams", admission.hand_off())
             await admission.drain(_HANDOFF_S)
     finally:
-        if streams is not None:
-            await streams.stop(grace=1.0)
-        await server.stop(grace=1.0)
+        await stop_together(server, streams, grace=1.0)
         if probes is not None:
             await probes.stop(grace=None)
         await backend.stop()

@@ -20,7 +20,7 @@ from services.common.health import (
 )
 from services.common.mux import GENERATE
 from services.common.mux_server import MuxServer
-from services.common.mux_stream import start_listener
+from services.common.mux_stream import start_listener, stop_together
 from services.common.telemetry import grpc_server_interceptors
 from services.common.tls import add_port
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -156,10 +156,7 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
         await stop.wait()
     finally:
         await health.enter_graceful_shutdown()
-        stopping = [server.stop(grace=5.0)]
-        if streams is not None:
-            stopping.append(streams.stop(grace=5.0))
-        await asyncio.gather(*stopping)
+        await stop_together(server, streams, grace=5.0)
         if probes is not None:
             await probes.stop(grace=None)
         await runtime.close()
