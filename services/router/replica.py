@@ -80,7 +80,8 @@ class Replica:
 
     @transport.setter
     def transport(self, transport: str) -> None:
-        """For calls from now on: a multiplexed link already open serves its streams."""
+        """Applies to links opened from now on (and at once to `per_call`): a link already
+        open keeps carrying new streams until it breaks."""
         self._transport = transport
         self._mux.stream = StreamTransport(self._tls) if transport == "stream" else None
 
