@@ -152,17 +152,14 @@ class _ReloadingServerContext:
 
     def __init__(self, tls: TLSConfig) -> None:
         self._tls = tls
-        self._stamp = self._mtimes()
+        self._stamp = tls.stamp()
         self._current = _server_context(tls)
         self.context = _server_context(tls)
         self.context.sni_callback = self._handshake
 
-    def _mtimes(self) -> tuple[int, ...]:
-        return tuple(p.stat().st_mtime_ns for p in (self._tls.cert, self._tls.key, self._tls.ca))
-
     def _handshake(self, connection: ssl.SSLObject, _name: str | None, _ctx: Any) -> None:
         try:
-            stamp = self._mtimes()
+            stamp = self._tls.stamp()
             if stamp != self._stamp:
                 self._current, self._stamp = _server_context(self._tls), stamp
                 log.info("certificates changed on disk: new stream links use them")

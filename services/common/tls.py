@@ -35,6 +35,10 @@ class TLSConfig(BaseModel):
     def read(self) -> tuple[bytes, bytes, bytes]:
         return self.cert.read_bytes(), self.key.read_bytes(), self.ca.read_bytes()
 
+    def stamp(self) -> tuple[int, ...]:
+        """The files' modification times: a change means a renewal (or one under way)."""
+        return tuple(p.stat().st_mtime_ns for p in (self.cert, self.key, self.ca))
+
 
 def tls_dir(value: str) -> dict[str, str]:
     """argparse type of --tls-dir: a folder holding tls.crt, tls.key and ca.crt."""
@@ -86,10 +90,7 @@ class _Reloading:
 
     def __init__(self, tls: TLSConfig) -> None:
         self._tls = tls
-        self._stamp = self._mtimes()
-
-    def _mtimes(self) -> tuple[int, ...]:
-        return tuple(p.stat().st_mtime_ns for p in (self._tls.cert, self._tls.key, self._tls.ca))
+        self._stamp = tls.stamp()
 
     def configuration(self) -> Any:
         cert, key, ca = self._tls.read()
@@ -97,7 +98,7 @@ class _Reloading:
 
     def __call__(self) -> Any:
         try:
-            stamp = self._mtimes()
+            stamp = self._tls.stamp()
             if stamp == self._stamp:
                 return None
             configuration = self.configuration()
@@ -200,4 +201,4 @@ class RotatingChannel:
 
 
 def _stamp(tls: TLSConfig | None) -> tuple[int, ...]:
-    return () if tls is None else tuple(p.stat().st_mtime_ns for p in (tls.cert, tls.key, tls.ca))
+    return () if tls is None else tls.stamp()
