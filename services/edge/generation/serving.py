@@ -238,8 +238,9 @@ async def _stream(
         item = first
         while item is not None:
             upstream, message = item
-            await response.write(chunks.render(upstream, message))
-            chunks.sent(upstream, message)
+            data, finished = chunks.render(upstream, message)
+            await response.write(data)
+            chunks.sent(upstream, message, finished)
             if item is first:  # the first-token waterfall's last server-side mark
                 trace.get_current_span().add_event("first_chunk_written")
                 if reply.ctx.forwarding is not None:  # headers are out: writes may skip us
@@ -271,15 +272,25 @@ class _Chunks:
         self.unfinished = set(range(reply.choices))
         self.usages: dict[int, pb.Usage] = {}
 
-    def render(self, upstream: int, message: pb.GenerateResponse) -> bytes:
+    def render(self, upstream: int, message: pb.GenerateResponse) -> tuple[bytes, list[int]]:
+        """The message's SSE chunks, and the choices it finishes (for `sent`). One pass
+        over the choices: reading a message's repeated field costs as much as rendering
+        the chunk, and this runs per token."""
         delta_json, choices = self._renderer.delta_json, self._framer.choices
-        n = self._n
-        return b"".join(choices(delta_json(upstream * n + d.index, d)) for d in message.choices)
+        base = upstream * self._n
+        parts: list[bytes] = []
+        finished: list[int] = []
+        for d in message.choices:
+            index = base + d.index
+            parts.append(choices(delta_json(index, d)))
+            if d.finish_reason:
+                finished.append(index)
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), finished
 
-    def sent(self, upstream: int, message: pb.GenerateResponse) -> None:
-        for delta in message.choices:
-            if delta.finish_reason:
-                self.unfinished.discard(upstream * self._n + delta.index)
+    def sent(self, upstream: int, message: pb.GenerateResponse, finished: list[int]) -> None:
+        """What `render` gave reached the client."""
+        for index in finished:
+            self.unfinished.discard(index)
         if message.HasField("usage"):
             self.usages[upstream] = message.usage
 
@@ -288,9 +299,10 @@ class _Chunks:
         takes it without waiting."""
 
         def take(message: pb.GenerateResponse) -> bool:
-            if not writer.write_now(self.render(0, message)):
+            data, finished = self.render(0, message)
+            if not writer.write_now(data):
                 return False
-            self.sent(0, message)
+            self.sent(0, message, finished)
             return True
 
         return take
