@@ -21,6 +21,7 @@ from bench import (
     resume_cost,
     speech,
     stored_responses,
+    transport_floor,
     vs_vllm,
     waterfall,
 )
@@ -332,6 +333,23 @@ def _cost_split_lines(result: dict) -> list[str]:
         f"{floor['socket_read_us']:.0f} (+{excess_read:.0f}); the paced writer "
         f"{floor['grpc_write_us']:.0f} against {floor['socket_write_us']:.0f} "
         f"(+{excess_write:.0f}).\n",
+        *_fanout_lines(split["edge"], floor),
+    ]
+
+
+def _fanout_lines(edge: dict[str, float], floor: dict[str, float]) -> list[str]:
+    """The edge's cost a step at the fan-out's batch, by the split, against its floor
+    there: the same read and writes with no code of Tera's between them."""
+    fanout = floor.get("fanout_read_us")
+    if fanout is None:  # results from before the fan-out was measured
+        return []
+    streams = transport_floor.FANOUT_STREAMS
+    edge_step = edge["per_step_us"] + streams * edge["per_token_us"]
+    return [
+        f"The edge's floor a step at {streams} streams (a socket read, then a "
+        f"{len(transport_floor.CHUNK)}-byte write to each of {streams} clients' sockets, "
+        f"on uvloop): {fanout:.0f} µs; the edge's own there, by the split: "
+        f"{edge_step:.0f} µs ({edge_step / fanout:.1f}x the floor).\n"
     ]
 
 

@@ -1,7 +1,9 @@
 """What one relayed message costs the reading process before any of Tera's code runs: a
-server stream read with grpc aio (as the router and the edge read their multiplexed links)
-against the same bytes read from a plain asyncio socket, at one message per GPU-shaped
-decode step. Server and reader are processes of their own, with the relay's gRPC settings.
+server stream read with grpc aio (as the router and the edge read their multiplexed links
+with `mux`) against the same bytes read from a plain asyncio socket (as stream links read
+them), at one message per GPU-shaped decode step; and the edge's floor a step, a socket
+read followed by one SSE-sized write to each of 32 clients' sockets. Server, reader and
+clients are processes of their own, with the relay's gRPC settings.
 
     python -m bench.transport_floor --rate 100 --seconds 5   # prints JSON
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -28,6 +31,8 @@ from devstack.stack import relay_env
 METHOD = "/tera.bench.Floor/Stream"
 PAYLOAD = b"x" * 60  # about one token's GenerateResponse in a MuxFrames message
 HEADER = 4
+FANOUT_STREAMS = 32
+CHUNK = b"x" * 160  # about one token's SSE chunk, with its HTTP chunk framing
 
 
 async def _paced(rate: float, seconds: float, report: Any) -> AsyncIterator[int]:
@@ -84,11 +89,15 @@ async def _read_grpc(port: int) -> int:
 
 
 class _Frames(asyncio.Protocol):
-    """Length-prefixed frames, split in the protocol's callback as a transport would."""
+    """Length-prefixed frames, split in the protocol's callback as a transport would; each
+    one written on to every one of `clients` as the edge writes a token to its streams."""
 
-    def __init__(self, done: asyncio.Future[int]) -> None:
+    def __init__(
+        self, done: asyncio.Future[int], clients: tuple[asyncio.BaseTransport, ...] = ()
+    ) -> None:
         self._buffer = bytearray()
         self._done = done
+        self._clients = clients
         self.messages = 0
 
     def data_received(self, data: bytes) -> None:
@@ -99,44 +108,107 @@ class _Frames(asyncio.Protocol):
                 return
             del self._buffer[:size]
             self.messages += 1
+            for client in self._clients:
+                client.write(CHUNK)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._done.set_result(self.messages)
 
 
-async def _read_socket(port: int) -> int:
+async def _read_socket(port: int, clients: tuple[asyncio.BaseTransport, ...] = ()) -> int:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
-    await loop.create_connection(lambda: _Frames(done), "127.0.0.1", port)
+    await loop.create_connection(lambda: _Frames(done, clients), "127.0.0.1", port)
     return await done
+
+
+class _Tally:
+    """What the fan-out's clients read, and when the last of them has closed."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.open = FANOUT_STREAMS
+        self.closed = asyncio.Event()
+
+
+class _Client(asyncio.Protocol):
+    """One SSE client of the fan-out."""
+
+    def __init__(self, tally: _Tally) -> None:
+        self._tally = tally
+
+    def data_received(self, data: bytes) -> None:
+        self._tally.read += len(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._tally.open -= 1
+        if not self._tally.open:
+            self._tally.closed.set()
+
+
+async def _serve_clients(ready: Any) -> None:
+    """Takes FANOUT_STREAMS connections; once all have closed, puts the bytes read."""
+    tally = _Tally()
+    server = await asyncio.get_running_loop().create_server(lambda: _Client(tally), "127.0.0.1", 0)
+    ready.put(server.sockets[0].getsockname()[1])
+    await tally.closed.wait()
+    ready.put(tally.read)
+
+
+def _clients(ready: Any) -> None:
+    uvloop.run(_serve_clients(ready))
+
+
+async def _read_fanout(port: int, clients_port: int) -> int:
+    loop = asyncio.get_running_loop()
+    clients = [
+        (await loop.create_connection(asyncio.Protocol, "127.0.0.1", clients_port))[0]
+        for _ in range(FANOUT_STREAMS)
+    ]
+    try:
+        return await _read_socket(port, tuple(clients))
+    finally:
+        for client in clients:
+            client.close()
 
 
 def _us_per_message(kind: str, rate: float, seconds: float) -> tuple[float, float]:
     """The reader's and the writer's CPU µs a message (the writer's with its pacing)."""
     context = multiprocessing.get_context("spawn")
-    ready = context.Queue()
-    server = context.Process(target=_server, args=(kind, rate, seconds, ready), daemon=True)
+    ready, clients_ready = context.Queue(), context.Queue()
+    server_kind = "grpc" if kind == "grpc" else "socket"
+    server = context.Process(target=_server, args=(server_kind, rate, seconds, ready), daemon=True)
+    clients = context.Process(target=_clients, args=(clients_ready,), daemon=True)
     server.start()
     try:
         port = ready.get(timeout=30)
         read: Callable[[int], Coroutine[Any, Any, int]] = (
             _read_grpc if kind == "grpc" else _read_socket
         )
+        if kind == "fanout":
+            clients.start()
+            read = functools.partial(_read_fanout, clients_port=clients_ready.get(timeout=30))
         started = own_cpu_seconds()
         messages = uvloop.run(read(port))
         reader_seconds = own_cpu_seconds() - started
         if messages != int(rate * seconds):
             raise RuntimeError(f"{kind}: read {messages} of {int(rate * seconds)} messages")
+        if kind == "fanout":
+            expected = messages * FANOUT_STREAMS * len(CHUNK)
+            if (delivered := clients_ready.get(timeout=30)) != expected:
+                raise RuntimeError(f"fanout: the clients read {delivered} of {expected} bytes")
         return reader_seconds / messages * 1e6, ready.get(timeout=30)
     finally:
-        server.kill()
-        server.join()
+        for process in (server, clients):
+            if process.pid is not None:  # started
+                process.kill()
+                process.join()
 
 
 def measure(rate: float, seconds: float) -> dict[str, float]:
     """The reader's and the paced writer's CPU µs a message over gRPC and over a socket,
-    measured in a fresh process with the relay's gRPC settings (grpc reads them when
-    first imported)."""
+    and the fan-out reader's (a read and FANOUT_STREAMS writes), measured in a fresh
+    process with the relay's gRPC settings (grpc reads them when first imported)."""
     command = [sys.executable, "-m", "bench.transport_floor", "--rate", str(rate)]
     command += ["--seconds", str(seconds)]
     done = subprocess.run(
@@ -151,14 +223,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     # Interleaved, so that a drift of the host's speed falls on both kinds alike.
-    runs: dict[str, list[tuple[float, float]]] = {"grpc": [], "socket": []}
+    runs: dict[str, list[tuple[float, float]]] = {"grpc": [], "socket": [], "fanout": []}
     for _ in range(2):
         for kind, us in runs.items():
             us.append(_us_per_message(kind, args.rate, args.seconds))
     floor = {}
     for kind, us in runs.items():
         floor[f"{kind}_read_us"] = min(read for read, _ in us)
-        floor[f"{kind}_write_us"] = min(write for _, write in us)
+        if kind != "fanout":  # its writer is the socket kind's
+            floor[f"{kind}_write_us"] = min(write for _, write in us)
     print(json.dumps(floor))
 
 

@@ -29,6 +29,7 @@ def test_each_gpu_shaped_step_carries_the_host_speed_it_ran_at(
     assert "host_reference_ms" in table and "110" in table
     assert set(result["split"]) == {"edge", "router"}
     assert "Transport floor" in table and "gRPC aio read" in table
+    assert "The edge's floor a step at 32 streams" in table
 
 
 def test_the_split_recovers_a_cost_a_step_and_a_cost_a_token() -> None:
@@ -61,7 +62,8 @@ def test_the_split_recovers_a_cost_a_step_and_a_cost_a_token() -> None:
 def test_the_transport_floor_reads_every_message_over_both_transports() -> None:
     floor = transport_floor.measure(rate=200, seconds=0.25)
 
-    assert set(floor) == {"grpc_read_us", "grpc_write_us", "socket_read_us", "socket_write_us"}
+    kinds = {"grpc_read_us", "grpc_write_us", "socket_read_us", "socket_write_us"}
+    assert set(floor) == kinds | {"fanout_read_us"}
     assert all(0 < us < 1_000_000 for us in floor.values())
 
 
