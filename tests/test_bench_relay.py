@@ -59,7 +59,8 @@ def test_the_split_recovers_a_cost_a_step_and_a_cost_a_token() -> None:
     assert split["router"] == pytest.approx({"per_step_us": 150, "per_token_us": 10})
 
 
-def test_the_transport_floor_reads_every_message_over_both_transports() -> None:
+def test_the_transport_floor_reads_every_message_and_its_fanout_delivers_every_write() -> None:
+    # measure raises (in its own process) for a message not read or a byte not delivered.
     floor = transport_floor.measure(rate=200, seconds=0.25)
 
     kinds = {"grpc_read_us", "grpc_write_us", "socket_read_us", "socket_write_us"}
