@@ -93,7 +93,7 @@ class _Frames(asyncio.Protocol):
     one written on to every one of `clients` as the edge writes a token to its streams."""
 
     def __init__(
-        self, done: asyncio.Future[int], clients: tuple[asyncio.BaseTransport, ...] = ()
+        self, done: asyncio.Future[int], clients: tuple[asyncio.Transport, ...] = ()
     ) -> None:
         self._buffer = bytearray()
         self._done = done
@@ -109,13 +109,13 @@ class _Frames(asyncio.Protocol):
             del self._buffer[:size]
             self.messages += 1
             for client in self._clients:
-                client.write(CHUNK)  # type: ignore[attr-defined]
+                client.write(CHUNK)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._done.set_result(self.messages)
 
 
-async def _read_socket(port: int, clients: tuple[asyncio.BaseTransport, ...] = ()) -> int:
+async def _read_socket(port: int, clients: tuple[asyncio.Transport, ...] = ()) -> int:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
     await loop.create_connection(lambda: _Frames(done, clients), "127.0.0.1", port)
