@@ -1,6 +1,11 @@
-"""The vs-vLLM table pools both halves of a target's run, as vLLM computes its figures."""
+"""The vs-vLLM table pools both halves of a target's run, as vLLM computes its figures;
+the `vllm bench serve` it runs starts on this host."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +74,23 @@ def test_the_control_server_gets_its_own_ratio_to_vllm() -> None:
     assert by_target["vllm-b/vllm"]["output_throughput"] == pytest.approx(0.97)
     assert by_target["vllm-b/vllm"]["p50_ttft_ms"] == pytest.approx(2.0)
     assert by_target["tera/vllm"]["p50_ttft_ms"] == pytest.approx(1.0)
+
+
+def test_the_vllm_command_line_runs_as_the_cpu_build() -> None:
+    # vLLM picks its CPU platform by "+cpu" in its version; the wrapper's answer lacked it,
+    # and on an AVX2-only host the default AVX-512 kernels died with SIGILL (exit -4).
+    probe = (
+        "import importlib.metadata as m; from bench import vllm_cli;"
+        "m.version = vllm_cli._patched_version;"
+        "from vllm.platforms import current_platform; print(current_platform.device_type)"
+    )
+    root = Path(__file__).resolve().parent.parent
+    platform = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=root
+    )
+    assert platform.returncode == 0, f"exit {platform.returncode}: {platform.stderr[-2000:]}"
+    assert platform.stdout.split()[-1:] == ["cpu"]
+    flag = [sys.executable, "-m", "bench.vllm_cli", "bench", "serve", "--help=max-concurrency"]
+    cli = subprocess.run(flag, capture_output=True, text=True, timeout=300, cwd=root)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "max-concurrency" in cli.stdout
