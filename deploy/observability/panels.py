@@ -96,6 +96,8 @@ FLEET: list[P | Row] = [
     panel("Prefix cache hit ratio (vLLM)", "percentunit", Q(f'{rate("vllm:prefix_cache_hits_total", "", "instance")} / {rate("vllm:prefix_cache_queries_total", "", "instance")}', "{{instance}}")),
     panel("Prompt tokens served from cache, by replica (router's view)", "percentunit", Q(f'{rate("tera_router_cached_prompt_tokens_total", "", "replica")} / {rate("tera_router_prompt_tokens_total", "", "replica")}', "{{replica}}")),
     panel("vLLM queue time p99", "s", Q(quantile(0.99, "vllm:request_queue_time_seconds", "model_name"), "{{model_name}}")),
+    Row("Processes"),
+    panel("Garbage collection: share of time stopped, by process", "percentunit", Q(rate("tera_gc_pause_seconds_sum", "", "job, instance"), "{{job}} {{instance}}"), about="Each collection stops the process's event loop; the start-up heap is frozen, so this stays near zero. A rise means a growing heap (a leak) is being walked."),
     Row("Limits and speech"),
     panel("429s/s by model", "reqps", Q(rate(EDGE, f'status="429", {M}', "model"), "{{model}}")),
     panel("Rate limiter failures (failing open)", "short", Q("sum (rate(tera_edge_limiter_failures_total[$__rate_interval]))", "failures/s")),

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.common.gc_heap import freeze_startup_heap
 from services.common.telemetry import instrument_aiohttp_server
 from services.edge import middleware
 from services.edge.chat.serving import ChatServing
@@ -105,6 +106,7 @@ async def serve(
     app = create_app(config, tracer_provider)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
+    freeze_startup_heap()  # the app and its clients are built: ready to serve
     runners = [runner]
     try:
         await web.TCPSite(runner, config.host, config.port).start()

@@ -14,6 +14,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common import telemetry as t
+from services.common.gc_heap import expose_gc_metrics
 from services.common.wire import FINISH_REASON_NAMES
 from services.edge.forwarding import Forwarding
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -30,6 +31,7 @@ class EdgeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        expose_gc_metrics(r)
         self.requests = Counter(
             "tera_edge_requests",
             "HTTP requests by endpoint, model, status",

@@ -9,6 +9,7 @@ from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.common.gc_heap import expose_gc_metrics
 from services.engine.admission import InFlightLimit
 from services.engine.backends.base import Backend
 
@@ -42,4 +43,5 @@ class _EngineCollector(Collector):
 
 def serve_metrics(port: int, host: str, admission: InFlightLimit, backend: Backend) -> None:
     REGISTRY.register(_EngineCollector(admission, backend))
+    expose_gc_metrics(REGISTRY)
     start_http_server(port, addr=host, registry=REGISTRY)

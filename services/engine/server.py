@@ -13,6 +13,7 @@ import logging
 
 import grpc
 
+from services.common.gc_heap import freeze_startup_heap
 from services.common.grpc_options import SERVER_OPTIONS
 from services.common.health import (
     NOT_SERVING,
@@ -70,6 +71,7 @@ async def serve(config: EngineConfig, stop: asyncio.Event) -> None:
     )
     try:
         if await _start_backend(backend, stop):
+            freeze_startup_heap()  # the model and vLLM's front end are loaded and warm
             servicer.model_state = pb.MODEL_STATE_READY
             await set_status(health, ENGINE_SERVICE, SERVING)
             log.info("engine SERVING %s on %s", config.model_id, config.address)

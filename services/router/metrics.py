@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.common.gc_heap import expose_gc_metrics
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.router.pool import ReplicaPool
 
@@ -20,6 +21,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 class RouterMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        expose_gc_metrics(self.registry)
         counter = functools.partial(Counter, registry=self.registry)
         self.requests = counter(
             "tera_router_requests", "Calls relayed, by model and final gRPC code", ["model", "code"]

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from services.common.gc_heap import freeze_startup_heap
 from services.common.grpc_options import SERVER_OPTIONS
 from services.common.health import (
     SERVING,
@@ -141,6 +142,7 @@ async def serve(load_config: Callable[[], RouterConfig], stop: asyncio.Event) ->
     add_port(server, config.address, config.tls)
     await server.start()
     probes = await serve_health_only(health, config.host, config.health_port)
+    freeze_startup_heap()
     await set_status(health, SERVICE, SERVING)
     asyncio.get_running_loop().add_signal_handler(
         signal.SIGHUP, lambda: _reload(runtime, load_config)

@@ -124,3 +124,24 @@ async def test_exemplars_carry_trace_ids(scripted_stack, tmp_path: Path) -> None
         if line.startswith("tera_edge_time_to_first_token_seconds_bucket") and "#" in line
     ]
     assert ttft and 'trace_id="' in ttft[0]
+
+
+async def test_every_service_freezes_its_start_up_heap(scripted_stack) -> None:  # type: ignore[no-untyped-def]
+    # What each full collection would otherwise walk: tens of thousands of objects in the
+    # smallest of them (the scripted engine), which no serving request ever frees.
+    router_metrics, engine_metrics = free_port(), free_port()
+    stack: RunningStack = scripted_stack(
+        router_args=["--metrics-port", str(router_metrics)],
+        per_engine_args=[["--metrics-port", str(engine_metrics)]],
+    )
+    await _requests(stack.base_url, 1)
+    for url in (
+        stack.ops_url + "/metrics",
+        f"http://127.0.0.1:{router_metrics}/metrics",
+        f"http://127.0.0.1:{engine_metrics}/metrics",
+    ):
+        samples = _scrape(url)
+        assert _get(samples, "tera_gc_frozen_objects") > 20_000, url
+        # At least the freeze's own full collection, timed.
+        assert _get(samples, "tera_gc_pause_seconds_count", generation="2") >= 1, url
+        assert _get(samples, "tera_gc_pause_seconds_sum", generation="2") > 0, url
