@@ -33,10 +33,13 @@ def stand_in_stack(
     responses_db: Path | None = None,
     router_args: Sequence[str] = (),
     edge_args: Sequence[str] = (),
+    edge_ops: bool = False,
 ) -> Stack:
-    """Edge + router + one stand-in engine (real processes) with the given behaviour."""
+    """Edge + router + one stand-in engine (real processes) with the given behaviour;
+    `edge_ops`: the edge serves /metrics on an operations port."""
     plan = StackPlan(
         edge_port=free_port(),
+        edge_ops_port=free_port() if edge_ops else None,
         router_port=free_port(),
         engine_ports=[free_port()],
         engine_args=[*scripted_engine_args(STAND_IN_MODEL, **behaviour), *engine_args],

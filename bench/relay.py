@@ -24,6 +24,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import uvloop
@@ -92,7 +93,9 @@ def _stack(
     engine_transport: str = "stream",
     router_transport: str = "stream",
     step_ms: float = STEP_MS,
+    **extra: Any,
 ) -> Stack:
+    """`extra`: more of stand_in_stack's settings (env, edge_ops)."""
     return stand_in_stack(
         results,
         {
@@ -110,8 +113,9 @@ def _stack(
             "--max-context-length",
             "1000000",
         ],
-        router_args=["--engine-transport", engine_transport],
+        router_args=["--engine-transport", engine_transport, *extra.pop("router_args", ())],
         edge_args=["--router-transport", router_transport],
+        **extra,
     )
 
 

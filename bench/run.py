@@ -15,6 +15,7 @@ PARTS: dict[str, sections.Part] = {
     "vs_vllm": sections.vs_vllm_part,
     "relay": sections.relay_part,
     "relay_mux": sections.relay_mux_part,
+    "gc_pauses": sections.gc_pauses_part,
     "resume": sections.resume_part,
     "resume_cost": sections.resume_cost_part,
     "waterfall": sections.waterfall_part,

@@ -12,6 +12,7 @@ from bench import (
     cache_routing_vllm,
     fairness,
     fairness_vllm,
+    gc_pauses,
     hedging,
     profile,
     recovery,
@@ -88,6 +89,18 @@ def relay_mux_part(args: argparse.Namespace, results: Path, report: dict) -> lis
         table(result["rows"], list(result["rows"][0])),
         "",
         table(result["projection"], list(result["projection"][0])),
+        "",
+    ]
+
+
+def gc_pauses_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    report["gc_pauses"] = result = gc_pauses.run(results)
+    return [
+        "## The start-up heap frozen or not (two GPU-shaped relays at once, TERA_GC_FREEZE "
+        f"0 and as shipped, steps of {result['streams']} streams x "
+        f"{relay.GPU_SHAPED_RATE:.0f} tok/s in turn, {result['rounds']} rounds; full "
+        "collections during the steps and how long each stopped the process)\n",
+        table(result["arms"], list(result["arms"][0])),
         "",
     ]
 
