@@ -45,7 +45,12 @@ _frozen = Gauge(
 
 
 class _Pauses:
-    """A gc.callbacks entry: times each collection from its start to its stop."""
+    """A gc.callbacks entry: times each collection from its start to its stop.
+
+    A collection can start inside any allocation, e.g. in prometheus-client's `labels()`
+    while it holds the histogram's lock: the children are looked up here, once, so the
+    callback only takes their value locks, inside which nothing allocates a tracked
+    object (no collection can start there)."""
 
     def __init__(self) -> None:
         self._by_generation = [_pauses.labels(str(g)) for g in range(3)]
