@@ -275,7 +275,7 @@ class _Link:
         return "the server ended the multiplexed call"
 
     async def _over_stream(self, link: mux_stream.FrameProtocol, peer: str) -> str:
-        writer = asyncio.create_task(link.send_all(self._outbox.batches()))
+        writer = asyncio.create_task(link.send_all(self._outbox))
         try:
             return f"multiplexed stream link to {peer}: {await link.closed}"
         finally:

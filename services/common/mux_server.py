@@ -95,7 +95,8 @@ class MuxContext:
 class MuxServer:
     """One GenerateMux call: its streams by id, and the outbox they all write to. A
     transport feeds it the caller's messages (`received`, then `finish` when the caller
-    closes its side) and writes `outgoing`; `serve` does both for a gRPC call."""
+    closes its side) and writes `outgoing` (or through `outbox`); `serve` does both for a
+    gRPC call."""
 
     def __init__(self, handlers: dict[str, Handler], call: Peer, *, tracer: str) -> None:
         self._handlers = handlers
@@ -120,6 +121,11 @@ class MuxServer:
 
     def outgoing(self) -> AsyncIterator[pb.MuxFrames]:
         return self._outbox.batches()
+
+    @property
+    def outbox(self) -> Outbox:
+        """For a transport that writes through it instead of reading `outgoing`."""
+        return self._outbox
 
     def received(self, message: pb.MuxFrames) -> None:
         for frame in message.frames:

@@ -25,11 +25,12 @@ import logging
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
+from services.common.mux import Outbox
 from services.common.mux_server import Handler, MuxServer
 from services.common.tls import TLSConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -57,8 +58,8 @@ class FrameProtocol(asyncio.Protocol):
     def __init__(self, received: Callable[[pb.MuxFrames], None]) -> None:
         self._received = received
         self._buffer = bytearray()
-        self._writable = asyncio.Event()
-        self._writable.set()
+        self._writable = True  # False while the transport's buffer is over its high mark
+        self._outbox: Outbox | None = None
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -95,25 +96,30 @@ class FrameProtocol(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(_LENGTH.pack(len(data)) + data)
 
-    async def drained(self) -> None:
-        """Returns once the socket takes more writes (at once, unless it is backed up)."""
-        await self._writable.wait()
+    async def send_all(self, outbox: Outbox) -> None:
+        """Writes the outbox's batches as they come (`Outbox.write_through`) until it is
+        closed and empty; while the socket is backed up they wait in the outbox, where
+        the streams' frames keep joining one message."""
+        self._outbox = outbox
+        await outbox.write_through(self._send_now)
 
-    async def send_all(self, batches: AsyncIterator[pb.MuxFrames]) -> None:
-        async for batch in batches:
-            if self.closed.done():
-                return
-            self.send(batch)
-            await self.drained()
+    def _send_now(self, batch: pb.MuxFrames) -> bool:
+        if self.closed.done():
+            return True  # the link is gone: its streams end UNAVAILABLE, nothing to write
+        if not self._writable:
+            return False
+        self.send(batch)
+        return True
 
     def pause_writing(self) -> None:
-        self._writable.clear()
+        self._writable = False
 
     def resume_writing(self) -> None:
-        self._writable.set()
+        self._writable = True
+        if self._outbox is not None:
+            self._outbox.wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._writable.set()  # a waiting writer sees `closed` and stops
         if not self.closed.done():
             self.closed.set_result(f"connection lost: {exc}" if exc else "connection closed")
 
@@ -229,7 +235,7 @@ class _ServedConnection(FrameProtocol):
     async def _serve(self) -> None:
         assert self._mux is not None
         try:
-            await self.send_all(self._mux.outgoing())
+            await self.send_all(self._mux.outbox)
         finally:
             self._mux.abort()
             self.close()

@@ -1,0 +1,85 @@
+"""The outbox written through (stream links): a decode step's frames still go in one
+message, a backed-up socket holds them in order, and closing waits for what is queued."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.common.mux import Outbox
+from services.common.mux_stream import _LENGTH, FrameProtocol
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+
+
+class _Transport(asyncio.Transport):
+    """Records what the protocol writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.written.append(data)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def messages(self) -> list[list[tuple[int, bytes]]]:
+        """Each written MuxFrames as (stream id, message) pairs."""
+        out = []
+        for data in self.written:
+            (size,) = _LENGTH.unpack_from(data)
+            frames = pb.MuxFrames.FromString(data[_LENGTH.size : _LENGTH.size + size]).frames
+            out.append([(f.stream_id, f.message) for f in frames])
+        return out
+
+
+async def _link() -> tuple[FrameProtocol, _Transport, Outbox, asyncio.Task[None]]:
+    protocol = FrameProtocol(lambda _: None)
+    transport = _Transport()
+    protocol.connection_made(transport)
+    outbox = Outbox()
+    writer = asyncio.create_task(protocol.send_all(outbox))
+    await asyncio.sleep(0)
+    return protocol, transport, outbox, writer
+
+
+async def _turns(n: int = 3) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_steps_frames_go_in_one_message() -> None:
+    _, transport, outbox, writer = await _link()
+    for stream in (1, 2, 3):
+        outbox.put(stream, message=b"t%d" % stream)
+    await _turns()
+    outbox.put(1, message=b"next")
+    await _turns()
+    assert transport.messages() == [[(1, b"t1"), (2, b"t2"), (3, b"t3")], [(1, b"next")]]
+    writer.cancel()
+
+
+async def test_a_backed_up_socket_holds_the_frames_in_order_until_it_drains() -> None:
+    protocol, transport, outbox, writer = await _link()
+    protocol.pause_writing()
+    outbox.put(1, message=b"a")
+    await _turns()
+    outbox.put(2, message=b"b")
+    await _turns()
+    assert transport.written == [], "written past the transport's high-water mark"
+    protocol.resume_writing()
+    await _turns()
+    assert transport.messages() == [[(1, b"a"), (2, b"b")]]
+    writer.cancel()
+
+
+async def test_closing_returns_once_what_is_queued_is_written() -> None:
+    protocol, transport, outbox, writer = await _link()
+    protocol.pause_writing()
+    outbox.put(1, end=pb.MuxEnd())
+    outbox.close()
+    await _turns()
+    assert not writer.done(), "returned with a frame still queued"
+    protocol.resume_writing()
+    await asyncio.wait_for(writer, 1)
+    assert len(transport.messages()) == 1
