@@ -31,7 +31,7 @@ SERVICES = ("edge", "router")
 
 def _start(results: Path, freeze: str) -> tuple[Stack, dict[str, str]]:
     router_metrics = free_port()
-    stack = relay._stack(
+    stack = relay.relay_stack(
         results / f"gc-freeze-{freeze}",
         relay.GPU_SHAPED_RATE,
         0,

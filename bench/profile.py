@@ -30,7 +30,7 @@ STREAMS, RATE, WINDOW_MS = 64, 800.0, 10
 
 def run(results: Path, seconds: int = 5) -> dict:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    stack = relay._stack(results, RATE, WINDOW_MS)
+    stack = relay.relay_stack(results, RATE, WINDOW_MS)
     out: dict[str, list[tuple[str, float]]] = {}
     try:
         recorders = {

@@ -86,7 +86,7 @@ class StepResult:
     host_reference_ms: float | None = None
 
 
-def _stack(
+def relay_stack(
     results: Path,
     rate: float,
     coalesce_ms: int,
@@ -95,7 +95,9 @@ def _stack(
     step_ms: float = STEP_MS,
     **extra: Any,
 ) -> Stack:
-    """`extra`: more of stand_in_stack's settings (env, edge_ops)."""
+    """The stand-in stack the relay parts measure (and profile.py, gc_pauses.py): one
+    stand-in engine stepping `rate` tokens a second a stream. `extra`: more of
+    stand_in_stack's settings (env, edge_ops)."""
     return stand_in_stack(
         results,
         {
@@ -261,7 +263,7 @@ def run(
         active = [n for n in streams if n not in saturated]
         if not active:
             break
-        stack = _stack(results, rate, coalesce_ms, engine_transport, router_transport)
+        stack = relay_stack(results, rate, coalesce_ms, engine_transport, router_transport)
         try:
             uvloop.run(_short_requests(stack, 16, 0.5))  # warm: connections, first calls
             for n in active:
@@ -278,7 +280,7 @@ def run(
                     best[n] = step
         finally:
             stack.stop()
-    stack = _stack(results, 1000, coalesce_ms, engine_transport, router_transport)
+    stack = relay_stack(results, 1000, coalesce_ms, engine_transport, router_transport)
     try:
         uvloop.run(_short_requests(stack, 64, 1.0))
         short_rps = uvloop.run(_short_requests(stack, 64, 8.0))
@@ -322,7 +324,9 @@ def run_gpu_shaped(
     """The relay's cost at one token a message with the stand-in stepping as a GPU does at
     GPU_SHAPED_RATE a stream: one step per token interval, all streams in each step."""
     step_ms = 1000 / GPU_SHAPED_RATE
-    stack = _stack(results, GPU_SHAPED_RATE, 0, engine_transport, router_transport, step_ms=step_ms)
+    stack = relay_stack(
+        results, GPU_SHAPED_RATE, 0, engine_transport, router_transport, step_ms=step_ms
+    )
     try:
         uvloop.run(_short_requests(stack, 16, 0.5))
         split_only = [n for n in SPLIT_STREAMS if n not in streams]
