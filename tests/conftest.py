@@ -78,18 +78,9 @@ def model_dir() -> Path:
 def vllm_stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     engine_args = [*vllm_engine_args(model_dir, CACHE_DIR), "--variants", json.dumps(VARIANTS)]
     log_dir = tmp_path_factory.mktemp("vllm-stack")
-    # A 1,200-token prefill on a loaded 2-core host can outlast the router's default 30 s
-    # wait for a first message (which then answers 504); these tests check answers, the
-    # fault suite that wait.
-    router_config = log_dir / "router.yaml"
-    router_config.write_text(json.dumps({"retry": {"first_message_timeout_s": 300}}))
-    plan = _plan(
-        log_dir,
-        1,
-        engine_args,
-        [DEFAULT_MODEL_ID, PARSERS_MODEL],
-        router_args=["--config", str(router_config)],
-    )
+    # Router defaults: a 1,200-token prefill on a loaded 2-core host outlasts the 30 s
+    # first-message timeout, and the only replica's call is awaited past it (relay.py).
+    plan = _plan(log_dir, 1, engine_args, [DEFAULT_MODEL_ID, PARSERS_MODEL])
     stack = Stack(plan).start(timeout_s=600)
     try:
         yield RunningStack(stack)

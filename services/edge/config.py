@@ -38,7 +38,9 @@ class EdgeConfig(BaseModel):
     max_tokens_limit: int | None = Field(None, ge=1)
     # Whole-request deadline, propagated through router to engine.
     request_timeout_s: float = Field(600.0, gt=0)
-    # A stream with no message for this long is ended with an error.
+    # A stream with no message for this long since its last is ended with an error. The
+    # wait for the first is not idle time: a long prefill or a deep queue may outlast it
+    # (the router fails over a silent attempt when another replica can take it).
     stream_idle_timeout_s: float = Field(60.0, gt=0)
     # Window in which the engine batches tokens into one message; unset: the engine's own
     # default (the edge keeps none of its own).

@@ -178,7 +178,8 @@ async def _relay(
         direct = (forwarding,)
     try:
         while True:
-            idle.reading()
+            if committed:  # the first message's wait is the router's to bound (relay.py)
+                idle.reading()
             try:
                 message = await call.read(*direct)
             except asyncio.CancelledError:

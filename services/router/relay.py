@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 from opentelemetry import trace
@@ -235,7 +235,14 @@ class Relay:
                 up.request, metadata=up.forward, timeout=remaining(up.context)
             )
         opened.append(opening := Attempt(replica, call, span, hedge))
-        first = self._first_message(opening, up.route.model, up.context)
+        retries_left = attempt < self._config.retry.max_attempts
+
+        def elsewhere() -> bool:
+            return retries_left and any(
+                not r.saturated for r in self._untried(up.route.model, tried)
+            )
+
+        first = self._first_message(opening, up.route.model, up.context, elsewhere)
         # Sets .started before the task runs.
         opening.wait_first(
             asyncio.create_task(first), replica.uncached_tokens(up.route.prefix_hashes)
@@ -298,12 +305,15 @@ class Relay:
         )
 
     async def _first_message(
-        self, attempt: Attempt, model: str, context: grpc.aio.ServicerContext
+        self,
+        attempt: Attempt,
+        model: str,
+        context: grpc.aio.ServicerContext,
+        elsewhere: Callable[[], bool],
     ) -> bytes | None:
         replica, started = attempt.replica, time.monotonic()
         try:
-            async with asyncio.timeout(self._config.retry.first_message_timeout_s):
-                message = await attempt.call.read()
+            message = await self._first_read(attempt, elsewhere)
         except TimeoutError:
             replica.record_failure("no first message in time", started=attempt.started)
             raise AttemptFailed(
@@ -326,6 +336,23 @@ class Relay:
         self._hedger.observe(model, elapsed)
         self._metrics.first_message.labels(next(iter(replica.models), "")).observe(elapsed)
         return message  # type: ignore[return-value]
+
+    async def _first_read(self, attempt: Attempt, elsewhere: Callable[[], bool]) -> object:
+        """The attempt's first read. Past first_message_timeout_s it is abandoned
+        (TimeoutError) only for a retry on another replica: with none to go to, abandoning
+        would fail a call its replica may still be working through (a long prefill on a
+        slow host, a deep queue), so it waits on, bounded by the caller's deadline, and
+        looks again every period."""
+        read = asyncio.ensure_future(attempt.call.read())
+        try:
+            limit = self._config.retry.first_message_timeout_s
+            while not (await asyncio.wait((read,), timeout=limit))[0]:
+                if elsewhere():
+                    raise TimeoutError
+                attempt.span.add_event("first_message_overdue", {"tera.waited_s": limit})
+            return read.result()
+        finally:
+            read.cancel()
 
     async def _committed(
         self, up: Upstream, winner: Attempt, first: bytes, journal: Journal

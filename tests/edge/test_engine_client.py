@@ -19,11 +19,19 @@ LIMIT_S = 0.2
 
 
 class _CuedCall:
-    """Sends its messages `gap_s` apart, then EOF; or never again past `stall_after`."""
+    """Sends its messages `gap_s` apart (the first after `first_gap_s`, if given), then
+    EOF; or never again past `stall_after`."""
 
-    def __init__(self, messages: int, gap_s: float, stall_after: int | None = None) -> None:
+    def __init__(
+        self,
+        messages: int,
+        gap_s: float,
+        stall_after: int | None = None,
+        first_gap_s: float | None = None,
+    ) -> None:
         self._left = messages
         self._gap_s = gap_s
+        self._first_gap_s = gap_s if first_gap_s is None else first_gap_s
         self._stall_after = stall_after
         self._sent = 0
         self._pending: asyncio.Task[None] | None = None
@@ -34,7 +42,9 @@ class _CuedCall:
             raise asyncio.CancelledError
         if self._left == 0:
             return grpc.aio.EOF
-        wait = 3600.0 if self._sent == self._stall_after else self._gap_s
+        wait = self._first_gap_s if self._sent == 0 else self._gap_s
+        if self._sent == self._stall_after:
+            wait = 3600.0
         self._pending = asyncio.ensure_future(asyncio.sleep(wait))
         await self._pending  # a cancelled call's pending read raises CancelledError
         self._left -= 1
@@ -62,6 +72,11 @@ async def test_messages_inside_the_limit_never_time_out_however_long_the_stream(
 
 async def test_the_callers_own_pauses_are_not_idle_time() -> None:
     assert await _drain(_CuedCall(3, 0.0), pause_s=2 * LIMIT_S) == [1, 2, 3]
+
+
+async def test_the_wait_for_the_first_message_is_not_idle_time() -> None:
+    # A long prefill or a deep queue: the router bounds this wait, not the idle limit.
+    assert await _drain(_CuedCall(2, 0.0, first_gap_s=3 * LIMIT_S)) == [1, 2]
 
 
 async def test_a_read_waiting_past_the_limit_ends_the_stream_with_504() -> None:

@@ -89,6 +89,7 @@ def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Callab
         settings = {
             k: {**v, **(router or {}).get(k, {})} for k, v in SETTINGS.items() if k != "policy"
         }
+        settings |= {k: v for k, v in (router or {}).items() if k not in settings}
         config.write_text(yaml.safe_dump({"policy": "round_robin", **settings}))
         port = free_port()
         extra = extra or [[] for _ in behaviours]
@@ -170,16 +171,50 @@ async def test_empty_ok_stream_is_a_complete_answer(fleet: Callable[..., Fleet])
 async def test_calls_sent_before_an_ejection_do_not_eject_again_when_they_fail_after_it(
     fleet: Callable[..., Fleet],
 ) -> None:
-    """A hung replica: two calls time out and eject it (0.5 s); three sent 2 s after them,
-    before the ejection, time out 2 s after it ended. They say nothing new: no second
-    ejection (counted, each would eject again; taken while ejected only, one would)."""
-    retry = {"first_message_timeout_s": 4.0, "max_attempts": 1}
+    """A hung replica A beside a healthy B: two calls on A time out, eject A (0.5 s) and
+    move to B; three sent 2 s after them, before the ejection, time out 2 s after it
+    ended. They say nothing new: no second ejection (counted, each would eject again;
+    taken while ejected only, one would). Every call is answered by B."""
+    retry = {"first_message_timeout_s": 4.0, "max_attempts": 2}
     breaker = {"consecutive_failures": 2, "base_ejection_s": 0.5}
-    f = fleet([{"hang": True}], router={"retry": retry, "breaker": breaker})
-    early = [asyncio.create_task(f.generate()) for _ in range(2)]
+    no_hedge = {"enabled": False}
+    f = fleet([{"hang": True}, {}], router={"retry": retry, "breaker": breaker, "hedge": no_hedge})
+    early = [asyncio.create_task(f.generate()) for _ in range(4)]  # round robin: A, B, A, B
     await asyncio.sleep(2.0)
-    late = [asyncio.create_task(f.generate()) for _ in range(3)]
-    codes = [code for code, _ in await asyncio.gather(*early, *late)]
-    assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 5
-    assert f.engine_requests() == [5], "the late three reached it before the ejection"
+    late = [asyncio.create_task(f.generate()) for _ in range(6)]
+    results = await asyncio.gather(*early, *late)
+    assert [code for code, _ in results] == [grpc.StatusCode.OK] * 10
+    assert f.engine_requests()[0] == 5, "the late three reached A before the ejection"
     assert f.metric("tera_router_replica_ejections_total") == 1
+
+
+async def test_a_slow_first_message_with_nowhere_else_to_go_is_awaited(
+    fleet: Callable[..., Fleet],
+) -> None:
+    """The only replica takes 4x the first-message timeout to answer (a long prefill on
+    a slow host): abandoning it would fail a call it is working through, so the router
+    waits on, and counts no fault against it."""
+    retry = {"first_message_timeout_s": 0.5}
+    f = fleet(
+        [{"first_token_delay_s": 2.0}],
+        router={"retry": retry, "breaker": {"consecutive_failures": 1}},
+    )
+    assert (await f.generate())[0] == grpc.StatusCode.OK
+    assert f.engine_requests() == [1], "not retried"
+    assert f.metric("tera_router_replica_ejections_total") == 0
+    assert f.metric("tera_router_retries_total") == 0
+
+
+async def test_a_slow_first_message_moves_when_another_replica_can_take_it(
+    fleet: Callable[..., Fleet],
+) -> None:
+    retry = {"first_message_timeout_s": 0.5}
+    f = fleet(
+        [{"first_token_delay_s": 30.0}, {}], router={"retry": retry, "hedge": {"enabled": False}}
+    )
+    codes = [(await f.generate())[0] for _ in range(2)]  # round robin: A gets one or two
+    assert codes == [grpc.StatusCode.OK] * 2
+    on_a, on_b = f.engine_requests()
+    assert on_a >= 1
+    assert on_b == 2, "each call answered by B, those on A moved there"
+    assert f.metric("tera_router_retries_total", reason="DEADLINE_EXCEEDED") == on_a
