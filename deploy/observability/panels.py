@@ -83,6 +83,7 @@ FLEET: list[P | Row] = [
     panel("Relayed calls/s by gRPC code", "reqps", Q(rate("tera_router_requests_total", M, "code"), "{{code}}")),
     panel("Retries/s by reason", "reqps", Q(rate("tera_router_retries_total", "", "reason"), "{{reason}}")),
     panel("Retries refused by the retry budget", "reqps", Q(rate("tera_router_retry_budget_exhausted_total", M, "model"), "{{model}}")),
+    panel("First messages awaited past the timeout", "reqps", Q(rate("tera_router_first_message_overdue_total", M, "model"), "{{model}}"), about="Attempts silent past the router's first_message_timeout_s that could not move (no other replica with room, no attempt or retry budget left), so the router waited on instead of failing them. Above zero: prefill queues run deeper than that limit."),
     panel("Hedges/s: sent, won by the hedge, cancelled", "reqps", Q(rate("tera_router_hedges_total", M, "model"), "sent {{model}}"), Q(rate("tera_router_hedge_wins_total", M, "model"), "won {{model}}"), Q(rate("tera_router_hedge_cancelled_total", M, "model"), "cancelled {{model}}")),
     panel("Resumes/s by reason (streams continued on another replica)", "reqps", Q(rate("tera_router_resumes_total", "", "reason"), "{{reason}}")),
     panel("Resume gap p50 / p99 (cut to next token)", "s", Q("histogram_quantile(0.5, sum by (le) (rate(tera_router_resume_gap_seconds_bucket[$__rate_interval])))", "p50"), Q("histogram_quantile(0.99, sum by (le) (rate(tera_router_resume_gap_seconds_bucket[$__rate_interval])))", "p99")),

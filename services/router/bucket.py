@@ -30,6 +30,11 @@ class TokenBucket:
         self._refill()
         self._tokens = min(self._cap, self._tokens + self._ratio)
 
+    def can_spend(self) -> bool:
+        """Whether try_spend would succeed now; spends nothing."""
+        self._refill()
+        return self._tokens >= 1
+
     def try_spend(self) -> bool:
         self._refill()
         if self._tokens < 1:

@@ -34,6 +34,14 @@ class RouterMetrics:
             "Retries not attempted because the retry budget was empty, by model",
             ["model"],
         )
+        # Not failures: the router waits on when no retry could go elsewhere. A rise says
+        # prefills queue past first_message_timeout_s (too few replicas, or too short a limit).
+        self.first_message_overdue = counter(
+            "tera_router_first_message_overdue",
+            "Attempts still awaited past first_message_timeout_s, with no replica or retry "
+            "budget to move them to, by model",
+            ["model"],
+        )
         self.hedges = counter(
             "tera_router_hedges", "Hedge attempts sent to a second replica, by model", ["model"]
         )

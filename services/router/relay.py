@@ -238,8 +238,10 @@ class Relay:
         retries_left = attempt < self._config.retry.max_attempts
 
         def elsewhere() -> bool:
-            return retries_left and any(
-                not r.saturated for r in self._untried(up.route.model, tried)
+            return (
+                retries_left
+                and self._budget.can_spend()
+                and any(not r.saturated for r in self._untried(up.route.model, tried))
             )
 
         first = self._first_message(opening, up.route.model, up.context, elsewhere)
@@ -313,7 +315,7 @@ class Relay:
     ) -> bytes | None:
         replica, started = attempt.replica, time.monotonic()
         try:
-            message = await self._first_read(attempt, elsewhere)
+            message = await self._first_read(attempt, model, elsewhere)
         except TimeoutError:
             replica.record_failure("no first message in time", started=attempt.started)
             raise AttemptFailed(
@@ -337,19 +339,25 @@ class Relay:
         self._metrics.first_message.labels(next(iter(replica.models), "")).observe(elapsed)
         return message  # type: ignore[return-value]
 
-    async def _first_read(self, attempt: Attempt, elsewhere: Callable[[], bool]) -> object:
+    async def _first_read(
+        self, attempt: Attempt, model: str, elsewhere: Callable[[], bool]
+    ) -> object:
         """The attempt's first read. Past first_message_timeout_s it is abandoned
-        (TimeoutError) only for a retry on another replica: with none to go to, abandoning
-        would fail a call its replica may still be working through (a long prefill on a
-        slow host, a deep queue), so it waits on, bounded by the caller's deadline, and
-        looks again every period."""
+        (TimeoutError) only for a retry on another replica: with none to go to (no untried
+        replica with room, no attempt or retry budget left), abandoning would fail a call
+        its replica may still be working through (a long prefill on a slow host, a deep
+        queue), so it waits on, bounded by the caller's deadline, and looks again every
+        period."""
         read = asyncio.ensure_future(attempt.call.read())
         try:
-            limit = self._config.retry.first_message_timeout_s
+            limit, waited = self._config.retry.first_message_timeout_s, 0.0
             while not (await asyncio.wait((read,), timeout=limit))[0]:
                 if elsewhere():
                     raise TimeoutError
-                attempt.span.add_event("first_message_overdue", {"tera.waited_s": limit})
+                if not waited:
+                    self._metrics.first_message_overdue.labels(model).inc()
+                waited += limit
+                attempt.span.add_event("first_message_overdue", {"tera.waited_s": waited})
             return read.result()
         finally:
             read.cancel()

@@ -32,6 +32,8 @@ NOT_EXERCISED = {
     "Prefix cache hit ratio (vLLM)": "vLLM's own metrics: stand-in engines do not run vLLM",
     "vLLM queue time p99": "vLLM's own metrics: stand-in engines do not run vLLM",
     "Retries refused by the retry budget": "the short load never drains the retry budget",
+    "First messages awaited past the timeout": "no stand-in is slower than the router's "
+    "first-message timeout",
     "Hedges/s: sent, won by the hedge, cancelled": "no stand-in is slow enough to be hedged",
     "Resumes/s by reason (streams continued on another replica)": "the stand-ins fail only "
     "before their first token: nothing is resumed",

@@ -203,6 +203,25 @@ async def test_a_slow_first_message_with_nowhere_else_to_go_is_awaited(
     assert f.engine_requests() == [1], "not retried"
     assert f.metric("tera_router_replica_ejections_total") == 0
     assert f.metric("tera_router_retries_total") == 0
+    assert f.metric("tera_router_first_message_overdue_total") == 1, "once per attempt"
+
+
+async def test_a_slow_first_message_is_awaited_once_the_retry_budget_is_spent(
+    fleet: Callable[..., Fleet],
+) -> None:
+    """Two slow replicas and a budget of one retry in all: the first call moves once
+    (A to B) and spends it; the second has an untried replica but no budget to go there,
+    so abandoning its attempt would only fail it."""
+    budget = {"budget_ratio": 0, "min_retries_per_s": 0, "budget_burst": 1}
+    slow = {"first_token_delay_s": 2.0}
+    f = fleet(
+        [slow, slow],
+        router={"retry": {"first_message_timeout_s": 0.5, **budget}, "hedge": {"enabled": False}},
+    )
+    assert [(await f.generate())[0] for _ in range(2)] == [grpc.StatusCode.OK] * 2
+    assert sum(f.engine_requests()) == 3, "one retry, the budget's"
+    assert f.metric("tera_router_retry_budget_exhausted_total") == 0, "no retry was wanted"
+    assert f.metric("tera_router_first_message_overdue_total") == 2
 
 
 async def test_a_slow_first_message_moves_when_another_replica_can_take_it(
@@ -218,3 +237,4 @@ async def test_a_slow_first_message_moves_when_another_replica_can_take_it(
     assert on_a >= 1
     assert on_b == 2, "each call answered by B, those on A moved there"
     assert f.metric("tera_router_retries_total", reason="DEADLINE_EXCEEDED") == on_a
+    assert f.metric("tera_router_first_message_overdue_total") == 0
