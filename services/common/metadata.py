@@ -6,6 +6,9 @@ ROUTING_KEY = "tera-routing-key"
 ERROR_PARAM = "tera-error-param"
 # Request metadata: "off" opts a call out of mid-stream resume (see router/resume.py).
 RESUME = "tera-resume"
+# Request metadata on a multiplexed stream, "1": the caller takes keepalive frames while
+# the router waits on its behalf (MuxFrame.keepalive; the edge's idle limit hears them).
+KEEPALIVE = "tera-keepalive"
 # Trailing metadata set by a draining engine on the streams it hands off at the grace.
 HANDOFF = "tera-handoff"
 # Fair sharing and tenancy, set by the edge from the catalog's key: the tenant (the key's

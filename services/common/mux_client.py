@@ -72,6 +72,7 @@ class MuxCall:
         self._inbox: collections.deque[bytes | pb.MuxEnd] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._forward: Forward | None = None
+        self._alive: Callable[[], None] | None = None
         self._end: pb.MuxEnd | None = None
         self._cancelled = False
         self._timer = None
@@ -121,9 +122,17 @@ class MuxCall:
     async def trailing_metadata(self) -> grpc.aio.Metadata:
         return grpc.aio.Metadata(*from_pairs(self._end.trailing_metadata if self._end else ()))
 
+    def on_keepalive(self, alive: Callable[[], None]) -> None:
+        """`alive` is called at each keepalive frame of the stream (the server waits on
+        the caller's behalf; see metadata.KEEPALIVE)."""
+        self._alive = alive
+
     def received(self, frame: pb.MuxFrame) -> None:
         if frame.HasField("end"):
             self.ended(frame.end)
+        elif frame.HasField("keepalive"):
+            if self._alive is not None and self._end is None:
+                self._alive()
         elif self._end is None:
             self._put(frame.message)
 

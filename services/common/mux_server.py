@@ -21,6 +21,7 @@ import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from services.common import metadata
 from services.common.mux import Metadata, Outbox, from_pairs, to_pairs
 from services.common.telemetry import tracing_enabled
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -61,6 +62,13 @@ class MuxContext:
         self._deadline = (
             time.monotonic() + opened.timeout_s if opened.HasField("timeout_s") else None
         )
+        self._keepalive = (metadata.KEEPALIVE, "1") in self._metadata
+
+    def keepalive(self) -> None:
+        """Tells a caller that takes them (metadata.KEEPALIVE) that the stream is alive
+        while the handler waits on its behalf, between two messages; else nothing."""
+        if self._keepalive:
+            self._outbox.put(self._id, keepalive=pb.MuxKeepalive())
 
     def send_now(self, message: bytes) -> None:
         """Sends a response message of the stream without yielding it from the handler

@@ -75,6 +75,7 @@ class EngineClient:
         if self._mux_generate is None:
             return self._stub.Generate(request, metadata=md, timeout=timeout_s)
         data = request.SerializeToString()
+        md = [*md, (metadata.KEEPALIVE, "1")]  # _relay's idle clock hears them
         return self._mux_generate(data, metadata=tuple(md), timeout=timeout_s)
 
     async def close(self) -> None:
@@ -173,9 +174,13 @@ async def _relay(
     committed = False
     idle = _IdleWatch(call, idle_timeout_s)
     direct: tuple[Forwarding, ...] = ()
-    if forwarding is not None and isinstance(call, MuxCall):
-        forwarding.tap(idle.heard)
-        direct = (forwarding,)
+    if isinstance(call, MuxCall):
+        # The router waits on a resumed stream's new replica, or a preempted stream's
+        # turn in its queue, as it waits on a first message: its wait, not the model's.
+        call.on_keepalive(idle.alive)
+        if forwarding is not None:
+            forwarding.tap(idle.heard)
+            direct = (forwarding,)
     try:
         while True:
             if committed:  # the first message's wait is the router's to bound (relay.py)
@@ -187,7 +192,7 @@ async def _relay(
                     raise
                 raise OpenAIError(
                     504,
-                    f"The model sent nothing for {idle_timeout_s:.0f} s.",
+                    f"The model sent nothing for {idle_timeout_s:g} s.",
                     type="timeout",
                     code="stream_idle_timeout",
                 ) from None
@@ -225,6 +230,12 @@ class _IdleWatch:
     def heard(self, _: object) -> None:
         """A message taken while the read waits (forwarded): the model is not idle."""
         self._since = self._loop.time()
+
+    def alive(self) -> None:
+        """A keepalive: the router waits on the model for the caller, between two
+        messages, as it waits for the first one; before that, nothing is timed."""
+        if self._since is not None:
+            self._since = self._loop.time()
 
     def _check(self) -> None:
         now = self._loop.time()

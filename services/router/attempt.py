@@ -85,3 +85,6 @@ class Upstream:
     forward: tuple[tuple[str, str], ...]
     context: grpc.aio.ServicerContext
     slot: Slot | None = None  # the call's place in the fair queue, if it has one
+    # A preempted stream's continuation: the caller has messages already, so its wait
+    # for the first one is a wait between messages to the caller (keepalives).
+    continued: bool = False

@@ -34,6 +34,11 @@ class ResumeConfig(BaseModel):
     # Response bytes kept per stream to build a continuation from (about 10-20 bytes a
     # token); a stream past it is no longer resumable, so memory stays bounded.
     max_kept_bytes: int = Field(4 << 20, ge=0)
+    # While a cut stream waits for its new replica's first message (a re-prefill of the
+    # prompt and the answer so far) or a preempted one for a slot, a multiplexed caller
+    # hears a keepalive this often: the edge's stream_idle_timeout_s (60 s) must not
+    # count the router's wait as a silent model. Keep it well under that limit.
+    keepalive_s: float = Field(10.0, gt=0)
 
 
 class BreakerConfig(BaseModel):

@@ -47,7 +47,14 @@ from services.router.queue import FairQueue
 from services.router.queue_metrics import QueueMetrics
 from services.router.refusal import Refusal, caller_deadline, no_model, remaining
 from services.router.replica import Replica
-from services.router.resume import Cut, Journal, ResumeHooks, Resumer, open_journal
+from services.router.resume import (
+    Cut,
+    Journal,
+    ResumeHooks,
+    Resumer,
+    keeping_alive,
+    open_journal,
+)
 from services.router.retry import REPLICA_FAULTS, RETRYABLE, RetryBudget, backoff_s
 from services.router.wire import model_of, usage_of
 
@@ -144,7 +151,7 @@ class Relay:
                 request = await self._after_preemption(up, journal, preempted)
                 if request is None:
                     return  # the caller had the whole answer already
-                up = dataclasses.replace(up, request=request)
+                up = dataclasses.replace(up, request=request, continued=True)
 
     async def _after_preemption(
         self, up: Upstream, journal: Journal, preempted: Preempted
@@ -166,7 +173,8 @@ class Relay:
                 "tera.by": PRIORITIES[preempted.by],
             },
         )
-        await self._queue.requeue(up.route.model, up.slot.ticket)
+        with keeping_alive(up.context, self._config.resume.keepalive_s):
+            await self._queue.requeue(up.route.model, up.slot.ticket)
         return request
 
     async def _attempts(self, up: Upstream, journal: Journal) -> AsyncIterator[bytes]:
@@ -244,7 +252,7 @@ class Relay:
                 and any(not r.saturated for r in self._untried(up.route.model, tried))
             )
 
-        first = self._first_message(opening, up.route.model, up.context, elsewhere)
+        first = self._first_message(opening, up, elsewhere)
         # Sets .started before the task runs.
         opening.wait_first(
             asyncio.create_task(first), replica.uncached_tokens(up.route.prefix_hashes)
@@ -307,15 +315,15 @@ class Relay:
         )
 
     async def _first_message(
-        self,
-        attempt: Attempt,
-        model: str,
-        context: grpc.aio.ServicerContext,
-        elsewhere: Callable[[], bool],
+        self, attempt: Attempt, up: Upstream, elsewhere: Callable[[], bool]
     ) -> bytes | None:
         replica, started = attempt.replica, time.monotonic()
+        model, context = up.route.model, up.context
+        keepalive_s = self._config.resume.keepalive_s
+        waiting = keeping_alive(context, keepalive_s) if up.continued else contextlib.nullcontext()
         try:
-            message = await self._first_read(attempt, model, elsewhere)
+            with waiting:
+                message = await self._first_read(attempt, model, elsewhere)
         except TimeoutError:
             replica.record_failure("no first message in time", started=attempt.started)
             raise AttemptFailed(

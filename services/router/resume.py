@@ -13,8 +13,10 @@ says where the caller is.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 
@@ -183,18 +185,23 @@ class Resumer:
                 # this replica's queued prefill, as a first attempt's prompt is.
                 uncached = replica.uncached_tokens(route.prefix_hashes) + tokens
                 prefill.enter_context(replica.prefilling(uncached))
+                answered = False  # a cut before this call's first message: one gap
                 try:
-                    while (message := await call.read()) is not grpc.aio.EOF:
-                        if cut_at is not None:  # this call's first message
-                            prefill.close()
-                            self._metrics.resume_gap.observe(time.monotonic() - cut_at)
-                            cut_at = None
+                    with keeping_alive(context, self._config.keepalive_s):
+                        message = await call.read()  # the continuation's prefill
+                    if message is not grpc.aio.EOF:
+                        prefill.close()
+                        self._metrics.resume_gap.observe(time.monotonic() - cut_at)
+                        answered = True
+                    while message is not grpc.aio.EOF:
                         yield journal.keep(message, held)  # type: ignore[arg-type]
+                        message = await call.read()
                     replica.record_success()
                     return
                 except grpc.aio.AioRpcError as exc:
                     failure = self._up.failed(exc, replica, started).refusal
-                    cut_at, cutter = cut_at or time.monotonic(), replica.address
+                    cut_at = time.monotonic() if answered else cut_at
+                    cutter = replica.address
                     span.set_attribute(RETRY_REASON, failure.code.name)
                     span.set_status(Status(StatusCode.ERROR, failure.message))
                 finally:
@@ -236,6 +243,28 @@ class Resumer:
         if journal.resumes == 0 and failure.code not in RESUMABLE:
             raise failure
         raise _not_resumed(failure, why)
+
+
+@contextlib.contextmanager
+def keeping_alive(context: grpc.aio.ServicerContext, period_s: float) -> Iterator[None]:
+    """While the body waits on the caller's behalf, a keepalive to the caller every
+    `period_s`, where it takes them (a MuxContext's, services/common/mux_server.py); a
+    plain gRPC call has none, and its caller's own deadline bounds the wait."""
+    send = getattr(context, "keepalive", None)
+    if send is None:
+        yield
+        return
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            send()
+
+    beating = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        beating.cancel()
 
 
 def _not_resumed(failure: Refusal, why: str) -> Refusal:

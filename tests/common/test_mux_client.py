@@ -16,8 +16,9 @@ import pytest
 from devstack.certs import ensure_local_certs
 from devstack.processes import ManagedProcess, free_port, wait_until
 from devstack.readiness import client_tls, grpc_serving
-from services.common.mux import GENERATE
+from services.common.mux import GENERATE, Outbox, to_pairs
 from services.common.mux_client import MuxCall, MuxChannel, StreamTransport
+from services.common.mux_server import MuxContext
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import SCRIPTED_MODEL
@@ -196,3 +197,27 @@ async def test_a_link_closed_before_it_ran_ends_its_streams(engine) -> None:
             async with asyncio.timeout(5):
                 await call.read()
         assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("takes_them", [True, False])
+async def test_a_keepalive_reaches_a_caller_that_takes_them_and_is_never_a_message(
+    takes_them: bool,
+) -> None:
+    metadata = (("tera-keepalive", "1"),) if takes_them else ()
+    opened = pb.MuxOpen(method=GENERATE, metadata=to_pairs(metadata))
+    outbox = Outbox()
+    context = MuxContext(opened, None, outbox, 1)  # type: ignore[arg-type]
+    context.keepalive()  # the router waits on a replica for the caller
+    context.send_now(b"m0")
+    batch = await anext(outbox.batches())
+    kinds = [frame.WhichOneof("kind") for frame in batch.frames]
+    # An older edge would take a keepalive frame for an empty message: it gets none.
+    assert kinds == (["keepalive", "message"] if takes_them else ["message"])
+
+    call = MuxCall(_QuietLink(), 1, None, None)  # type: ignore[arg-type]
+    heard: list[None] = []
+    call.on_keepalive(lambda: heard.append(None))
+    for frame in batch.frames:
+        call.received(frame)
+    assert len(heard) == int(takes_them)
+    assert await call.read() == b"m0"

@@ -12,7 +12,7 @@ import asyncio
 import grpc
 import pytest
 
-from services.edge.engine_client import _relay
+from services.edge.engine_client import _IdleWatch, _relay
 from services.edge.errors import OpenAIError
 
 LIMIT_S = 0.2
@@ -89,3 +89,37 @@ async def test_a_read_waiting_past_the_limit_ends_the_stream_with_504() -> None:
     assert received == [1, 2]
     assert raised.value.status == 504
     assert raised.value.body()["error"]["code"] == "stream_idle_timeout"
+
+
+class _Cancellable:
+    cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+async def _keepalives(watch: _IdleWatch, for_s: float) -> None:
+    for _ in range(round(for_s / (0.5 * LIMIT_S))):
+        watch.alive()
+        await asyncio.sleep(0.5 * LIMIT_S)
+
+
+async def test_keepalives_between_messages_restart_the_idle_clock() -> None:
+    # The router waits on a resumed stream's new replica: its keepalives, not messages.
+    call = _Cancellable()
+    watch = _IdleWatch(call, LIMIT_S)  # type: ignore[arg-type]
+    watch.reading()
+    await _keepalives(watch, 4 * LIMIT_S)
+    assert not call.cancelled
+    await asyncio.sleep(3 * LIMIT_S)  # and once they stop, the limit holds again
+    assert call.cancelled and watch.expired
+    watch.close()
+
+
+async def test_keepalives_before_the_first_message_start_no_idle_clock() -> None:
+    call = _Cancellable()
+    watch = _IdleWatch(call, LIMIT_S)  # type: ignore[arg-type]
+    await _keepalives(watch, 2 * LIMIT_S)
+    await asyncio.sleep(3 * LIMIT_S)
+    assert not call.cancelled  # the first message's wait is the router's to bound
+    watch.close()

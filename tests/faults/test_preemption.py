@@ -67,6 +67,7 @@ def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Fleet:
         env: dict[str, str] | None = None,
         resume: dict | None = None,
         engines: list[dict] | None = None,
+        edge: dict | None = None,
         **fair: object,
     ) -> RunningStack:
         router = tmp_path / "router.yaml"
@@ -75,6 +76,8 @@ def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Fleet:
         catalog = tmp_path / "catalog.yaml"
         keys = [{"name": n, "key": f"sk-{n}", **extra} for n, extra in KEYS.items()]
         catalog.write_text(yaml.safe_dump({"models": [{"id": SCRIPTED_MODEL}], "keys": keys}))
+        edge_config = tmp_path / "edge.yaml"
+        edge_config.write_text(yaml.safe_dump(edge or {}))
         behaviours = engines or [ENGINE]
         stack = scripted_stack(
             engines=len(behaviours),
@@ -82,7 +85,7 @@ def fleet(scripted_stack: Callable[..., RunningStack], tmp_path: Path) -> Fleet:
                 ["--scripted", json.dumps(b), "--max-in-flight", str(slots)] for b in behaviours
             ],
             router_args=["--config", str(router), "--metrics-port", str(free_port())],
-            edge_args=["--catalog", str(catalog)],
+            edge_args=["--catalog", str(catalog), "--config", str(edge_config)],
             env=env or {},
         )
         time.sleep(0.5)  # the router has polled the engine's admission limit
@@ -168,6 +171,25 @@ async def test_a_preempted_batch_stream_loses_no_token_and_interactive_waits_a_s
     assert got.longest_gap >= 0.2  # it did pause: the interactive answer went first
     labels = {"priority": "batch", "by": "interactive"}
     assert router_metric(stack, "tera_router_preemptions_total", **labels) == 1
+    assert router_metric(stack, "tera_router_resumes_total", reason="preempt") == 1
+
+
+async def test_a_preempted_stream_queued_past_the_edge_idle_limit_is_not_a_timeout(
+    fleet: Fleet,
+) -> None:
+    """The interactive answer that takes the batch stream's only slot lasts 3 s, twice
+    the edge's idle limit between messages: the router's keepalives, while the
+    preempted stream waits for its slot, tell the edge that the wait is the router's,
+    so the stream pauses and goes on rather than ending 504."""
+    stack = fleet(slots=1, resume={"keepalive_s": 0.3}, edge={"stream_idle_timeout_s": 1.5})
+    base = stack.base_url
+    batch = asyncio.create_task(ask(base, "sk-bulk", BATCH_TOKENS))
+    await asyncio.sleep(0.5)  # the batch stream holds the only slot
+    inter = await ask(base, "sk-inter", BATCH_TOKENS)
+    got = await batch
+    assert inter.error is None, inter.error
+    await assert_unpreempted(got)
+    assert got.longest_gap >= 1.5  # it waited past the idle limit
     assert router_metric(stack, "tera_router_resumes_total", reason="preempt") == 1
 
 

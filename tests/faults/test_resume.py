@@ -19,7 +19,7 @@ from services.engine.config import EngineConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import SCRIPTED_MODEL
-from tests.faults.fleet import BOTH_TRANSPORTS, router_metric
+from tests.faults.fleet import BOTH_TRANSPORTS, ROUTER_SETTINGS, router_metric
 
 pytestmark = BOTH_TRANSPORTS
 
@@ -183,3 +183,27 @@ async def test_a_hedged_stream_resumes_on_the_hedge_loser(fleet) -> None:
     assert got["error"] is None, got["error"]
     assert got["texts"] == want["texts"] and got["usage"] == want["usage"]
     assert router_metric(stack, "tera_router_resumes_total", reason="internal") == 1
+
+
+async def test_a_resumed_prefill_longer_than_the_edge_idle_limit_is_not_a_timeout(
+    fleet, tmp_path
+) -> None:
+    """The continuation's replica is silent for 3 s before its first token (a long
+    re-prefill on a slow host) and the edge's idle limit between messages is 1.5 s: the
+    router's keepalives tell the edge that the wait is the router's, as a first
+    message's wait is, so the stream goes on instead of ending 504."""
+    slow_cut = {"first_token_delay_s": 3.0, "fail_after_tokens": 2, "tokens_per_second": 200}
+    router = {
+        "hedge": {"enabled": False},
+        "retry": {**ROUTER_SETTINGS["retry"], "first_message_timeout_s": 30.0},
+        "resume": {"keepalive_s": 0.3},
+    }
+    edge_config = tmp_path / "edge.yaml"
+    edge_config.write_text("stream_idle_timeout_s: 1.5\n")
+    stack = fleet([slow_cut, slow_cut], router=router, edge_extra=["--config", str(edge_config)])
+    body = {"max_tokens": 4}
+    got, want = await stream(stack.base_url, body), await reference(slow_cut, body)
+    assert got["error"] is None, got["error"]
+    assert got["texts"] == want["texts"] and got["usage"] == want["usage"]
+    assert router_metric(stack, "tera_router_resumes_total", reason="internal") == 1
+    assert router_metric(stack, "tera_router_resume_gap_seconds_sum") >= 3.0

@@ -462,18 +462,20 @@ class MuxFrames(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[_Union[MuxFrame, _Mapping]]] = ...) -> None: ...
 
 class MuxFrame(_message.Message):
-    __slots__ = ("stream_id", "open", "cancel", "message", "end")
+    __slots__ = ("stream_id", "open", "cancel", "message", "end", "keepalive")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     OPEN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
     stream_id: int
     open: MuxOpen
     cancel: MuxCancel
     message: bytes
     end: MuxEnd
-    def __init__(self, stream_id: _Optional[int] = ..., open: _Optional[_Union[MuxOpen, _Mapping]] = ..., cancel: _Optional[_Union[MuxCancel, _Mapping]] = ..., message: _Optional[bytes] = ..., end: _Optional[_Union[MuxEnd, _Mapping]] = ...) -> None: ...
+    keepalive: MuxKeepalive
+    def __init__(self, stream_id: _Optional[int] = ..., open: _Optional[_Union[MuxOpen, _Mapping]] = ..., cancel: _Optional[_Union[MuxCancel, _Mapping]] = ..., message: _Optional[bytes] = ..., end: _Optional[_Union[MuxEnd, _Mapping]] = ..., keepalive: _Optional[_Union[MuxKeepalive, _Mapping]] = ...) -> None: ...
 
 class MuxOpen(_message.Message):
     __slots__ = ("method", "request", "metadata", "timeout_s")
@@ -488,6 +490,10 @@ class MuxOpen(_message.Message):
     def __init__(self, method: _Optional[str] = ..., request: _Optional[bytes] = ..., metadata: _Optional[_Iterable[_Union[MetadataPair, _Mapping]]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class MuxCancel(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MuxKeepalive(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
