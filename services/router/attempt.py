@@ -40,6 +40,9 @@ class Attempt:
     _held: contextlib.ExitStack = field(init=False, default_factory=contextlib.ExitStack)
     _prefill: contextlib.ExitStack = field(init=False, default_factory=contextlib.ExitStack)
     _closed: bool = field(init=False, default=False)
+    # Given up past first_message_timeout_s for a retry elsewhere, whose budget token it
+    # took as it did (relay.py: _open).
+    retry_paid: bool = field(init=False, default=False)
 
     def wait_first(self, first: asyncio.Task[bytes | None], uncached_tokens: int = 0) -> None:
         """Counts the attempt as in flight on its replica until it is closed, and its

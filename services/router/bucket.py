@@ -30,10 +30,15 @@ class TokenBucket:
         self._refill()
         self._tokens = min(self._cap, self._tokens + self._ratio)
 
-    def can_spend(self) -> bool:
-        """Whether try_spend would succeed now; spends nothing."""
+    @property
+    def tokens(self) -> float:
+        """What may be spent now (a gauge's reading)."""
         self._refill()
-        return self._tokens >= 1
+        return self._tokens
+
+    def refund(self, tokens: int) -> None:
+        """Gives back tokens spent ahead for extra attempts that were not made."""
+        self._tokens = min(self._cap, self._tokens + tokens)
 
     def try_spend(self) -> bool:
         self._refill()

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -33,6 +33,11 @@ class RouterMetrics:
             "tera_router_retry_budget_exhausted",
             "Retries not attempted because the retry budget was empty, by model",
             ["model"],
+        )
+        self.retry_budget = Gauge(
+            "tera_router_retry_budget_tokens",
+            "Retries the retry budget allows now (each request deposits budget_ratio)",
+            registry=self.registry,
         )
         # Not failures: the router waits on when no retry could go elsewhere. A rise says
         # prefills queue past first_message_timeout_s (too few replicas, or too short a limit).

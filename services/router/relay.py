@@ -76,6 +76,7 @@ class Relay:
         self._share = _fair_share(config, queue_metrics)
         self._queue = FairQueue(pool, config.fair, queue_metrics, share=self._share)
         self.reconfigure(config)
+        metrics.retry_budget.set_function(lambda: self._budget.tokens)
 
     async def close(self) -> None:
         if self._share is not None:
@@ -180,43 +181,55 @@ class Relay:
     async def _attempts(self, up: Upstream, journal: Journal) -> AsyncIterator[bytes]:
         route, tried = up.route, journal.tried
         last_failure: Refusal | None = None
-        for attempt in range(1, self._config.retry.max_attempts + 1):
-            if attempt > 1:
-                if not self._budget.try_spend():
-                    log.warning("retry budget exhausted; not retrying %s", route.model)
-                    self._metrics.retry_budget_exhausted.labels(route.model).inc()
-                    break
-                self._metrics.retries.labels(last_failure.code.name).inc()  # type: ignore[union-attr]
-                await asyncio.sleep(backoff_s(attempt - 1, self._config.retry))
-            replica = self._choose(route, tried, last_failure)
-            if attempt == 1:  # a model some replica serves: worth hedging state
-                self._hedger.on_request(route.model)
-            opened: list[Attempt] = []
-            try:
-                winner, first = await self._race(up, replica, attempt, opened, tried)
-                # A hedge's loser was cancelled, not failed: a later resume may use it.
-                tried.difference_update(a.replica.address for a in opened if a is not winner)
-                with _marks_failure(winner.span):
-                    if first is None:  # finished with no message: a valid, empty answer
-                        winner.replica.record_success()
+        prepaid = 0  # retries paid for as their attempts were given up (_open's elsewhere)
+        try:
+            for attempt in range(1, self._config.retry.max_attempts + 1):
+                if attempt > 1:
+                    if prepaid:
+                        prepaid -= 1
+                    elif not self._budget.try_spend():
+                        log.warning("retry budget exhausted; not retrying %s", route.model)
+                        self._metrics.retry_budget_exhausted.labels(route.model).inc()
+                        break
+                    self._metrics.retries.labels(last_failure.code.name).inc()  # type: ignore[union-attr]
+                    await asyncio.sleep(backoff_s(attempt - 1, self._config.retry))
+                replica = self._choose(route, tried, last_failure)
+                if attempt == 1:  # a model some replica serves: worth hedging state
+                    self._hedger.on_request(route.model)
+                opened: list[Attempt] = []
+                try:
+                    try:
+                        winner, first = await self._race(up, replica, attempt, opened, tried)
+                    except AttemptFailed:
+                        prepaid += sum(a.retry_paid for a in opened)
+                        raise
+                    # Given up for a retry before a hedge answered after all: none is made.
+                    self._budget.refund(sum(a.retry_paid for a in opened))
+                    # A hedge's loser was cancelled, not failed: a later resume may use it.
+                    tried.difference_update(a.replica.address for a in opened if a is not winner)
+                    with _marks_failure(winner.span):
+                        if first is None:  # finished with no message: a valid, empty answer
+                            winner.replica.record_success()
+                            return
+                        async for chunk in self._committed(up, winner, first, journal):
+                            yield chunk
                         return
-                    async for chunk in self._committed(up, winner, first, journal):
-                        yield chunk
-                    return
-            except AttemptFailed as failure:
-                last_failure = failure.refusal
-                if not failure.retryable or remaining(up.context) == 0:
-                    break
-                log.info(
-                    "attempt %d on %s failed (%s)",
-                    attempt,
-                    ", ".join(a.replica.address for a in opened),
-                    failure.refusal.code.name,
-                )
-            finally:
-                for opened_attempt in opened:
-                    opened_attempt.close()
-                self._queue.freed(route.model)  # their slots go to the queue's next
+                except AttemptFailed as failure:
+                    last_failure = failure.refusal
+                    if not failure.retryable or remaining(up.context) == 0:
+                        break
+                    log.info(
+                        "attempt %d on %s failed (%s)",
+                        attempt,
+                        ", ".join(a.replica.address for a in opened),
+                        failure.refusal.code.name,
+                    )
+                finally:
+                    for opened_attempt in opened:
+                        opened_attempt.close()
+                    self._queue.freed(route.model)  # their slots go to the queue's next
+        finally:
+            self._budget.refund(prepaid)  # paid for, not made (no replica left, no time)
         raise last_failure or Refusal(grpc.StatusCode.UNAVAILABLE, "no replica answered")
 
     async def _race(
@@ -246,11 +259,15 @@ class Relay:
         retries_left = attempt < self._config.retry.max_attempts
 
         def elsewhere() -> bool:
-            return (
+            # The retry's budget token is taken as the attempt is given up for it: only
+            # asked here and spent at the retry, every attempt of a burst overdue at once
+            # would be given up for the one token left, and all but one call fail.
+            opening.retry_paid = (
                 retries_left
-                and self._budget.can_spend()
                 and any(not r.saturated for r in self._untried(up.route.model, tried))
+                and self._budget.try_spend()
             )
+            return opening.retry_paid
 
         first = self._first_message(opening, up, elsewhere)
         # Sets .started before the task runs.

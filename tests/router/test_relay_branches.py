@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -222,6 +223,56 @@ async def test_a_slow_first_message_is_awaited_once_the_retry_budget_is_spent(
     assert sum(f.engine_requests()) == 3, "one retry, the budget's"
     assert f.metric("tera_router_retry_budget_exhausted_total") == 0, "no retry was wanted"
     assert f.metric("tera_router_first_message_overdue_total") == 2
+
+
+async def test_slow_first_messages_overdue_at_once_move_no_more_than_the_budget_allows(
+    fleet: Callable[..., Fleet],
+) -> None:
+    """Four calls on two slow replicas, overdue at the same moment, with a budget of one
+    retry in all: the first to give its attempt up takes the token as it does, and the
+    others, finding none, wait on. Had each only asked the budget and spent it at the
+    retry, all four would have given up their attempts and three failed."""
+    budget = {"budget_ratio": 0, "min_retries_per_s": 0, "budget_burst": 1}
+    slow = {"first_token_delay_s": 3.0}
+    f = fleet(
+        [slow, slow],
+        router={"retry": {"first_message_timeout_s": 1.0, **budget}, "hedge": {"enabled": False}},
+    )
+    calls = [asyncio.create_task(f.generate()) for _ in range(4)]
+    while sum(f.stack.engine_load(i).in_flight for i in range(2)) < 4:
+        await asyncio.sleep(0.02)
+    # Frozen past their first-message timeouts, the router then meets all four in one
+    # turn of its loop: the checks of a burst that hits the limit together.
+    router = f.stack.stack.router
+    assert router is not None
+    router.kill_group(signal.SIGSTOP)
+    await asyncio.sleep(1.5)
+    router.kill_group(signal.SIGCONT)
+    answers = await asyncio.gather(*calls)
+    assert [code for code, *_ in answers] == [grpc.StatusCode.OK] * 4
+    assert sum(f.engine_requests()) == 5, "one retry, the budget's"
+    assert f.metric("tera_router_retry_budget_exhausted_total") == 0
+
+
+async def test_a_retry_paid_for_and_then_not_made_goes_back_to_the_budget(
+    fleet: Callable[..., Fleet],
+) -> None:
+    """The primary is given up at 1 s for a third replica (the budget's one token paid),
+    but its hedge answers first: no retry is made, so the token is refunded."""
+    budget = {"budget_ratio": 0, "min_retries_per_s": 0, "budget_burst": 1}
+    slow = {"first_token_delay_s": 1.6}
+    f = fleet(
+        [slow, slow, slow],
+        router={
+            "retry": {"first_message_timeout_s": 1.0, **budget},
+            "hedge": {"delay_s": 0.2, "budget_ratio": 1.0, "budget_burst": 10},
+        },
+    )
+    assert f.metric("tera_router_retry_budget_tokens") == 1
+    assert (await f.generate())[0] == grpc.StatusCode.OK
+    assert sum(f.engine_requests()) == 2, "the primary and its hedge; no retry"
+    assert f.metric("tera_router_hedges_total", model=SCRIPTED_MODEL) == 1
+    assert f.metric("tera_router_retry_budget_tokens") == 1
 
 
 async def test_a_slow_first_message_moves_when_another_replica_can_take_it(

@@ -50,15 +50,13 @@ def test_budget_floor_refills_over_time() -> None:
     assert budget.try_spend() and budget.try_spend() and not budget.try_spend()
 
 
-def test_asking_whether_the_budget_allows_a_retry_spends_nothing() -> None:
-    clock = Clock()
-    budget = RetryBudget(RetryConfig(budget_ratio=0, min_retries_per_s=1), clock=clock)
-    while budget.try_spend():
-        pass
-    assert not budget.can_spend()
-    clock.t += 1.0
-    assert budget.can_spend() and budget.can_spend(), "asking twice leaves the token"
-    assert budget.try_spend() and not budget.can_spend()
+def test_a_retry_paid_ahead_and_not_made_is_refunded_up_to_the_cap() -> None:
+    budget = RetryBudget(RetryConfig(budget_ratio=0, min_retries_per_s=0, budget_burst=2))
+    assert budget.try_spend() and budget.try_spend() and not budget.try_spend()
+    budget.refund(1)
+    assert budget.try_spend() and not budget.try_spend()
+    budget.refund(5)  # never past the cap
+    assert budget.try_spend() and budget.try_spend() and not budget.try_spend()
 
 
 def test_backoff_is_jittered_and_capped() -> None:
