@@ -57,11 +57,12 @@ class RunningStack:
 def _plan(
     log_dir: Path, engines: int, engine_args: list[str], model_ids: list[str], **kwargs: object
 ) -> StackPlan:
+    ports = kwargs.pop("engine_ports", None)  # a test that needs the replicas' order
     return StackPlan(
         edge_port=free_port(),
         edge_ops_port=free_port(),
         router_port=free_port(),
-        engine_ports=[free_port() for _ in range(engines)],
+        engine_ports=ports or [free_port() for _ in range(engines)],  # type: ignore[arg-type]
         engine_args=engine_args,
         model_ids=model_ids,
         log_dir=log_dir,

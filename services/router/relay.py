@@ -90,7 +90,13 @@ class Relay:
         self._policies = {
             m: create_policy(p, config.policy_options) for m, p in config.model_policies.items()
         }
-        hooks = ResumeHooks(self._choose, self._failed, self._queue.preemptable)
+        hooks = ResumeHooks(
+            self._choose,
+            self._failed,
+            self._queue.preemptable,
+            self._first_read,
+            self._room_elsewhere,
+        )
         self._resumer = Resumer(config.resume, self._metrics, hooks)
         self._queue.reconfigure(config.fair)
 
@@ -264,7 +270,7 @@ class Relay:
             # would be given up for the one token left, and all but one call fail.
             opening.retry_paid = (
                 retries_left
-                and any(not r.saturated for r in self._untried(up.route.model, tried))
+                and self._room_elsewhere(up.route.model, tried)
                 and self._budget.try_spend()
             )
             return opening.retry_paid
@@ -315,6 +321,9 @@ class Relay:
             )
         return self._policy(route.model).select(unsaturated, route)
 
+    def _room_elsewhere(self, model: str, tried: set[str]) -> bool:
+        return any(not r.saturated for r in self._untried(model, tried))
+
     def _untried(self, model: str, tried: set[str], *, past_trials: bool = False) -> list[Replica]:
         candidates = self._pool.candidates(model, past_trials=past_trials)
         return [r for r in candidates if r.address not in tried]
@@ -340,7 +349,7 @@ class Relay:
         waiting = keeping_alive(context, keepalive_s) if up.continued else contextlib.nullcontext()
         try:
             with waiting:
-                message = await self._first_read(attempt, model, elsewhere)
+                message = await self._first_read(attempt.call, attempt.span, model, elsewhere)
         except TimeoutError:
             replica.record_failure("no first message in time", started=attempt.started)
             raise AttemptFailed(
@@ -365,7 +374,11 @@ class Relay:
         return message  # type: ignore[return-value]
 
     async def _first_read(
-        self, attempt: Attempt, model: str, elsewhere: Callable[[], bool]
+        self,
+        call: grpc.aio.UnaryStreamCall,
+        span: trace.Span,
+        model: str,
+        elsewhere: Callable[[], bool],
     ) -> object:
         """The attempt's first read. Past first_message_timeout_s it is abandoned
         (TimeoutError) only for a retry on another replica: with none to go to (no untried
@@ -373,7 +386,7 @@ class Relay:
         its replica may still be working through (a long prefill on a slow host, a deep
         queue), so it waits on, bounded by the caller's deadline, and looks again every
         period."""
-        read = asyncio.ensure_future(attempt.call.read())
+        read = asyncio.ensure_future(call.read())
         try:
             limit, waited = self._config.retry.first_message_timeout_s, 0.0
             while not (await asyncio.wait((read,), timeout=limit))[0]:
@@ -382,7 +395,7 @@ class Relay:
                 if not waited:
                     self._metrics.first_message_overdue.labels(model).inc()
                 waited += limit
-                attempt.span.add_event("first_message_overdue", {"tera.waited_s": waited})
+                span.add_event("first_message_overdue", {"tera.waited_s": waited})
             return read.result()
         finally:
             read.cancel()

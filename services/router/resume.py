@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 
@@ -130,6 +130,13 @@ class ResumeHooks:
     preemptable: Callable[
         [str, Slot | None, grpc.aio.UnaryStreamCall], AbstractContextManager[None]
     ]
+    # A call's first read, given up past first_message_timeout_s (TimeoutError) only
+    # when elsewhere() says another replica could take the stream (relay.py).
+    first_read: Callable[
+        [grpc.aio.UnaryStreamCall, trace.Span, str, Callable[[], bool]], Awaitable[object]
+    ]
+    # Whether an untried replica of the model has room.
+    room_elsewhere: Callable[[str, set[str]], bool]
 
 
 class Resumer:
@@ -186,9 +193,15 @@ class Resumer:
                 uncached = replica.uncached_tokens(route.prefix_hashes) + tokens
                 prefill.enter_context(replica.prefilling(uncached))
                 answered = False  # a cut before this call's first message: one gap
+
+                def elsewhere() -> bool:
+                    resumes_left = journal.resumes < self._config.max_resumes
+                    return resumes_left and self._up.room_elsewhere(route.model, journal.tried)
+
                 try:
                     with keeping_alive(context, self._config.keepalive_s):
-                        message = await call.read()  # the continuation's prefill
+                        # The continuation's prefill: bounded as a first attempt's is.
+                        message = await self._up.first_read(call, span, route.model, elsewhere)
                     if message is not grpc.aio.EOF:
                         prefill.close()
                         self._metrics.resume_gap.observe(time.monotonic() - cut_at)
@@ -198,8 +211,8 @@ class Resumer:
                         message = await call.read()
                     replica.record_success()
                     return
-                except grpc.aio.AioRpcError as exc:
-                    failure = self._up.failed(exc, replica, started).refusal
+                except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                    failure = self._failure(exc, replica, started)
                     cut_at = time.monotonic() if answered else cut_at
                     cutter = replica.address
                     span.set_attribute(RETRY_REASON, failure.code.name)
@@ -207,6 +220,16 @@ class Resumer:
                 finally:
                     call.cancel()
                     span.end()
+
+    def _failure(
+        self, exc: grpc.aio.AioRpcError | TimeoutError, replica: Replica, started: float
+    ) -> Refusal:
+        if isinstance(exc, TimeoutError):  # silent past the limit, and another has room
+            replica.record_failure("no first message in time", started=started)
+            return Refusal(
+                grpc.StatusCode.UNAVAILABLE, f"replica {replica.address} sent nothing in time"
+            )
+        return self._up.failed(exc, replica, started).refusal
 
     def _replica(self, route: RouteRequest, journal: Journal, failure: Refusal) -> Replica:
         try:

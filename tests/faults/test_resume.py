@@ -13,7 +13,9 @@ import json
 import aiohttp
 import grpc
 import pytest
+import yaml
 
+from devstack.processes import free_port
 from services.engine.backends.scripted import ScriptedBackend
 from services.engine.config import EngineConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -207,3 +209,35 @@ async def test_a_resumed_prefill_longer_than_the_edge_idle_limit_is_not_a_timeou
     assert got["texts"] == want["texts"] and got["usage"] == want["usage"]
     assert router_metric(stack, "tera_router_resumes_total", reason="internal") == 1
     assert router_metric(stack, "tera_router_resume_gap_seconds_sum") >= 3.0
+
+
+async def test_a_continuation_silent_past_the_first_message_limit_moves_on(
+    scripted_stack, tmp_path, engine_transport: str
+) -> None:
+    """Round robin over addresses sends the stream to the lowest, which cuts it after 2
+    tokens, and its continuation to the highest, silent for 30 s: past the router's
+    first-message limit (1 s), with an untried replica left, the continuation goes on
+    there, as a first attempt would. (Before, only the edge's idle limit ended such a
+    wait; with the keepalives that hold a long re-prefill open, nothing would.)"""
+    ports = sorted((free_port() for _ in range(3)), key=lambda p: f"127.0.0.1:{p}")
+    behaviours = {
+        ports[0]: {"fail_after_tokens": 2},
+        ports[1]: {},
+        ports[2]: {"first_token_delay_s": 30.0},
+    }
+    config = tmp_path / "router.yaml"
+    settings = {**ROUTER_SETTINGS, "engine_transport": engine_transport}
+    config.write_text(yaml.safe_dump({**settings, "hedge": {"enabled": False}}))
+    stack = scripted_stack(
+        engines=3,
+        engine_ports=ports,
+        per_engine_args=[["--scripted", json.dumps(behaviours[p])] for p in ports],
+        router_args=["--config", str(config), "--metrics-port", str(free_port())],
+    )
+    body = {"max_tokens": 4}
+    got, want = await stream(stack.base_url, body), await reference({}, body)
+    assert got["error"] is None, got["error"]
+    assert got["texts"] == want["texts"] and got["usage"] == want["usage"]
+    assert router_metric(stack, "tera_router_resumes_total", reason="internal") == 1
+    assert router_metric(stack, "tera_router_resumes_total", reason="unavailable") == 1
+    assert router_metric(stack, "tera_router_first_message_overdue_total") == 0
