@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PositiveFloat, model_validator
 
 from services.catalog.schema import Redis as RedisSettings
 from services.common.priority import PRIORITIES
@@ -24,7 +24,9 @@ class RetryConfig(BaseModel):
     # Most retries that may be saved up: enough for every stream on a replica that
     # dies under load to be retried at once.
     budget_burst: float = Field(200.0, ge=1)
-    # An attempt that has sent nothing after this long is abandoned and retried.
+    # An attempt that has sent nothing after this long is given up for another replica
+    # when one has room (and an attempt and retry budget are left); otherwise awaited,
+    # bounded by the caller's deadline. Per model: RouterConfig.model_first_message_timeout_s.
     first_message_timeout_s: float = Field(30.0, gt=0)
 
 
@@ -173,6 +175,10 @@ class RouterConfig(BaseModel):
     hedge: HedgeConfig = Field(default_factory=HedgeConfig)
     # Per-model hedge settings over `hedge`: {"model id": {"enabled": false}}.
     model_hedges: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Per-model retry.first_message_timeout_s: {"model id": 120.0} for a model whose
+    # prefills run long (a large model, long prompts), so its calls are not moved for
+    # being slow while a stalled replica of a quick model is still left early.
+    model_first_message_timeout_s: dict[str, PositiveFloat] = Field(default_factory=dict)
     health: HealthConfig = Field(default_factory=HealthConfig)
     fair: FairConfig = Field(default_factory=FairConfig)
     # Retry-After (seconds) suggested to callers when no replica can take a request.
@@ -216,6 +222,10 @@ class RouterConfig(BaseModel):
         for model in self.model_hedges:
             self.hedge_for(model)
         return self
+
+    def first_message_timeout_s(self, model: str) -> float:
+        default = self.retry.first_message_timeout_s
+        return self.model_first_message_timeout_s.get(model, default)
 
     def hedge_for(self, model: str) -> HedgeConfig:
         override = self.model_hedges.get(model)

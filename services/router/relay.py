@@ -388,7 +388,7 @@ class Relay:
         period."""
         read = asyncio.ensure_future(call.read())
         try:
-            limit, waited = self._config.retry.first_message_timeout_s, 0.0
+            limit, waited = self._config.first_message_timeout_s(model), 0.0
             while not (await asyncio.wait((read,), timeout=limit))[0]:
                 if elsewhere():
                     raise TimeoutError

@@ -275,6 +275,26 @@ async def test_a_retry_paid_for_and_then_not_made_goes_back_to_the_budget(
     assert f.metric("tera_router_retry_budget_tokens") == 1
 
 
+async def test_a_models_own_first_message_limit_keeps_its_slow_prefills_in_place(
+    fleet: Callable[..., Fleet],
+) -> None:
+    """As the next test, with the model's own limit (10 s) over the fleet's (0.5 s): its
+    calls on the slow replica are not moved for a prefill the model is known to take."""
+    retry = {"first_message_timeout_s": 0.5}
+    f = fleet(
+        [{"first_token_delay_s": 2.0}, {}],
+        router={
+            "retry": retry,
+            "hedge": {"enabled": False},
+            "model_first_message_timeout_s": {SCRIPTED_MODEL: 10.0},
+        },
+    )
+    codes = [(await f.generate())[0] for _ in range(2)]  # round robin: one each
+    assert codes == [grpc.StatusCode.OK] * 2
+    assert f.engine_requests() == [1, 1], "none moved"
+    assert f.metric("tera_router_retries_total") == 0
+
+
 async def test_a_slow_first_message_moves_when_another_replica_can_take_it(
     fleet: Callable[..., Fleet],
 ) -> None:
