@@ -204,13 +204,9 @@ class Relay:
                     self._hedger.on_request(route.model)
                 opened: list[Attempt] = []
                 try:
-                    try:
-                        winner, first = await self._race(up, replica, attempt, opened, tried)
-                    except AttemptFailed:
-                        prepaid += sum(a.retry_paid for a in opened)
-                        raise
+                    winner, first = await self._race(up, replica, attempt, opened, tried)
                     # Given up for a retry before a hedge answered after all: none is made.
-                    self._budget.refund(sum(a.retry_paid for a in opened))
+                    self._budget.refund(_retries_paid(opened))
                     # A hedge's loser was cancelled, not failed: a later resume may use it.
                     tried.difference_update(a.replica.address for a in opened if a is not winner)
                     with _marks_failure(winner.span):
@@ -220,7 +216,8 @@ class Relay:
                         async for chunk in self._committed(up, winner, first, journal):
                             yield chunk
                         return
-                except AttemptFailed as failure:
+                except AttemptFailed as failure:  # the race's: the stream had no message
+                    prepaid += _retries_paid(opened)
                     last_failure = failure.refusal
                     if not failure.retryable or remaining(up.context) == 0:
                         break
@@ -452,6 +449,11 @@ def _forwarded(
         return True
 
     return (forward,)
+
+
+def _retries_paid(opened: list[Attempt]) -> int:
+    """Retries the race's attempts paid for as they were given up (Relay._open)."""
+    return sum(a.retry_paid for a in opened)
 
 
 @contextlib.contextmanager
