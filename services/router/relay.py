@@ -96,6 +96,7 @@ class Relay:
             self._queue.preemptable,
             self._first_read,
             self._room_elsewhere,
+            self._budget.try_spend,
         )
         self._resumer = Resumer(config.resume, self._metrics, hooks)
         self._queue.reconfigure(config.fair)

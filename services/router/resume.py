@@ -137,6 +137,8 @@ class ResumeHooks:
     ]
     # Whether an untried replica of the model has room.
     room_elsewhere: Callable[[str, set[str]], bool]
+    # Takes a token from the retry budget if one is left (RetryBudget.try_spend).
+    spend_retry: Callable[[], bool]
 
 
 class Resumer:
@@ -195,8 +197,17 @@ class Resumer:
                 answered = False  # a cut before this call's first message: one gap
 
                 def elsewhere() -> bool:
+                    # Moving a silent continuation repeats its prefill on another
+                    # replica while this one may still be working through it: a retry,
+                    # paid as a first attempt's is, so an overloaded fleet (where
+                    # silence is likeliest and the budget lowest) is not churned. A
+                    # cut's resume is not: the cut replica's work is lost either way.
                     resumes_left = journal.resumes < self._config.max_resumes
-                    return resumes_left and self._up.room_elsewhere(route.model, journal.tried)
+                    return (
+                        resumes_left
+                        and self._up.room_elsewhere(route.model, journal.tried)
+                        and self._up.spend_retry()
+                    )
 
                 try:
                     with keeping_alive(context, self._config.keepalive_s):

@@ -241,3 +241,43 @@ async def test_a_continuation_silent_past_the_first_message_limit_moves_on(
     assert router_metric(stack, "tera_router_resumes_total", reason="internal") == 1
     assert router_metric(stack, "tera_router_resumes_total", reason="unavailable") == 1
     assert router_metric(stack, "tera_router_first_message_overdue_total") == 0
+
+
+async def test_a_silent_continuation_moves_only_as_the_retry_budget_allows(
+    scripted_stack, tmp_path, engine_transport: str
+) -> None:
+    """A budget of one retry, spent as the first attempt (silent for 30 s) is given up.
+    The retry's replica cuts the stream after 2 tokens and the continuation (a cut's
+    resume, never budgeted) goes to a replica silent for 3 s: past the 1 s limit it is
+    not moved to the untried fourth, for want of budget, but waited for."""
+    ports = sorted((free_port() for _ in range(4)), key=lambda p: f"127.0.0.1:{p}")
+    # Round robin over the untried, by address: p0, then p2 of (p1, p2, p3), then p1.
+    behaviours = {
+        ports[0]: {"first_token_delay_s": 30.0},
+        ports[1]: {"first_token_delay_s": 3.0},
+        ports[2]: {"fail_after_tokens": 2},
+        ports[3]: {},
+    }
+    budget = {"budget_ratio": 0, "min_retries_per_s": 0, "budget_burst": 1}
+    settings = {
+        **ROUTER_SETTINGS,
+        "engine_transport": engine_transport,
+        "hedge": {"enabled": False},
+        "retry": {**ROUTER_SETTINGS["retry"], **budget},
+    }
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    stack = scripted_stack(
+        engines=4,
+        engine_ports=ports,
+        per_engine_args=[["--scripted", json.dumps(behaviours[p])] for p in ports],
+        router_args=["--config", str(config), "--metrics-port", str(free_port())],
+    )
+    body = {"max_tokens": 4}
+    got, want = await stream(stack.base_url, body), await reference({}, body)
+    assert got["error"] is None, got["error"]
+    assert got["texts"] == want["texts"] and got["usage"] == want["usage"]
+    assert router_metric(stack, "tera_router_resumes_total", reason="internal") == 1
+    assert router_metric(stack, "tera_router_resumes_total", reason="unavailable") == 0
+    assert router_metric(stack, "tera_router_first_message_overdue_total") == 1
+    assert router_metric(stack, "tera_router_retry_budget_tokens") == 0
