@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack.cpu_layout import OMP_BIND
 from devstack.processes import ManagedProcess, wait_until
 from devstack.readiness import (
     client_tls,
@@ -66,6 +67,13 @@ class StackPlan:
         i = self.engine_ports.index(port)
         return {**self.env, **(self.per_engine_env[i] if i < len(self.per_engine_env) else {})}
 
+    def serving_cpus(self, engine_env: dict[str, str]) -> frozenset[int] | None:
+        """Where an engine runs all but its OpenMP threads (gRPC serving, output
+        processing, vLLM's scheduler process): with its OpenMP threads bound to their
+        cores, on the relay's CPUs, off those cores, as vLLM's own server reserves a core
+        for its API and scheduler processes; the OpenMP threads still bind to theirs."""
+        return self.relay_cpus if OMP_BIND in engine_env else None
+
     def tls_args(self, service: str) -> list[str]:
         return ["--tls-dir", str(self.tls_dir / service)] if self.tls_dir else []
 
@@ -101,6 +109,7 @@ class Stack:
 
     def start_engine(self, port: int, extra: list[str] | None = None) -> ManagedProcess:
         plan = self.plan
+        env = plan.engine_env(port)
         engine = ManagedProcess(
             f"engine:{port}",
             [
@@ -115,8 +124,9 @@ class Stack:
                 *plan.tls_args("engine"),
                 *(extra or []),
             ],
-            env=plan.engine_env(port),
+            env=env,
             log_path=self._log(f"engine-{port}"),
+            cpus=plan.serving_cpus(env),
         ).start()
         self.engines.append(engine)
         return engine

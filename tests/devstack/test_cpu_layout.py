@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 from devstack import run
-from devstack.cpu_layout import OMP_BIND, CpuLayout, plan_cpus
+from devstack.cpu_layout import OMP_BIND, CpuLayout, machine_cpus, plan_cpus
 
 
 @pytest.mark.parametrize(
@@ -42,12 +43,16 @@ def test_tera_run_pins_vllm_replicas_and_relay_but_not_speech(
     assert [plan.engine_env(p).get(OMP_BIND) for p in plan.engine_ports] == ["0,1", "2", None]
     assert OMP_BIND not in plan.engine_env(speech)
     assert plan.relay_cpus == frozenset({3})
+    # The engines' other threads (serving, vLLM's scheduler) stay off the OpenMP cores.
+    serving = [plan.serving_cpus(plan.engine_env(p)) for p in plan.engine_ports]
+    assert serving == [frozenset({3}), frozenset({3}), None]
 
 
 def test_cpu_pinning_off_leaves_vllm_its_own_binding(monkeypatch: pytest.MonkeyPatch) -> None:
     plan = _plan(monkeypatch, [0, 1, 2, 3], ["--cpu-pinning", "off", "--no-speech"])
     assert OMP_BIND not in plan.engine_env(plan.engine_ports[0])
     assert plan.relay_cpus is None
+    assert plan.serving_cpus(plan.engine_env(plan.engine_ports[0])) is None
 
 
 def test_catalog_pins_each_chat_replica_and_leaves_speech_alone(
@@ -63,3 +68,20 @@ def test_catalog_pins_each_chat_replica_and_leaves_speech_alone(
     plan = run.plan_from_catalog(run.build_parser().parse_args(["--catalog", str(catalog)]))
     assert [plan.engine_env(p).get(OMP_BIND) for p in plan.engine_ports] == [None, "0", "1"]
     assert plan.relay_cpus == frozenset({2})
+
+
+@pytest.mark.skipif(len(machine_cpus()) < 2, reason="needs a CPU to keep the relay on")
+def test_an_engine_with_bound_openmp_threads_serves_from_the_relay_cpus(scripted_stack) -> None:
+    """Its serving threads and vLLM's scheduler process share the relay's CPU, off the
+    OpenMP core, where they would stall a decode step (vLLM's own server keeps its API
+    process off it the same way); an engine without a binding runs anywhere."""
+    *compute, relay = machine_cpus()
+    stack = scripted_stack(
+        engines=2,
+        per_engine_env=[{OMP_BIND: str(compute[0])}, {}],
+        relay_cpus=frozenset({relay}),
+    ).stack
+    bound, unbound = stack.engines
+    assert os.sched_getaffinity(bound.pid) == {relay}
+    assert os.sched_getaffinity(unbound.pid) == set(machine_cpus())
+    assert os.sched_getaffinity(stack.router.pid) == {relay}
