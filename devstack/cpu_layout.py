@@ -9,8 +9,10 @@ when `tera run` starts several processes on one machine:
   OpenMP core, which stalls a whole decode step (the waterfall bench's contention
   experiment: TTFT p50 at concurrency 32 0.65x with the relay confined to the core vLLM
   leaves free; no difference at concurrency 1).
-So each vLLM replica gets its own cores and the relay gets the core(s) left over, as
-vLLM's own server leaves one core to its API process.
+So each vLLM replica's OpenMP threads get their own cores, and the relay and the rest of
+each replica (its serving process, vLLM's scheduler process: devstack/stack.py
+`serving_cpus`) the core(s) left over, as vLLM's own server leaves one core to its API
+and scheduler processes.
 """
 
 from __future__ import annotations
