@@ -211,6 +211,28 @@ async def test_a_resumed_prefill_longer_than_the_edge_idle_limit_is_not_a_timeou
     assert router_metric(stack, "tera_router_resume_gap_seconds_sum") >= 3.0
 
 
+def _replicas_in_order(
+    scripted_stack, tmp_path, engine_transport: str, behaviours: list[dict], retry: dict
+):
+    """Replicas behaving as listed, in the order round robin takes them (by address,
+    over the untried), behind a router without hedges and with `retry` settings."""
+    ports = sorted((free_port() for _ in behaviours), key=lambda p: f"127.0.0.1:{p}")
+    settings = {
+        **ROUTER_SETTINGS,
+        "engine_transport": engine_transport,
+        "hedge": {"enabled": False},
+        "retry": {**ROUTER_SETTINGS["retry"], **retry},
+    }
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    return scripted_stack(
+        engines=len(ports),
+        engine_ports=ports,
+        per_engine_args=[["--scripted", json.dumps(b)] for b in behaviours],
+        router_args=["--config", str(config), "--metrics-port", str(free_port())],
+    )
+
+
 async def test_a_continuation_silent_past_the_first_message_limit_moves_on(
     scripted_stack, tmp_path, engine_transport: str
 ) -> None:
@@ -219,21 +241,8 @@ async def test_a_continuation_silent_past_the_first_message_limit_moves_on(
     first-message limit (1 s), with an untried replica left, the continuation goes on
     there, as a first attempt would. (Before, only the edge's idle limit ended such a
     wait; with the keepalives that hold a long re-prefill open, nothing would.)"""
-    ports = sorted((free_port() for _ in range(3)), key=lambda p: f"127.0.0.1:{p}")
-    behaviours = {
-        ports[0]: {"fail_after_tokens": 2},
-        ports[1]: {},
-        ports[2]: {"first_token_delay_s": 30.0},
-    }
-    config = tmp_path / "router.yaml"
-    settings = {**ROUTER_SETTINGS, "engine_transport": engine_transport}
-    config.write_text(yaml.safe_dump({**settings, "hedge": {"enabled": False}}))
-    stack = scripted_stack(
-        engines=3,
-        engine_ports=ports,
-        per_engine_args=[["--scripted", json.dumps(behaviours[p])] for p in ports],
-        router_args=["--config", str(config), "--metrics-port", str(free_port())],
-    )
+    behaviours = [{"fail_after_tokens": 2}, {}, {"first_token_delay_s": 30.0}]
+    stack = _replicas_in_order(scripted_stack, tmp_path, engine_transport, behaviours, {})
     body = {"max_tokens": 4}
     got, want = await stream(stack.base_url, body), await reference({}, body)
     assert got["error"] is None, got["error"]
@@ -250,29 +259,15 @@ async def test_a_silent_continuation_moves_only_as_the_retry_budget_allows(
     The retry's replica cuts the stream after 2 tokens and the continuation (a cut's
     resume, never budgeted) goes to a replica silent for 3 s: past the 1 s limit it is
     not moved to the untried fourth, for want of budget, but waited for."""
-    ports = sorted((free_port() for _ in range(4)), key=lambda p: f"127.0.0.1:{p}")
     # Round robin over the untried, by address: p0, then p2 of (p1, p2, p3), then p1.
-    behaviours = {
-        ports[0]: {"first_token_delay_s": 30.0},
-        ports[1]: {"first_token_delay_s": 3.0},
-        ports[2]: {"fail_after_tokens": 2},
-        ports[3]: {},
-    }
+    behaviours = [
+        {"first_token_delay_s": 30.0},
+        {"first_token_delay_s": 3.0},
+        {"fail_after_tokens": 2},
+        {},
+    ]
     budget = {"budget_ratio": 0, "min_retries_per_s": 0, "budget_burst": 1}
-    settings = {
-        **ROUTER_SETTINGS,
-        "engine_transport": engine_transport,
-        "hedge": {"enabled": False},
-        "retry": {**ROUTER_SETTINGS["retry"], **budget},
-    }
-    config = tmp_path / "router.yaml"
-    config.write_text(yaml.safe_dump(settings))
-    stack = scripted_stack(
-        engines=4,
-        engine_ports=ports,
-        per_engine_args=[["--scripted", json.dumps(behaviours[p])] for p in ports],
-        router_args=["--config", str(config), "--metrics-port", str(free_port())],
-    )
+    stack = _replicas_in_order(scripted_stack, tmp_path, engine_transport, behaviours, budget)
     body = {"max_tokens": 4}
     got, want = await stream(stack.base_url, body), await reference({}, body)
     assert got["error"] is None, got["error"]
