@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -86,6 +87,28 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
     return (utime + stime + cutime + cstime) / TICKS
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and every process below it (e.g. vLLM's EngineCore and its workers), from
+    /proc's children lists; one gone meanwhile is left out."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += map(int, (task / "children").read_text().split())
+    return tree
+
+
+def tree_cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU of these processes, skipping any that has exited."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
 
 
 def percentile(values: Sequence[float], q: float) -> float:

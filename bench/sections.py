@@ -46,7 +46,7 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
     rows = vs_vllm.run(model_dir, results, concurrencies, control=control)
     report["vs_vllm"] = rows
     columns = ["target", "concurrency", "output_throughput", "request_throughput"]
-    columns += ["p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms", "p99_itl_ms"]
+    columns += ["p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms", "p99_itl_ms", *vs_vllm.CPU_COLUMNS]
     order = (
         f"vLLM, Tera, {vs_vllm.CONTROL} (a second vLLM server: the control), "
         f"{vs_vllm.CONTROL}, Tera, vLLM with seeds 0, 0, 0, 1, 1, 1"
@@ -57,7 +57,10 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
         "## Tera vs vLLM's own server (vllm bench serve, openai-chat, random "
         f"{vs_vllm.INPUT_LEN} in / {vs_vllm.OUTPUT_LEN} out, streaming; per concurrency "
         f"{order}, each target's halves pooled)\n",
-        "Ratio rows: throughput as target/vLLM, latencies as target minus vLLM (ms).\n",
+        "Ratio rows: throughput and CPU as target/vLLM, latencies as target minus vLLM "
+        "(ms). CPU is milliseconds per 1,000 output tokens over each half (its two warm-up "
+        "requests included): serving = vLLM's API server, or Tera's edge, router and engine "
+        "front; model = vLLM's EngineCore and workers below them.\n",
         table(rows, columns),
         "",
     ]

@@ -11,17 +11,19 @@ import os
 import subprocess
 import sys
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import CACHE_DIR, ROOT, vllm_plan
+from bench.common import CACHE_DIR, ROOT, process_tree, tree_cpu_seconds, vllm_plan
 from devstack.cpu_layout import OMP_BIND, machine_cpus, plan_cpus
 from devstack.processes import ManagedProcess, free_port, wait_until
 from devstack.stack import Stack
 from services.engine.model_prep import DEFAULT_MODEL_ID
 
 INPUT_LEN, OUTPUT_LEN = 128, 64
+CPU_COLUMNS = ("serving_cpu_ms_per_ktok", "model_cpu_ms_per_ktok")
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_USE_AOT_COMPILE": "0",
@@ -51,7 +53,35 @@ CONTROL_ORDER = (
 )  # fmt: skip
 
 
-def _bench(base_url: str, model_dir: Path, concurrency: int, seed: int, out: Path) -> dict:
+@dataclass(frozen=True)
+class Target:
+    """A server under test. Its serving processes (vLLM's API server; Tera's edge, router
+    and engine front) are what differ between the two: the processes below them (vLLM's
+    EngineCore and workers) are the same model either way, so their CPU is counted apart."""
+
+    base_url: str
+    serving_pids: tuple[int, ...]
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU used so far: (serving processes, the model's processes below them)."""
+        model = [child for pid in self.serving_pids for child in process_tree(pid)[1:]]
+        return tree_cpu_seconds(self.serving_pids), tree_cpu_seconds(model)
+
+
+def _bench(target: Target, model_dir: Path, concurrency: int, seed: int, out: Path) -> dict:
+    """One half: `vllm bench serve`'s result, plus the CPU the target used meanwhile (its
+    two warm-up requests included, on both targets alike)."""
+    serving_before, model_before = target.cpu_seconds()
+    result = _vllm_bench_serve(target.base_url, model_dir, concurrency, seed, out)
+    serving_after, model_after = target.cpu_seconds()
+    result["serving_cpu_s"] = serving_after - serving_before
+    result["model_cpu_s"] = model_after - model_before
+    return result
+
+
+def _vllm_bench_serve(
+    base_url: str, model_dir: Path, concurrency: int, seed: int, out: Path
+) -> dict:
     # Over 50 lines only because `vllm bench serve`'s arguments stand one per line.
     name = out.name
     subprocess.run(
@@ -169,13 +199,15 @@ def run(
     with contextlib.ExitStack() as servers:
         vllm, vllm_base = _start_vllm(model_dir, results)
         servers.callback(vllm.stop)
-        targets = {"vllm": vllm_base}
+        targets = {"vllm": Target(vllm_base, (vllm.pid,))}
         if control:
-            other, targets[CONTROL] = _start_vllm(model_dir, results, log=f"{CONTROL}.log")
+            other, other_base = _start_vllm(model_dir, results, log=f"{CONTROL}.log")
             servers.callback(other.stop)
+            targets[CONTROL] = Target(other_base, (other.pid,))
         stack = Stack(vllm_plan(model_dir, results)).start(timeout_s=600)
         servers.callback(stack.stop)
-        targets["tera"] = stack.plan.base_url.removesuffix("/v1")
+        serving = tuple(p.pid for p in stack.processes)  # engine front, router, edge
+        targets["tera"] = Target(stack.plan.base_url.removesuffix("/v1"), serving)
         rows = [
             row
             for c in concurrencies
@@ -187,7 +219,7 @@ def run(
 
 
 def _concurrency(
-    targets: dict[str, str],
+    targets: dict[str, Target],
     model_dir: Path,
     results: Path,
     concurrency: int,
@@ -209,8 +241,9 @@ def combine(halves: list[dict]) -> dict:
     itls = [i for h in halves for req in h["itls"] for i in req]
     duration = sum(h["duration"] for h in halves)
     completed = sum(h["completed"] for h in halves)
+    tokens = sum(h["total_output_tokens"] for h in halves)
     return {
-        "output_throughput": sum(h["total_output_tokens"] for h in halves) / duration,
+        "output_throughput": tokens / duration,
         "request_throughput": completed / duration,
         "p50_ttft_ms": float(np.percentile(ttfts, 50)) * 1000,
         "p99_ttft_ms": float(np.percentile(ttfts, 99)) * 1000,
@@ -218,12 +251,24 @@ def combine(halves: list[dict]) -> dict:
         "p99_itl_ms": float(np.percentile(itls, 99)) * 1000,
         "completed": completed,
         "failed": sum(h["num_prompts"] - h["completed"] for h in halves),
+        **_cpu_per_ktok(halves, tokens),
+    }
+
+
+def _cpu_per_ktok(halves: list[dict], tokens: int) -> dict:
+    """CPU milliseconds per 1,000 output tokens, serving processes and model apart (absent
+    from results that did not count it)."""
+    if tokens == 0 or not all("serving_cpu_s" in h for h in halves):
+        return {}
+    return {
+        "serving_cpu_ms_per_ktok": sum(h["serving_cpu_s"] for h in halves) / tokens * 1e6,
+        "model_cpu_ms_per_ktok": sum(h["model_cpu_s"] for h in halves) / tokens * 1e6,
     }
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """Each other target (Tera, the control) over vLLM, per concurrency (throughput: higher
-    is better; latency: delta in ms)."""
+    """Each other target (Tera, the control) over vLLM, per concurrency (throughput and CPU
+    per token as ratios, latency as a delta in ms)."""
     out = []
     others = [name for name in dict.fromkeys(r["target"] for r in rows) if name != "vllm"]
     for name, c in itertools.product(others, sorted({r["concurrency"] for r in rows})):
@@ -239,6 +284,7 @@ def ratios(rows: list[dict]) -> list[dict]:
                 "p99_ttft_ms": t["p99_ttft_ms"] - v["p99_ttft_ms"],
                 "p50_itl_ms": t["p50_itl_ms"] - v["p50_itl_ms"],
                 "p99_itl_ms": t["p99_itl_ms"] - v["p99_itl_ms"],
+                **{k: t[k] / v[k] for k in CPU_COLUMNS if t.get(k) and v.get(k)},
             }
         )
     return out

@@ -3,13 +3,17 @@ the `vllm bench serve` it runs starts on this host."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from bench.vs_vllm import combine, ratios
+from bench.common import process_tree, tree_cpu_seconds
+from bench.vs_vllm import Target, combine, ratios
 
 
 def _half(ttfts: list[float], itls: list[list[float]], duration: float, tokens: int) -> dict:
@@ -74,6 +78,50 @@ def test_the_control_server_gets_its_own_ratio_to_vllm() -> None:
     assert by_target["vllm-b/vllm"]["output_throughput"] == pytest.approx(0.97)
     assert by_target["vllm-b/vllm"]["p50_ttft_ms"] == pytest.approx(2.0)
     assert by_target["tera/vllm"]["p50_ttft_ms"] == pytest.approx(1.0)
+
+
+def test_cpu_per_token_pools_both_halves_and_is_a_ratio_against_vllm() -> None:
+    def half(tokens: int, serving_s: float, model_s: float) -> dict:
+        result = _half([0.1], [[0.01]], duration=1.0, tokens=tokens)
+        return result | {"serving_cpu_s": serving_s, "model_cpu_s": model_s}
+
+    vllm = combine([half(1000, 0.1, 2.0), half(3000, 0.3, 6.0)])
+    tera = combine([half(2000, 0.3, 4.0), half(2000, 0.5, 4.0)])
+    assert vllm["serving_cpu_ms_per_ktok"] == pytest.approx(100)
+    assert tera["serving_cpu_ms_per_ktok"] == pytest.approx(200)
+    assert tera["model_cpu_ms_per_ktok"] == pytest.approx(2000)
+    rows = [
+        {"target": "vllm", "concurrency": 8, **vllm},
+        {"target": "tera", "concurrency": 8, **tera},
+    ]
+    (ratio,) = ratios(rows)
+    assert ratio["serving_cpu_ms_per_ktok"] == pytest.approx(2.0)
+    assert ratio["model_cpu_ms_per_ktok"] == pytest.approx(1.0)
+    assert "serving_cpu_ms_per_ktok" not in combine([_half([0.1], [[0.01]], 1.0, 10)])
+
+
+BURN = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\n"
+IDLE = "time.sleep(30)\n"
+
+
+def test_a_targets_cpu_counts_its_serving_process_apart_from_those_below_it() -> None:
+    # A "server" that burns 0.3 s itself and starts a "model" child burning 0.6 s, as
+    # vLLM's API server starts EngineCore: the child's CPU must land in the model column.
+    model = BURN.format(s=0.6) + IDLE
+    start_model = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {model!r}])\n"
+    server = subprocess.Popen([sys.executable, "-c", start_model + BURN.format(s=0.3) + IDLE])
+    try:
+        target = Target("http://127.0.0.1:1", (server.pid,))
+        deadline = time.monotonic() + 60
+        while tree_cpu_seconds(process_tree(server.pid)) < 0.9 < deadline - time.monotonic():
+            time.sleep(0.1)  # until both have burnt theirs
+        serving_s, model_s = target.cpu_seconds()
+        assert 0.3 <= serving_s < 0.55
+        assert 0.6 <= model_s < 0.85
+    finally:
+        for pid in reversed(process_tree(server.pid)):
+            os.kill(pid, signal.SIGKILL)
+        server.wait()
 
 
 def test_the_vllm_command_line_runs_as_the_cpu_build() -> None:
