@@ -59,8 +59,9 @@ class StackPlan:
     # Mutual TLS on every gRPC hop: a devstack.certs folder (edge/, router/, engine/).
     # None: plaintext, which the services allow on loopback only.
     tls_dir: Path | None = None
-    # CPUs the relay (edge and router) is confined to; None: wherever the OS puts it.
-    # The waterfall bench's contention experiment keeps it off vLLM's OpenMP core.
+    # CPUs the relay (edge and router) is confined to, and with them every vLLM engine's
+    # serving processes (`serving_cpus`); None: wherever the OS puts them. Keeps them off
+    # vLLM's OpenMP cores (the waterfall bench's contention experiment).
     relay_cpus: frozenset[int] | None = None
 
     def engine_env(self, port: int) -> dict[str, str]:
