@@ -89,20 +89,7 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime + cutime + cstime) / TICKS
 
 
-def process_tree(pid: int) -> list[int]:
-    """pid and every process below it (e.g. vLLM's EngineCore and its workers), from
-    /proc's children lists; one gone meanwhile is left out."""
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += map(int, (task / "children").read_text().split())
-    return tree
-
-
-def tree_cpu_seconds(pids: Sequence[int]) -> float:
+def total_cpu_seconds(pids: Sequence[int]) -> float:
     """User + system CPU of these processes, skipping any that has exited."""
     total = 0.0
     for pid in pids:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import CACHE_DIR, ROOT, process_tree, tree_cpu_seconds, vllm_plan
+from bench.common import CACHE_DIR, ROOT, total_cpu_seconds, vllm_plan
 from devstack.cpu_layout import OMP_BIND, machine_cpus, plan_cpus
-from devstack.processes import ManagedProcess, free_port, wait_until
+from devstack.processes import ManagedProcess, free_port, group_members, wait_until
 from devstack.stack import Stack
 from services.engine.model_prep import DEFAULT_MODEL_ID
 
@@ -63,9 +63,12 @@ class Target:
     serving_pids: tuple[int, ...]
 
     def cpu_seconds(self) -> tuple[float, float]:
-        """CPU used so far: (serving processes, the model's processes below them)."""
-        model = [child for pid in self.serving_pids for child in process_tree(pid)[1:]]
-        return tree_cpu_seconds(self.serving_pids), tree_cpu_seconds(model)
+        """CPU used so far: (serving processes, the model's processes below them). Each
+        serving process leads a process group of its own (ManagedProcess), which vLLM's
+        EngineCore and workers join."""
+        serving = set(self.serving_pids)
+        model = [p for pid in serving for p in group_members(pid) if p not in serving]
+        return total_cpu_seconds(self.serving_pids), total_cpu_seconds(model)
 
 
 def _bench(target: Target, model_dir: Path, concurrency: int, seed: int, out: Path) -> dict:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import process_tree, tree_cpu_seconds
+from bench.common import total_cpu_seconds
 from bench.vs_vllm import Target, combine, ratios
+from devstack.processes import group_members
 
 
 def _half(ttfts: list[float], itls: list[list[float]], duration: float, tokens: int) -> dict:
@@ -109,18 +110,19 @@ def test_a_targets_cpu_counts_its_serving_process_apart_from_those_below_it() ->
     # vLLM's API server starts EngineCore: the child's CPU must land in the model column.
     model = BURN.format(s=0.6) + IDLE
     start_model = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {model!r}])\n"
-    server = subprocess.Popen([sys.executable, "-c", start_model + BURN.format(s=0.3) + IDLE])
+    server = subprocess.Popen(  # a group of its own, as ManagedProcess starts a server
+        [sys.executable, "-c", start_model + BURN.format(s=0.3) + IDLE], start_new_session=True
+    )
     try:
         target = Target("http://127.0.0.1:1", (server.pid,))
         deadline = time.monotonic() + 60
-        while tree_cpu_seconds(process_tree(server.pid)) < 0.9 < deadline - time.monotonic():
+        while total_cpu_seconds(group_members(server.pid)) < 0.9 < deadline - time.monotonic():
             time.sleep(0.1)  # until both have burnt theirs
         serving_s, model_s = target.cpu_seconds()
         assert 0.3 <= serving_s < 0.55
         assert 0.6 <= model_s < 0.85
     finally:
-        for pid in reversed(process_tree(server.pid)):
-            os.kill(pid, signal.SIGKILL)
+        os.killpg(server.pid, signal.SIGKILL)
         server.wait()
 
 

@@ -9,6 +9,8 @@ is the same stand-in engine, in process and unfailed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import grpc
@@ -20,7 +22,7 @@ from services.engine.backends.scripted import ScriptedBackend
 from services.engine.config import EngineConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
-from tests.conftest import SCRIPTED_MODEL
+from tests.conftest import SCRIPTED_MODEL, RunningStack
 from tests.faults.fleet import BOTH_TRANSPORTS, ROUTER_SETTINGS, router_metric
 
 pytestmark = BOTH_TRANSPORTS
@@ -212,8 +214,12 @@ async def test_a_resumed_prefill_longer_than_the_edge_idle_limit_is_not_a_timeou
 
 
 def _replicas_in_order(
-    scripted_stack, tmp_path, engine_transport: str, behaviours: list[dict], retry: dict
-):
+    scripted_stack: Callable[..., RunningStack],
+    tmp_path: Path,
+    engine_transport: str,
+    behaviours: list[dict],
+    retry: dict,
+) -> RunningStack:
     """Replicas behaving as listed, in the order round robin takes them (by address,
     over the untried), behind a router without hedges and with `retry` settings."""
     ports = sorted((free_port() for _ in behaviours), key=lambda p: f"127.0.0.1:{p}")
