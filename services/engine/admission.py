@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
+from services.common.arrivals import ArrivalRate
 from services.engine.errors import EngineError
 
 # A call that finds every slot taken waits this long for one to free before it is
@@ -27,12 +28,18 @@ class InFlightLimit:
         self.release_wait_s = release_wait_s
         self.in_flight = 0
         self.admitted_total = 0
+        self._arrivals = ArrivalRate()
         self.draining = False
         self.handed_off = False
         self._streams: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._released = asyncio.Event()  # set, and replaced, at each release
+
+    def arrivals_per_s(self) -> float:
+        """Calls admitted per second recently, as of now."""
+        self._arrivals.observe(self.admitted_total)
+        return self._arrivals.per_s
 
     @contextlib.asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:

@@ -93,6 +93,7 @@ class EngineServicer(pb_grpc.EngineServicer):
             total_requests=self._admission.admitted_total,
             serving_replicas=1,
             mux_stream_port=self.mux_stream_port,
+            arrivals_per_s=self._admission.arrivals_per_s(),
         )
 
     async def WatchPrefixCache(

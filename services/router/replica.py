@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 from grpc_health.v1 import health_pb2
 
+from services.common.arrivals import ArrivalRate
 from services.common.grpc_options import CHANNEL_OPTIONS
 from services.common.mux import GENERATE
 from services.common.mux_client import MuxCall, MuxChannel, StreamTransport
@@ -22,7 +23,6 @@ from services.common.telemetry import grpc_client_interceptors
 from services.common.tls import RotatingChannel, TLSConfig
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
-from services.router.arrivals import ArrivalRate
 from services.router.breaker import CircuitBreaker
 from services.router.cache_index import PrefixIndex
 from services.router.config import BreakerConfig, HealthConfig
@@ -164,7 +164,8 @@ class Replica:
 
     def record_load(self, report: pb.LoadReport) -> None:
         self.reported = report
-        self.arrivals.observe(report.total_requests)
+        engines = report.arrivals_per_s if report.HasField("arrivals_per_s") else None
+        self.arrivals.observe(report.total_requests, engines)
 
     @property
     def channel(self) -> grpc.aio.Channel:

@@ -48,3 +48,17 @@ async def test_a_draining_engine_admits_nothing() -> None:
         async with limit.admit():
             pass
     assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_engine_measures_its_own_arrival_rate() -> None:
+    """The rate every router reads (LoadReport.arrivals_per_s): of the calls admitted
+    between two readings, over the time between them."""
+    limit = InFlightLimit(10)
+    started = time.monotonic()
+    assert limit.arrivals_per_s() == 0  # the first reading is the base
+    for _ in range(10):
+        async with limit.admit():
+            pass
+    await asyncio.sleep(0.2)
+    rate = limit.arrivals_per_s()
+    assert 10 / (time.monotonic() - started) <= rate <= 10 / 0.2

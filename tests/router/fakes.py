@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from services.common.arrivals import ArrivalRate
 from services.proto_gen.tera.v1 import engine_pb2 as pb
-from services.router.arrivals import ArrivalRate
 from services.router.cache_index import PrefixIndex
 from services.router.replica import Replica
 

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import generate_latest
 
 from services.common import prefix_hash
+from services.common.arrivals import ArrivalRate
 from services.proto_gen.tera.v1 import engine_pb2 as pb
-from services.router.arrivals import ArrivalRate
 from services.router.cache_index import PrefixIndex
 from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics
@@ -279,6 +279,27 @@ def test_arrival_rate_follows_the_engines_counter() -> None:
     now[0] += 1
     rate.observe(3)  # the engine restarted: a new base, not a negative rate
     assert rate.per_s == settled
+
+
+def test_routers_started_apart_read_the_engines_own_rate() -> None:
+    """One router saw a burst the other started after; while the engine reports its own
+    rate both use it, and without it each falls back on what it has seen."""
+    now = [0.0]
+    early = ArrivalRate(clock=lambda: now[0])
+    early.observe(0)
+    now[0] = 2.0
+    early.observe(40)  # the burst: 20 calls/s
+    late = ArrivalRate(clock=lambda: now[0])
+    late.observe(40)
+    now[0] = 4.0
+    early.observe(42, engines_per_s=3.5)
+    late.observe(42, engines_per_s=3.5)
+    assert early.per_s == late.per_s == 3.5
+    now[0] = 6.0
+    early.observe(44)
+    late.observe(44)
+    assert late.per_s == pytest.approx(1.0)  # all it has seen
+    assert early.per_s > 5  # the burst still weighs
 
 
 def test_a_new_group_goes_to_the_replica_with_the_least_recent_traffic() -> None:

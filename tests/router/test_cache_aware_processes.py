@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,10 +19,11 @@ from devstack.processes import ManagedProcess, free_port, wait_until
 from devstack.readiness import router_has_replicas
 from services.common import prefix_hash
 from services.common.word_tokens import prompt_token_ids
+from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from services.router.policies.cache_aware import _rendezvous
 from tests.conftest import SCRIPTED_MODEL, RunningStack
-from tests.faults.fleet import router_metric
+from tests.faults.fleet import router_metric, scraped_metric
 
 ROUTER = {
     "policy": "cache_aware",
@@ -31,7 +31,8 @@ ROUTER = {
     "health": {"check_interval_s": 0.2, "check_timeout_s": 0.5, "load_poll_interval_s": 0.2},
     "hedge": {"enabled": False},
 }
-CACHE = {"prefix_cache_chunks": 24}  # 384 tokens per engine
+CACHE = {"prefix_cache_chunks": 24}
+INDEX_CHUNKS = "tera_router_prefix_index_chunks"  # 384 tokens per engine
 
 
 def _system(group: str, words: int = 64) -> tuple[str, str]:
@@ -230,7 +231,8 @@ async def test_two_routers_agree(scripted_stack, tmp_path) -> None:
     conversations = [[_system(f"s{c}"), ("user", f"c{c}")] for c in range(6)]
     for turns in conversations:  # each on an engine the no-match fallback would not pick
         await _prime(stack, _not_the_fallback(stack, turns), turns)
-    with _second_router(stack, tmp_path) as b:
+    with _second_router(stack, tmp_path) as (b, b_metrics):
+        metrics = [_metrics_url(stack), b_metrics]
         agreed = 0
         for round_ in range(24):
             if rng.random() < 0.25:  # a new conversation, never seen by either
@@ -241,7 +243,7 @@ async def test_two_routers_agree(scripted_stack, tmp_path) -> None:
             after = engine_totals(stack.engine_addresses)
             agreed += 2 in [y - x for x, y in zip(before, after, strict=True)]
             turns += [("assistant", "ok"), ("user", f"more {rng.randrange(99)} " * 20)]
-            await asyncio.sleep(0.2)  # both routers hear of the new turn
+            await asyncio.to_thread(_until_indexes_match_engines, stack, metrics)
         assert agreed / 24 >= 0.95, f"{agreed}/24"
 
 
@@ -301,19 +303,50 @@ async def _call(router: str, turns: list[tuple[str, str]]) -> None:
 
 
 @contextlib.contextmanager
-def _second_router(stack: RunningStack, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
+def _second_router(stack: RunningStack, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Router B over the stack's engines: its address and its metrics' URL, once its
+    index of every engine's cache matches the engine's."""
+    port, metrics_port = free_port(), free_port()
     replicas = [a for address in stack.engine_addresses for a in ("--replica", address)]
     config = str(tmp_path / "router.yaml")
+    args = ["--port", str(port), "--metrics-port", str(metrics_port), "--config", config]
     second = ManagedProcess(
-        "router-b",
-        ["-m", "services.router", "--port", str(port), "--config", config, *replicas],
-        log_path=tmp_path / "router-b.log",
+        "router-b", ["-m", "services.router", *args, *replicas], log_path=tmp_path / "router-b.log"
     ).start()
     try:
-        address = f"127.0.0.1:{port}"
+        address, metrics = f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
         wait_until(lambda: router_has_replicas(address, 3), timeout_s=30, watch=[second], what="B")
-        time.sleep(0.5)  # B's snapshots arrive
-        yield address
+        _until_indexes_match_engines(stack, [metrics])
+        yield address, metrics
     finally:
         second.stop()
+
+
+def _metrics_url(stack: RunningStack) -> str:
+    args = stack.stack.plan.router_args
+    return f"http://127.0.0.1:{args[args.index('--metrics-port') + 1]}/metrics"
+
+
+def _resident_chunks(engine: str) -> int:
+    """How many chunk names the engine's prefix cache holds: its watch's snapshot."""
+    with grpc.insecure_channel(engine) as channel:
+        watch = pb_grpc.EngineStub(channel).WatchPrefixCache(pb.WatchPrefixCacheRequest())
+        snapshot = next(watch)  # one message while the cache holds < 4,096 names
+        watch.cancel()
+    assert snapshot.reset
+    return len(snapshot.stored)
+
+
+def _until_indexes_match_engines(stack: RunningStack, routers_metrics: list[str]) -> None:
+    """Until each router's index of each engine holds as many chunks as the engine does:
+    the routers have heard every event of the calls so far."""
+
+    def in_step() -> bool:
+        for engine in stack.engine_addresses:
+            resident = _resident_chunks(engine)
+            for url in routers_metrics:
+                if scraped_metric(url, INDEX_CHUNKS, replica=engine) != resident:
+                    return False
+        return True
+
+    wait_until(in_step, timeout_s=20, interval_s=0.05, what="the routers' indexes to catch up")

@@ -24,7 +24,7 @@ and evictions). Per request:
    less than the longest match copies the prefix onto a quieter replica: counted as a
    hot spread.
 3. No match anywhere (a new prefix group): the band's replica whose engine admitted
-   the fewest calls recently (services.router.arrivals), so new groups fill the replicas
+   the fewest calls recently (services.common.arrivals), so new groups fill the replicas
    that the groups already placed keep quiet; rates within `rate_tolerance` of the
    lowest (or all near zero) tie, and ties go by rendezvous hashing of the prefix, so
    routers whose estimates differ a little, or an idle fleet, still make the same pick.
@@ -43,8 +43,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from services.common.arrivals import ArrivalRate
 from services.common.prefix_hash import CHUNK_TOKENS
-from services.router.arrivals import ArrivalRate
 from services.router.cache_index import PrefixIndex
 from services.router.policies.base import LoadBalancingPolicy, R, RouteRequest
 

@@ -420,7 +420,7 @@ class GetLoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("in_flight", "running", "waiting", "kv_cache_usage", "max_in_flight", "total_requests", "serving_replicas", "mux_stream_port")
+    __slots__ = ("in_flight", "running", "waiting", "kv_cache_usage", "max_in_flight", "total_requests", "serving_replicas", "mux_stream_port", "arrivals_per_s")
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -429,6 +429,7 @@ class LoadReport(_message.Message):
     TOTAL_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     SERVING_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     MUX_STREAM_PORT_FIELD_NUMBER: _ClassVar[int]
+    ARRIVALS_PER_S_FIELD_NUMBER: _ClassVar[int]
     in_flight: int
     running: int
     waiting: int
@@ -437,7 +438,8 @@ class LoadReport(_message.Message):
     total_requests: int
     serving_replicas: int
     mux_stream_port: int
-    def __init__(self, in_flight: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_in_flight: _Optional[int] = ..., total_requests: _Optional[int] = ..., serving_replicas: _Optional[int] = ..., mux_stream_port: _Optional[int] = ...) -> None: ...
+    arrivals_per_s: float
+    def __init__(self, in_flight: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., max_in_flight: _Optional[int] = ..., total_requests: _Optional[int] = ..., serving_replicas: _Optional[int] = ..., mux_stream_port: _Optional[int] = ..., arrivals_per_s: _Optional[float] = ...) -> None: ...
 
 class WatchPrefixCacheRequest(_message.Message):
     __slots__ = ()
