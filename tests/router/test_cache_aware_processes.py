@@ -76,7 +76,7 @@ async def _prime(stack: RunningStack, engine: int, turns: list[tuple[str, str]])
     request = chat(SCRIPTED_MODEL, turns)
     async with grpc.aio.insecure_channel(stack.engine_addresses[engine]) as channel:
         await generate(pb_grpc.EngineStub(channel), request)
-    await asyncio.sleep(0.3)  # the engine's event reaches the router
+    await asyncio.to_thread(_until_indexes_match_engines, stack, [_metrics_url(stack)])
 
 
 async def test_calls_land_where_their_prefix_is_resident(scripted_stack, tmp_path) -> None:
