@@ -80,6 +80,7 @@ FLEET: list[P | Row] = [
     panel("Ejections", "short", Q("sum by (replica) (increase(tera_router_replica_ejections_total[$__rate_interval]))", "{{replica}}")),
     panel("Calls in flight per replica", "short", Q("tera_router_replica_in_flight", "{{replica}}")),
     panel("Queued prefill per replica (prompt tokens sent, not yet answered)", "short", Q("tera_router_replica_prefill_tokens", "{{replica}}")),
+    panel("Arrivals/s per replica (where new prefix groups go)", "reqps", Q("max by (replica) (tera_router_replica_arrivals_per_s)", "{{replica}}"), about="Calls each engine admitted per second recently (10 s half-life), from every router, as the engine measures it. cache_aware sends a prompt that no replica has cached to the lowest (rates within 25 % tie): a replica far above the rest holds a hot prefix group."),
     panel("Relayed calls/s by gRPC code", "reqps", Q(rate("tera_router_requests_total", M, "code"), "{{code}}")),
     panel("Retries/s by reason", "reqps", Q(rate("tera_router_retries_total", "", "reason"), "{{reason}}")),
     panel("Retries refused by the retry budget", "reqps", Q(rate("tera_router_retry_budget_exhausted_total", M, "model"), "{{model}}")),

@@ -127,15 +127,22 @@ class _ReplicaCollector(Collector):
             "(the queued prefill cache_aware weighs)",
             labels=["replica"],
         )
+        arrivals = GaugeMetricFamily(
+            "tera_router_replica_arrivals_per_s",
+            "Calls a replica's engine admitted per second recently, from every router (the "
+            "engine's own figure when it reports one): where cache_aware places new groups",
+            labels=["replica"],
+        )
         for address, replica in sorted(self._pool.replicas.items()):
             up.add_metric([address], 1.0 if replica.available else 0.0)
             in_flight.add_metric([address], replica.in_flight)
             prefill.add_metric([address], replica.prefill_tokens)
+            arrivals.add_metric([address], replica.arrivals.per_s)
             ejections.add_metric([address], replica.breaker.total_ejections)
             index = getattr(replica, "prefix_index", None)
             if index is not None:
                 prefix.add_metric([address], len(index))
-        yield from (up, in_flight, prefill, ejections, prefix)
+        yield from (up, in_flight, prefill, arrivals, ejections, prefix)
         yield self._ready_by_model()
 
     def _ready_by_model(self) -> GaugeMetricFamily:

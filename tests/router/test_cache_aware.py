@@ -213,6 +213,7 @@ def test_options_come_from_router_config() -> None:
 def test_metrics_show_index_size_and_decisions_by_reason() -> None:
     replicas = fleet(2)
     hold(replicas[0], names(1, 3))
+    replicas[1].arrivals.observe(0, engines_per_s=2.5)
     policy = CacheAwarePolicy()
     policy.select(replicas, route(names(1, 3)))
     policy.select(replicas, RouteRequest("m"))
@@ -224,6 +225,7 @@ def test_metrics_show_index_size_and_decisions_by_reason() -> None:
             prefill_tokens=48 * i,
             breaker=SimpleNamespace(total_ejections=0),
             prefix_index=r.prefix_index,
+            arrivals=r.arrivals,
         )
         for i, r in enumerate(replicas)
     }
@@ -233,6 +235,7 @@ def test_metrics_show_index_size_and_decisions_by_reason() -> None:
     text = generate_latest(metrics.registry).decode()
     assert 'tera_router_prefix_index_chunks{replica="10.0.0.0:1"} 3.0' in text
     assert 'tera_router_replica_prefill_tokens{replica="10.0.0.1:1"} 48.0' in text
+    assert 'tera_router_replica_arrivals_per_s{replica="10.0.0.1:1"} 2.5' in text
     assert 'tera_router_route_decisions_total{reason="cache_hit"} 1.0' in text
     assert 'tera_router_route_decisions_total{reason="no_prefix"} 1.0' in text
 
