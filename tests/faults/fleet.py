@@ -49,9 +49,13 @@ def router_metric(stack: RunningStack, name: str, **labels: str) -> float:
 
 def plan_router_metric(plan: StackPlan, name: str, **labels: str) -> float:
     """router_metric for a plan's router (a bench's Stack as well as a test's)."""
+    return scraped_metric(router_metrics_url(plan), name, **labels)
+
+
+def router_metrics_url(plan: StackPlan) -> str:
+    """Where the plan's router serves its metrics (its --metrics-port)."""
     args = plan.router_args
-    port = args[args.index("--metrics-port") + 1]
-    return scraped_metric(f"http://127.0.0.1:{port}/metrics", name, **labels)
+    return f"http://127.0.0.1:{args[args.index('--metrics-port') + 1]}/metrics"
 
 
 def scraped_metric(url: str, name: str, **labels: str) -> float:

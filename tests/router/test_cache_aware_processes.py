@@ -23,7 +23,7 @@ from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from services.router.policies.cache_aware import _rendezvous
 from tests.conftest import SCRIPTED_MODEL, RunningStack
-from tests.faults.fleet import router_metric, scraped_metric
+from tests.faults.fleet import router_metric, router_metrics_url, scraped_metric
 
 ROUTER = {
     "policy": "cache_aware",
@@ -31,8 +31,8 @@ ROUTER = {
     "health": {"check_interval_s": 0.2, "check_timeout_s": 0.5, "load_poll_interval_s": 0.2},
     "hedge": {"enabled": False},
 }
-CACHE = {"prefix_cache_chunks": 24}
-INDEX_CHUNKS = "tera_router_prefix_index_chunks"  # 384 tokens per engine
+CACHE = {"prefix_cache_chunks": 24}  # 384 tokens per engine
+INDEX_CHUNKS = "tera_router_prefix_index_chunks"
 
 
 def _system(group: str, words: int = 64) -> tuple[str, str]:
@@ -76,7 +76,8 @@ async def _prime(stack: RunningStack, engine: int, turns: list[tuple[str, str]])
     request = chat(SCRIPTED_MODEL, turns)
     async with grpc.aio.insecure_channel(stack.engine_addresses[engine]) as channel:
         await generate(pb_grpc.EngineStub(channel), request)
-    await asyncio.to_thread(_until_indexes_match_engines, stack, [_metrics_url(stack)])
+    routers = [router_metrics_url(stack.stack.plan)]
+    await asyncio.to_thread(_until_indexes_match_engines, stack, routers)
 
 
 async def test_calls_land_where_their_prefix_is_resident(scripted_stack, tmp_path) -> None:
@@ -232,7 +233,7 @@ async def test_two_routers_agree(scripted_stack, tmp_path) -> None:
     for turns in conversations:  # each on an engine the no-match fallback would not pick
         await _prime(stack, _not_the_fallback(stack, turns), turns)
     with _second_router(stack, tmp_path) as (b, b_metrics):
-        metrics = [_metrics_url(stack), b_metrics]
+        metrics = [router_metrics_url(stack.stack.plan), b_metrics]
         agreed = 0
         for round_ in range(24):
             if rng.random() < 0.25:  # a new conversation, never seen by either
@@ -322,11 +323,6 @@ def _second_router(stack: RunningStack, tmp_path: Path) -> Iterator[tuple[str, s
         second.stop()
 
 
-def _metrics_url(stack: RunningStack) -> str:
-    args = stack.stack.plan.router_args
-    return f"http://127.0.0.1:{args[args.index('--metrics-port') + 1]}/metrics"
-
-
 def _resident_chunks(engine: str) -> int:
     """How many chunk names the engine's prefix cache holds: its watch's snapshot."""
     with grpc.insecure_channel(engine) as channel:
@@ -339,7 +335,8 @@ def _resident_chunks(engine: str) -> int:
 
 def _until_indexes_match_engines(stack: RunningStack, routers_metrics: list[str]) -> None:
     """Until each router's index of each engine holds as many chunks as the engine does:
-    the routers have heard every event of the calls so far."""
+    the routers have heard every event of the calls so far (while the caches are below
+    capacity, as here: at capacity a store and its eviction leave the count alike)."""
 
     def in_step() -> bool:
         for engine in stack.engine_addresses:
