@@ -7,8 +7,8 @@ started gives the rate it has seen rather than a fraction of it.
 The engine keeps one over its own counter and reports it (LoadReport.arrivals_per_s), so
 every router reads the same figure whenever it started: a router restarted during a
 rollout places new prefix groups as its peers do, rather than by the few seconds it has
-seen. A router keeps its own estimate from LoadReport.total_requests as well, for an
-engine that does not report the rate.
+seen. A router keeps one from LoadReport.total_requests as well, for an engine that does
+not report the rate (services.router.replica.Replica.arrivals_per_s picks).
 """
 
 from __future__ import annotations
@@ -30,17 +30,13 @@ class ArrivalRate:
         self._last: tuple[float, int] | None = None  # (when, total) of the previous report
         self._mean = 0.0
         self._weight = 0.0  # of the samples so far: 1 - decay since the first one
-        self._engines: float | None = None  # the engine's own figure, when it reports one
 
     @property
     def per_s(self) -> float:
-        if self._engines is not None:
-            return self._engines
         return self._mean / self._weight if self._weight else 0.0
 
-    def observe(self, total: int, engines_per_s: float | None = None) -> None:
-        """One reading of the counter, with the engine's own rate if it reported one."""
-        self._engines = engines_per_s
+    def observe(self, total: int) -> None:
+        """One reading of the counter."""
         now = self._clock()
         last, self._last = self._last, (now, total)
         # The first report, or an engine that restarted (its counter went back): only a

@@ -137,7 +137,7 @@ class _ReplicaCollector(Collector):
             up.add_metric([address], 1.0 if replica.available else 0.0)
             in_flight.add_metric([address], replica.in_flight)
             prefill.add_metric([address], replica.prefill_tokens)
-            arrivals.add_metric([address], replica.arrivals.per_s)
+            arrivals.add_metric([address], replica.arrivals_per_s)
             ejections.add_metric([address], replica.breaker.total_ejections)
             index = getattr(replica, "prefix_index", None)
             if index is not None:

@@ -164,8 +164,15 @@ class Replica:
 
     def record_load(self, report: pb.LoadReport) -> None:
         self.reported = report
-        engines = report.arrivals_per_s if report.HasField("arrivals_per_s") else None
-        self.arrivals.observe(report.total_requests, engines)
+        self.arrivals.observe(report.total_requests)
+
+    @property
+    def arrivals_per_s(self) -> float:
+        """Calls its engine admitted per second recently: the engine's own figure when it
+        reports one (every router reads the same), else this router's estimate, which is
+        kept warm meanwhile for an engine rolled back to a build without the field."""
+        report = self.reported
+        return report.arrivals_per_s if report.HasField("arrivals_per_s") else self.arrivals.per_s
 
     @property
     def channel(self) -> grpc.aio.Channel:

@@ -213,7 +213,7 @@ def test_options_come_from_router_config() -> None:
 def test_metrics_show_index_size_and_decisions_by_reason() -> None:
     replicas = fleet(2)
     hold(replicas[0], names(1, 3))
-    replicas[1].arrivals.observe(0, engines_per_s=2.5)
+    replicas[1].reported = pb.LoadReport(arrivals_per_s=2.5)
     policy = CacheAwarePolicy()
     policy.select(replicas, route(names(1, 3)))
     policy.select(replicas, RouteRequest("m"))
@@ -225,7 +225,7 @@ def test_metrics_show_index_size_and_decisions_by_reason() -> None:
             prefill_tokens=48 * i,
             breaker=SimpleNamespace(total_ejections=0),
             prefix_index=r.prefix_index,
-            arrivals=r.arrivals,
+            arrivals_per_s=r.arrivals_per_s,
         )
         for i, r in enumerate(replicas)
     }
@@ -288,21 +288,22 @@ def test_routers_started_apart_read_the_engines_own_rate() -> None:
     """One router saw a burst the other started after; while the engine reports its own
     rate both use it, and without it each falls back on what it has seen."""
     now = [0.0]
-    early = ArrivalRate(clock=lambda: now[0])
-    early.observe(0)
+    early, late = fleet(2)
+    early.arrivals = ArrivalRate(clock=lambda: now[0])
+    late.arrivals = ArrivalRate(clock=lambda: now[0])
+    early.record_load(pb.LoadReport(total_requests=0))
     now[0] = 2.0
-    early.observe(40)  # the burst: 20 calls/s
-    late = ArrivalRate(clock=lambda: now[0])
-    late.observe(40)
+    early.record_load(pb.LoadReport(total_requests=40))  # the burst: 20 calls/s
+    late.record_load(pb.LoadReport(total_requests=40))
     now[0] = 4.0
-    early.observe(42, engines_per_s=3.5)
-    late.observe(42, engines_per_s=3.5)
-    assert early.per_s == late.per_s == 3.5
+    early.record_load(pb.LoadReport(total_requests=42, arrivals_per_s=3.5))
+    late.record_load(pb.LoadReport(total_requests=42, arrivals_per_s=3.5))
+    assert early.arrivals_per_s == late.arrivals_per_s == 3.5
     now[0] = 6.0
-    early.observe(44)
-    late.observe(44)
-    assert late.per_s == pytest.approx(1.0)  # all it has seen
-    assert early.per_s > 5  # the burst still weighs
+    early.record_load(pb.LoadReport(total_requests=44))
+    late.record_load(pb.LoadReport(total_requests=44))
+    assert late.arrivals_per_s == pytest.approx(1.0)  # all it has seen
+    assert early.arrivals_per_s > 5  # the burst still weighs
 
 
 def test_a_new_group_goes_to_the_replica_with_the_least_recent_traffic() -> None:

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 from prometheus_client import generate_latest
 
-from services.common.arrivals import ArrivalRate
 from services.router.metrics import RouterMetrics
 
 
@@ -17,7 +16,7 @@ def _replica(available: bool, *models: str) -> SimpleNamespace:
         models=dict.fromkeys(models),
         in_flight=0,
         prefill_tokens=0,
-        arrivals=ArrivalRate(),
+        arrivals_per_s=0.0,
         breaker=SimpleNamespace(total_ejections=0),
     )
 

@@ -43,7 +43,6 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from services.common.arrivals import ArrivalRate
 from services.common.prefix_hash import CHUNK_TOKENS
 from services.router.cache_index import PrefixIndex
 from services.router.policies.base import LoadBalancingPolicy, R, RouteRequest
@@ -69,8 +68,7 @@ def _index(replica: Any) -> PrefixIndex | None:
 
 
 def _arrival_rate(replica: Any) -> float:
-    arrivals: ArrivalRate | None = getattr(replica, "arrivals", None)
-    return arrivals.per_s if arrivals is not None else 0.0
+    return getattr(replica, "arrivals_per_s", 0.0)
 
 
 class CacheAwarePolicy(LoadBalancingPolicy):
