@@ -5,6 +5,7 @@ caps hedges to a fraction of its requests, so an all-slow fleet sees no hedge st
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import time
 from collections import deque
@@ -23,24 +24,26 @@ class AdaptiveDelay:
 
     def __init__(self, config: HedgeConfig) -> None:
         self._config = config
-        self._samples: deque[float] = deque(maxlen=config.window)
-        self._cached: float | None = None
+        self._samples: deque[float] = deque()  # arrival order, to know which one leaves
+        self._ordered: list[float] = []  # the same samples, sorted
 
     def observe(self, seconds: float) -> None:
+        # Kept sorted as they come (two bisections) rather than sorted per request:
+        # sorting the 200-sample window took 4.5 us a request, insort and del 1.1.
+        while len(self._samples) >= self._config.window:
+            del self._ordered[bisect.bisect_left(self._ordered, self._samples.popleft())]
         self._samples.append(seconds)
-        self._cached = None
+        bisect.insort(self._ordered, seconds)
 
     def delay_s(self) -> float:
         config = self._config
         if config.delay_s is not None:
             return config.delay_s
-        if len(self._samples) < config.min_samples:
+        ordered = self._ordered
+        if len(ordered) < config.min_samples:
             return config.ceiling_s
-        if self._cached is None:
-            ordered = sorted(self._samples)
-            rank = math.ceil(config.percentile / 100 * len(ordered)) - 1  # nearest rank
-            self._cached = min(config.ceiling_s, max(config.floor_s, ordered[max(rank, 0)]))
-        return self._cached
+        rank = math.ceil(config.percentile / 100 * len(ordered)) - 1  # nearest rank
+        return min(config.ceiling_s, max(config.floor_s, ordered[max(rank, 0)]))
 
 
 @dataclass

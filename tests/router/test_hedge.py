@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 
 import grpc
 import pytest
@@ -143,3 +145,19 @@ async def test_failures_of_every_attempt_are_raised_for_the_retry_loop() -> None
     with pytest.raises(AttemptFailed):  # a caller error ends the race at once
         await first_answer(primary, 0.01, lambda: bad)  # type: ignore[arg-type]
     primary.first.cancel()
+
+
+def test_delay_matches_the_percentile_of_the_window_as_it_slides() -> None:
+    """The window is kept sorted as samples come and go; each read must equal the
+    nearest-rank percentile of exactly the last `window` samples, repeats included."""
+    rng = random.Random(7)
+    delay = adaptive(percentile=90, window=25)
+    recent: list[float] = []
+    for _ in range(400):
+        sample = rng.choice((0.2, 0.5, 0.7)) if rng.random() < 0.3 else rng.uniform(0.1, 2.0)
+        delay.observe(sample)
+        recent = [*recent, sample][-25:]
+        if len(recent) >= 10:
+            ordered = sorted(recent)
+            expected = ordered[math.ceil(0.9 * len(ordered)) - 1]
+            assert delay.delay_s() == pytest.approx(min(2.0, max(0.1, expected)))
