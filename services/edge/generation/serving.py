@@ -231,16 +231,15 @@ async def _stream(
     response, writer = await open_stream(reply.ctx.http, reply.ctx.response_headers())
     framer = ChunkFramer(_envelope(reply, renderer.chunk_object), include_usage=reply.include_usage)
     chunks = _Chunks(reply, framer)
-    # The opening (chat's role chunk) leaves with whatever is written first, the first
-    # token's chunk as a rule: one write, not two, on the path to the first token.
-    unsent = b"".join(framer.choices(dumps(c)) for c in renderer.opening(reply.n))
+    opening = renderer.opening(reply.n)
+    if opening:
+        await response.write(b"".join(framer.choices(dumps(c)) for c in opening))
     try:
         item = first
         while item is not None:
             upstream, message = item
             data, finished = chunks.render(upstream, message)
-            await response.write(unsent + data)
-            unsent = b""
+            await response.write(data)
             chunks.sent(upstream, message, finished)
             if item is first:  # the first-token waterfall's last server-side mark
                 trace.get_current_span().add_event("first_chunk_written")
@@ -251,15 +250,14 @@ async def _stream(
             raise truncated()
     except OpenAIError as exc:
         failed = (framer.choices(dumps(renderer.failed(i))) for i in sorted(chunks.unfinished))
-        await response.write(unsent + b"".join(failed) + frame(exc.body()))
+        await response.write(b"".join(failed) + frame(exc.body()))
         return response
     finally:
         if reply.ctx.forwarding is not None:
             reply.ctx.forwarding.sink = None
     if reply.include_usage and (chunks.usages or not renderer.usage_needs_upstream):
-        await response.write(unsent + framer.usage(usage_json(_total(chunks.usages))))
-        unsent = b""
-    await response.write(unsent + DONE)
+        await response.write(framer.usage(usage_json(_total(chunks.usages))))
+    await response.write(DONE)
     return response
 
 
