@@ -7,24 +7,16 @@ import os
 import signal
 from pathlib import Path
 
-import grpc
 import openai
 
 from devstack.processes import wait_until
 from devstack.readiness import router_has_replicas
-from services.proto_gen.tera.v1 import engine_pb2 as pb
-from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import SCRIPTED_MODEL
 from tests.devstack.cli import tera_run
+from tests.faults.fleet import engine_total
 from tests.faults.load import run_load
 
 FAST = {"tokens_per_second": 100}
-
-
-def _served(address: str) -> int:
-    """Requests an engine process has admitted since it started."""
-    with grpc.insecure_channel(address) as channel:
-        return pb_grpc.EngineStub(channel).GetLoad(pb.GetLoadRequest(), timeout=5).total_requests
 
 
 async def test_a_killed_engine_is_restarted_and_back_in_rotation_under_load(
@@ -52,7 +44,7 @@ async def test_a_killed_engine_is_restarted_and_back_in_rotation_under_load(
         # Back in rotation: the new process takes a share of new requests.
         after = await run_load(run.base_url, requests=20, concurrency=4, max_tokens=3)
         assert after.summary()["succeeded"] == 20
-        assert await asyncio.to_thread(_served, run.engine_address(0)) > 0
+        assert await asyncio.to_thread(engine_total, run.engine_address(0)) > 0
 
 
 async def test_a_crash_loop_is_given_up_on_and_the_rest_keep_serving(tmp_path: Path) -> None:

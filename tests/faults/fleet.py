@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import urllib.request
 
-import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.prefix_client import engine_totals
 from devstack.processes import wait_until
 from devstack.readiness import grpc_serving
 from devstack.stack import StackPlan
-from services.proto_gen.tera.v1 import engine_pb2 as pb
-from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import RunningStack
 
 # Fast health checks, a 1 s first-message deadline and a quick breaker: a fault shows in
@@ -71,8 +69,8 @@ def scraped_metric(url: str, name: str, **labels: str) -> float:
 
 def engine_total(address: str) -> int:
     """Requests an engine has admitted since it started."""
-    with grpc.insecure_channel(address) as channel:
-        return pb_grpc.EngineStub(channel).GetLoad(pb.GetLoadRequest(), timeout=5).total_requests
+    (total,) = engine_totals([address])
+    return total
 
 
 def restart_engine(stack: RunningStack, i: int = 0, timeout_s: float = 300) -> None:
