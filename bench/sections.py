@@ -47,6 +47,7 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
     report["vs_vllm"] = rows
     columns = ["target", "concurrency", "output_throughput", "request_throughput"]
     columns += ["p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms", "p99_itl_ms", *vs_vllm.CPU_COLUMNS]
+    columns.append(vs_vllm.HALVES_APART)
     order = (
         f"vLLM, Tera, {vs_vllm.CONTROL} (a second vLLM server: the control), "
         f"{vs_vllm.CONTROL}, Tera, vLLM with seeds 0, 0, 0, 1, 1, 1"
@@ -60,7 +61,9 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
         "Ratio rows: throughput and CPU as target/vLLM, latencies as target minus vLLM "
         "(ms). CPU is milliseconds per 1,000 output tokens over each half (its two warm-up "
         "requests included): serving = vLLM's API server, or Tera's edge, router and engine "
-        "front; model = vLLM's EngineCore and workers below them.\n",
+        "front; model = vLLM's EngineCore and workers below them. "
+        f"{vs_vllm.HALVES_APART}: a target's own two halves, the spread a ratio between two "
+        "servers has to clear (`python -m bench.pooled` reads several runs together).\n",
         table(rows, columns),
         "",
     ]

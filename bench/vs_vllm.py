@@ -24,6 +24,7 @@ from services.engine.model_prep import DEFAULT_MODEL_ID
 
 INPUT_LEN, OUTPUT_LEN = 128, 64
 CPU_COLUMNS = ("serving_cpu_ms_per_ktok", "model_cpu_ms_per_ktok")
+HALVES_APART = "throughput_last_half_over_first"
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_USE_AOT_COMPILE": "0",
@@ -254,8 +255,19 @@ def combine(halves: list[dict]) -> dict:
         "p99_itl_ms": float(np.percentile(itls, 99)) * 1000,
         "completed": completed,
         "failed": sum(h["num_prompts"] - h["completed"] for h in halves),
+        **_halves_apart(halves),
         **_cpu_per_ktok(halves, tokens),
     }
+
+
+def _halves_apart(halves: list[dict]) -> dict:
+    """The last half's output throughput over the first's: how far one server's two
+    halves of the same run land apart, the noise any ratio between two servers carries."""
+    first, last = halves[0], halves[-1]
+    if len(halves) < 2 or not (first["duration"] and last["duration"]):
+        return {}
+    rate = [h["total_output_tokens"] / h["duration"] for h in (first, last)]
+    return {HALVES_APART: rate[1] / rate[0]} if rate[0] else {}
 
 
 def _cpu_per_ktok(halves: list[dict], tokens: int) -> dict:

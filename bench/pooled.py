@@ -1,0 +1,111 @@
+"""Several vs_vllm runs read together: what no single run can say.
+
+One ABBA run's Tera/vLLM ratio carries the host's drift during that run. On this
+2-CPU host vLLM's own two halves of one run (the same server, minutes apart) land a
+median 3-4 % apart, so a ratio of 0.98 or 1.02 from one run says nothing about which
+server is faster. Read together, N runs give each concurrency's ratio as a median with
+a bootstrap confidence interval, the TTFT p50 difference likewise, and beside them
+vLLM's own half-to-half spread over the same runs: what two identical servers give.
+
+    python -m bench.pooled bench/results/A bench/results/B ...   # markdown on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import median_ci, table
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """One run's figures at one concurrency."""
+
+    run: str
+    concurrency: int
+    throughput_ratio: float  # Tera over vLLM, both halves pooled
+    ttft_p50_delta_ms: float  # Tera minus vLLM
+    vllm_halves: float  # vLLM's last half's output throughput over its first
+
+
+def half_throughput(path: Path) -> float:
+    half = json.loads(path.read_text())
+    return half["total_output_tokens"] / half["duration"]
+
+
+def read_run(results: Path) -> list[RunFigures]:
+    """A vs_vllm run's ratio rows (report.json) and vLLM's two halves (the per-half
+    `vllm bench serve` results beside it)."""
+    report = json.loads((results / "report.json").read_text())
+    out = []
+    for row in report.get("vs_vllm", []):
+        if row["target"] != "tera/vllm":
+            continue
+        c = row["concurrency"]
+        first, last = (half_throughput(results / f"vllm-c{c}-seed{s}.json") for s in (0, 1))
+        out.append(
+            RunFigures(results.name, c, row["output_throughput"], row["p50_ttft_ms"], last / first)
+        )
+    return out
+
+
+def pool(figures: list[RunFigures]) -> list[dict]:
+    """Per concurrency: the ratio's and the TTFT difference's medians with 95 % bootstrap
+    intervals, how many runs met parity, and vLLM's own halves' spread."""
+    rows = []
+    for c in sorted({f.concurrency for f in figures}):
+        at = [f for f in figures if f.concurrency == c]
+        ratios = [f.throughput_ratio for f in at]
+        deltas = [f.ttft_p50_delta_ms for f in at]
+        spreads = [abs(f.vllm_halves - 1) * 100 for f in at]
+        ratio_ci, delta_ci = median_ci(ratios), median_ci(deltas)
+        rows.append(
+            {
+                "concurrency": c,
+                "runs": len(at),
+                "throughput_ratio_median": statistics.median(ratios),
+                "throughput_ratio_ci95": f"{ratio_ci[0]:.3f} - {ratio_ci[1]:.3f}",
+                "runs_at_or_above_1": sum(r >= 1 for r in ratios),
+                "ttft_p50_delta_ms_median": statistics.median(deltas),
+                "ttft_p50_delta_ms_ci95": f"{delta_ci[0]:.1f} - {delta_ci[1]:.1f}",
+                "vllm_halves_apart_pct_median": statistics.median(spreads),
+                "vllm_halves_apart_pct_max": max(spreads),
+            }
+        )
+    return rows
+
+
+COLUMNS = [
+    "concurrency",
+    "runs",
+    "throughput_ratio_median",
+    "throughput_ratio_ci95",
+    "runs_at_or_above_1",
+    "ttft_p50_delta_ms_median",
+    "ttft_p50_delta_ms_ci95",
+    "vllm_halves_apart_pct_median",
+    "vllm_halves_apart_pct_max",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="bench/results/<time> of vs_vllm runs")
+    args = parser.parse_args()
+    figures = [f for results in args.runs for f in read_run(results)]
+    names = ", ".join(r.name for r in args.runs)
+    print(f"## Tera vs vLLM, {len(args.runs)} runs read together ({names})\n")
+    print(
+        "Throughput Tera/vLLM and TTFT p50 Tera - vLLM (ms): medians over the runs with "
+        "95 % bootstrap intervals; vllm_halves_apart: how far vLLM's own two halves of a "
+        "run land apart (%), what two identical servers give on this host.\n"
+    )
+    print(table(pool(figures), COLUMNS))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""bench.pooled reads several vs_vllm runs' result folders as the bench writes them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.pooled import pool, read_run
+from bench.vs_vllm import HALVES_APART, combine
+
+
+def _write_run(
+    folder: Path, ratio: float, ttft_delta_ms: float, vllm_rates: tuple[float, float]
+) -> Path:
+    """A run at concurrency 8 as bench/vs_vllm.py leaves it: report.json's rows and one
+    `vllm bench serve` result per half (seed 0 ran first, seed 1 last)."""
+    folder.mkdir()
+    for seed, rate in enumerate(vllm_rates):
+        half = {"total_output_tokens": 1000, "duration": 1000 / rate}
+        (folder / f"vllm-c8-seed{seed}.json").write_text(json.dumps(half))
+    row = {"concurrency": 8, "output_throughput": ratio, "p50_ttft_ms": ttft_delta_ms}
+    report = {"vs_vllm": [{"target": "vllm", "concurrency": 8}, {"target": "tera/vllm", **row}]}
+    (folder / "report.json").write_text(json.dumps(report))
+    return folder
+
+
+def test_runs_read_together_give_medians_parity_count_and_vllms_own_spread(
+    tmp_path: Path,
+) -> None:
+    runs = [
+        _write_run(tmp_path / "a", 0.98, 4.0, (100.0, 90.0)),  # vLLM's last half 10 % slower
+        _write_run(tmp_path / "b", 1.03, -2.0, (100.0, 104.0)),
+        _write_run(tmp_path / "c", 1.01, 1.0, (100.0, 101.0)),
+    ]
+    [row] = pool([f for run in runs for f in read_run(run)])
+    assert row["concurrency"] == 8 and row["runs"] == 3
+    assert row["throughput_ratio_median"] == pytest.approx(1.01)
+    assert row["runs_at_or_above_1"] == 2
+    assert row["ttft_p50_delta_ms_median"] == pytest.approx(1.0)
+    low, high = map(float, row["throughput_ratio_ci95"].split(" - "))
+    assert 0.98 <= low <= 1.01 <= high <= 1.03
+    # |last / first - 1| per run: 10, 4 and 1 %, read in the order the halves ran.
+    assert row["vllm_halves_apart_pct_median"] == pytest.approx(4.0)
+    assert row["vllm_halves_apart_pct_max"] == pytest.approx(10.0)
+
+
+def test_a_targets_row_says_how_far_its_own_two_halves_land_apart() -> None:
+    def half(duration: float, tokens: int) -> dict:
+        return {
+            "ttfts": [0.1],
+            "itls": [[0.01]],
+            "errors": [""],
+            "duration": duration,
+            "completed": 1,
+            "num_prompts": 1,
+            "total_output_tokens": tokens,
+        }
+
+    row = combine([half(2.0, 40), half(2.0, 44)])
+    assert row[HALVES_APART] == pytest.approx(1.1)
