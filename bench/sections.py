@@ -148,11 +148,45 @@ def waterfall_part(args: argparse.Namespace, results: Path, report: dict) -> lis
         "ms per segment, from the request's trace marks and the client's clock)\n"
     ]
     for r in runs:
-        rows = [{"segment": name, **figures} for name, figures in r["segments"].items()]
+        parts = r["segments"] or r["side_by_side"]  # vLLM's own server has only its parts
+        rows = [{"segment": name, **figures} for name, figures in parts.items()]
         md += [
             f"### {r['engine']}, concurrency {r['concurrency']}: {r['requests']} requests, "
             f"client TTFT p50 {r['ttft_p50_ms']:.1f} / p99 {r['ttft_p99_ms']:.1f} ms\n",
             table(rows, ["segment", "p50_ms", "p99_ms"]),
+            "",
+        ]
+    return md + _side_by_side(runs)
+
+
+def _side_by_side(runs: list[dict]) -> list[str]:
+    """Tera in `tera run`'s layout against vLLM's own server in the same layout, cut alike
+    at vLLM's arrival and first output (vLLM's request span, in both)."""
+    md = []
+    for c in sorted({r["concurrency"] for r in runs}):
+        tera, own = (
+            next((r for r in runs if r["engine"] == e and r["concurrency"] == c), None)
+            for e in (waterfall.TERA_LAID_OUT, waterfall.OWN_SERVER)
+        )
+        if tera is None or own is None or not tera["side_by_side"]:
+            continue
+        rows = [
+            {
+                "part": name,
+                "tera_p50_ms": t["p50_ms"],
+                "vllm_server_p50_ms": own["side_by_side"][name]["p50_ms"],
+                "tera_minus_vllm_p50_ms": t["p50_ms"] - own["side_by_side"][name]["p50_ms"],
+                "tera_p99_ms": t["p99_ms"],
+                "vllm_server_p99_ms": own["side_by_side"][name]["p99_ms"],
+            }
+            for name, t in tera["side_by_side"].items()
+            if name in own["side_by_side"]
+        ]
+        columns = ["part", "tera_p50_ms", "vllm_server_p50_ms", "tera_minus_vllm_p50_ms"]
+        md += [
+            f"### Tera against vLLM's own server, concurrency {c} (both in `tera run`'s CPU "
+            "layout, cut at vLLM's arrival and first output)\n",
+            table(rows, [*columns, "tera_p99_ms", "vllm_server_p99_ms"]),
             "",
         ]
     return md

@@ -149,8 +149,12 @@ def _models_listed(base_url: str) -> bool:
         return False
 
 
-def _start_vllm(
-    model_dir: Path, results: Path, log: str = "vllm-server.log"
+def start_vllm_server(
+    model_dir: Path,
+    results: Path,
+    log: str = "vllm-server.log",
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> tuple[ManagedProcess, str]:
     """vLLM's server laid out as Tera's stack is (bench.common.vllm_plan): its OpenMP
     threads on the engine's cores, its API process on the relay's CPU."""
@@ -175,8 +179,9 @@ def _start_vllm(
             "--dtype",
             "bfloat16",
             "--enforce-eager",
+            *extra_args,
         ],
-        env={**ENGINE_ENV, **bind},
+        env={**ENGINE_ENV, **bind, **(env or {})},
         log_path=results / log,
         cpus=layout.relay,
     ).start()
@@ -201,11 +206,11 @@ def run(
     """Every server stays up (idle while another is measured) and each concurrency runs
     them back to back, so the machine's drift lands on all alike."""
     with contextlib.ExitStack() as servers:
-        vllm, vllm_base = _start_vllm(model_dir, results)
+        vllm, vllm_base = start_vllm_server(model_dir, results)
         servers.callback(vllm.stop)
         targets = {"vllm": Target(vllm_base, (vllm.pid,))}
         if control:
-            other, other_base = _start_vllm(model_dir, results, log=f"{CONTROL}.log")
+            other, other_base = start_vllm_server(model_dir, results, log=f"{CONTROL}.log")
             servers.callback(other.stop)
             targets[CONTROL] = Target(other_base, (other.pid,))
         stack = Stack(vllm_plan(model_dir, results)).start(timeout_s=600)

@@ -19,18 +19,27 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
 from bench.common import STAND_IN_MODEL, percentile, stand_in_stack, vllm_plan
+from bench.vs_vllm import start_vllm_server
 from devstack.stack import Stack
 from services.engine.model_prep import DEFAULT_MODEL_ID
 from tests.observability.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 SERVER, CLIENT = 2, 3
 SERVICES = {"tera-edge", "tera-router", "tera-engine"}
+# vLLM's own request span (its tracing on: Tera's engine turns it on with its own, and
+# vLLM's server here is started with --otlp-traces-endpoint under this service name).
+# It starts at vLLM's arrival time (before the chat template and tokenizing, in both
+# servers) and carries the time from there to vLLM's first output.
+VLLM_SPAN, VLLM_SERVER = "llm_request", "vllm-server"
+VLLM_TTFT = "gen_ai.latency.time_to_first_token"
+OWN_SERVER = "vLLM's own server, tera run's CPU layout"
 
 # (segment, from mark, to mark), in the order a request meets them. A segment whose
 # marks a run lacks (the stand-in has no vLLM add_request) is left out of that run.
@@ -48,6 +57,14 @@ SEGMENTS = (
     ("edge render + write", "edge first message", "edge first chunk written"),
     ("edge -> client", "edge first chunk written", "client first bytes"),
 )
+# Tera's stack and vLLM's own server cut alike, at vLLM's two marks: what the server does
+# before vLLM has the request (Tera: every hop to the engine), vLLM's own part, and what
+# the server does from vLLM's first output to the client's first bytes.
+SIDE_BY_SIDE = (
+    ("before vLLM", "client send", "vllm arrival"),
+    ("vLLM (template, tokenize, prefill)", "vllm arrival", "vllm first output"),
+    ("after vLLM", "vllm first output", "client first bytes"),
+)
 
 
 @dataclass
@@ -64,7 +81,9 @@ def marks(spans: list[ReceivedSpan], sent: Sent) -> dict[str, int] | None:
         found = [
             s
             for s in spans
-            if s.service == service and s.kind == kind and (name is None or s.name == name)
+            if s.service == service
+            and s.kind == kind
+            and (s.name == name if name else s.name != VLLM_SPAN)
         ]
         return found[0] if len(found) == 1 else None
 
@@ -87,18 +106,41 @@ def marks(spans: list[ReceivedSpan], sent: Sent) -> dict[str, int] | None:
         "edge first message": http.event_ns.get("first_message"),
         "edge first chunk written": http.event_ns.get("first_chunk_written"),
         "client first bytes": sent.first_ns,
+        **vllm_marks(spans),
     }
     return {k: v for k, v in found.items() if v is not None}
+
+
+def vllm_marks(spans: list[ReceivedSpan]) -> dict[str, int]:
+    """vLLM's arrival and first output, from its request span; none without it."""
+    found = [s for s in spans if s.name == VLLM_SPAN and VLLM_TTFT in s.attributes]
+    if len(found) != 1:
+        return {}
+    ttft_s = float(found[0].attributes[VLLM_TTFT])  # type: ignore[arg-type]
+    return {
+        "vllm arrival": found[0].start_ns,
+        "vllm first output": found[0].start_ns + round(ttft_s * 1e9),
+    }
+
+
+def server_marks(spans: list[ReceivedSpan], sent: Sent) -> dict[str, int] | None:
+    """vLLM's own server's marks: the client's two and vLLM's; None without vLLM's."""
+    inside = vllm_marks(spans)
+    if not inside:
+        return None
+    return {"client send": sent.send_ns, **inside, "client first bytes": sent.first_ns}
 
 
 # A segment left out when a finer mark inside it exists (vLLM's add_request splits it).
 COARSE = {"engine to first output": "vllm add_request"}
 
 
-def segments(marked: dict[str, int]) -> dict[str, float]:
+def segments(
+    marked: dict[str, int], cuts: tuple[tuple[str, str, str], ...] = SEGMENTS
+) -> dict[str, float]:
     """Segment durations in ms, for the segments whose two marks this request has."""
     out = {}
-    for name, start, end in SEGMENTS:
+    for name, start, end in cuts:
         if COARSE.get(name) in marked:
             continue
         if start in marked and end in marked:
@@ -130,30 +172,42 @@ async def _load(base_url: str, body: dict, requests: int, concurrency: int) -> l
         return await asyncio.gather(*(gated(session) for _ in range(requests)))
 
 
+Marker = Callable[[list[ReceivedSpan], Sent], "dict[str, int] | None"]
+
+
 def _measure(
-    receiver: OtlpReceiver, base_url: str, body: dict, concurrency: int, requests: int
+    receiver: OtlpReceiver,
+    base_url: str,
+    body: dict,
+    concurrency: int,
+    requests: int,
+    services: set[str] = SERVICES,
+    marker: Marker = marks,
 ) -> dict:
     asyncio.run(_load(base_url, body, concurrency, concurrency))  # warm-up, not counted
     sent = asyncio.run(_load(base_url, body, requests, concurrency))
-    rows = []
-    for s in sent:
-        marked = marks(receiver.wait_for(s.trace_id, SERVICES, timeout_s=30), s)
-        if marked is not None:
-            rows.append(segments(marked))
-    names = [n for n, _, _ in SEGMENTS if rows and n in rows[0]]
+    marked = [marker(receiver.wait_for(s.trace_id, services, timeout_s=30), s) for s in sent]
+    complete = [m for m in marked if m is not None]
     ttft = [(s.first_ns - s.send_ns) / 1e6 for s in sent]
     return {
         "concurrency": concurrency,
-        "requests": len(rows),
-        "segments": {
-            n: {
-                "p50_ms": percentile([r[n] for r in rows], 50),
-                "p99_ms": percentile([r[n] for r in rows], 99),
-            }
-            for n in names
-        },
+        "requests": len(complete),
+        "segments": _percentiles([segments(m) for m in complete], SEGMENTS),
+        "side_by_side": _percentiles([segments(m, SIDE_BY_SIDE) for m in complete], SIDE_BY_SIDE),
         "ttft_p50_ms": percentile(ttft, 50),
         "ttft_p99_ms": percentile(ttft, 99),
+    }
+
+
+def _percentiles(rows: list[dict[str, float]], cuts: tuple[tuple[str, str, str], ...]) -> dict:
+    """p50 and p99 of each segment every request has."""
+    names = [n for n, _, _ in cuts if rows and all(n in r for r in rows)]
+    return {
+        n: {
+            "p50_ms": percentile([r[n] for r in rows], 50),
+            "p99_ms": percentile([r[n] for r in rows], 99),
+        }
+        for n in names
     }
 
 
@@ -167,9 +221,12 @@ def _body(model: str, max_tokens: int) -> dict:
     }
 
 
+TERA_LAID_OUT = "vllm, tera run's CPU layout"
+
+
 def _relay_placements() -> dict[str, bool]:
     """vLLM's own CPU binding with the relay unconfined, and `tera run`'s layout."""
-    return {"vllm, unpinned": False, "vllm, tera run's CPU layout": True}
+    return {"vllm, unpinned": False, TERA_LAID_OUT: True}
 
 
 def run(
@@ -188,6 +245,7 @@ def run(
             stack.stop()
         if model_dir is not None:
             out += _vllm_rows(receiver, results, model_dir, concurrencies)
+            out += _own_server_rows(receiver, results, model_dir, concurrencies)
     return out
 
 
@@ -206,3 +264,29 @@ def _vllm_rows(
         finally:
             stack.stop()
     return out
+
+
+def _own_server_rows(
+    receiver: OtlpReceiver, results: Path, model_dir: Path, concurrencies: tuple[int, ...]
+) -> list[dict]:
+    """vLLM's own server, laid out as `tera run` lays out Tera's stack, its request spans
+    exported to the same receiver: the same three parts, for the side-by-side table."""
+    endpoint = receiver.env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    server, base = start_vllm_server(
+        model_dir,
+        results,
+        log="vllm-server-traced.log",
+        extra_args=("--otlp-traces-endpoint", endpoint),
+        env={"OTEL_SERVICE_NAME": VLLM_SERVER, **receiver.env},
+    )
+    try:
+        out = []
+        for c in concurrencies:
+            body = _body(DEFAULT_MODEL_ID, 16)
+            row = _measure(
+                receiver, f"{base}/v1", body, c, max(24, 3 * c), {VLLM_SERVER}, server_marks
+            )
+            out.append({"engine": OWN_SERVER, **row})
+        return out
+    finally:
+        server.stop()

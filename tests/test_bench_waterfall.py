@@ -1,15 +1,33 @@
 """bench/waterfall.py cuts a request's time to first token at the marks of its trace;
-a trace with vLLM's add_request mark splits the engine's segment in two."""
+a trace with vLLM's add_request mark splits the engine's segment in two, and vLLM's own
+request span cuts Tera's stack and vLLM's own server alike."""
 
 from __future__ import annotations
 
-from bench.waterfall import SERVER, Sent, marks, segments
+from bench.waterfall import (
+    SERVER,
+    SIDE_BY_SIDE,
+    VLLM_SERVER,
+    VLLM_SPAN,
+    VLLM_TTFT,
+    Sent,
+    marks,
+    segments,
+    server_marks,
+)
 from tests.observability.otlp_receiver import ReceivedSpan
 
 MS = 1_000_000
 
 
-def _span(service: str, kind: int, start_ms: int, name: str = "", **events: int) -> ReceivedSpan:
+def _span(
+    service: str,
+    kind: int,
+    start_ms: int,
+    name: str = "",
+    attributes: dict | None = None,
+    **events: int,
+) -> ReceivedSpan:
     return ReceivedSpan(
         service=service,
         name=name,
@@ -17,7 +35,7 @@ def _span(service: str, kind: int, start_ms: int, name: str = "", **events: int)
         trace_id="t",
         span_id=f"{service}{kind}{name}",
         parent_id="",
-        attributes={},
+        attributes=attributes or {},
         events=list(events),
         status_code=0,
         start_ns=start_ms * MS,
@@ -56,3 +74,34 @@ def test_vllm_add_request_splits_the_engine_segment() -> None:
 
 def test_an_incomplete_trace_is_left_out() -> None:
     assert marks(_trace(first_token=10)[:-1], Sent("t", 0, 15 * MS)) is None
+
+
+def _vllm_span(service: str, arrival_ms: int, ttft_ms: int) -> ReceivedSpan:
+    """vLLM's request span as vLLM exports it: started at arrival, made at the end."""
+    return _span(service, SERVER, arrival_ms, VLLM_SPAN, {VLLM_TTFT: ttft_ms / 1000})
+
+
+def test_vllms_request_span_cuts_teras_stack_into_before_vllm_and_after() -> None:
+    spans = [*_trace(**{"vllm.add_request": 7, "first_token": 10}), _vllm_span("tera-engine", 6, 3)]
+    marked = marks(spans, Sent("t", 0, 15 * MS))
+    assert marked is not None, "the engine's own span is told apart from vLLM's"
+    assert marked["engine receive"] == 5 * MS
+    parts = segments(marked, SIDE_BY_SIDE)
+    assert parts == {
+        "before vLLM": 6,
+        "vLLM (template, tokenize, prefill)": 3,
+        "after vLLM": 6,
+    }
+    assert segments(marked)["edge -> client"] == 2, "the fine segments are as before"
+
+
+def test_vllms_own_server_is_cut_at_the_same_marks() -> None:
+    marked = server_marks([_vllm_span(VLLM_SERVER, 1, 8)], Sent("t", 0, 11 * MS))
+    assert marked is not None
+    parts = segments(marked, SIDE_BY_SIDE)
+    assert parts == {"before vLLM": 1, "vLLM (template, tokenize, prefill)": 8, "after vLLM": 2}
+    assert segments(marked) == {}, "none of Tera's hops"
+
+
+def test_a_server_trace_without_vllms_span_is_left_out() -> None:
+    assert server_marks([_span(VLLM_SERVER, SERVER, 1, "other")], Sent("t", 0, 11 * MS)) is None

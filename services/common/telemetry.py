@@ -86,13 +86,32 @@ def _endpoint() -> str:
     )
 
 
-def _exporter() -> Any:
-    protocol = (
+def _protocol() -> str:
+    return (
         os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
         or "grpc"
     )
-    if protocol == "grpc":
+
+
+def vllm_traces_endpoint() -> str | None:
+    """The OTLP endpoint to give vLLM (its otlp_traces_endpoint) when tracing is on, so
+    each request gets vLLM's own span (queue, prefill and decode times) under the
+    engine's; None when off. The span goes through this process's provider (vLLM makes
+    it with the global tracer); vLLM's own exporter only carries its processes' start-up
+    spans. vLLM reads only the traces protocol variable and uses the endpoint as the
+    exporter's whole URL, so both are spelled out for it (its processes inherit them)."""
+    if not tracing_enabled():
+        return None
+    protocol = _protocol()
+    os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", protocol)
+    if protocol == "grpc" or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return _endpoint()
+    return _endpoint().rstrip("/") + "/v1/traces"  # what the SDK appends to the base
+
+
+def _exporter() -> Any:
+    if _protocol() == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -153,7 +153,7 @@ def _engine_spans(receiver: OtlpReceiver, trace_id: str) -> list[ReceivedSpan]:
     deadline = time.monotonic() + 30
     while True:
         spans = [s for s in receiver.trace(trace_id) if s.service == "tera-engine"]
-        spans = [s for s in spans if s.kind == SERVER]
+        spans = [s for s in spans if s.kind == SERVER and "Generate" in s.name]  # not vLLM's
         if len(spans) >= 1 + len(QUEUED) or time.monotonic() > deadline:
             return spans
         time.sleep(0.1)

@@ -208,11 +208,18 @@ async def test_streaming_request_is_one_trace(
     assert attempt.attributes["tera.replica.address"] == traced_vllm.engine_addresses[0]
     router_call = _one(spans, "tera-router", CLIENT)
     assert router_call.parent_id == attempt.span_id
-    engine = _one(spans, "tera-engine", SERVER)
+    engine = _one(spans, "tera-engine", SERVER, "Generate")
     assert engine.parent_id == router_call.span_id
     assert engine.attributes["gen_ai.usage.output_tokens"] == 5
     assert engine.attributes["tera.queue_time_s"] >= 0
     assert {"admitted", "first_token", "finished"} <= set(engine.events)
+    # vLLM's own request span, under the engine's: what vLLM measured of it.
+    vllm = _one(spans, "tera-engine", SERVER, "llm_request")
+    assert vllm.parent_id == engine.span_id
+    assert vllm.attributes["gen_ai.usage.completion_tokens"] == 5
+    vllm_ttft = vllm.attributes["gen_ai.latency.time_to_first_token"]
+    assert 0 < vllm_ttft < http.attributes["tera.time_to_first_token_s"]
+    assert vllm.attributes["gen_ai.latency.time_in_queue"] >= 0
     _no_key_anywhere(spans)
 
 

@@ -13,6 +13,7 @@ from vllm.sampling_params import SamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
+from services.common.telemetry import vllm_traces_endpoint
 from services.engine.backends.base import BackendLoad
 from services.engine.backends.vllm.kv_events import events_config
 from services.engine.backends.vllm.resumed_logits import PROCESSOR as GRAMMAR_PROCESSOR
@@ -44,6 +45,8 @@ def engine_args(config: EngineConfig, kv_events_endpoint: str | None = None) -> 
         kv_events_config=events_config(kv_events_endpoint) if kv_events_endpoint else None,
         # Structured outputs and penalties across a resumed stream (resumed_logits.py).
         logits_processors=[GRAMMAR_PROCESSOR],
+        # vLLM's request span under the engine's, when tracing is on.
+        otlp_traces_endpoint=vllm_traces_endpoint(),
         **{k: v for k, v in optional.items() if v is not None},
     )
 
