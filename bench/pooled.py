@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import median_ci, table
+from bench.vs_vllm import half_throughput
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,6 @@ class RunFigures:
     vllm_halves: float  # vLLM's last half's output throughput over its first
 
 
-def half_throughput(path: Path) -> float:
-    half = json.loads(path.read_text())
-    return half["total_output_tokens"] / half["duration"]
-
-
 def read_run(results: Path) -> list[RunFigures]:
     """A vs_vllm run's ratio rows (report.json) and vLLM's two halves (the per-half
     `vllm bench serve` results beside it)."""
@@ -46,7 +42,10 @@ def read_run(results: Path) -> list[RunFigures]:
         if row["target"] != "tera/vllm":
             continue
         c = row["concurrency"]
-        first, last = (half_throughput(results / f"vllm-c{c}-seed{s}.json") for s in (0, 1))
+        first, last = (
+            half_throughput(json.loads((results / f"vllm-c{c}-seed{s}.json").read_text()))
+            for s in (0, 1)
+        )
         out.append(
             RunFigures(results.name, c, row["output_throughput"], row["p50_ttft_ms"], last / first)
         )

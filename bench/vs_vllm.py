@@ -265,14 +265,16 @@ def combine(halves: list[dict]) -> dict:
     }
 
 
+def half_throughput(half: dict) -> float:
+    """Output tokens a second of one `vllm bench serve` result (0 for an empty one)."""
+    return half["total_output_tokens"] / half["duration"] if half["duration"] else 0.0
+
+
 def _halves_apart(halves: list[dict]) -> dict:
     """The last half's output throughput over the first's: how far one server's two
     halves of the same run land apart, the noise any ratio between two servers carries."""
-    first, last = halves[0], halves[-1]
-    if len(halves) < 2 or not (first["duration"] and last["duration"]):
-        return {}
-    rate = [h["total_output_tokens"] / h["duration"] for h in (first, last)]
-    return {HALVES_APART: rate[1] / rate[0]} if rate[0] else {}
+    first, last = half_throughput(halves[0]), half_throughput(halves[-1])
+    return {HALVES_APART: last / first} if len(halves) > 1 and first else {}
 
 
 def _cpu_per_ktok(halves: list[dict], tokens: int) -> dict:
