@@ -2,7 +2,7 @@
 
 One ABBA run's Tera/vLLM ratio carries the host's drift during that run. On this
 2-CPU host vLLM's own two halves of one run (the same server, minutes apart) land a
-median 3-4 % apart, so a ratio of 0.98 or 1.02 from one run says nothing about which
+median 2-4 % apart (up to 12 %), so a ratio of 0.98 or 1.02 from one run says nothing about which
 server is faster. Read together, N runs give each concurrency's ratio as a median with
 a bootstrap confidence interval, the TTFT p50 difference likewise, and beside them
 vLLM's own half-to-half spread over the same runs: what two identical servers give.
@@ -26,7 +26,6 @@ from bench.vs_vllm import half_throughput
 class RunFigures:
     """One run's figures at one concurrency."""
 
-    run: str
     concurrency: int
     throughput_ratio: float  # Tera over vLLM, both halves pooled
     ttft_p50_delta_ms: float  # Tera minus vLLM
@@ -46,9 +45,7 @@ def read_run(results: Path) -> list[RunFigures]:
             half_throughput(json.loads((results / f"vllm-c{c}-seed{s}.json").read_text()))
             for s in (0, 1)
         )
-        out.append(
-            RunFigures(results.name, c, row["output_throughput"], row["p50_ttft_ms"], last / first)
-        )
+        out.append(RunFigures(c, row["output_throughput"], row["p50_ttft_ms"], last / first))
     return out
 
 
