@@ -1,5 +1,5 @@
 """Part: the first-token waterfall. Where the time to first token goes, segment by
-segment, from a streamed chat request's send to its first SSE bytes at the client.
+segment, from a streamed chat request's send to its first token's bytes at the client.
 
 The marks come from the request's trace (every service exports OTLP to a receiver this
 part starts) plus two client timestamps; all are wall-clock readings of one machine,
@@ -17,6 +17,7 @@ cost the engine.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -55,15 +56,15 @@ SEGMENTS = (
     ("engine -> router", "engine first output", "router first message"),
     ("router -> edge", "router first message", "edge first message"),
     ("edge render + write", "edge first message", "edge first chunk written"),
-    ("edge -> client", "edge first chunk written", "client first bytes"),
+    ("edge -> client", "edge first chunk written", "client first token"),
 )
 # Tera's stack and vLLM's own server cut alike, at vLLM's two marks: what the server does
 # before vLLM has the request (Tera: every hop to the engine), vLLM's own part, and what
-# the server does from vLLM's first output to the client's first bytes.
+# the server does from vLLM's first output to the client's first token.
 SIDE_BY_SIDE = (
     ("before vLLM", "client send", "vllm arrival"),
     ("vLLM (template, tokenize, prefill)", "vllm arrival", "vllm first output"),
-    ("after vLLM", "vllm first output", "client first bytes"),
+    ("after vLLM", "vllm first output", "client first token"),
 )
 
 
@@ -105,7 +106,7 @@ def marks(spans: list[ReceivedSpan], sent: Sent) -> dict[str, int] | None:
         "router first message": attempt.event_ns.get("first_message"),
         "edge first message": http.event_ns.get("first_message"),
         "edge first chunk written": http.event_ns.get("first_chunk_written"),
-        "client first bytes": sent.first_ns,
+        "client first token": sent.first_ns,
         **vllm_marks(spans),
     }
     return {k: v for k, v in found.items() if v is not None}
@@ -128,7 +129,7 @@ def server_marks(spans: list[ReceivedSpan], sent: Sent) -> dict[str, int] | None
     inside = vllm_marks(spans)
     if not inside:
         return None
-    return {"client send": sent.send_ns, **inside, "client first bytes": sent.first_ns}
+    return {"client send": sent.send_ns, **inside, "client first token": sent.first_ns}
 
 
 # A segment left out when a finer mark inside it exists (vLLM's add_request splits it).
@@ -153,10 +154,30 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> Sent:
     headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
     send_ns = time.time_ns()
     async with session.post(url, json=body, headers=headers) as response:
-        await response.content.readany()  # the first SSE bytes
+        await first_token(response.content)
         first_ns = time.time_ns()
         await response.read()
     return Sent(trace_id, send_ns, first_ns)
+
+
+async def first_token(content: aiohttp.StreamReader) -> None:
+    """Reads a streamed chat answer up to the bytes that bring its first token. Not its
+    first bytes: chat's role chunk carries none, and a server may write it on its own
+    before the token (vLLM's does; Tera's edge sends both in one write)."""
+    pending = b""
+    while chunk := await content.readany():
+        *events, pending = (pending + chunk).split(b"\n\n")
+        if any(_has_token(event) for event in events):
+            return
+
+
+def _has_token(event: bytes) -> bool:
+    data = event.removeprefix(b"data: ")
+    if data == b"[DONE]":
+        return False
+    choices = json.loads(data).get("choices") or [{}]
+    delta = choices[0].get("delta") or {}
+    return bool(delta.get("content") or delta.get("reasoning_content"))
 
 
 async def _load(base_url: str, body: dict, requests: int, concurrency: int) -> list[Sent]:

@@ -11,6 +11,7 @@ from bench.waterfall import (
     VLLM_SPAN,
     VLLM_TTFT,
     Sent,
+    first_token,
     marks,
     segments,
     server_marks,
@@ -105,3 +106,31 @@ def test_vllms_own_server_is_cut_at_the_same_marks() -> None:
 
 def test_a_server_trace_without_vllms_span_is_left_out() -> None:
     assert server_marks([_span(VLLM_SERVER, SERVER, 1, "other")], Sent("t", 0, 11 * MS)) is None
+
+
+class _Chunks:
+    """A response body read as the network delivered it."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.unread = list(chunks)
+
+    async def readany(self) -> bytes:
+        return self.unread.pop(0) if self.unread else b""
+
+
+ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+TOKEN = b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+
+
+async def test_the_client_mark_is_the_first_token_not_the_role_chunk() -> None:
+    """vLLM's server writes the role chunk on its own before the token; timing its bytes
+    would put the token's write and delivery outside the waterfall."""
+    body = _Chunks(ROLE, TOKEN[:20], TOKEN[20:], b"data: [DONE]\n\n")
+    await first_token(body)  # type: ignore[arg-type]
+    assert body.unread == [b"data: [DONE]\n\n"], "stops at the read that completes the token"
+
+
+async def test_the_client_mark_is_taken_at_a_write_with_the_role_and_the_token() -> None:
+    body = _Chunks(ROLE + TOKEN, b"data: [DONE]\n\n")
+    await first_token(body)  # type: ignore[arg-type]
+    assert body.unread == [b"data: [DONE]\n\n"]
