@@ -231,17 +231,15 @@ async def _stream(
     response, writer = await open_stream(reply.ctx.http, reply.ctx.response_headers())
     framer = ChunkFramer(_envelope(reply, renderer.chunk_object), include_usage=reply.include_usage)
     chunks = _Chunks(reply, framer)
-    # Chat's role chunk goes out with the first token's bytes (and the headers, which
-    # aiohttp holds until then), not on its own: one send and one client wake-up fewer
-    # before the first token.
-    head = b"".join(framer.choices(dumps(c)) for c in renderer.opening(reply.n))
+    opening = renderer.opening(reply.n)
+    if opening:
+        await response.write(b"".join(framer.choices(dumps(c)) for c in opening))
     try:
         item = first
         while item is not None:
             upstream, message = item
             data, finished = chunks.render(upstream, message)
-            await response.write(head + data)
-            head = b""
+            await response.write(data)
             chunks.sent(upstream, message, finished)
             if item is first:  # the first-token waterfall's last server-side mark
                 trace.get_current_span().add_event("first_chunk_written")
@@ -252,7 +250,7 @@ async def _stream(
             raise truncated()
     except OpenAIError as exc:
         failed = (framer.choices(dumps(renderer.failed(i))) for i in sorted(chunks.unfinished))
-        await response.write(head + b"".join(failed) + frame(exc.body()))
+        await response.write(b"".join(failed) + frame(exc.body()))
         return response
     finally:
         if reply.ctx.forwarding is not None:
