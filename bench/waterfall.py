@@ -162,8 +162,8 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> Sent:
 
 async def first_token(content: aiohttp.StreamReader) -> None:
     """Reads a streamed chat answer up to the bytes that bring its first token. Not its
-    first bytes: chat's role chunk carries none, and a server may write it on its own
-    before the token (vLLM's does; Tera's edge sends both in one write)."""
+    first bytes: chat's role chunk carries none, and both vLLM's server and Tera's edge
+    write it on its own just before the token's."""
     pending = b""
     while chunk := await content.readany():
         *events, pending = (pending + chunk).split(b"\n\n")
