@@ -41,6 +41,18 @@ class Outbox:
         self._batch.frames.add(stream_id=stream_id, **kind)
         self.wake()
 
+    def put_at_once(self, stream_id: int, **kind: Any) -> None:
+        """As `put`, for a frame that a stream waits on (its open, its first message):
+        on a quiet outbox written through, it is written now rather than at the end of
+        the loop's turn, which saves the rest of the turn's work on the first-token path
+        (~0.2 ms at concurrency 1 over edge, router and engine). Frames put later in the
+        same turn still go in one message, so a burst of opens costs one write more, not
+        one a stream."""
+        quiet = self._send is not None and not self._scheduled and not self._batch.frames
+        self.put(stream_id, **kind)  # schedules the turn's write, which takes later frames
+        if quiet and self._send(self._batch):  # type: ignore[misc]
+            self._batch = pb.MuxFrames()
+
     def close(self) -> None:
         """`batches` ends once what is queued is written (`write_through` returns)."""
         self._closed = True

@@ -206,7 +206,7 @@ class _Link:
         opened = pb.MuxOpen(method=method, request=request, metadata=to_pairs(metadata))
         if timeout is not None:
             opened.timeout_s = timeout
-        self._outbox.put(stream_id, open=opened)
+        self._outbox.put_at_once(stream_id, open=opened)
         return call
 
     def cancel(self, stream_id: int) -> None:

@@ -196,8 +196,10 @@ class MuxServer:
             raise _Aborted(grpc.StatusCode.UNIMPLEMENTED, f"{opened.method} is not multiplexed", ())
         async with asyncio.timeout(context.time_remaining()):
             with _server_span(self._tracer, opened.method, context.invocation_metadata()):
+                put = self._outbox.put_at_once  # the first message: the caller waits on it
                 async for message in handler(opened.request, context):
-                    self._outbox.put(stream_id, message=message)
+                    put(stream_id, message=message)
+                    put = self._outbox.put
         return pb.MuxEnd()
 
 

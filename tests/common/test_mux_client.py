@@ -104,6 +104,25 @@ async def test_cancel_fails_a_pending_read_and_aborts_the_request(
         mux.close()
 
 
+async def test_an_open_leaves_a_quiet_stream_link_at_once(engine, stream_port: int) -> None:
+    """The engine's stand-in answers it as it would anyway; what this guards is that the
+    open was not left for the end of the loop's turn (mux.py, Outbox.put_at_once)."""
+    _, address = engine
+    transport = StreamTransport(tls=None)
+    async with grpc.aio.insecure_channel(address) as channel:
+        mux = MuxChannel(lambda: channel, address, transport)
+        first = open_stream(mux, max_tokens=1)
+        while await first.read() is not grpc.aio.EOF:
+            pass
+        await _link_is(mux, transport, stream_port)
+        await asyncio.sleep(0.05)  # the link is quiet
+        second = open_stream(mux, max_tokens=1)
+        assert mux._link is not None
+        assert not mux._link._outbox._batch.frames, "the open waits for the end of the turn"
+        assert isinstance(await second.read(), bytes)
+        mux.close()
+
+
 async def test_a_lost_engine_fails_its_streams_unavailable(
     engine, tmp_path: Path, transport: StreamTransport | None, stream_port: int
 ) -> None:

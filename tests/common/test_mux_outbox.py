@@ -1,11 +1,14 @@
 """The outbox written through (stream links): a decode step's frames still go in one
-message, a backed-up socket holds them in order, and closing waits for what is queued."""
+message, a frame a stream waits on (its open, its first message) leaves at once, a
+backed-up socket holds them in order, and closing waits for what is queued."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
-from services.common.mux import Outbox
+from services.common.mux import GENERATE, Outbox
+from services.common.mux_server import MuxServer
 from services.common.mux_stream import _LENGTH, FrameProtocol
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
@@ -83,3 +86,59 @@ async def test_closing_returns_once_what_is_queued_is_written() -> None:
     protocol.resume_writing()
     await asyncio.wait_for(writer, 1)
     assert len(transport.messages()) == 1
+
+
+async def test_a_frame_a_stream_waits_on_leaves_a_quiet_outbox_at_once() -> None:
+    _, transport, outbox, writer = await _link()
+    await _turns()  # the link's first write (of what was queued before it) is done
+    outbox.put_at_once(1, message=b"first")
+    assert transport.messages() == [[(1, b"first")]], "left for the end of the loop's turn"
+    # The rest of the turn's frames, at once or not, still share the turn's one message.
+    outbox.put_at_once(2, message=b"a")
+    outbox.put(3, message=b"b")
+    assert len(transport.written) == 1
+    await _turns()
+    assert transport.messages() == [[(1, b"first")], [(2, b"a"), (3, b"b")]]
+    writer.cancel()
+
+
+async def test_a_backed_up_socket_holds_a_frame_put_at_once_too() -> None:
+    protocol, transport, outbox, writer = await _link()
+    protocol.pause_writing()
+    outbox.put_at_once(1, message=b"first")
+    await _turns()
+    assert transport.written == [], "written past the transport's high-water mark"
+    protocol.resume_writing()
+    await _turns()
+    assert transport.messages() == [[(1, b"first")]]
+    writer.cancel()
+
+
+class _Peer:
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+
+async def test_a_streams_first_message_is_written_as_it_is_yielded_and_the_rest_per_turn() -> None:
+    protocol = FrameProtocol(lambda _: None)
+    transport = _Transport()
+    protocol.connection_made(transport)
+    written_at_yield: list[int] = []
+
+    async def handler(request: bytes, context: object) -> AsyncIterator[bytes]:
+        for message in (b"first", b"second", b"third"):
+            yield message
+            written_at_yield.append(len(transport.written))  # resumed in the same turn
+
+    server = MuxServer({GENERATE: handler}, _Peer(), tracer="test")
+    writer = asyncio.create_task(protocol.send_all(server.outbox))
+    await asyncio.sleep(0)
+    opened = pb.MuxOpen(method=GENERATE, request=b"")
+    server.received(pb.MuxFrames(frames=[pb.MuxFrame(stream_id=1, open=opened)]))
+    await _turns()
+    assert written_at_yield == [1, 1, 1]
+    assert transport.messages() == [[(1, b"first")], [(1, b"second"), (1, b"third"), (1, b"")]]
+    writer.cancel()
