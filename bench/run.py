@@ -19,6 +19,7 @@ PARTS: dict[str, sections.Part] = {
     "resume": sections.resume_part,
     "resume_cost": sections.resume_cost_part,
     "waterfall": sections.waterfall_part,
+    "at_once": sections.at_once_part,
     "profile": sections.profile_part,
     "speech": sections.speech_part,
     "hedging": sections.hedging_part,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import (
+    at_once,
     cache_routing,
     cache_routing_vllm,
     fairness,
@@ -95,6 +96,31 @@ def relay_mux_part(args: argparse.Namespace, results: Path, report: dict) -> lis
         table(result["rows"], list(result["rows"][0])),
         "",
         table(result["projection"], list(result["projection"][0])),
+        "",
+    ]
+
+
+def at_once_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    report["at_once"] = rows = at_once.run(results)
+    flat = [
+        {
+            "round": i + 1,
+            **{
+                f"{arm} {q}": row[arm][f"{q}_ms"]
+                for arm in (at_once.SHIPPED, at_once.BATCHED)
+                for q in ("p50", "p90")
+            },
+            "saved p50": row["saved_p50_ms"],
+            "saved p90": row["saved_p90_ms"],
+        }
+        for i, row in enumerate(rows)
+    ]
+    return [
+        "## A stream's open and first message written at once (two stand-in stacks side by "
+        "side, one with the writes left for the end of each turn as before; streamed chat "
+        f"at concurrency 1, requests alternating in pairs, {rows[0]['requests']} a stack a "
+        "round; client first-token time, ms)\n",
+        table(flat, list(flat[0])),
         "",
     ]
 
