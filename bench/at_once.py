@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import ROOT, STAND_IN_MODEL, percentile, stand_in_stack
-from bench.waterfall import _body, first_token
+from bench.waterfall import first_token, streamed_chat_body
 
 # Imported by each process of the "batched" stack at start-up (before services are).
 BATCHED_SHIM = """\
@@ -48,7 +48,7 @@ async def _first_token_ms(session: aiohttp.ClientSession, url: str, body: dict) 
 
 async def _alternate(urls: dict[str, str], requests: int, gap_s: float) -> dict[str, list[float]]:
     """`requests` a stack, in pairs by turns; the first pair of each is a warm-up."""
-    body = _body(STAND_IN_MODEL, 16)
+    body = streamed_chat_body(STAND_IN_MODEL, 16)
     names = list(urls)
     out: dict[str, list[float]] = {name: [] for name in names}
     async with aiohttp.ClientSession() as session:

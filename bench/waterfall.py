@@ -232,7 +232,7 @@ def _percentiles(rows: list[dict[str, float]], cuts: tuple[tuple[str, str, str],
     }
 
 
-def _body(model: str, max_tokens: int) -> dict:
+def streamed_chat_body(model: str, max_tokens: int) -> dict:
     words = " ".join(f"w{i}" for i in range(48))  # a ~64-token prompt
     return {
         "model": model,
@@ -259,7 +259,7 @@ def run(
         stack = stand_in_stack(results, {"tokens_per_second": 200}, env=receiver.env)
         try:
             for c in concurrencies:
-                body = _body(STAND_IN_MODEL, 16)
+                body = streamed_chat_body(STAND_IN_MODEL, 16)
                 row = _measure(receiver, stack.plan.base_url, body, c, max(64, 4 * c))
                 out.append({"engine": "stand-in", **row})
         finally:
@@ -279,7 +279,7 @@ def _vllm_rows(
         stack = Stack(plan).start(timeout_s=600)
         try:
             for c in concurrencies:
-                body = _body(DEFAULT_MODEL_ID, 16)
+                body = streamed_chat_body(DEFAULT_MODEL_ID, 16)
                 row = _measure(receiver, stack.plan.base_url, body, c, max(24, 3 * c))
                 out.append({"engine": name, **row})
         finally:
@@ -303,7 +303,7 @@ def _own_server_rows(
     try:
         out = []
         for c in concurrencies:
-            body = _body(DEFAULT_MODEL_ID, 16)
+            body = streamed_chat_body(DEFAULT_MODEL_ID, 16)
             row = _measure(
                 receiver, f"{base}/v1", body, c, max(24, 3 * c), {VLLM_SERVER}, server_marks
             )
