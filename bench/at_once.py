@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
 
 from bench.common import ROOT, STAND_IN_MODEL, percentile, stand_in_stack
-from bench.waterfall import first_token, streamed_chat_body
+from bench.waterfall import streamed_chat_body, timed_first_token
 
 # Imported by each process of the "batched" stack at start-up (before services are).
 BATCHED_SHIM = """\
@@ -38,12 +37,8 @@ def batched_env(shim_dir: Path) -> dict[str, str]:
 
 
 async def _first_token_ms(session: aiohttp.ClientSession, url: str, body: dict) -> float:
-    started = time.perf_counter()
-    async with session.post(url, json=body) as response:
-        await first_token(response.content)
-        elapsed = time.perf_counter() - started
-        await response.read()
-    return elapsed * 1e3
+    send_ns, first_ns = await timed_first_token(session, url, body)
+    return (first_ns - send_ns) / 1e6
 
 
 async def _alternate(urls: dict[str, str], requests: int, gap_s: float) -> dict[str, list[float]]:

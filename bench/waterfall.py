@@ -152,12 +152,20 @@ def segments(
 async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> Sent:
     trace_id = secrets.token_hex(16)
     headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    send_ns, first_ns = await timed_first_token(session, url, body, headers)
+    return Sent(trace_id, send_ns, first_ns)
+
+
+async def timed_first_token(
+    session: aiohttp.ClientSession, url: str, body: dict, headers: dict[str, str] | None = None
+) -> tuple[int, int]:
+    """Posts a streamed chat request and reads all of it: (sent, first token) in time_ns."""
     send_ns = time.time_ns()
     async with session.post(url, json=body, headers=headers) as response:
         await first_token(response.content)
         first_ns = time.time_ns()
         await response.read()
-    return Sent(trace_id, send_ns, first_ns)
+    return send_ns, first_ns
 
 
 async def first_token(content: aiohttp.StreamReader) -> None:

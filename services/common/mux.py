@@ -54,6 +54,11 @@ class Outbox:
         if quiet and self._send(self._batch):  # type: ignore[misc]
             self._batch = pb.MuxFrames()
 
+    @property
+    def pending(self) -> int:
+        """Frames put and not yet handed to a write."""
+        return len(self._batch.frames)
+
     def close(self) -> None:
         """`batches` ends once what is queued is written (`write_through` returns)."""
         self._closed = True

@@ -118,7 +118,7 @@ async def test_an_open_leaves_a_quiet_stream_link_at_once(engine, stream_port: i
         await asyncio.sleep(0.05)  # the link is quiet
         second = open_stream(mux, max_tokens=1)
         assert mux._link is not None
-        assert not mux._link._outbox._batch.frames, "the open waits for the end of the turn"
+        assert mux._link._outbox.pending == 0, "the open waits for the end of the turn"
         assert isinstance(await second.read(), bytes)
         mux.close()
 

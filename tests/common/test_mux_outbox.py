@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import pytest
+
 from services.common.mux import GENERATE, Outbox
 from services.common.mux_server import MuxServer
 from services.common.mux_stream import _LENGTH, FrameProtocol
@@ -36,11 +38,14 @@ class _Transport(asyncio.Transport):
         return out
 
 
-async def _link() -> tuple[FrameProtocol, _Transport, Outbox, asyncio.Task[None]]:
+async def _link(
+    outbox: Outbox | None = None,
+) -> tuple[FrameProtocol, _Transport, Outbox, asyncio.Task[None]]:
+    """A frame protocol on a recording transport, writing `outbox` (a fresh one if None)."""
     protocol = FrameProtocol(lambda _: None)
     transport = _Transport()
     protocol.connection_made(transport)
-    outbox = Outbox()
+    outbox = Outbox() if outbox is None else outbox
     writer = asyncio.create_task(protocol.send_all(outbox))
     await asyncio.sleep(0)
     return protocol, transport, outbox, writer
@@ -62,12 +67,13 @@ async def test_a_steps_frames_go_in_one_message() -> None:
     writer.cancel()
 
 
-async def test_a_backed_up_socket_holds_the_frames_in_order_until_it_drains() -> None:
+@pytest.mark.parametrize("put", ["put", "put_at_once"])
+async def test_a_backed_up_socket_holds_the_frames_in_order_until_it_drains(put: str) -> None:
     protocol, transport, outbox, writer = await _link()
     protocol.pause_writing()
-    outbox.put(1, message=b"a")
+    getattr(outbox, put)(1, message=b"a")
     await _turns()
-    outbox.put(2, message=b"b")
+    getattr(outbox, put)(2, message=b"b")
     await _turns()
     assert transport.written == [], "written past the transport's high-water mark"
     protocol.resume_writing()
@@ -102,18 +108,6 @@ async def test_a_frame_a_stream_waits_on_leaves_a_quiet_outbox_at_once() -> None
     writer.cancel()
 
 
-async def test_a_backed_up_socket_holds_a_frame_put_at_once_too() -> None:
-    protocol, transport, outbox, writer = await _link()
-    protocol.pause_writing()
-    outbox.put_at_once(1, message=b"first")
-    await _turns()
-    assert transport.written == [], "written past the transport's high-water mark"
-    protocol.resume_writing()
-    await _turns()
-    assert transport.messages() == [[(1, b"first")]]
-    writer.cancel()
-
-
 class _Peer:
     def peer(self) -> str:
         return "ipv4:127.0.0.1:1"
@@ -123,9 +117,6 @@ class _Peer:
 
 
 async def test_a_streams_first_message_is_written_as_it_is_yielded_and_the_rest_per_turn() -> None:
-    protocol = FrameProtocol(lambda _: None)
-    transport = _Transport()
-    protocol.connection_made(transport)
     written_at_yield: list[int] = []
 
     async def handler(request: bytes, context: object) -> AsyncIterator[bytes]:
@@ -134,8 +125,7 @@ async def test_a_streams_first_message_is_written_as_it_is_yielded_and_the_rest_
             written_at_yield.append(len(transport.written))  # resumed in the same turn
 
     server = MuxServer({GENERATE: handler}, _Peer(), tracer="test")
-    writer = asyncio.create_task(protocol.send_all(server.outbox))
-    await asyncio.sleep(0)
+    _, transport, _, writer = await _link(server.outbox)
     opened = pb.MuxOpen(method=GENERATE, request=b"")
     server.received(pb.MuxFrames(frames=[pb.MuxFrame(stream_id=1, open=opened)]))
     await _turns()
