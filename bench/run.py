@@ -20,6 +20,7 @@ PARTS: dict[str, sections.Part] = {
     "resume_cost": sections.resume_cost_part,
     "waterfall": sections.waterfall_part,
     "at_once": sections.at_once_part,
+    "router_hop": sections.router_hop_part,
     "profile": sections.profile_part,
     "speech": sections.speech_part,
     "hedging": sections.hedging_part,

@@ -21,6 +21,7 @@ from bench import (
     relay_mux,
     resume,
     resume_cost,
+    router_hop,
     speech,
     stored_responses,
     transport_floor,
@@ -102,27 +103,39 @@ def relay_mux_part(args: argparse.Namespace, results: Path, report: dict) -> lis
 
 def at_once_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
     report["at_once"] = rows = at_once.run(results)
-    flat = [
-        {
-            "round": i + 1,
-            **{
-                f"{arm} {q}": row[arm][f"{q}_ms"]
-                for arm in (at_once.SHIPPED, at_once.BATCHED)
-                for q in ("p50", "p90")
-            },
-            "saved p50": row["saved_p50_ms"],
-            "saved p90": row["saved_p90_ms"],
-        }
-        for i, row in enumerate(rows)
-    ]
     return [
         "## A stream's open and first message written at once (two stand-in stacks side by "
         "side, one with the writes left for the end of each turn as before; streamed chat "
         f"at concurrency 1, requests alternating in pairs, {rows[0]['requests']} a stack a "
         "round; client first-token time, ms)\n",
-        table(flat, list(flat[0])),
+        _side_by_side_table(rows, (at_once.SHIPPED, at_once.BATCHED)),
         "",
     ]
+
+
+def router_hop_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
+    report["router_hop"] = rows = router_hop.run(results)
+    return [
+        "## What the router's hop costs a first token (two stand-in stacks side by side, one "
+        "whose edge calls the engine directly, its router idle; streamed chat at concurrency "
+        f"1, requests alternating in pairs, {rows[0]['requests']} a stack a round; client "
+        "first-token time, ms; saved: the upper bound on taking the hop off the path)\n",
+        _side_by_side_table(rows, (router_hop.DIRECT, router_hop.VIA_ROUTER)),
+        "",
+    ]
+
+
+def _side_by_side_table(rows: list[dict], arms: tuple[str, str]) -> str:
+    flat = [
+        {
+            "round": i + 1,
+            **{f"{arm} {q}": row[arm][f"{q}_ms"] for arm in arms for q in ("p50", "p90")},
+            "saved p50": row["saved_p50_ms"],
+            "saved p90": row["saved_p90_ms"],
+        }
+        for i, row in enumerate(rows)
+    ]
+    return table(flat, list(flat[0]))
 
 
 def gc_pauses_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:

@@ -1,0 +1,66 @@
+"""Two stand-in stacks timed side by side: streamed chat requests at concurrency 1
+alternate between them in pairs (AABB…), so both see the same moments of the machine, and
+the stacks are started anew each round, so their processes' places on the CPUs vary too.
+Untraced, as `vs_vllm`. What the at_once and router_hop parts share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiohttp
+
+from bench.common import STAND_IN_MODEL, percentile
+from bench.waterfall import streamed_chat_body, timed_first_token
+from devstack.stack import Stack
+
+# The stand-in engine's pace: its first token comes at once, so the stack is all there is.
+BEHAVIOUR = {"tokens_per_second": 200}
+
+
+async def _first_token_ms(session: aiohttp.ClientSession, url: str, body: dict) -> float:
+    send_ns, first_ns = await timed_first_token(session, url, body)
+    return (first_ns - send_ns) / 1e6
+
+
+async def _alternate(urls: dict[str, str], requests: int, gap_s: float) -> dict[str, list[float]]:
+    """`requests` a stack, in pairs by turns; the first pair of each is a warm-up."""
+    body = streamed_chat_body(STAND_IN_MODEL, 16)
+    names = list(urls)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    async with aiohttp.ClientSession() as session:
+        for i in range(2 * (requests + 2)):
+            name = names[(i // 2) % 2]
+            ms = await _first_token_ms(session, urls[name], body)
+            if i >= 4:
+                out[name].append(ms)
+            await asyncio.sleep(gap_s)
+    return out
+
+
+def compare(
+    start: dict[str, Callable[[], Stack]],
+    *,
+    rounds: int = 3,
+    requests: int = 300,
+    gap_s: float = 0.01,
+) -> list[dict]:
+    """`start`: two named ways to start a stack. One row a round: each stack's client
+    first-token p50/p90 (ms), and what the first saves against the second (`saved_*`)."""
+    (first, second) = start
+    rows = []
+    for _ in range(rounds):
+        stacks = {name: starting() for name, starting in start.items()}
+        try:
+            urls = {name: f"{s.plan.base_url}/chat/completions" for name, s in stacks.items()}
+            times = asyncio.run(_alternate(urls, requests, gap_s))
+        finally:
+            for stack in stacks.values():
+                stack.stop()
+        row: dict = {"requests": requests}
+        for name, ms in times.items():
+            row[name] = {"p50_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90)}
+        row["saved_p50_ms"] = row[second]["p50_ms"] - row[first]["p50_ms"]
+        row["saved_p90_ms"] = row[second]["p90_ms"] - row[first]["p90_ms"]
+        rows.append(row)
+    return rows
