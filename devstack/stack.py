@@ -63,6 +63,8 @@ class StackPlan:
     # serving processes (`serving_cpus`); None: wherever the OS puts them. Keeps them off
     # vLLM's OpenMP cores (the waterfall bench's contention experiment).
     relay_cpus: frozenset[int] | None = None
+    # The router inside the edge's process (services/gateway): one process, `router` None.
+    colocated: bool = False
 
     def engine_env(self, port: int) -> dict[str, str]:
         i = self.engine_ports.index(port)
@@ -137,8 +139,11 @@ class Stack:
             for i, port in enumerate(self.plan.engine_ports):
                 extra = self.plan.per_engine_args[i] if i < len(self.plan.per_engine_args) else []
                 self.start_engine(port, extra)
-            self._start_router()
-            self._start_edge()
+            if self.plan.colocated:
+                self._start_gateway()
+            else:
+                self._start_router()
+                self._start_edge()
             self._wait_ready(timeout_s)
         except BaseException:
             self.stop()
@@ -148,6 +153,7 @@ class Stack:
     def restart_router(self, timeout_s: float = 60) -> None:
         """A fresh router on the same port (it rereads its config), engines kept warm:
         what the cache routing bench does between policies instead of reloading vLLM."""
+        assert not self.plan.colocated, "a colocated router restarts with its edge"
         if self.router is not None:
             self.router.stop()
         self._start_router()
@@ -155,24 +161,9 @@ class Stack:
 
     def _start_router(self) -> None:
         plan = self.plan
-        replicas = [a for p in plan.engine_ports for a in ("--replica", f"{plan.host}:{p}")]
-        # The router knows these models before their engines answer: 503 until then.
-        known = [a for m in plan.model_ids for a in ("--known-model", m)]
         self.router = ManagedProcess(
             "router",
-            [
-                "-m",
-                "services.router",
-                "--host",
-                plan.host,
-                "--port",
-                str(plan.router_port),
-                *replicas,
-                *known,
-                *STREAM_LISTENER,
-                *plan.tls_args("router"),
-                *plan.router_args,
-            ],
+            ["-m", "services.router", *self._router_flags()],
             env=relay_env(plan.env),
             log_path=self._log("router"),
             cpus=plan.relay_cpus,
@@ -180,27 +171,57 @@ class Stack:
 
     def _start_edge(self) -> None:
         plan = self.plan
-        store = ["--responses-db", str(plan.responses_db)] if plan.responses_db else []
         self.edge = ManagedProcess(
             "edge",
-            [
-                "-m",
-                "services.edge",
-                "--host",
-                plan.host,
-                "--port",
-                str(plan.edge_port),
-                "--router",
-                f"{plan.host}:{plan.router_port}",
-                *store,
-                *(["--ops-port", str(plan.edge_ops_port)] if plan.edge_ops_port else []),
-                *plan.tls_args("edge"),
-                *plan.edge_args,
-            ],
+            ["-m", "services.edge", *self._edge_flags()],
             env=relay_env({**plan.env, **plan.edge_env}),
             log_path=self._log("edge"),
             cpus=plan.relay_cpus,
         ).start()
+
+    def _start_gateway(self) -> None:
+        """Edge and router in one process, each with the flags its own would have."""
+        plan = self.plan
+        self.edge = ManagedProcess(
+            "gateway",
+            ["-m", "services.gateway", *self._edge_flags(), "--", *self._router_flags()],
+            env=relay_env({**plan.env, **plan.edge_env}),
+            log_path=self._log("gateway"),
+            cpus=plan.relay_cpus,
+        ).start()
+
+    def _router_flags(self) -> list[str]:
+        plan = self.plan
+        replicas = [a for p in plan.engine_ports for a in ("--replica", f"{plan.host}:{p}")]
+        # The router knows these models before their engines answer: 503 until then.
+        known = [a for m in plan.model_ids for a in ("--known-model", m)]
+        return [
+            "--host",
+            plan.host,
+            "--port",
+            str(plan.router_port),
+            *replicas,
+            *known,
+            *STREAM_LISTENER,
+            *plan.tls_args("router"),
+            *plan.router_args,
+        ]
+
+    def _edge_flags(self) -> list[str]:
+        plan = self.plan
+        store = ["--responses-db", str(plan.responses_db)] if plan.responses_db else []
+        return [
+            "--host",
+            plan.host,
+            "--port",
+            str(plan.edge_port),
+            "--router",
+            f"{plan.host}:{plan.router_port}",
+            *store,
+            *(["--ops-port", str(plan.edge_ops_port)] if plan.edge_ops_port else []),
+            *plan.tls_args("edge"),
+            *plan.edge_args,
+        ]
 
     def _wait_ready(self, timeout_s: float) -> None:
         # Every replica, not just one per model: callers (and tests) may rely on the

@@ -264,6 +264,7 @@ class StreamListener:
         self.tracer = tracer
         self.connections: set[_ServedConnection] = set()
         self._server: asyncio.Server | None = None
+        self._address: tuple[str, int] | None = None  # joinable in process (no TLS)
         self.port = 0
 
     async def start(self, host: str, port: int, tls: TLSConfig | None) -> None:
@@ -274,12 +275,25 @@ class StreamListener:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("GenerateMux stream listener on %s:%d (tls=%s)", host, self.port, bool(tls))
+        if tls is None:
+            self._address = (host, self.port)
+            _IN_PROCESS[self._address] = self
+
+    def join(self, received: Callable[[pb.MuxFrames], None]) -> FrameProtocol:
+        """A link from this process with no socket (`connect`); served as one over TCP."""
+        assert self._address is not None, "joined only when listening without TLS"
+        client = FrameProtocol(received)
+        in_memory_pair(client, _ServedConnection(self), peername=(self._address[0], 0))
+        log.info("stream link to %s:%d joined in this process", *self._address)
+        return client
 
     async def stop(self, grace: float | None) -> None:
         """Takes no new links, gives streams in flight `grace` seconds, then cuts the
         rest (their callers see UNAVAILABLE and resume elsewhere), as server.stop does."""
         if self._server is None:
             return
+        if self._address is not None:
+            _IN_PROCESS.pop(self._address, None)
         self._server.close()
         running = [task for c in self.connections for task in c.running()]
         if grace and running:
@@ -323,7 +337,12 @@ async def connect(
     tls: TLSConfig | None,
     received: Callable[[pb.MuxFrames], None],
 ) -> FrameProtocol:
-    """A client's link to a stream listener; its messages go to `received`."""
+    """A client's link to a stream listener; its messages go to `received`. A listener
+    of this very process (a router run in the edge's, services/gateway) is joined in
+    memory, where the connection would have reached it anyway."""
+    listener = _IN_PROCESS.get((host, port)) if tls is None else None
+    if listener is not None:
+        return listener.join(received)
     loop = asyncio.get_running_loop()
     context = client_context(tls) if tls is not None else None
     server_hostname = (tls.server_name or host) if tls is not None else None
@@ -331,3 +350,72 @@ async def connect(
         lambda: FrameProtocol(received), host, port, ssl=context, server_hostname=server_hostname
     )
     return protocol
+
+
+# -- in-process links ------------------------------------------------------------------
+
+# Listeners without TLS by the address they serve. A connection from this process to one
+# of these addresses reaches that listener, so joining it in memory changes nothing but
+# the cost: no socket write, kernel hop or wake-up of another process each way.
+_IN_PROCESS: dict[tuple[str, int], StreamListener] = {}
+
+
+class _MemoryTransport(asyncio.Transport):
+    """One end of an in-memory link. What it writes its peer's protocol receives on a
+    later loop callback, in order, as from a socket; close sends end of file after what
+    was written, and abort drops the link at both ends."""
+
+    def __init__(self, protocol: asyncio.Protocol, peername: tuple[str, int]) -> None:
+        super().__init__({"peername": peername})
+        self._loop = asyncio.get_running_loop()
+        self._protocol = protocol
+        self.peer: _MemoryTransport
+        self._closing = False
+        self._lost = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._closing:
+            self._loop.call_soon(self.peer._deliver, bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # delivered on the next callback; the reader never pauses
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._loop.call_soon(self.peer._eof)
+            self._loop.call_soon(self._connection_lost, None)
+
+    def abort(self) -> None:
+        self._closing = True
+        self._loop.call_soon(self._connection_lost, None)
+        reset = ConnectionResetError("reset by the peer in this process")
+        self._loop.call_soon(self.peer._connection_lost, reset)
+
+    def _deliver(self, data: bytes) -> None:
+        if not self._lost:
+            self._protocol.data_received(data)
+
+    def _eof(self) -> None:
+        if self._lost:
+            return
+        if not self._protocol.eof_received():  # True: it writes on, then closes
+            self.close()
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if not self._lost:
+            self._lost = self._closing = True
+            self._protocol.connection_lost(exc)
+
+
+def in_memory_pair(
+    client: asyncio.Protocol, server: asyncio.Protocol, *, peername: tuple[str, int]
+) -> None:
+    """Connects two protocols in memory; the server's peer is `peername`."""
+    to_server, to_client = _MemoryTransport(client, peername), _MemoryTransport(server, peername)
+    to_server.peer, to_client.peer = to_client, to_server
+    server.connection_made(to_client)
+    client.connection_made(to_server)

@@ -1,0 +1,1 @@
+"""The edge and the router in one process (`python -m services.gateway`)."""

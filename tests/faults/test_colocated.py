@@ -1,0 +1,80 @@
+"""The router inside the edge's process (services/gateway): streams take the in-memory
+link, and everything the two processes gave holds in one: a stream cut mid-way resumes
+token-exactly, internal gRPC callers reach the router's own port, and stopping the
+process stops both."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import yaml
+
+from devstack.processes import free_port
+from services.proto_gen.tera.v1 import engine_pb2 as pb
+from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
+from tests.conftest import SCRIPTED_MODEL, RunningStack
+from tests.faults.fleet import ROUTER_SETTINGS, router_metric
+from tests.faults.test_resume import UTF8, reference, stream
+
+
+def _colocated(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path, replicas: int, behaviour: dict
+) -> RunningStack:
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(ROUTER_SETTINGS))
+    return scripted_stack(
+        engines=replicas,
+        per_engine_args=[["--scripted", json.dumps(behaviour)]] * replicas,
+        router_args=["--config", str(config), "--metrics-port", str(free_port())],
+        colocated=True,
+    )
+
+
+def _log(stack: RunningStack) -> str:
+    log_dir = stack.stack.plan.log_dir
+    assert log_dir is not None
+    return (log_dir / "gateway.log").read_text()
+
+
+async def test_a_cut_stream_resumes_token_exactly_over_the_in_memory_link(
+    scripted_stack, tmp_path: Path
+) -> None:
+    behaviour = {**UTF8, "fail_after_tokens": 3}
+    stack = _colocated(scripted_stack, tmp_path, 2, behaviour)
+    assert stack.stack.router is None, "a router process of its own was started"
+    body = {"max_tokens": 6}
+    got, want = await stream(stack.base_url, body), await reference(behaviour, body)
+    assert got["error"] is None
+    assert (got["texts"], got["finish"], got["usage"]) == (
+        want["texts"],
+        want["finish"],
+        want["usage"],
+    )
+    assert router_metric(stack, "tera_router_resumes_total", reason="internal") == 1
+    assert "joined in this process" in _log(stack)
+
+
+def test_internal_grpc_callers_reach_the_routers_own_port(scripted_stack, tmp_path: Path) -> None:
+    stack = _colocated(scripted_stack, tmp_path, 1, {"tokens_per_second": 200})
+    plan = stack.stack.plan
+    request = pb.GenerateRequest(
+        prompt=pb.PromptInput(text="hello"), sampling=pb.SamplingParams(max_tokens=3)
+    )
+    with grpc.insecure_channel(f"{plan.host}:{plan.router_port}") as channel:
+        call = pb_grpc.EngineStub(channel).Generate(
+            request, metadata=[("tera-model", SCRIPTED_MODEL)], timeout=10
+        )
+        ids = [i for message in call for c in message.choices for i in c.token_ids]
+    assert ids == [0, 1, 2]
+
+
+def test_stopping_the_process_stops_the_edge_and_the_router(scripted_stack, tmp_path: Path) -> None:
+    stack = _colocated(scripted_stack, tmp_path, 1, {"tokens_per_second": 200})
+    gateway = stack.stack.edge
+    assert gateway is not None
+    gateway.stop()  # SIGTERM, as an orchestrator sends
+    log = _log(stack)
+    assert "edge stopped" in log and "router stopped" in log
