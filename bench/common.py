@@ -35,9 +35,11 @@ def stand_in_stack(
     router_args: Sequence[str] = (),
     edge_args: Sequence[str] = (),
     edge_ops: bool = False,
+    colocated: bool = False,
 ) -> Stack:
     """Edge + router + one stand-in engine (real processes) with the given behaviour;
-    `edge_ops`: the edge serves /metrics on an operations port."""
+    `edge_ops`: the edge serves /metrics on an operations port; `colocated`: edge and
+    router in one process (services/gateway)."""
     plan = StackPlan(
         edge_port=free_port(),
         edge_ops_port=free_port() if edge_ops else None,
@@ -50,6 +52,7 @@ def stand_in_stack(
         router_args=list(router_args),
         edge_args=list(edge_args),
         log_dir=results,
+        colocated=colocated,
     )
     return Stack(plan).start(timeout_s=60)
 

@@ -159,10 +159,12 @@ async def _stream(
 
 
 def _cpu_snapshot(stack: Stack) -> dict[str, float]:
-    pids = {"edge": stack.edge.pid, "router": stack.router.pid, "engine": stack.engines[0].pid}  # type: ignore[union-attr]
-    return {name: cpu_seconds(pid) for name, pid in pids.items()} | {
-        "load generator": own_cpu_seconds()
-    }
+    """CPU seconds so far by process; a colocated router's are its edge's (the gateway's)."""
+    assert stack.edge is not None
+    pids = {"edge": stack.edge.pid, "engine": stack.engines[0].pid}
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu["router"] = cpu_seconds(stack.router.pid) if stack.router is not None else 0.0
+    return cpu | {"load generator": own_cpu_seconds()}
 
 
 async def _step(stack: Stack, streams: int, rate: float, model: str = MODEL) -> StepResult:

@@ -1,13 +1,13 @@
-"""Part: what the router's hop costs a first token at concurrency 1, the upper bound on
-what taking it off the path (a router inside the edge's process) could save.
+"""Part: what the router's hop costs a first token at concurrency 1, and how much of it
+the router inside the edge's process (services/gateway) takes off.
 
-Two stand-in stacks side by side (bench/side_by_side.py): one as shipped (edge → router
-→ engine) and one whose edge is pointed at the engine itself (`--router` at the engine's
-address: the engine serves the same Generate and stream link the router does), so its
-requests skip the router; that stack's router still runs, idle, so both stacks have the
-same processes on the CPUs. What the direct stack skips is the whole hop: two socket
-writes and process wake-ups each way, and the router's own work per stream (queue,
-policy, journal, attempt), none of which the direct stack can do without.
+Three stand-in stacks side by side (bench/side_by_side.py): edge and router as two
+processes (the baseline); the two in one gateway process, its stream link in memory;
+and an edge pointed at the engine itself (`--router` at the engine's address: the engine
+serves the same Generate and stream link the router does), its router running idle so
+that it has the baseline's processes on the CPUs. That last one skips the whole hop, the
+router's own work per stream included (queue, policy, journal, attempt), which no real
+deployment can do without: it is the upper bound.
 
     python -m bench.run --parts router_hop
 """
@@ -22,11 +22,13 @@ from devstack.engine_args import scripted_engine_args
 from devstack.processes import free_port
 from devstack.stack import Stack, StackPlan
 
-DIRECT, VIA_ROUTER = "edge → engine", "edge → router → engine (shipped)"
+DIRECT, COLOCATED, VIA_ROUTER = "edge → engine", "gateway → engine", "edge → router → engine"
+ARMS = (DIRECT, COLOCATED, VIA_ROUTER)
 
 
-def plan(results: Path, *, direct: bool) -> StackPlan:
-    """A stand-in stack's plan; `direct`: its edge calls the engine, not the router."""
+def plan(results: Path, *, direct: bool = False, colocated: bool = False) -> StackPlan:
+    """A stand-in stack's plan; `direct`: its edge calls the engine, not the router;
+    `colocated`: edge and router in one process (services/gateway)."""
     engine = free_port()
     return StackPlan(
         edge_port=free_port(),
@@ -36,6 +38,7 @@ def plan(results: Path, *, direct: bool) -> StackPlan:
         model_ids=[STAND_IN_MODEL],
         edge_args=["--router", f"127.0.0.1:{engine}"] if direct else [],
         log_dir=results,
+        colocated=colocated,
     )
 
 
@@ -43,6 +46,7 @@ def run(results: Path, rounds: int = 3, requests: int = 300, gap_s: float = 0.01
     """One row a round: each stack's client first-token p50/p90 (ms), and the difference."""
     start = {
         DIRECT: lambda: Stack(plan(results, direct=True)).start(timeout_s=60),
-        VIA_ROUTER: lambda: Stack(plan(results, direct=False)).start(timeout_s=60),
+        COLOCATED: lambda: Stack(plan(results, colocated=True)).start(timeout_s=60),
+        VIA_ROUTER: lambda: Stack(plan(results)).start(timeout_s=60),
     }
     return compare(start, rounds=rounds, requests=requests, gap_s=gap_s)

@@ -116,22 +116,28 @@ def at_once_part(args: argparse.Namespace, results: Path, report: dict) -> list[
 def router_hop_part(args: argparse.Namespace, results: Path, report: dict) -> list[str]:
     report["router_hop"] = rows = router_hop.run(results)
     return [
-        "## What the router's hop costs a first token (two stand-in stacks side by side, one "
-        "whose edge calls the engine directly, its router idle; streamed chat at concurrency "
-        f"1, requests alternating in pairs, {rows[0]['requests']} a stack a round; client "
-        "first-token time, ms; saved: the upper bound on taking the hop off the path)\n",
-        _side_by_side_table(rows, (router_hop.DIRECT, router_hop.VIA_ROUTER)),
+        "## What the router's hop costs a first token (three stand-in stacks side by side: "
+        "one whose edge calls the engine directly, its router idle, the upper bound on "
+        "taking the hop off the path; one with the router in the edge's process "
+        "(services/gateway); and the shipped two processes. Streamed chat at concurrency 1, "
+        f"requests alternating in pairs, {rows[0]['requests']} a stack a round; client "
+        "first-token time, ms; saved: against the two processes)\n",
+        _side_by_side_table(rows, router_hop.ARMS),
         "",
     ]
 
 
-def _side_by_side_table(rows: list[dict], arms: tuple[str, str]) -> str:
+def _side_by_side_table(rows: list[dict], arms: tuple[str, ...]) -> str:
+    """`arms` as bench.side_by_side.compare started them: the last is the baseline."""
     flat = [
         {
             "round": i + 1,
             **{f"{arm} {q}": row[arm][f"{q}_ms"] for arm in arms for q in ("p50", "p90")},
-            "saved p50": row["saved_p50_ms"],
-            "saved p90": row["saved_p90_ms"],
+            **{
+                f"saved {q}" + (f" ({arm})" if len(arms) > 2 else ""): row[arm][f"saved_{q}_ms"]
+                for arm in arms[:-1]
+                for q in ("p50", "p90")
+            },
         }
         for i, row in enumerate(rows)
     ]

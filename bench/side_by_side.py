@@ -29,10 +29,10 @@ async def _alternate(urls: dict[str, str], requests: int, gap_s: float) -> dict[
     names = list(urls)
     out: dict[str, list[float]] = {name: [] for name in names}
     async with aiohttp.ClientSession() as session:
-        for i in range(2 * (requests + 2)):
-            name = names[(i // 2) % 2]
+        for i in range(len(names) * (requests + 2)):
+            name = names[(i // 2) % len(names)]
             ms = await _first_token_ms(session, urls[name], body)
-            if i >= 4:
+            if i >= 2 * len(names):
                 out[name].append(ms)
             await asyncio.sleep(gap_s)
     return out
@@ -45,9 +45,10 @@ def compare(
     requests: int = 300,
     gap_s: float = 0.01,
 ) -> list[dict]:
-    """`start`: two named ways to start a stack. One row a round: each stack's client
-    first-token p50/p90 (ms), and what the first saves against the second (`saved_*`)."""
-    (first, second) = start
+    """`start`: named ways to start a stack, the one the others are measured against
+    last. One row a round: each stack's client first-token p50/p90 (ms), and for each
+    but the last what it saves against the last (`saved_p50_ms`, `saved_p90_ms`)."""
+    *arms, baseline = start
     rows = []
     for _ in range(rounds):
         stacks = {name: starting() for name, starting in start.items()}
@@ -60,7 +61,8 @@ def compare(
         row: dict = {"requests": requests}
         for name, ms in times.items():
             row[name] = {"p50_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90)}
-        row["saved_p50_ms"] = row[second]["p50_ms"] - row[first]["p50_ms"]
-        row["saved_p90_ms"] = row[second]["p90_ms"] - row[first]["p90_ms"]
+        for name in arms:
+            for q in ("p50", "p90"):
+                row[name][f"saved_{q}_ms"] = row[baseline][f"{q}_ms"] - row[name][f"{q}_ms"]
         rows.append(row)
     return rows

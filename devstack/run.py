@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the edge names prompt prefixes with the model's tokenizer, for cache_aware",
     )
+    p.add_argument(
+        "--colocated",
+        action="store_true",
+        help="run the router inside the edge's process (services/gateway): one process "
+        "fewer, and its stream link to the edge in memory",
+    )
     p.add_argument("--model-dir", type=Path, help="a local Hugging Face model folder")
     p.add_argument("--model-id", default=DEFAULT_MODEL_ID, help="name clients use")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache"))
@@ -212,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = _plan(args)
     if args.policy:
         plan.router_args = [*plan.router_args, "--policy", args.policy]
+    plan.colocated = args.colocated
     _run(_secured(plan, args), started, _policy(args))
 
 

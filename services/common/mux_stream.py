@@ -21,14 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import socket
 import ssl
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import NameOID
 
 from services.common.mux import Outbox
 from services.common.mux_server import Handler, MuxServer
@@ -202,7 +207,13 @@ class _Peer:
         host, port = transport.get_extra_info("peername")[:2]
         self._peer = f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
         ssl_object = transport.get_extra_info("ssl_object")
-        self._names = peer_names(ssl_object.getpeercert() if ssl_object else None)
+        # An in-memory link (join) carries the names its handshake would have given.
+        joined = transport.get_extra_info("peer_names")
+        self._names = (
+            joined
+            if joined is not None
+            else peer_names(ssl_object.getpeercert() if ssl_object else None)
+        )
 
     def peer(self) -> str:
         return self._peer
@@ -264,7 +275,8 @@ class StreamListener:
         self.tracer = tracer
         self.connections: set[_ServedConnection] = set()
         self._server: asyncio.Server | None = None
-        self._address: tuple[str, int] | None = None  # joinable in process (no TLS)
+        self._address: tuple[str, int] | None = None  # where it listens, once it does
+        self.tls: TLSConfig | None = None
         self.port = 0
 
     async def start(self, host: str, port: int, tls: TLSConfig | None) -> None:
@@ -275,15 +287,19 @@ class StreamListener:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("GenerateMux stream listener on %s:%d (tls=%s)", host, self.port, bool(tls))
-        if tls is None:
-            self._address = (host, self.port)
-            _IN_PROCESS[self._address] = self
+        self.tls = tls
+        self._address = (host, self.port)
+        _IN_PROCESS[self._address] = self
 
-    def join(self, received: Callable[[pb.MuxFrames], None]) -> FrameProtocol:
-        """A link from this process with no socket (`connect`); served as one over TCP."""
-        assert self._address is not None, "joined only when listening without TLS"
+    def join(
+        self, received: Callable[[pb.MuxFrames], None], names: dict[str, list[bytes]]
+    ) -> FrameProtocol:
+        """A link from this process with no socket (`connect`), served as one over TCP
+        whose client presented a certificate with `names`."""
+        assert self._address is not None, "joined once listening"
         client = FrameProtocol(received)
-        in_memory_pair(client, _ServedConnection(self), peername=(self._address[0], 0))
+        server = _ServedConnection(self)
+        in_memory_pair(client, server, peername=(self._address[0], 0), peer_names=names)
         log.info("stream link to %s:%d joined in this process", *self._address)
         return client
 
@@ -339,10 +355,12 @@ async def connect(
 ) -> FrameProtocol:
     """A client's link to a stream listener; its messages go to `received`. A listener
     of this very process (a router run in the edge's, services/gateway) is joined in
-    memory, where the connection would have reached it anyway."""
-    listener = _IN_PROCESS.get((host, port)) if tls is None else None
-    if listener is not None:
-        return listener.join(received)
+    memory, where the connection would have reached it anyway, and the handshake (under
+    mutual TLS) would have gone through."""
+    listener = _IN_PROCESS.get((host, port))
+    names = handshake_names(listener.tls, tls) if listener is not None else None
+    if listener is not None and names is not None:
+        return listener.join(received, names)
     loop = asyncio.get_running_loop()
     context = client_context(tls) if tls is not None else None
     server_hostname = (tls.server_name or host) if tls is not None else None
@@ -354,9 +372,10 @@ async def connect(
 
 # -- in-process links ------------------------------------------------------------------
 
-# Listeners without TLS by the address they serve. A connection from this process to one
-# of these addresses reaches that listener, so joining it in memory changes nothing but
-# the cost: no socket write, kernel hop or wake-up of another process each way.
+# This process's listeners by the address they serve. A connection from this process to
+# one of these addresses reaches that listener, so joining it in memory changes nothing
+# but the cost: no socket write, kernel hop, TLS record or wake-up of another process each
+# way. What the handshake checks, `handshake_names` checks as the link is joined.
 _IN_PROCESS: dict[tuple[str, int], StreamListener] = {}
 
 
@@ -365,8 +384,8 @@ class _MemoryTransport(asyncio.Transport):
     later loop callback, in order, as from a socket; close sends end of file after what
     was written, and abort drops the link at both ends."""
 
-    def __init__(self, protocol: asyncio.Protocol, peername: tuple[str, int]) -> None:
-        super().__init__({"peername": peername})
+    def __init__(self, protocol: asyncio.Protocol, extra: dict[str, Any]) -> None:
+        super().__init__(extra)
         self._loop = asyncio.get_running_loop()
         self._protocol = protocol
         self.peer: _MemoryTransport
@@ -412,10 +431,61 @@ class _MemoryTransport(asyncio.Transport):
 
 
 def in_memory_pair(
-    client: asyncio.Protocol, server: asyncio.Protocol, *, peername: tuple[str, int]
+    client: asyncio.Protocol,
+    server: asyncio.Protocol,
+    *,
+    peername: tuple[str, int],
+    peer_names: dict[str, list[bytes]],
 ) -> None:
-    """Connects two protocols in memory; the server's peer is `peername`."""
-    to_server, to_client = _MemoryTransport(client, peername), _MemoryTransport(server, peername)
+    """Connects two protocols in memory; the server's peer is `peername`, whose
+    certificate carried `peer_names`."""
+    to_server = _MemoryTransport(client, {"peername": peername})
+    to_client = _MemoryTransport(server, {"peername": peername, "peer_names": peer_names})
     to_server.peer, to_client.peer = to_client, to_server
     server.connection_made(to_client)
     client.connection_made(to_server)
+
+
+def handshake_names(
+    server: TLSConfig | None, client: TLSConfig | None
+) -> dict[str, list[bytes]] | None:
+    """What a mutual TLS handshake between these two ends would tell the server of the
+    client: its certificate's names where each end's certificate is in date and issued
+    by the other's CA (the files read now, so a renewal counts); {} with TLS at neither
+    end; None where the handshake would fail, so the caller connects and meets it."""
+    if server is None or client is None:
+        return {} if server is None and client is None else None
+    try:
+        client_cert = _issued(client.cert, by=server.ca)
+        _issued(server.cert, by=client.ca)
+    except (OSError, ValueError, TypeError, InvalidSignature):
+        return None
+    return certificate_names(client_cert)
+
+
+def _issued(cert_file: Path, *, by: Path) -> x509.Certificate:
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(by.read_bytes()))
+    now = datetime.datetime.now(datetime.UTC)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise ValueError(f"{cert_file} is not in date")
+    return cert
+
+
+def certificate_names(cert: x509.Certificate) -> dict[str, list[bytes]]:
+    """A certificate's names as `peer_names` gives them from a handshake's peer."""
+    names: dict[str, list[bytes]] = {}
+    for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
+        names.setdefault("x509_common_name", []).append(str(attribute.value).encode())
+    try:
+        alternatives = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        alternatives = None
+    for name in alternatives.value if alternatives is not None else ():
+        if isinstance(name, x509.DNSName):
+            names.setdefault("peer_dns", []).append(name.value.encode())
+        elif isinstance(name, x509.UniformResourceIdentifier):
+            names.setdefault("peer_uri", []).append(name.value.encode())
+    if names:
+        names["transport_security_type"] = [b"ssl"]
+    return names

@@ -9,8 +9,9 @@ edge's stream link to the router joins the router's stream listener in memory
 no other process, which at concurrency 1 is most of what the router's hop costs a first
 token (`make bench`, router_hop). Everything else is as with two processes: the router
 still serves its gRPC port (other edges, internal gRPC callers, health, metrics) and its
-stream listener, and the edge reaches it over gRPC for its model list. Without TLS only:
-with `--tls` the edge's link goes over TCP as before (mutual TLS within one process).
+stream listener, and the edge reaches it over gRPC for its model list. Under mutual TLS
+the joined link carries the edge certificate's names, as the handshake would have given
+them to the router's guard, and only where that handshake would have succeeded.
 """
 
 from __future__ import annotations

@@ -1,15 +1,20 @@
 """A stream listener of this process is joined in memory (services/common/mux_stream.py,
 `connect`): frames go both ways as over a socket, with none opened; closing and aborting
 end the link at both ends as a connection's close and reset do; a stopped listener, or
-one behind TLS, is reached over TCP as before."""
+one whose TLS handshake would fail, is reached over TCP as before; one under mutual TLS
+sees the names the handshake would have given it."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from devstack.certs import ensure_local_certs
+from devstack.readiness import client_tls
 from services.common import mux_stream
 from services.common.mux import GENERATE
 from services.proto_gen.tera.v1 import engine_pb2 as pb
@@ -105,3 +110,47 @@ async def test_a_stopped_listener_is_not_joined() -> None:
     await served.stop(grace=None)
     with pytest.raises(OSError):  # TCP: nothing listens there any more
         await mux_stream.connect(HOST, port, None, _Received())
+
+
+async def test_under_mutual_tls_the_joined_link_carries_the_handshakes_names(
+    tmp_path: Path,
+) -> None:
+    certs = ensure_local_certs(tmp_path / "tls")
+    server, client = client_tls(certs / "router"), client_tls(certs / "edge")
+    assert server is not None and client is not None
+    served = await mux_stream.start_listener({GENERATE: _echo}, HOST, 0, server, tracer="test")
+    assert served is not None
+    try:
+        joined = await mux_stream.connect(HOST, served.port, client, _Received())
+        assert joined.transport is not None
+        assert joined.transport.get_extra_info("socket") is None, "a socket was opened"
+        # The same client over a real TLS connection, for what its handshake gives.
+        _, over_tcp = await asyncio.get_running_loop().create_connection(
+            lambda: mux_stream.FrameProtocol(_Received()),
+            HOST,
+            served.port,
+            ssl=mux_stream.client_context(client),
+            server_hostname=HOST,
+        )
+        await asyncio.sleep(0.05)
+        names = [c._mux._call.auth_context() for c in served.connections if c._mux]
+        assert len(names) == 2 and names[0] == names[1]
+        assert names[0]["x509_common_name"], names[0]
+        joined.close()
+        over_tcp.close()
+    finally:
+        await served.stop(grace=None)
+
+
+async def test_a_client_whose_handshake_would_fail_is_not_joined(tmp_path: Path) -> None:
+    server = client_tls(ensure_local_certs(tmp_path / "ours") / "router")
+    stranger = client_tls(ensure_local_certs(tmp_path / "theirs") / "edge")  # another CA
+    served = await mux_stream.start_listener({GENERATE: _echo}, HOST, 0, server, tracer="test")
+    assert served is not None
+    try:
+        assert mux_stream.handshake_names(server, stranger) is None
+        assert mux_stream.handshake_names(server, None) is None
+        with pytest.raises(ssl.SSLError):  # over TCP: the stranger refuses our certificate
+            await mux_stream.connect(HOST, served.port, stranger, _Received())
+    finally:
+        await served.stop(grace=None)

@@ -77,6 +77,7 @@ def _guarded(
     env: dict[str, str] | None = None,
     edge_args: list[str] | None = None,
     router_args: list[str] | None = None,
+    colocated: bool = False,
 ) -> RunningStack:
     catalog = _catalog(tmp_path / "catalog.yaml", redis_url)
     (tmp_path / "router.yaml").write_text(yaml.safe_dump({"auth": {"required": True}}))
@@ -94,6 +95,7 @@ def _guarded(
         ],
         edge_args=["--catalog", str(catalog), *(edge_args or [])],
         env=env or {},
+        colocated=colocated,
     )
 
 
@@ -215,6 +217,27 @@ async def test_the_edge_speaks_for_its_users(guarded_over: RunningStack) -> None
     transport = _transport(guarded_over)
     assert ("opening a multiplexed call" in edge_log) == (transport == "mux")
     assert ("opening a multiplexed stream link" in edge_log) == (transport == "stream")
+
+
+async def test_a_colocated_edge_speaks_for_its_users_over_the_in_memory_link(
+    scripted_stack: Callable[..., RunningStack], tmp_path: Path
+) -> None:
+    """The router in the edge's process (services/gateway) takes the joined link as the
+    edge's, by the names of its certificate, as the TLS handshake would have told it:
+    the edge's users are served, within their allowlists."""
+    stack = _guarded(scripted_stack, tmp_path, colocated=True)
+    headers = {"Authorization": f"Bearer {KEYS['narrow']}"}
+    statuses = {}
+    async with aiohttp.ClientSession() as session:
+        for model in (OPEN, CLOSED):
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            url = f"{stack.base_url}/chat/completions"
+            async with session.post(url, json={**body, "max_tokens": 2}, headers=headers) as r:
+                statuses[model] = (r.status, await r.text())
+    assert statuses[OPEN][0] == 200, statuses[OPEN]
+    assert statuses[CLOSED][0] in (403, 404), statuses[CLOSED]
+    log = (stack.stack.plan.log_dir / "gateway.log").read_text()  # type: ignore[operator]
+    assert "joined in this process" in log
 
 
 async def test_no_secret_reaches_the_logs(guarded: RunningStack, receiver: OtlpReceiver) -> None:
