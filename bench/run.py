@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
         default="stream",
         help="the edge's router_transport in the relay part",
     )
+    p.add_argument(
+        "--colocated",
+        action="store_true",
+        help="vs_vllm: Tera's edge and router in one process (services/gateway)",
+    )
     return p
 
 

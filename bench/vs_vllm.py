@@ -201,10 +201,16 @@ def start_vllm_server(
 
 
 def run(
-    model_dir: Path, results: Path, concurrencies: tuple[int, ...], *, control: bool = False
+    model_dir: Path,
+    results: Path,
+    concurrencies: tuple[int, ...],
+    *,
+    control: bool = False,
+    colocated: bool = False,
 ) -> list[dict]:
     """Every server stays up (idle while another is measured) and each concurrency runs
-    them back to back, so the machine's drift lands on all alike."""
+    them back to back, so the machine's drift lands on all alike. `colocated`: Tera's
+    edge and router in one process (services/gateway)."""
     with contextlib.ExitStack() as servers:
         vllm, vllm_base = start_vllm_server(model_dir, results)
         servers.callback(vllm.stop)
@@ -213,7 +219,7 @@ def run(
             other, other_base = start_vllm_server(model_dir, results, log=f"{CONTROL}.log")
             servers.callback(other.stop)
             targets[CONTROL] = Target(other_base, (other.pid,))
-        stack = Stack(vllm_plan(model_dir, results)).start(timeout_s=600)
+        stack = Stack(vllm_plan(model_dir, results, colocated=colocated)).start(timeout_s=600)
         servers.callback(stack.stop)
         serving = tuple(p.pid for p in stack.processes)  # engine front, router, edge
         targets["tera"] = Target(stack.plan.base_url.removesuffix("/v1"), serving)
