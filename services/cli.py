@@ -15,6 +15,7 @@ COMMANDS = {
     "engine": ("services.engine.cli", "run one engine process"),
     "router": ("services.router.cli", "run the router"),
     "edge": ("services.edge.cli", "run the OpenAI-compatible HTTP edge"),
+    "gateway": ("services.gateway.cli", "run the edge and the router in one process"),
     "prepare-model": ("services.engine.model_prep", "build the default model folder"),
 }
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import ipaddress
 import logging
 import socket
 import ssl
@@ -358,7 +359,7 @@ async def connect(
     memory, where the connection would have reached it anyway, and the handshake (under
     mutual TLS) would have gone through."""
     listener = _IN_PROCESS.get((host, port))
-    names = handshake_names(listener.tls, tls) if listener is not None else None
+    names = handshake_names(listener.tls, tls, host) if listener is not None else None
     if listener is not None and names is not None:
         return listener.join(received, names)
     loop = asyncio.get_running_loop()
@@ -447,20 +448,42 @@ def in_memory_pair(
 
 
 def handshake_names(
-    server: TLSConfig | None, client: TLSConfig | None
+    server: TLSConfig | None, client: TLSConfig | None, host: str
 ) -> dict[str, list[bytes]] | None:
-    """What a mutual TLS handshake between these two ends would tell the server of the
-    client: its certificate's names where each end's certificate is in date and issued
-    by the other's CA (the files read now, so a renewal counts); {} with TLS at neither
-    end; None where the handshake would fail, so the caller connects and meets it."""
+    """What a mutual TLS handshake between these two ends, the client dialling `host`,
+    would tell the server of the client: its certificate's names where each end's
+    certificate is in date and issued by the other's CA, and the server's names what the
+    client expects (the files read now, so a renewal counts); {} with TLS at neither end;
+    None where the handshake would fail, so the caller connects and meets it."""
     if server is None or client is None:
         return {} if server is None and client is None else None
     try:
         client_cert = _issued(client.cert, by=server.ca)
-        _issued(server.cert, by=client.ca)
+        server_cert = _issued(server.cert, by=client.ca)
     except (OSError, ValueError, TypeError, InvalidSignature):
         return None
+    if not _names_host(server_cert, client.server_name or host):
+        return None
     return certificate_names(client_cert)
+
+
+def _names_host(cert: x509.Certificate, expected: str) -> bool:
+    """Whether `cert`'s alternative names cover `expected` (an address or a DNS name)."""
+    try:
+        alternatives = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        return ipaddress.ip_address(expected) in alternatives.get_values_for_type(x509.IPAddress)
+    except ValueError:  # a DNS name
+        wanted = expected.lower()
+        for name in alternatives.get_values_for_type(x509.DNSName):
+            name = name.lower()
+            if name == wanted or (
+                name.startswith("*.") and wanted.partition(".")[2] == name[2:] and "." in wanted
+            ):
+                return True
+        return False
 
 
 def _issued(cert_file: Path, *, by: Path) -> x509.Certificate:

@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     edge_argv, router_argv = split(sys.argv[1:] if argv is None else argv)
     setup_logging("gateway")
     router_args = router_cli.build_parser().parse_args(router_argv)
-    if router_args.mux_stream_port is None:
-        router_args.mux_stream_port = 0  # the listener the edge joins in memory
     try:
         router_config = router_cli.config_from_args(router_args)
+        if router_config.mux_stream_port is None:
+            router_args.mux_stream_port = 0  # a listener for the edge to join in memory
         edge_args = edge_cli.build_parser().parse_args(edge_argv)
         edge_args.router = edge_args.router or router_config.address
         edge_config = edge_cli.config_from_args(edge_args)
@@ -61,11 +61,12 @@ def main(argv: list[str] | None = None) -> None:
         router = asyncio.create_task(
             router_server.serve(lambda: router_cli.config_from_args(router_args), stop)
         )
+        router.add_done_callback(lambda _: stop.set())  # a router that fails ends the edge
         try:
             await edge_app.serve(edge_config, stop, provider)
         finally:
             stop.set()  # the edge stopped (or failed to start): the router goes too
-            await router
+            await router  # its failure, if it failed, is the process's
 
     try:
         run(serve)

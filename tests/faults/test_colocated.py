@@ -6,6 +6,9 @@ process stops both."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import yaml
 from devstack.processes import free_port
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
-from tests.conftest import SCRIPTED_MODEL, RunningStack
+from tests.conftest import ROOT, SCRIPTED_MODEL, RunningStack
 from tests.faults.fleet import ROUTER_SETTINGS, router_metric
 from tests.faults.test_resume import UTF8, reference, stream
 
@@ -78,3 +81,32 @@ def test_stopping_the_process_stops_the_edge_and_the_router(scripted_stack, tmp_
     gateway.stop()  # SIGTERM, as an orchestrator sends
     log = _log(stack)
     assert "edge stopped" in log and "router stopped" in log
+
+
+def test_a_router_that_cannot_start_takes_the_process_down(tmp_path: Path) -> None:
+    """Not an edge left serving with no router behind it: the process exits, and the
+    supervisor (tera run) or the orchestrator restarts it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        router_port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.gateway",
+                "--port",
+                str(free_port()),
+                "--",
+                "--port",
+                str(router_port),
+                "--replica",
+                f"127.0.0.1:{free_port()}",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode != 0, done.stderr[-2000:]
+    assert "edge stopped" in done.stderr, done.stderr[-2000:]
