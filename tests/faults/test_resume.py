@@ -94,6 +94,17 @@ async def stream(base_url: str, body: dict) -> dict:
     return {**result, "texts": texts, "finish": finish}
 
 
+def assert_unfailed(got: dict, want: dict) -> None:
+    """A streamed answer with no error, equal to the unfailed one: texts, finish reasons
+    and usage."""
+    assert got["error"] is None
+    assert (got["texts"], got["finish"], got["usage"]) == (
+        want["texts"],
+        want["finish"],
+        want["usage"],
+    )
+
+
 @pytest.mark.parametrize(
     ("k", "n"),
     [(1, 1), (2, 1), (5, 1), (8, 2)],
@@ -126,13 +137,7 @@ async def test_two_cuts_in_one_stream(resuming_fleet) -> None:
     behaviour = {**UTF8, "fail_after_tokens": 4}
     stack = resuming_fleet(3, behaviour)
     body = {"max_tokens": 12}
-    got, want = await stream(stack.base_url, body), await reference(behaviour, body)
-    assert got["error"] is None
-    assert (got["texts"], got["finish"], got["usage"]) == (
-        want["texts"],
-        want["finish"],
-        want["usage"],
-    )
+    assert_unfailed(await stream(stack.base_url, body), await reference(behaviour, body))
     assert router_metric(stack, "tera_router_resumes_total", reason="internal") == 2
 
 
