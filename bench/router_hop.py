@@ -43,7 +43,8 @@ def plan(results: Path, *, direct: bool = False, colocated: bool = False) -> Sta
 
 
 def run(results: Path, rounds: int = 3, requests: int = 300, gap_s: float = 0.01) -> list[dict]:
-    """One row a round: each stack's client first-token p50/p90 (ms), and the difference."""
+    """One row a round: each stack's client first-token p50/p90 (ms), and what the
+    direct edge and the gateway save against the two processes."""
     start = {
         DIRECT: lambda: Stack(plan(results, direct=True)).start(timeout_s=60),
         COLOCATED: lambda: Stack(plan(results, colocated=True)).start(timeout_s=60),

@@ -1,11 +1,12 @@
-"""Two stand-in stacks timed side by side: streamed chat requests at concurrency 1
-alternate between them in pairs (AABB…), so both see the same moments of the machine, and
-the stacks are started anew each round, so their processes' places on the CPUs vary too.
+"""Stand-in stacks timed side by side: streamed chat requests at concurrency 1 go to each
+in turn, two at a time (AABB…), so all see the same moments of the machine, and the
+stacks are started anew each round, so their processes' places on the CPUs vary too.
 Untraced, as `vs_vllm`. What the at_once and router_hop parts share."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import aiohttp
@@ -51,13 +52,13 @@ def compare(
     *arms, baseline = start
     rows = []
     for _ in range(rounds):
-        stacks = {name: starting() for name, starting in start.items()}
-        try:
-            urls = {name: f"{s.plan.base_url}/chat/completions" for name, s in stacks.items()}
+        with contextlib.ExitStack() as started:  # each stopped, whichever failed to start
+            urls = {}
+            for name, starting in start.items():
+                stack = starting()
+                started.callback(stack.stop)
+                urls[name] = f"{stack.plan.base_url}/chat/completions"
             times = asyncio.run(_alternate(urls, requests, gap_s))
-        finally:
-            for stack in stacks.values():
-                stack.stop()
         row: dict = {"requests": requests}
         for name, ms in times.items():
             row[name] = {"p50_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90)}
