@@ -15,7 +15,7 @@ import pytest
 
 from devstack.certs import ensure_local_certs
 from devstack.readiness import client_tls
-from services.common import mux_stream
+from services.common import mux_stream, tls_handshake
 from services.common.mux import GENERATE
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 
@@ -148,13 +148,13 @@ async def test_a_client_whose_handshake_would_fail_is_not_joined(tmp_path: Path)
     served = await mux_stream.start_listener({GENERATE: _echo}, HOST, 0, server, tracer="test")
     assert served is not None
     try:
-        assert mux_stream.handshake_names(server, stranger, HOST) is None
-        assert mux_stream.handshake_names(server, None, HOST) is None
+        assert tls_handshake.handshake_names(server, stranger, HOST) is None
+        assert tls_handshake.handshake_names(server, None, HOST) is None
         ours = client_tls(tmp_path / "ours" / "edge")
         assert ours is not None
-        assert mux_stream.handshake_names(server, ours, HOST)  # the names, as it would
+        assert tls_handshake.handshake_names(server, ours, HOST)  # the names, as it would
         misnamed = ours.model_copy(update={"server_name": "not-the-router"})
-        assert mux_stream.handshake_names(server, misnamed, HOST) is None
+        assert tls_handshake.handshake_names(server, misnamed, HOST) is None
         with pytest.raises(ssl.SSLError):  # over TCP: the stranger refuses our certificate
             await mux_stream.connect(HOST, served.port, stranger, _Received())
     finally:
