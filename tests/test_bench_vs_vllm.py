@@ -101,21 +101,27 @@ def test_cpu_per_token_pools_both_halves_and_is_a_ratio_against_vllm() -> None:
     assert "serving_cpu_ms_per_ktok" not in combine([_half([0.1], [[0.01]], 1.0, 10)])
 
 
-BURN = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\n"
-IDLE = "time.sleep(30)\n"
+# Each burns its share, says so on the server's stdout (the child inherits it), then idles
+# until killed: a process that had exited would take its CPU out of the group's figures.
+BURN = (
+    "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\n"
+    "print('burnt', flush=True)\ntime.sleep(600)\n"
+)
 
 
 def test_a_targets_cpu_counts_its_serving_process_apart_from_those_below_it() -> None:
     # A "server" that burns 0.3 s itself and starts a "model" child burning 0.6 s, as
     # vLLM's API server starts EngineCore: the child's CPU must land in the model column.
-    model = BURN.format(s=0.6) + IDLE
+    model = BURN.format(s=0.6)
     start_model = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {model!r}])\n"
     server = subprocess.Popen(  # a group of its own, as ManagedProcess starts a server
-        [sys.executable, "-c", start_model + BURN.format(s=0.3) + IDLE], start_new_session=True
+        [sys.executable, "-c", start_model + BURN.format(s=0.3)],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         target = Target("http://127.0.0.1:1", (server.pid,))
-        _until_both_idle(server.pid, burnt_s=0.9)
+        _until_burnt(server, count=2)
         serving_s, model_s = target.cpu_seconds()
         assert 0.3 <= serving_s < 0.55
         assert 0.6 <= model_s < 0.85
@@ -124,15 +130,15 @@ def test_a_targets_cpu_counts_its_serving_process_apart_from_those_below_it() ->
         server.wait()
 
 
-def _until_both_idle(pid: int, burnt_s: float) -> None:
-    """Until the group has burnt `burnt_s` and its CPU stops growing. Reaching the total
-    is not enough: each process's start-up counts too, so the group passes it while the
-    child is still short of its own share (seen under load: the model column read low)."""
-    last, deadline = -1.0, time.monotonic() + 60
-    while time.monotonic() < deadline:
-        total = total_cpu_seconds(group_members(pid))
-        if total >= burnt_s and total - last < 0.005:
-            return
+def _until_burnt(server: subprocess.Popen[bytes], count: int) -> None:
+    """Until `count` processes of the server's group have burnt their share (however
+    long a loaded host makes that take) and the group's CPU figure has caught up."""
+    assert server.stdout is not None
+    for _ in range(count):
+        assert server.stdout.readline() == b"burnt\n"  # both idle on: no end of file
+    last, deadline = -1.0, time.monotonic() + 30
+    while (total := total_cpu_seconds(group_members(server.pid))) - last >= 0.005:
+        assert time.monotonic() < deadline, f"the group's CPU still grows: {total} s"
         last = total
         time.sleep(0.3)
 

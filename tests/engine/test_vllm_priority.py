@@ -32,7 +32,11 @@ from tests.observability.otlp_receiver import OtlpReceiver, ReceivedSpan
 ROUTER = {"hedge": {"enabled": False}, "retry": {"first_message_timeout_s": 300}}
 SERVER = 2  # OTLP span kind
 QUEUED = ["batch", "batch", "batch", "interactive"]  # in order of arrival
-LONG_TOKENS = 1500  # runs until cancelled, once the others are queued behind it
+# The long stream runs until cancelled, once the others are queued behind it: the
+# engine's context is widened for it to last minutes, however slow queueing the others
+# is on a loaded host (at 1,500 tokens it once ended before the third was queued, CI).
+MAX_MODEL_LEN = 8192
+LONG_TOKENS = MAX_MODEL_LEN - 64
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,9 @@ def one_at_a_time(
         edge_port=free_port(),
         router_port=free_port(),
         engine_ports=[free_port()],
-        engine_args=vllm_engine_args(model_dir, CACHE_DIR, max_num_seqs=1),
+        engine_args=vllm_engine_args(
+            model_dir, CACHE_DIR, max_num_seqs=1, max_model_len=MAX_MODEL_LEN
+        ),
         router_args=["--config", str(config)],
         env=receiver.env,
         log_dir=logs,
