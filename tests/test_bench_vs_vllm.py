@@ -4,6 +4,7 @@ the `vllm bench serve` it runs starts on this host."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -109,33 +110,41 @@ BURN = (
 )
 
 
-def test_a_targets_cpu_counts_its_serving_process_apart_from_those_below_it() -> None:
+def test_a_targets_cpu_counts_its_serving_process_apart_from_those_below_it(
+    tmp_path: Path,
+) -> None:
     # A "server" that burns 0.3 s itself and starts a "model" child burning 0.6 s, as
     # vLLM's API server starts EngineCore: the child's CPU must land in the model column.
     model = BURN.format(s=0.6)
     start_model = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {model!r}])\n"
-    server = subprocess.Popen(  # a group of its own, as ManagedProcess starts a server
-        [sys.executable, "-c", start_model + BURN.format(s=0.3)],
-        stdout=subprocess.PIPE,
-        start_new_session=True,
-    )
+    errors = tmp_path / "stderr"  # the child's too
+    with errors.open("wb") as stderr:
+        server = subprocess.Popen(  # a group of its own, as ManagedProcess starts a server
+            [sys.executable, "-c", start_model + BURN.format(s=0.3)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+        )
     try:
         target = Target("http://127.0.0.1:1", (server.pid,))
-        _until_burnt(server, count=2)
+        _until_burnt(server, count=2, errors=errors)
         serving_s, model_s = target.cpu_seconds()
         assert 0.3 <= serving_s < 0.55
         assert 0.6 <= model_s < 0.85
     finally:
         os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+        server.communicate()  # reaps it and closes its stdout
 
 
-def _until_burnt(server: subprocess.Popen[bytes], count: int) -> None:
+def _until_burnt(server: subprocess.Popen[bytes], count: int, errors: Path) -> None:
     """Until `count` processes of the server's group have burnt their share (however
     long a loaded host makes that take) and the group's CPU figure has caught up."""
     assert server.stdout is not None
-    for _ in range(count):
-        assert server.stdout.readline() == b"burnt\n"  # both idle on: no end of file
+    said, deadline = b"", time.monotonic() + 120
+    while said.count(b"burnt\n") < count:
+        ready, _, _ = select.select([server.stdout], [], [], deadline - time.monotonic())
+        assert ready, f"not all {count} burnt their share in 120 s: {errors.read_text()}"
+        said += os.read(server.stdout.fileno(), 64)  # unbuffered: select sees the rest
     last, deadline = -1.0, time.monotonic() + 30
     while (total := total_cpu_seconds(group_members(server.pid))) - last >= 0.005:
         assert time.monotonic() < deadline, f"the group's CPU still grows: {total} s"
