@@ -86,9 +86,10 @@ def _parser() -> argparse.ArgumentParser:
         help="the edge's router_transport in the relay part",
     )
     p.add_argument(
-        "--colocated",
+        "--split",
         action="store_true",
-        help="vs_vllm: Tera's edge and router in one process (services/gateway)",
+        help="vs_vllm: Tera's edge and router as two processes (default: one, "
+        "services/gateway, as tera run starts them)",
     )
     return p
 

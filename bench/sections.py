@@ -45,7 +45,8 @@ def vs_vllm_control_part(args: argparse.Namespace, results: Path, report: dict) 
 def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: bool) -> list[str]:
     model_dir = prepare_default_model(default_model_dir(CACHE_DIR))
     concurrencies = tuple(map(int, args.concurrency.split(",")))
-    rows = vs_vllm.run(model_dir, results, concurrencies, control=control, colocated=args.colocated)
+    colocated = not args.split
+    rows = vs_vllm.run(model_dir, results, concurrencies, control=control, colocated=colocated)
     report["vs_vllm"] = rows
     columns = ["target", "concurrency", "output_throughput", "request_throughput"]
     columns += ["p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms", "p99_itl_ms", *vs_vllm.CPU_COLUMNS]
@@ -55,7 +56,7 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
         f"{vs_vllm.CONTROL}, Tera, vLLM with seeds 0, 0, 0, 1, 1, 1"
         if control
         else "vLLM, Tera, Tera, vLLM with seeds 0, 0, 1, 1"
-    ) + ("; Tera's edge and router in one process (--colocated)" if args.colocated else "")
+    ) + ("; Tera's edge and router as two processes (--split)" if args.split else "")
     return [
         "## Tera vs vLLM's own server (vllm bench serve, openai-chat, random "
         f"{vs_vllm.INPUT_LEN} in / {vs_vllm.OUTPUT_LEN} out, streaming; per concurrency "

@@ -62,10 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the edge names prompt prefixes with the model's tokenizer, for cache_aware",
     )
     p.add_argument(
-        "--colocated",
+        "--split",
         action="store_true",
-        help="run the router inside the edge's process (services/gateway): one process "
-        "fewer, and its stream link to the edge in memory",
+        help="run the edge and the router as two processes, as deploy/k8s does (default: "
+        "one process, services/gateway, their stream link in memory)",
     )
     p.add_argument("--model-dir", type=Path, help="a local Hugging Face model folder")
     p.add_argument("--model-id", default=DEFAULT_MODEL_ID, help="name clients use")
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = _plan(args)
     if args.policy:
         plan.router_args = [*plan.router_args, "--policy", args.policy]
-    plan.colocated = args.colocated
+    plan.colocated = not args.split  # one node: the gateway's layout saves a hop
     _run(_secured(plan, args), started, _policy(args))
 
 
@@ -296,7 +296,8 @@ def _run(plan: StackPlan, started: float, policy: RestartPolicy) -> None:
     stack = Stack(plan)
     try:
         engines = len(plan.engine_ports)
-        print(f"[tera] starting {engines} engine(s), router and edge ...", flush=True)
+        front = "the gateway (router and edge)" if plan.colocated else "router and edge"
+        print(f"[tera] starting {engines} engine(s) and {front} ...", flush=True)
         stack.start()
         print_banner(plan, time.monotonic() - started)
         _supervise(Supervisor(stack.processes, policy))

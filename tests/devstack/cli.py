@@ -43,6 +43,12 @@ class TeraRun:
         wait_until(lambda: text in self.text(), timeout_s=timeout_s, what=repr(text))
 
 
+def _supervising_the_edge(output: str) -> bool:
+    """The edge's process is up: the gateway's (tera run's default) or, with --split, the
+    edge's own."""
+    return "supervising gateway" in output or "supervising edge" in output
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -83,7 +89,7 @@ def tera_run(
     )
     try:
         wait_until(
-            lambda: http_healthy(run.base_url, "/ready") and "supervising edge" in run.text(),
+            lambda: http_healthy(run.base_url, "/ready") and _supervising_the_edge(run.text()),
             timeout_s=ready_timeout_s,
             watch=[run.process],
             what="tera run to be ready",

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import openai
+import pytest
 
 from devstack.processes import wait_until
 from devstack.readiness import router_has_replicas
@@ -69,9 +70,17 @@ async def test_a_crash_loop_is_given_up_on_and_the_rest_keep_serving(tmp_path: P
         assert run.process.alive()
 
 
-async def test_a_killed_router_or_edge_is_restarted(tmp_path: Path) -> None:
-    with tera_run(tmp_path, FAST, args=["--restart-backoff", "0.2"]) as run:
-        for name in ("router", "edge"):
+@pytest.mark.parametrize(
+    ("layout", "names"),
+    [([], ("gateway",)), (["--split"], ("router", "edge"))],
+    ids=["gateway by default", "split"],
+)
+async def test_a_killed_router_or_edge_is_restarted(
+    tmp_path: Path, layout: list[str], names: tuple[str, ...]
+) -> None:
+    with tera_run(tmp_path, FAST, args=["--restart-backoff", "0.2", *layout]) as run:
+        assert len(run.pids(names[0])) == 1  # the layout asked for
+        for name in names:
             os.kill(run.pids(name)[0], signal.SIGKILL)
             run.wait_for_output(f"{name} was killed by SIGKILL")
             run.wait_for_output(f"{name} restarted (pid")
