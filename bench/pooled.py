@@ -45,6 +45,8 @@ def read_run(results: Path) -> list[RunFigures]:
             half_throughput(json.loads((results / f"vllm-c{c}-seed{s}.json").read_text()))
             for s in (0, 1)
         )
+        if not first:  # its ratio is void too: the run failed, not the servers' noise
+            raise ValueError(f"{results}: vLLM's first half at concurrency {c} served nothing")
         out.append(RunFigures(c, row["output_throughput"], row["p50_ttft_ms"], last / first))
     return out
 
@@ -92,7 +94,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="bench/results/<time> of vs_vllm runs")
     args = parser.parse_args()
-    figures = [f for results in args.runs for f in read_run(results)]
+    try:
+        figures = [f for results in args.runs for f in read_run(results)]
+    except (OSError, ValueError, KeyError) as exc:  # json's errors are ValueErrors
+        parser.error(f"not a vs_vllm run's results: {exc}")
     names = ", ".join(r.name for r in args.runs)
     print(f"## Tera vs vLLM, {len(args.runs)} runs read together ({names})\n")
     print(

@@ -60,3 +60,10 @@ def test_a_targets_row_says_how_far_its_own_two_halves_land_apart() -> None:
 
     row = combine([half(2.0, 40), half(2.0, 44)])
     assert row[HALVES_APART] == pytest.approx(1.1)
+
+
+def test_a_run_whose_vllm_half_served_nothing_is_named_not_divided_by(tmp_path: Path) -> None:
+    run = _write_run(tmp_path / "failed", 1.0, 0.0, (100.0, 100.0))
+    (run / "vllm-c8-seed0.json").write_text(json.dumps({"total_output_tokens": 0, "duration": 0}))
+    with pytest.raises(ValueError, match="failed: vLLM's first half at concurrency 8 served"):
+        read_run(run)
