@@ -353,14 +353,14 @@ async def connect(
     memory, where the connection would have reached it anyway, and the handshake (under
     mutual TLS) would have gone through."""
     listener = _IN_PROCESS.get((host, port))
-    names = None
     if listener is not None:
-        # Imported here: x509 parsing is for joined links only, kept off every start-up.
+        # Imported here: x509 parsing is for joined links only (the gateway imports it
+        # at start-up), kept off the start of every other process.
         from services.common.tls_handshake import handshake_names
 
         names = handshake_names(listener.tls, tls, host)
-    if listener is not None and names is not None:
-        return listener.join(received, names)
+        if names is not None:
+            return listener.join(received, names)
     loop = asyncio.get_running_loop()
     context = client_context(tls) if tls is not None else None
     server_hostname = (tls.server_name or host) if tls is not None else None

@@ -23,6 +23,7 @@ import yaml
 from pydantic import ValidationError
 
 from services.catalog import CatalogError
+from services.common import tls_handshake  # noqa: F401  (with the start-up heap, see below)
 from services.common.aio import run
 from services.common.logs import setup_logging
 from services.common.telemetry import setup_tracing, shutdown_tracing
@@ -39,6 +40,11 @@ def split(argv: list[str]) -> tuple[list[str], list[str]]:
         return argv, []
     i = argv.index("--")
     return argv[:i], argv[i + 1 :]
+
+
+# tls_handshake (x509 parsing, for the in-memory join only this process makes) is
+# imported here with the start-up heap, which is frozen once ready (gc_heap.py), rather
+# than at the first join, after the freeze.
 
 
 def main(argv: list[str] | None = None) -> None:
