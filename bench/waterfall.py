@@ -250,12 +250,18 @@ def streamed_chat_body(model: str, max_tokens: int) -> dict:
     }
 
 
-TERA_LAID_OUT = "vllm, tera run's CPU layout"
+TERA_LAID_OUT = "vllm, tera run's layout (gateway)"
 
 
-def _relay_placements() -> dict[str, bool]:
-    """vLLM's own CPU binding with the relay unconfined, and `tera run`'s layout."""
-    return {"vllm, unpinned": False, TERA_LAID_OUT: True}
+def _layouts() -> dict[str, dict[str, bool]]:
+    """vLLM's own CPU binding with the relay unconfined, `tera run`'s binding with edge
+    and router apart (`--split`), and `tera run`'s layout: that binding, the two in one
+    process (each half's spans still under its own service)."""
+    return {
+        "vllm, unpinned, split": {"pinned": False},
+        "vllm, tera run's CPU layout, split": {"pinned": True},
+        TERA_LAID_OUT: {"pinned": True, "colocated": True},
+    }
 
 
 def run(
@@ -282,8 +288,8 @@ def _vllm_rows(
     receiver: OtlpReceiver, results: Path, model_dir: Path, concurrencies: tuple[int, ...]
 ) -> list[dict]:
     out = []
-    for name, pinned in _relay_placements().items():
-        plan = vllm_plan(model_dir, results, pinned=pinned, env=receiver.env)
+    for name, layout in _layouts().items():
+        plan = vllm_plan(model_dir, results, env=receiver.env, **layout)
         stack = Stack(plan).start(timeout_s=600)
         try:
             for c in concurrencies:

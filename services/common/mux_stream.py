@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import socket
 import ssl
@@ -273,6 +274,7 @@ class StreamListener:
         self._address: tuple[str, int] | None = None  # where it listens, once it does
         self.tls: TLSConfig | None = None
         self.port = 0
+        self._context: contextvars.Context | None = None  # what its connections run in
 
     async def start(self, host: str, port: int, tls: TLSConfig | None) -> None:
         context = _ReloadingServerContext(tls).context if tls is not None else None
@@ -284,6 +286,7 @@ class StreamListener:
         log.info("GenerateMux stream listener on %s:%d (tls=%s)", host, self.port, bool(tls))
         self.tls = tls
         self._address = (host, self.port)
+        self._context = contextvars.copy_context()  # as the server's accepted sockets'
         _IN_PROCESS[self._address] = self
 
     def join(
@@ -291,10 +294,15 @@ class StreamListener:
     ) -> FrameProtocol:
         """A link from this process with no socket (`connect`), served as one over TCP
         whose client presented a certificate with `names`."""
-        assert self._address is not None, "joined once listening"
+        assert self._address is not None and self._context is not None, "joined once listening"
         client = FrameProtocol(received)
         server = _ServedConnection(self)
-        in_memory_pair(client, server, peername=(self._address[0], 0), peer_names=names)
+        in_memory_pair(
+            (client, contextvars.copy_context()),
+            (server, self._context),
+            peername=(self._address[0], 0),
+            peer_names=names,
+        )
         log.info("stream link to %s:%d joined in this process", *self._address)
         return client
 
@@ -382,19 +390,24 @@ _IN_PROCESS: dict[tuple[str, int], StreamListener] = {}
 class _MemoryTransport(asyncio.Transport):
     """One end of an in-memory link. What it writes its peer's protocol receives on a
     later loop callback, in order, as from a socket; close sends end of file after what
-    was written, and abort drops the link at both ends."""
+    was written, and abort drops the link at both ends. Each end's protocol runs in the
+    context of its own side, as a socket's runs in that of whoever opened it or listens
+    for it (the gateway's router half, its tracing service among it), never the writer's."""
 
-    def __init__(self, protocol: asyncio.Protocol, extra: dict[str, Any]) -> None:
+    def __init__(
+        self, protocol: asyncio.Protocol, context: contextvars.Context, extra: dict[str, Any]
+    ) -> None:
         super().__init__(extra)
         self._loop = asyncio.get_running_loop()
         self._protocol = protocol
+        self.context = context
         self.peer: _MemoryTransport
         self._closing = False
         self._lost = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._closing:
-            self._loop.call_soon(self.peer._deliver, bytes(data))
+            self.peer._soon(self.peer._deliver, bytes(data))
 
     def get_write_buffer_size(self) -> int:
         return 0  # delivered on the next callback; the reader never pauses
@@ -405,14 +418,18 @@ class _MemoryTransport(asyncio.Transport):
     def close(self) -> None:
         if not self._closing:
             self._closing = True
-            self._loop.call_soon(self.peer._eof)
-            self._loop.call_soon(self._connection_lost, None)
+            self.peer._soon(self.peer._eof)
+            self._soon(self._connection_lost, None)
 
     def abort(self) -> None:
         self._closing = True
-        self._loop.call_soon(self._connection_lost, None)
+        self._soon(self._connection_lost, None)
         reset = ConnectionResetError("reset by the peer in this process")
-        self._loop.call_soon(self.peer._connection_lost, reset)
+        self.peer._soon(self.peer._connection_lost, reset)
+
+    def _soon(self, callback: Callable[..., None], *args: Any) -> None:
+        """A call into this end's protocol, on a later loop callback in its context."""
+        self._loop.call_soon(callback, *args, context=self.context)
 
     def _deliver(self, data: bytes) -> None:
         if not self._lost:
@@ -430,17 +447,16 @@ class _MemoryTransport(asyncio.Transport):
             self._protocol.connection_lost(exc)
 
 
+_Side = tuple[asyncio.Protocol, contextvars.Context]  # a protocol, and what it runs in
+
+
 def in_memory_pair(
-    client: asyncio.Protocol,
-    server: asyncio.Protocol,
-    *,
-    peername: tuple[str, int],
-    peer_names: dict[str, list[bytes]],
+    client: _Side, server: _Side, *, peername: tuple[str, int], peer_names: dict[str, list[bytes]]
 ) -> None:
     """Connects two protocols in memory; the server's peer is `peername`, whose
     certificate carried `peer_names`."""
-    to_server = _MemoryTransport(client, {"peername": peername})
-    to_client = _MemoryTransport(server, {"peername": peername, "peer_names": peer_names})
+    to_server = _MemoryTransport(*client, {"peername": peername})
+    to_client = _MemoryTransport(*server, {"peername": peername, "peer_names": peer_names})
     to_server.peer, to_client.peer = to_client, to_server
-    server.connection_made(to_client)
-    client.connection_made(to_server)
+    server[1].run(server[0].connection_made, to_client)
+    client[1].run(client[0].connection_made, to_server)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -62,16 +63,76 @@ def setup_tracing(default_service_name: str) -> Any | None:
     """Installs the SDK with an OTLP exporter; returns the provider, or None when off."""
     if not tracing_enabled():
         return None
+    name = os.environ.get("OTEL_SERVICE_NAME") or default_service_name
+    provider = _sdk_provider(name)
+    trace.set_tracer_provider(provider)
+    log.info("tracing on: service %s exports OTLP to %s", name, _endpoint())
+    return provider
+
+
+def _sdk_provider(service_name: str) -> Any:
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    name = os.environ.get("OTEL_SERVICE_NAME") or default_service_name
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
     provider.add_span_processor(BatchSpanProcessor(_exporter()))
-    trace.set_tracer_provider(provider)
-    log.info("tracing on: service %s exports OTLP to %s", name, _endpoint())
     return provider
+
+
+# Which service the running code is, in a process that is two (services/gateway): set
+# once at the top of a half's task, inherited by every task and callback it starts.
+_SERVICE: ContextVar[str | None] = ContextVar("tera_service", default=None)
+
+
+def serve_as(service: str) -> None:
+    """Spans started from here on, in this task and those it starts, are `service`'s."""
+    _SERVICE.set(service)
+
+
+class _ByService(trace.TracerProvider):
+    """One process's spans under the names its parts would have as processes of their
+    own, each span its part's by the task or callback starting it (`serve_as`), so a
+    trace reads the same whichever way the parts are deployed."""
+
+    def __init__(self, providers: dict[str, Any], default: str) -> None:
+        self._providers = providers
+        self._default = default
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        tracers = {name: p.get_tracer(*args, **kwargs) for name, p in self._providers.items()}
+        return _ServiceTracer(tracers, self._default)
+
+    def shutdown(self) -> None:
+        for provider in self._providers.values():
+            provider.shutdown()
+
+
+class _ServiceTracer(trace.Tracer):
+    def __init__(self, tracers: dict[str, trace.Tracer], default: str) -> None:
+        self._tracers = tracers
+        self._default = default
+
+    def _current(self) -> trace.Tracer:
+        return self._tracers[_SERVICE.get() or self._default]
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return self._current().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self._current().start_as_current_span(*args, **kwargs)
+
+
+def setup_tracing_as(services: list[str]) -> Any | None:
+    """`setup_tracing` for one process that is several services: a span is named for the
+    service `serve_as` set where it started, the first one's where none was set.
+    OTEL_SERVICE_NAME, if set, names them all as one."""
+    if not tracing_enabled() or os.environ.get("OTEL_SERVICE_NAME"):
+        return setup_tracing(services[0])
+    providers = {name: _sdk_provider(name) for name in services}
+    trace.set_tracer_provider(_ByService(providers, default=services[0]))
+    log.info("tracing on: services %s export OTLP to %s", ", ".join(services), _endpoint())
+    return trace.get_tracer_provider()
 
 
 def shutdown_tracing(provider: Any | None) -> None:

@@ -26,7 +26,7 @@ from services.catalog import CatalogError
 from services.common import tls_handshake  # noqa: F401  (with the start-up heap, see below)
 from services.common.aio import run
 from services.common.logs import setup_logging
-from services.common.telemetry import setup_tracing, shutdown_tracing
+from services.common.telemetry import serve_as, setup_tracing_as, shutdown_tracing
 from services.edge import app as edge_app
 from services.edge import cli as edge_cli
 from services.edge.tenancy import setup as edge_setup
@@ -61,12 +61,16 @@ def main(argv: list[str] | None = None) -> None:
         edge_setup.load(edge_config)
     except (ValidationError, ValueError, OSError, yaml.YAMLError, CatalogError) as exc:
         sys.exit(f"tera gateway: invalid configuration: {exc}")
-    provider = setup_tracing("tera-gateway")
+    # Each half's spans under its own service, as with two processes: a trace reads the
+    # same (and bench/waterfall.py times it the same) whichever way they are deployed.
+    provider = setup_tracing_as(["tera-edge", "tera-router"])
+
+    async def serve_router(stop: asyncio.Event) -> None:
+        serve_as("tera-router")  # this task's context, inherited by all the router starts
+        await router_server.serve(lambda: router_cli.config_from_args(router_args), stop)
 
     async def serve(stop: asyncio.Event) -> None:
-        router = asyncio.create_task(
-            router_server.serve(lambda: router_cli.config_from_args(router_args), stop)
-        )
+        router = asyncio.create_task(serve_router(stop))
         router.add_done_callback(lambda _: stop.set())  # a router that fails ends the edge
         try:
             await edge_app.serve(edge_config, stop, provider)

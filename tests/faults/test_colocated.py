@@ -6,21 +6,26 @@ process stops both."""
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import grpc
+import pytest
 import yaml
 
+from bench.waterfall import SERVICES, Sent, marks, streamed_chat_body, timed_first_token
 from devstack.processes import free_port
 from services.proto_gen.tera.v1 import engine_pb2 as pb
 from services.proto_gen.tera.v1 import engine_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, SCRIPTED_MODEL, RunningStack
 from tests.faults.fleet import ROUTER_SETTINGS, router_metric
 from tests.faults.test_resume import UTF8, assert_unfailed, reference, stream
+from tests.observability.otlp_receiver import OtlpReceiver
 
 
 def _colocated(
@@ -104,3 +109,28 @@ def test_a_router_that_cannot_start_takes_the_process_down(tmp_path: Path) -> No
         )
     assert done.returncode != 0, done.stderr[-2000:]
     assert "edge stopped" in done.stderr, done.stderr[-2000:]
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as r:  # requested first: it outlives the stack's last exports
+        yield r
+
+
+async def test_each_halfs_spans_are_named_as_its_own_process_would_name_them(
+    receiver: OtlpReceiver, scripted_stack, tmp_path: Path
+) -> None:
+    # The router's half runs the served end of the in-memory link too: its spans are
+    # tera-router's though the edge's writes deliver every frame to it.
+    stack = scripted_stack(behaviour={"tokens_per_second": 200}, colocated=True, env=receiver.env)
+    trace_id = secrets.token_hex(16)
+    headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    url = f"{stack.base_url}/chat/completions"
+    async with aiohttp.ClientSession() as session:
+        sent_ns, first_ns = await timed_first_token(
+            session, url, streamed_chat_body(SCRIPTED_MODEL, 4), headers
+        )
+    spans = receiver.wait_for(trace_id, SERVICES, timeout_s=30)
+    assert {s.service for s in spans} == SERVICES, [(s.service, s.name) for s in spans]
+    assert marks(spans, Sent(trace_id, sent_ns, first_ns)), "the waterfall cannot time it"
+    assert "joined in this process" in _log(stack)
