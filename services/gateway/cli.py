@@ -23,7 +23,10 @@ import yaml
 from pydantic import ValidationError
 
 from services.catalog import CatalogError
-from services.common import tls_handshake  # noqa: F401  (with the start-up heap, see below)
+
+# Imported with the start-up heap (frozen once ready, gc_heap.py), not at the first
+# in-memory join: its x509 checks are for the joins only this process makes.
+from services.common import tls_handshake  # noqa: F401
 from services.common.aio import run
 from services.common.logs import setup_logging
 from services.common.telemetry import serve_as, setup_tracing_as, shutdown_tracing
@@ -40,11 +43,6 @@ def split(argv: list[str]) -> tuple[list[str], list[str]]:
         return argv, []
     i = argv.index("--")
     return argv[:i], argv[i + 1 :]
-
-
-# tls_handshake (x509 parsing, for the in-memory join only this process makes) is
-# imported here with the start-up heap, which is frozen once ready (gc_heap.py), rather
-# than at the first join, after the freeze.
 
 
 def main(argv: list[str] | None = None) -> None:
