@@ -400,7 +400,7 @@ class _MemoryTransport(asyncio.Transport):
         super().__init__(extra)
         self._loop = asyncio.get_running_loop()
         self._protocol = protocol
-        self.context = context
+        self._context = context
         self.peer: _MemoryTransport
         self._closing = False
         self._lost = False
@@ -429,7 +429,7 @@ class _MemoryTransport(asyncio.Transport):
 
     def _soon(self, callback: Callable[..., None], *args: Any) -> None:
         """A call into this end's protocol, on a later loop callback in its context."""
-        self._loop.call_soon(callback, *args, context=self.context)
+        self._loop.call_soon(callback, *args, context=self._context)
 
     def _deliver(self, data: bytes) -> None:
         if not self._lost:

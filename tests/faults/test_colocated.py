@@ -134,3 +134,25 @@ async def test_each_halfs_spans_are_named_as_its_own_process_would_name_them(
     assert {s.service for s in spans} == SERVICES, [(s.service, s.name) for s in spans]
     assert marks(spans, Sent(trace_id, sent_ns, first_ns)), "the waterfall cannot time it"
     assert "joined in this process" in _log(stack)
+
+
+def test_a_call_on_the_routers_own_grpc_port_is_traced_as_the_routers(
+    receiver: OtlpReceiver, scripted_stack
+) -> None:
+    """An internal gRPC caller's call never touches the edge's half: its gateway spans are
+    all tera-router's (the gRPC server's handlers start in the router's context)."""
+    stack = scripted_stack(behaviour={"tokens_per_second": 200}, colocated=True, env=receiver.env)
+    trace_id = secrets.token_hex(16)
+    traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    request = pb.GenerateRequest(
+        prompt=pb.PromptInput(text="hello"), sampling=pb.SamplingParams(max_tokens=3)
+    )
+    plan = stack.stack.plan
+    with grpc.insecure_channel(f"{plan.host}:{plan.router_port}") as channel:
+        metadata = [("tera-model", SCRIPTED_MODEL), ("traceparent", traceparent)]
+        call = pb_grpc.EngineStub(channel).Generate(request, metadata=metadata, timeout=10)
+        assert sum(len(c.token_ids) for m in call for c in m.choices) == 3
+    spans = receiver.wait_for(trace_id, {"tera-router", "tera-engine"}, timeout_s=30)
+    named = sorted({(s.service, s.name) for s in spans})
+    assert {s.service for s in spans} == {"tera-router", "tera-engine"}, named
+    assert any(s.service == "tera-router" and s.kind == 2 for s in spans), named  # server
