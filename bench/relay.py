@@ -337,9 +337,21 @@ def run_gpu_shaped(
         stack.stop()
     return {
         "steps": [s.__dict__ for s in steps],
+        "gateway_steps": [s.__dict__ for s in _gateway_gpu_shaped(results, streams)],
         "split": cost_split(steps),
         "transport_floor": transport_floor.measure(GPU_SHAPED_RATE, TRANSPORT_FLOOR_SECONDS),
         "step_ms": step_ms,
         "engine_transport": engine_transport,
         "router_transport": router_transport,
     }
+
+
+def _gateway_gpu_shaped(results: Path, streams: tuple[int, ...]) -> list[StepResult]:
+    """The same steps through what `tera run` starts by default: edge and router in one
+    process (services/gateway), its CPU reported as the edge's."""
+    stack = relay_stack(results, GPU_SHAPED_RATE, 0, step_ms=1000 / GPU_SHAPED_RATE, colocated=True)
+    try:
+        uvloop.run(_short_requests(stack, 16, 0.5))
+        return [_measured_step(stack, n, GPU_SHAPED_RATE) for n in streams]
+    finally:
+        stack.stop()

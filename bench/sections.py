@@ -391,10 +391,13 @@ def _gpu_shaped_section(result: dict) -> list[str]:
     return [
         f"## Relay cost at GPU-shaped steps ({relay.GPU_SHAPED_RATE:.0f} tok/s a stream, "
         f"one {result['step_ms']:g} ms step per token: every stream has a token in each "
-        "step, as in a GPU's decode batch; coalescing off)\n",
+        "step, as in a GPU's decode batch; coalescing off; layout: `tera run`'s gateway, "
+        "edge and router in one process with its CPU under edge, or the two apart)\n",
         table(
-            result["steps"],
+            [{"layout": "gateway"} | s for s in result.get("gateway_steps", [])]
+            + [{"layout": "split"} | s for s in result["steps"]],
             [
+                "layout",
                 "streams",
                 "tokens_per_s",
                 "tokens_per_chunk",
