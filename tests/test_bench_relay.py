@@ -4,10 +4,12 @@ reported beside the host reference measured around it (the host's speed drifts).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench import relay, sections, transport_floor
+from devstack.stack import Stack
 
 
 def test_each_gpu_shaped_step_carries_the_host_speed_it_ran_at(
@@ -18,6 +20,14 @@ def test_each_gpu_shaped_step_carries_the_host_speed_it_ran_at(
     monkeypatch.setattr(relay, "SPLIT_STREAMS", (1,))
     references = iter([20.0, 30.0, 40.0, 60.0, 100.0, 120.0, 1.0, 3.0, 5.0, 7.0])
     monkeypatch.setattr(relay, "host_reference_ms", lambda: next(references))
+    started: list[Stack] = []
+
+    def recorded(*args: Any, **kwargs: Any) -> Stack:
+        started.append(stack := relay_stack(*args, **kwargs))
+        return stack
+
+    relay_stack = relay.relay_stack
+    monkeypatch.setattr(relay, "relay_stack", recorded)
 
     result = relay.run_gpu_shaped(tmp_path, (2, 4))
 
@@ -25,9 +35,11 @@ def test_each_gpu_shaped_step_carries_the_host_speed_it_ran_at(
     assert [s["streams"] for s in steps] == [1, 2, 4]
     assert [s["errors"] for s in steps] == [0, 0, 0]
     assert [s["host_reference_ms"] for s in steps] == [25.0, 50.0, 110.0]
-    gateway = result["gateway_steps"]  # tera run's default: edge and router in one process
+    # Then tera run's default: edge and router in one process, the router's CPU in its.
+    assert [s.router is None for s in started] == [False, True]
+    gateway = result["gateway_steps"]
     assert [(s["streams"], s["errors"]) for s in gateway] == [(2, 0), (4, 0)]
-    assert all(s["router_cpu_per_1k"] == 0 < s["edge_cpu_per_1k"] for s in gateway)
+    assert all(s["router_cpu_per_1k"] == 0 for s in gateway)
     table = "\n".join(sections._gpu_shaped_section(result))
     assert "host_reference_ms" in table and "110" in table
     assert table.count("| gateway |") == 2 and table.count("| split |") == 3
