@@ -324,7 +324,8 @@ def run_gpu_shaped(
     router_transport: str = "stream",
 ) -> dict:
     """The relay's cost at one token a message with the stand-in stepping as a GPU does at
-    GPU_SHAPED_RATE a stream: one step per token interval, all streams in each step."""
+    GPU_SHAPED_RATE a stream: one step per token interval, all streams in each step; the
+    two processes first, then the gateway."""
     step_ms = 1000 / GPU_SHAPED_RATE
     stack = relay_stack(
         results, GPU_SHAPED_RATE, 0, engine_transport, router_transport, step_ms=step_ms
@@ -335,9 +336,10 @@ def run_gpu_shaped(
         steps = [_measured_step(stack, n, GPU_SHAPED_RATE) for n in split_only + list(streams)]
     finally:
         stack.stop()
+    gateway = _gateway_gpu_shaped(results, streams, step_ms, engine_transport)
     return {
         "steps": [s.__dict__ for s in steps],
-        "gateway_steps": [s.__dict__ for s in _gateway_gpu_shaped(results, streams)],
+        "gateway_steps": [s.__dict__ for s in gateway],
         "split": cost_split(steps),
         "transport_floor": transport_floor.measure(GPU_SHAPED_RATE, TRANSPORT_FLOOR_SECONDS),
         "step_ms": step_ms,
@@ -346,10 +348,15 @@ def run_gpu_shaped(
     }
 
 
-def _gateway_gpu_shaped(results: Path, streams: tuple[int, ...]) -> list[StepResult]:
+def _gateway_gpu_shaped(
+    results: Path, streams: tuple[int, ...], step_ms: float, engine_transport: str
+) -> list[StepResult]:
     """The same steps through what `tera run` starts by default: edge and router in one
-    process (services/gateway), its CPU reported as the edge's."""
-    stack = relay_stack(results, GPU_SHAPED_RATE, 0, step_ms=1000 / GPU_SHAPED_RATE, colocated=True)
+    process (services/gateway; the edge's link to the router joined in memory), its CPU
+    reported as the edge's."""
+    stack = relay_stack(
+        results, GPU_SHAPED_RATE, 0, engine_transport, step_ms=step_ms, colocated=True
+    )
     try:
         uvloop.run(_short_requests(stack, 16, 0.5))
         return [_measured_step(stack, n, GPU_SHAPED_RATE) for n in streams]

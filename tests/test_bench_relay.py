@@ -35,7 +35,7 @@ def test_each_gpu_shaped_step_carries_the_host_speed_it_ran_at(
     assert [s["streams"] for s in steps] == [1, 2, 4]
     assert [s["errors"] for s in steps] == [0, 0, 0]
     assert [s["host_reference_ms"] for s in steps] == [25.0, 50.0, 110.0]
-    # Then tera run's default: edge and router in one process, the router's CPU in its.
+    # Then tera run's default: edge and router in one process, the router's CPU in it.
     assert [s.router is None for s in started] == [False, True]
     gateway = result["gateway_steps"]
     assert [(s["streams"], s["errors"]) for s in gateway] == [(2, 0), (4, 0)]
