@@ -327,16 +327,17 @@ def run_gpu_shaped(
     GPU_SHAPED_RATE a stream: one step per token interval, all streams in each step; the
     two processes first, then the gateway."""
     step_ms = 1000 / GPU_SHAPED_RATE
-    stack = relay_stack(
+    split_only = [n for n in SPLIT_STREAMS if n not in streams]
+    apart = relay_stack(
         results, GPU_SHAPED_RATE, 0, engine_transport, router_transport, step_ms=step_ms
     )
-    try:
-        uvloop.run(_short_requests(stack, 16, 0.5))
-        split_only = [n for n in SPLIT_STREAMS if n not in streams]
-        steps = [_measured_step(stack, n, GPU_SHAPED_RATE) for n in split_only + list(streams)]
-    finally:
-        stack.stop()
-    gateway = _gateway_gpu_shaped(results, streams, step_ms, engine_transport)
+    steps = _gpu_shaped_steps(apart, split_only + list(streams))
+    # What `tera run` starts by default: edge and router in one process (services/gateway,
+    # the edge's link to the router joined in memory), its CPU reported as the edge's.
+    one = relay_stack(
+        results, GPU_SHAPED_RATE, 0, engine_transport, step_ms=step_ms, colocated=True
+    )
+    gateway = _gpu_shaped_steps(one, list(streams))
     return {
         "steps": [s.__dict__ for s in steps],
         "gateway_steps": [s.__dict__ for s in gateway],
@@ -348,15 +349,8 @@ def run_gpu_shaped(
     }
 
 
-def _gateway_gpu_shaped(
-    results: Path, streams: tuple[int, ...], step_ms: float, engine_transport: str
-) -> list[StepResult]:
-    """The same steps through what `tera run` starts by default: edge and router in one
-    process (services/gateway; the edge's link to the router joined in memory), its CPU
-    reported as the edge's."""
-    stack = relay_stack(
-        results, GPU_SHAPED_RATE, 0, engine_transport, step_ms=step_ms, colocated=True
-    )
+def _gpu_shaped_steps(stack: Stack, streams: list[int]) -> list[StepResult]:
+    """Warms `stack`, measures a GPU-shaped step at each number of streams, then stops it."""
     try:
         uvloop.run(_short_requests(stack, 16, 0.5))
         return [_measured_step(stack, n, GPU_SHAPED_RATE) for n in streams]

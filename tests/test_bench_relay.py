@@ -21,12 +21,12 @@ def test_each_gpu_shaped_step_carries_the_host_speed_it_ran_at(
     references = iter([20.0, 30.0, 40.0, 60.0, 100.0, 120.0, 1.0, 3.0, 5.0, 7.0])
     monkeypatch.setattr(relay, "host_reference_ms", lambda: next(references))
     started: list[Stack] = []
+    relay_stack = relay.relay_stack
 
     def recorded(*args: Any, **kwargs: Any) -> Stack:
         started.append(stack := relay_stack(*args, **kwargs))
         return stack
 
-    relay_stack = relay.relay_stack
     monkeypatch.setattr(relay, "relay_stack", recorded)
 
     result = relay.run_gpu_shaped(tmp_path, (2, 4))
