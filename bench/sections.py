@@ -64,7 +64,9 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
         "Ratio rows: throughput and CPU as target/vLLM, latencies as target minus vLLM "
         "(ms). CPU is milliseconds per 1,000 output tokens over each half (its two warm-up "
         "requests included): serving = vLLM's API server, or Tera's edge, router and engine "
-        "front; model = vLLM's EngineCore and workers below them. "
+        "front; model = vLLM's EngineCore and workers below them. engine_core_cpus: the "
+        "CPUs vLLM's EngineCore process kept busy over the halves' wall time (1.0: a whole "
+        "one), on the serving processes' CPU: it waits for each step by spinning. "
         f"{vs_vllm.HALVES_APART}: a target's own two halves, the spread a ratio between two "
         "servers has to clear (`python -m bench.pooled` reads several runs together).\n",
         table(rows, columns),

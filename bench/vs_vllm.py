@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from devstack.stack import Stack
 from services.engine.model_prep import DEFAULT_MODEL_ID
 
 INPUT_LEN, OUTPUT_LEN = 128, 64
-CPU_COLUMNS = ("serving_cpu_ms_per_ktok", "model_cpu_ms_per_ktok")
+CPU_COLUMNS = ("serving_cpu_ms_per_ktok", "model_cpu_ms_per_ktok", "engine_core_cpus")
 HALVES_APART = "throughput_last_half_over_first"
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -54,6 +55,23 @@ CONTROL_ORDER = (
 )  # fmt: skip
 
 
+# vLLM names its engine-core process "VLLM::EngineCore"; /proc keeps 15 characters.
+ENGINE_CORE_NAME = "VLLM::EngineCor"
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """CPU seconds used so far by a target's processes, in three parts."""
+
+    serving: float  # vLLM's API server, or Tera's edge, router and engine front
+    engine_core: float  # vLLM's EngineCore: schedules, and waits for each step
+    workers: float  # the rest below: vLLM's model workers
+
+    @property
+    def model(self) -> float:
+        return self.engine_core + self.workers
+
+
 @dataclass(frozen=True)
 class Target:
     """A server under test. Its serving processes (vLLM's API server; Tera's edge, router
@@ -63,23 +81,38 @@ class Target:
     base_url: str
     serving_pids: tuple[int, ...]
 
-    def cpu_seconds(self) -> tuple[float, float]:
-        """CPU used so far: (serving processes, the model's processes below them). Each
-        serving process leads a process group of its own (ManagedProcess), which vLLM's
-        EngineCore and workers join."""
+    def cpu_seconds(self) -> CpuReading:
+        """CPU used so far. Each serving process leads a process group of its own
+        (ManagedProcess), which vLLM's EngineCore and workers join."""
         serving = set(self.serving_pids)
-        model = [p for pid in serving for p in group_members(pid) if p not in serving]
-        return total_cpu_seconds(self.serving_pids), total_cpu_seconds(model)
+        below = [p for pid in serving for p in group_members(pid) if p not in serving]
+        core = [p for p in below if process_name(p) == ENGINE_CORE_NAME]
+        engine_core = total_cpu_seconds(core)
+        return CpuReading(
+            serving=total_cpu_seconds(self.serving_pids),
+            engine_core=engine_core,
+            workers=total_cpu_seconds(below) - engine_core,
+        )
+
+
+def process_name(pid: int) -> str:
+    """A process's name as /proc shows it ("" once it has exited)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _bench(target: Target, model_dir: Path, concurrency: int, seed: int, out: Path) -> dict:
     """One half: `vllm bench serve`'s result, plus the CPU the target used meanwhile (its
-    two warm-up requests included, on both targets alike)."""
-    serving_before, model_before = target.cpu_seconds()
+    two warm-up requests included, on both targets alike) and the wall time it took."""
+    before, started = target.cpu_seconds(), time.monotonic()
     result = _vllm_bench_serve(target.base_url, model_dir, concurrency, seed, out)
-    serving_after, model_after = target.cpu_seconds()
-    result["serving_cpu_s"] = serving_after - serving_before
-    result["model_cpu_s"] = model_after - model_before
+    after = target.cpu_seconds()
+    result["wall_s"] = time.monotonic() - started
+    result["serving_cpu_s"] = after.serving - before.serving
+    result["model_cpu_s"] = after.model - before.model
+    result["engine_core_cpu_s"] = after.engine_core - before.engine_core
     return result
 
 
@@ -284,14 +317,19 @@ def _halves_apart(halves: list[dict]) -> dict:
 
 
 def _cpu_per_ktok(halves: list[dict], tokens: int) -> dict:
-    """CPU milliseconds per 1,000 output tokens, serving processes and model apart (absent
-    from results that did not count it)."""
+    """CPU milliseconds per 1,000 output tokens, serving processes and model apart, and
+    the CPUs the EngineCore kept busy over the halves' wall time (absent from results
+    that did not count them)."""
     if tokens == 0 or not all("serving_cpu_s" in h for h in halves):
         return {}
-    return {
+    per_ktok = {
         "serving_cpu_ms_per_ktok": sum(h["serving_cpu_s"] for h in halves) / tokens * 1e6,
         "model_cpu_ms_per_ktok": sum(h["model_cpu_s"] for h in halves) / tokens * 1e6,
     }
+    if not all("engine_core_cpu_s" in h for h in halves):
+        return per_ktok
+    wall = sum(h["wall_s"] for h in halves)
+    return per_ktok | {"engine_core_cpus": sum(h["engine_core_cpu_s"] for h in halves) / wall}
 
 
 def ratios(rows: list[dict]) -> list[dict]:

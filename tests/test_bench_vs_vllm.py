@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.common import total_cpu_seconds
-from bench.vs_vllm import Target, combine, ratios
+from bench.vs_vllm import ENGINE_CORE_NAME, Target, combine, ratios
 from devstack.processes import group_members
 
 
@@ -102,6 +102,20 @@ def test_cpu_per_token_pools_both_halves_and_is_a_ratio_against_vllm() -> None:
     assert "serving_cpu_ms_per_ktok" not in combine([_half([0.1], [[0.01]], 1.0, 10)])
 
 
+def test_the_engine_cores_cpus_are_its_cpu_time_over_the_halves_wall_time() -> None:
+    def half(engine_core_s: float, wall_s: float) -> dict:
+        result = _half([0.1], [[0.01]], duration=1.0, tokens=100)
+        cpu = {"serving_cpu_s": 0.1, "model_cpu_s": 2.0, "engine_core_cpu_s": engine_core_s}
+        return result | cpu | {"wall_s": wall_s}
+
+    vllm = combine([half(9.0, 10.0), half(27.0, 30.0)])
+    tera = combine([half(4.5, 10.0), half(13.5, 30.0)])
+    assert vllm["engine_core_cpus"] == pytest.approx(0.9)
+    (ratio,) = ratios([{"target": "vllm", "concurrency": 1, **vllm},
+                       {"target": "tera", "concurrency": 1, **tera}])  # fmt: skip
+    assert ratio["engine_core_cpus"] == pytest.approx(0.5)
+
+
 # Each burns its share, says so on the server's stdout (the child inherits it), then idles
 # until killed: a process that had exited would take its CPU out of the group's figures.
 BURN = (
@@ -113,11 +127,14 @@ BURN = (
 def test_a_targets_cpu_counts_its_serving_process_apart_from_those_below_it(
     tmp_path: Path,
 ) -> None:
-    # A "server" that burns 0.3 s itself and starts a "model" child burning 0.6 s, as
-    # vLLM's API server starts EngineCore: the child's CPU must land in the model column.
-    model = BURN.format(s=0.6)
-    start_model = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {model!r}])\n"
-    errors = tmp_path / "stderr"  # the child's too
+    # A "server" that burns 0.3 s itself and starts an "EngineCore" burning 0.6 s and a
+    # "worker" burning 0.4 s, as vLLM's API server starts them: each lands in its column.
+    engine_core = f"open('/proc/self/comm', 'w').write({ENGINE_CORE_NAME!r})\n" + BURN.format(s=0.6)
+    start_model = "import subprocess, sys\n" + "".join(
+        f"subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+        for child in (engine_core, BURN.format(s=0.4))
+    )
+    errors = tmp_path / "stderr"  # the children's too
     with errors.open("wb") as stderr:
         server = subprocess.Popen(  # a group of its own, as ManagedProcess starts a server
             [sys.executable, "-c", start_model + BURN.format(s=0.3)],
@@ -127,10 +144,12 @@ def test_a_targets_cpu_counts_its_serving_process_apart_from_those_below_it(
         )
     try:
         target = Target("http://127.0.0.1:1", (server.pid,))
-        _until_burnt(server, count=2, errors=errors)
-        serving_s, model_s = target.cpu_seconds()
-        assert 0.3 <= serving_s < 0.55
-        assert 0.6 <= model_s < 0.85
+        _until_burnt(server, count=3, errors=errors)
+        cpu = target.cpu_seconds()
+        assert 0.3 <= cpu.serving < 0.55
+        assert 0.6 <= cpu.engine_core < 0.85
+        assert 0.4 <= cpu.workers < 0.65
+        assert cpu.model == pytest.approx(cpu.engine_core + cpu.workers)
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.communicate()  # reaps it and closes its stdout
