@@ -300,7 +300,7 @@ def combine(halves: list[dict]) -> dict:
         "completed": completed,
         "failed": sum(h["num_prompts"] - h["completed"] for h in halves),
         **_halves_apart(halves),
-        **_cpu_per_ktok(halves, tokens),
+        **_cpu_figures(halves, tokens),
     }
 
 
@@ -316,7 +316,7 @@ def _halves_apart(halves: list[dict]) -> dict:
     return {HALVES_APART: last / first} if len(halves) > 1 and first else {}
 
 
-def _cpu_per_ktok(halves: list[dict], tokens: int) -> dict:
+def _cpu_figures(halves: list[dict], tokens: int) -> dict:
     """CPU milliseconds per 1,000 output tokens, serving processes and model apart, and
     the CPUs the EngineCore kept busy over the halves' wall time (absent from results
     that did not count them)."""
