@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from devstack.processes import ManagedProcess, free_port, free_ports_in_a_row, wait_until
+from devstack.processes import (
+    ManagedProcess,
+    free_port,
+    free_ports_in_a_row,
+    group_gone,
+    wait_until,
+)
 
 THREADS_REPORT = (
     "import threading, os, time\n"
@@ -57,3 +63,34 @@ def test_a_port_something_listens_on_is_not_handed_out(monkeypatch) -> None:
         monkeypatch.setattr("random.randrange", lambda start, stop: busy)
         with pytest.raises(RuntimeError, match="no 1 consecutive free ports"):
             free_port()
+
+
+SPAWNS_A_CHILD = (
+    "import subprocess, sys\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+    "print(child.pid, flush=True); child.wait()\n"
+)
+
+
+def _autogroup(pid: int) -> str | None:
+    path = Path(f"/proc/{pid}/autogroup")  # "/autogroup-N nice 0"; absent without autogroups
+    return path.read_text().split()[0] if path.exists() else None
+
+
+def test_a_service_is_its_own_process_group_inside_the_launchers_session(tmp_path) -> None:
+    """Stopping a service stops what it spawned (its group), and every service shares the
+    launcher's session: across sessions the scheduler's autogroups let vLLM's spinning
+    EngineCore hold the CPU the gateway shares with it for tens of milliseconds."""
+    log = tmp_path / "out.log"
+    service = ManagedProcess("spawner", ["-c", SPAWNS_A_CHILD], log_path=log).start()
+    try:
+        wait_until(lambda: log.exists() and log.read_text().strip() != "", timeout_s=30)
+        grandchild = int(log.read_text().split()[0])
+        assert os.getpgid(service.pid) == service.pid
+        assert os.getpgid(grandchild) == service.pid
+        assert os.getsid(service.pid) == os.getsid(0)
+        assert os.getsid(grandchild) == os.getsid(0)
+        assert _autogroup(service.pid) == _autogroup(os.getpid())
+    finally:
+        service.stop(grace_s=0)
+    assert group_gone(service.pid)
