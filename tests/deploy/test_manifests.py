@@ -225,3 +225,19 @@ def test_dockerfiles_copy_what_exists() -> None:
             if line.startswith("COPY ") and "--from" not in line:
                 for source in line.split()[1:-1]:
                     assert (ROOT / source).exists(), f"{dockerfile.name}: {source}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_the_edge_and_router_keep_off_the_engines_nodes_where_they_can(overlay: Path) -> None:
+    """vLLM's EngineCore spins on a host core between steps; the relay's pods prefer
+    nodes without engines (a preference: a cluster of GPU nodes only still schedules them)."""
+    docs = render(overlay)
+    pods = [s["spec"]["template"]["metadata"]["labels"] for s in of_kind(docs, "StatefulSet")]
+    for name in ("tera-edge", "tera-router"):
+        spec = named(docs, "Deployment", name)["spec"]["template"]["spec"]
+        anti = spec["affinity"]["podAntiAffinity"]
+        (term,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+        selector = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        assert selector == {"tera.ai/role": "engine"}
+        assert any(selector.items() <= labels.items() for labels in pods), "selects engines"
+        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
