@@ -101,6 +101,18 @@ def total_cpu_seconds(pids: Sequence[int]) -> float:
     return total
 
 
+def runnable_wait_seconds(pids: Sequence[int]) -> float:
+    """Time these processes' live threads spent runnable but waiting for a CPU (the
+    scheduler's run delay, /proc/PID/task/TID/schedstat's second field, in ns); a thread
+    that has exited takes its share with it."""
+    total_ns = 0
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total_ns += int(stat.read_text().split()[1])
+    return total_ns / 1e9
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")

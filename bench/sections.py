@@ -67,6 +67,8 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
         "front; model = vLLM's EngineCore and workers below them. engine_core_cpus: the "
         "CPUs vLLM's EngineCore process kept busy over the halves' wall time (1.0: a whole "
         "one), on the serving processes' CPU: it waits for each step by spinning. "
+        "serving_wait_ms_per_req: how long the serving processes' threads waited, "
+        "runnable, for a CPU, per request (the scheduler's run delay). "
         f"{vs_vllm.HALVES_APART}: a target's own two halves, the spread a ratio between two "
         "servers has to clear (`python -m bench.pooled` reads several runs together).\n",
         table(rows, columns),

@@ -17,14 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import CACHE_DIR, ROOT, total_cpu_seconds, vllm_plan
+from bench.common import CACHE_DIR, ROOT, runnable_wait_seconds, total_cpu_seconds, vllm_plan
 from devstack.cpu_layout import OMP_BIND, machine_cpus, plan_cpus
 from devstack.processes import ManagedProcess, free_port, group_members, wait_until
 from devstack.stack import Stack
 from services.engine.model_prep import DEFAULT_MODEL_ID
 
 INPUT_LEN, OUTPUT_LEN = 128, 64
-CPU_COLUMNS = ("serving_cpu_ms_per_ktok", "model_cpu_ms_per_ktok", "engine_core_cpus")
+CPU_COLUMNS = (
+    "serving_cpu_ms_per_ktok",
+    "model_cpu_ms_per_ktok",
+    "engine_core_cpus",
+    "serving_wait_ms_per_req",
+)
 HALVES_APART = "throughput_last_half_over_first"
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -66,6 +71,9 @@ class CpuReading:
     serving: float  # vLLM's API server, or Tera's edge, router and engine front
     engine_core: float  # vLLM's EngineCore: schedules, and waits for each step
     workers: float  # the rest below: vLLM's model workers
+    # Not CPU: how long the serving processes' threads waited, runnable, for one (beside
+    # the EngineCore's spin, a session of their own made it tens of milliseconds).
+    serving_wait: float = 0.0
 
     @property
     def model(self) -> float:
@@ -92,6 +100,7 @@ class Target:
             serving=total_cpu_seconds(self.serving_pids),
             engine_core=engine_core,
             workers=total_cpu_seconds(below) - engine_core,
+            serving_wait=runnable_wait_seconds(self.serving_pids),
         )
 
 
@@ -113,6 +122,7 @@ def _bench(target: Target, model_dir: Path, concurrency: int, seed: int, out: Pa
     result["serving_cpu_s"] = after.serving - before.serving
     result["model_cpu_s"] = after.model - before.model
     result["engine_core_cpu_s"] = after.engine_core - before.engine_core
+    result["serving_wait_s"] = after.serving_wait - before.serving_wait
     return result
 
 
@@ -317,19 +327,23 @@ def _halves_apart(halves: list[dict]) -> dict:
 
 
 def _cpu_figures(halves: list[dict], tokens: int) -> dict:
-    """CPU milliseconds per 1,000 output tokens, serving processes and model apart, and
-    the CPUs the EngineCore kept busy over the halves' wall time (absent from results
-    that did not count them)."""
+    """CPU milliseconds per 1,000 output tokens, serving processes and model apart, the
+    CPUs the EngineCore kept busy over the halves' wall time, and the serving threads'
+    runnable wait per request (each absent from results that did not count it)."""
     if tokens == 0 or not all("serving_cpu_s" in h for h in halves):
         return {}
-    per_ktok = {
+    figures = {
         "serving_cpu_ms_per_ktok": sum(h["serving_cpu_s"] for h in halves) / tokens * 1e6,
         "model_cpu_ms_per_ktok": sum(h["model_cpu_s"] for h in halves) / tokens * 1e6,
     }
-    if not all("engine_core_cpu_s" in h for h in halves):
-        return per_ktok
-    wall = sum(h["wall_s"] for h in halves)
-    return per_ktok | {"engine_core_cpus": sum(h["engine_core_cpu_s"] for h in halves) / wall}
+    if all("engine_core_cpu_s" in h for h in halves):
+        wall = sum(h["wall_s"] for h in halves)
+        figures["engine_core_cpus"] = sum(h["engine_core_cpu_s"] for h in halves) / wall
+    requests = sum(h["completed"] for h in halves)
+    if requests and all("serving_wait_s" in h for h in halves):
+        waited = sum(h["serving_wait_s"] for h in halves)
+        figures["serving_wait_ms_per_req"] = waited / requests * 1000
+    return figures
 
 
 def ratios(rows: list[dict]) -> list[dict]:

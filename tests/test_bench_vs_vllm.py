@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import total_cpu_seconds
+from bench.common import runnable_wait_seconds, total_cpu_seconds
 from bench.vs_vllm import ENGINE_CORE_NAME, Target, combine, ratios
 from devstack.processes import group_members
 
@@ -116,6 +116,20 @@ def test_the_engine_cores_cpus_are_its_cpu_time_over_the_halves_wall_time() -> N
     assert ratio["engine_core_cpus"] == pytest.approx(0.5)
 
 
+def test_the_serving_threads_wait_is_pooled_per_request_and_a_ratio_against_vllm() -> None:
+    def half(requests: int, wait_s: float) -> dict:
+        result = _half([0.1] * requests, [[0.01]] * requests, duration=1.0, tokens=100)
+        return result | {"serving_cpu_s": 0.1, "model_cpu_s": 2.0, "serving_wait_s": wait_s}
+
+    vllm = combine([half(10, 0.001), half(30, 0.003)])
+    tera = combine([half(20, 0.008), half(20, 0.004)])
+    assert vllm["serving_wait_ms_per_req"] == pytest.approx(0.1)
+    assert tera["serving_wait_ms_per_req"] == pytest.approx(0.3)
+    (ratio,) = ratios([{"target": "vllm", "concurrency": 1, **vllm},
+                       {"target": "tera", "concurrency": 1, **tera}])  # fmt: skip
+    assert ratio["serving_wait_ms_per_req"] == pytest.approx(3.0)
+
+
 # Each burns its share, says so on the server's stdout (the child inherits it), then idles
 # until killed: a process that had exited would take its CPU out of the group's figures.
 BURN = (
@@ -140,7 +154,7 @@ def test_a_targets_cpu_counts_its_serving_process_apart_from_those_below_it(
             [sys.executable, "-c", start_model + BURN.format(s=0.3)],
             stdout=subprocess.PIPE,
             stderr=stderr,
-            start_new_session=True,
+            process_group=0,
         )
     try:
         target = Target("http://127.0.0.1:1", (server.pid,))
@@ -189,3 +203,31 @@ def test_the_vllm_command_line_runs_as_the_cpu_build() -> None:
     cli = subprocess.run(flag, capture_output=True, text=True, timeout=300, cwd=root)
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert "max-concurrency" in cli.stdout
+
+
+def test_runnable_wait_is_the_time_threads_queued_for_a_cpu_not_the_time_they_ran(
+    tmp_path: Path,
+) -> None:
+    # Two processes on one CPU, one burning 0.6 s and the other 0.1 s: they take turns,
+    # so each queues while the other runs (about 0.1 s each), far less than they ran.
+    other = BURN.format(s=0.1)
+    start_other = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {other!r}])\n"
+    cpu = max(os.sched_getaffinity(0))
+    errors = tmp_path / "stderr"
+    with errors.open("wb") as stderr:
+        server = subprocess.Popen(
+            [sys.executable, "-c", start_other + BURN.format(s=0.6)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            process_group=0,
+            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+        )
+    try:
+        _until_burnt(server, count=2, errors=errors)
+        group = group_members(server.pid)
+        waited, ran = runnable_wait_seconds(group), total_cpu_seconds(group)
+        assert ran >= 0.7
+        assert 0.05 <= waited < 0.6 * ran, (waited, ran)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.communicate()
