@@ -3,12 +3,14 @@ the `vllm bench serve` it runs starts on this host."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -144,26 +146,37 @@ def test_a_targets_cpu_counts_its_serving_process_apart_from_those_below_it(
     # A "server" that burns 0.3 s itself and starts an "EngineCore" burning 0.6 s and a
     # "worker" burning 0.4 s, as vLLM's API server starts them: each lands in its column.
     engine_core = f"open('/proc/self/comm', 'w').write({ENGINE_CORE_NAME!r})\n" + BURN.format(s=0.6)
-    start_model = "import subprocess, sys\n" + "".join(
-        f"subprocess.Popen([sys.executable, '-c', {child!r}])\n"
-        for child in (engine_core, BURN.format(s=0.4))
-    )
-    errors = tmp_path / "stderr"  # the children's too
-    with errors.open("wb") as stderr:
-        server = subprocess.Popen(  # a group of its own, as ManagedProcess starts a server
-            [sys.executable, "-c", start_model + BURN.format(s=0.3)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            process_group=0,
-        )
-    try:
-        target = Target("http://127.0.0.1:1", (server.pid,))
-        _until_burnt(server, count=3, errors=errors)
-        cpu = target.cpu_seconds()
+    children = (engine_core, BURN.format(s=0.4))
+    with _burnt_group(tmp_path, BURN.format(s=0.3), children) as server:
+        cpu = Target("http://127.0.0.1:1", (server.pid,)).cpu_seconds()
         assert 0.3 <= cpu.serving < 0.55
         assert 0.6 <= cpu.engine_core < 0.85
         assert 0.4 <= cpu.workers < 0.65
         assert cpu.model == pytest.approx(cpu.engine_core + cpu.workers)
+
+
+@contextlib.contextmanager
+def _burnt_group(
+    tmp_path: Path, burn: str, children: tuple[str, ...], cpu: int | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A "server" in a group of its own, as ManagedProcess starts one, running `burn`
+    after starting each of `children` (on `cpu` alone if given), once all have burnt
+    their share; the whole group is killed after."""
+    start = "import subprocess, sys\n" + "".join(
+        f"subprocess.Popen([sys.executable, '-c', {child!r}])\n" for child in children
+    )
+    errors = tmp_path / "stderr"  # the children's too
+    with errors.open("wb") as stderr:
+        server = subprocess.Popen(
+            [sys.executable, "-c", start + burn],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            process_group=0,
+            preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}),
+        )
+    try:
+        _until_burnt(server, count=len(children) + 1, errors=errors)
+        yield server
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.communicate()  # reaps it and closes its stdout
@@ -210,24 +223,9 @@ def test_runnable_wait_is_the_time_threads_queued_for_a_cpu_not_the_time_they_ra
 ) -> None:
     # Two processes on one CPU, one burning 0.6 s and the other 0.1 s: they take turns,
     # so each queues while the other runs (about 0.1 s each), far less than they ran.
-    other = BURN.format(s=0.1)
-    start_other = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {other!r}])\n"
     cpu = max(os.sched_getaffinity(0))
-    errors = tmp_path / "stderr"
-    with errors.open("wb") as stderr:
-        server = subprocess.Popen(
-            [sys.executable, "-c", start_other + BURN.format(s=0.6)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            process_group=0,
-            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
-        )
-    try:
-        _until_burnt(server, count=2, errors=errors)
+    with _burnt_group(tmp_path, BURN.format(s=0.6), (BURN.format(s=0.1),), cpu) as server:
         group = group_members(server.pid)
         waited, ran = runnable_wait_seconds(group), total_cpu_seconds(group)
         assert ran >= 0.7
         assert 0.05 <= waited < 0.6 * ran, (waited, ran)
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.communicate()
