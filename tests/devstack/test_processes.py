@@ -73,8 +73,11 @@ SPAWNS_A_CHILD = (
 
 
 def _autogroup(pid: int) -> str | None:
-    path = Path(f"/proc/{pid}/autogroup")  # "/autogroup-N nice 0"; absent without autogroups
-    return path.read_text().split()[0] if path.exists() else None
+    """The task's autogroup ("/autogroup-N nice 0"), or None where the kernel has none or
+    the task's CPU cgroup schedules it instead (the file is then empty, as in CI)."""
+    path = Path(f"/proc/{pid}/autogroup")
+    fields = path.read_text().split() if path.exists() else []
+    return fields[0] if fields else None
 
 
 def test_a_service_is_its_own_process_group_inside_the_launchers_session(tmp_path) -> None:
