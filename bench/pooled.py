@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import median_ci, table
-from bench.vs_vllm import half_throughput
+from bench.vs_vllm import half_throughput, served_ttfts
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class RunFigures:
     concurrency: int
     throughput_ratio: float  # Tera over vLLM, both halves pooled
     ttft_p50_delta_ms: float  # Tera minus vLLM
+    ttft_mean_delta_ms: float  # Tera minus vLLM, from the halves' own first-token times
     vllm_halves: float  # vLLM's last half's output throughput over its first
 
 
@@ -47,8 +48,19 @@ def read_run(results: Path) -> list[RunFigures]:
         )
         if not first:  # its ratio is void too: the run failed, not the servers' noise
             raise ValueError(f"{results}: vLLM's first half at concurrency {c} served nothing")
-        out.append(RunFigures(c, row["output_throughput"], row["p50_ttft_ms"], last / first))
+        mean_delta = _mean_ttft_ms(results, "tera", c) - _mean_ttft_ms(results, "vllm", c)
+        out.append(
+            RunFigures(c, row["output_throughput"], row["p50_ttft_ms"], mean_delta, last / first)
+        )
     return out
+
+
+def _mean_ttft_ms(results: Path, target: str, concurrency: int) -> float:
+    halves = [
+        json.loads((results / f"{target}-c{concurrency}-seed{s}.json").read_text()) for s in (0, 1)
+    ]
+    ttfts = served_ttfts(halves)
+    return statistics.fmean(ttfts) * 1000 if ttfts else float("nan")
 
 
 def pool(figures: list[RunFigures]) -> list[dict]:
@@ -59,8 +71,9 @@ def pool(figures: list[RunFigures]) -> list[dict]:
         at = [f for f in figures if f.concurrency == c]
         ratios = [f.throughput_ratio for f in at]
         deltas = [f.ttft_p50_delta_ms for f in at]
+        mean_deltas = [f.ttft_mean_delta_ms for f in at]
         spreads = [abs(f.vllm_halves - 1) * 100 for f in at]
-        ratio_ci, delta_ci = median_ci(ratios), median_ci(deltas)
+        ratio_ci, delta_ci, mean_ci = median_ci(ratios), median_ci(deltas), median_ci(mean_deltas)
         rows.append(
             {
                 "concurrency": c,
@@ -70,6 +83,8 @@ def pool(figures: list[RunFigures]) -> list[dict]:
                 "runs_at_or_above_1": sum(r >= 1 for r in ratios),
                 "ttft_p50_delta_ms_median": statistics.median(deltas),
                 "ttft_p50_delta_ms_ci95": f"{delta_ci[0]:.1f} - {delta_ci[1]:.1f}",
+                "ttft_mean_delta_ms_median": statistics.median(mean_deltas),
+                "ttft_mean_delta_ms_ci95": f"{mean_ci[0]:.1f} - {mean_ci[1]:.1f}",
                 "vllm_halves_apart_pct_median": statistics.median(spreads),
                 "vllm_halves_apart_pct_max": max(spreads),
             }
@@ -85,6 +100,8 @@ COLUMNS = [
     "runs_at_or_above_1",
     "ttft_p50_delta_ms_median",
     "ttft_p50_delta_ms_ci95",
+    "ttft_mean_delta_ms_median",
+    "ttft_mean_delta_ms_ci95",
     "vllm_halves_apart_pct_median",
     "vllm_halves_apart_pct_max",
 ]
@@ -101,7 +118,7 @@ def main() -> None:
     names = ", ".join(r.name for r in args.runs)
     print(f"## Tera vs vLLM, {len(args.runs)} runs read together ({names})\n")
     print(
-        "Throughput Tera/vLLM and TTFT p50 Tera - vLLM (ms): medians over the runs with "
+        "Throughput Tera/vLLM and TTFT p50 and mean Tera - vLLM (ms): medians over the runs with "
         "95 % bootstrap intervals; vllm_halves_apart: how far vLLM's own two halves of a "
         "run land apart (%), what two identical servers give on this host.\n"
     )

@@ -49,7 +49,7 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
     rows = vs_vllm.run(model_dir, results, concurrencies, control=control, colocated=colocated)
     report["vs_vllm"] = rows
     columns = ["target", "concurrency", "output_throughput", "request_throughput"]
-    columns += ["p50_ttft_ms", "p99_ttft_ms", "p50_itl_ms", "p99_itl_ms", *vs_vllm.CPU_COLUMNS]
+    columns += [*vs_vllm.LATENCY_COLUMNS, *vs_vllm.CPU_COLUMNS]
     columns.append(vs_vllm.HALVES_APART)
     order = (
         f"vLLM, Tera, {vs_vllm.CONTROL} (a second vLLM server: the control), "
@@ -62,7 +62,9 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
         f"{vs_vllm.INPUT_LEN} in / {vs_vllm.OUTPUT_LEN} out, streaming; per concurrency "
         f"{order}, each target's halves pooled)\n",
         "Ratio rows: throughput and CPU as target/vLLM, latencies as target minus vLLM "
-        "(ms). CPU is milliseconds per 1,000 output tokens over each half (its two warm-up "
+        "(ms); mean_ttft_ms beside the median because at high concurrency first tokens "
+        "come in waves (prefill steps), and a median can cross a wave where a mean barely "
+        "moves. CPU is milliseconds per 1,000 output tokens over each half (its two warm-up "
         "requests included): serving = vLLM's API server, or Tera's edge, router and engine "
         "front; model = vLLM's EngineCore and workers below them. engine_core_cpus: the "
         "CPUs vLLM's EngineCore process kept busy over the halves' wall time (1.0: a whole "

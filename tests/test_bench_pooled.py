@@ -12,14 +12,23 @@ from bench.vs_vllm import HALVES_APART, combine
 
 
 def _write_run(
-    folder: Path, ratio: float, ttft_delta_ms: float, vllm_rates: tuple[float, float]
+    folder: Path,
+    ratio: float,
+    ttft_delta_ms: float,
+    vllm_rates: tuple[float, float],
+    ttft_mean_delta_ms: float = 0.0,
 ) -> Path:
     """A run at concurrency 8 as bench/vs_vllm.py leaves it: report.json's rows and one
-    `vllm bench serve` result per half (seed 0 ran first, seed 1 last)."""
+    `vllm bench serve` result per target and half (seed 0 ran first, seed 1 last). Tera's
+    halves each hold a failed request too, whose zero first-token time must not count."""
     folder.mkdir()
+    shift = ttft_mean_delta_ms / 1000
     for seed, rate in enumerate(vllm_rates):
         half = {"total_output_tokens": 1000, "duration": 1000 / rate}
-        (folder / f"vllm-c8-seed{seed}.json").write_text(json.dumps(half))
+        vllm = half | {"ttfts": [0.1, 0.3], "errors": ["", ""]}
+        tera = half | {"ttfts": [0.1 + shift, 0.3 + shift, 0.0], "errors": ["", "", "reset"]}
+        (folder / f"vllm-c8-seed{seed}.json").write_text(json.dumps(vllm))
+        (folder / f"tera-c8-seed{seed}.json").write_text(json.dumps(tera))
     row = {"concurrency": 8, "output_throughput": ratio, "p50_ttft_ms": ttft_delta_ms}
     report = {"vs_vllm": [{"target": "vllm", "concurrency": 8}, {"target": "tera/vllm", **row}]}
     (folder / "report.json").write_text(json.dumps(report))
@@ -30,15 +39,16 @@ def test_runs_read_together_give_medians_parity_count_and_vllms_own_spread(
     tmp_path: Path,
 ) -> None:
     runs = [
-        _write_run(tmp_path / "a", 0.98, 4.0, (100.0, 90.0)),  # vLLM's last half 10 % slower
-        _write_run(tmp_path / "b", 1.03, -2.0, (100.0, 104.0)),
-        _write_run(tmp_path / "c", 1.01, 1.0, (100.0, 101.0)),
+        _write_run(tmp_path / "a", 0.98, 4.0, (100.0, 90.0), 5.0),  # vLLM's last half 10 % slower
+        _write_run(tmp_path / "b", 1.03, -2.0, (100.0, 104.0), -3.0),
+        _write_run(tmp_path / "c", 1.01, 1.0, (100.0, 101.0), 2.0),
     ]
     [row] = pool([f for run in runs for f in read_run(run)])
     assert row["concurrency"] == 8 and row["runs"] == 3
     assert row["throughput_ratio_median"] == pytest.approx(1.01)
     assert row["runs_at_or_above_1"] == 2
     assert row["ttft_p50_delta_ms_median"] == pytest.approx(1.0)
+    assert row["ttft_mean_delta_ms_median"] == pytest.approx(2.0)
     low, high = map(float, row["throughput_ratio_ci95"].split(" - "))
     assert 0.98 <= low <= 1.01 <= high <= 1.03
     # |last / first - 1| per run: 10, 4 and 1 %, read in the order the halves ran.

@@ -42,6 +42,7 @@ def test_combine_pools_requests_and_time() -> None:
     assert row["output_throughput"] == pytest.approx(100 / 5)
     assert row["request_throughput"] == pytest.approx(4 / 5)
     assert row["p50_ttft_ms"] == pytest.approx(250)
+    assert row["mean_ttft_ms"] == pytest.approx(250)
     assert row["p99_ttft_ms"] == pytest.approx(397, abs=1)
     assert row["p50_itl_ms"] == pytest.approx(20)
     assert row["completed"] == 4 and row["failed"] == 0
@@ -53,6 +54,7 @@ def test_failed_requests_do_not_count_towards_latency() -> None:
     half["completed"] = 1
     row = combine([half])
     assert row["p99_ttft_ms"] == pytest.approx(100)
+    assert row["mean_ttft_ms"] == pytest.approx(100)
     assert row["failed"] == 1
 
 
@@ -62,12 +64,14 @@ def test_ratios_are_tera_over_vllm_and_latency_deltas() -> None:
         {"target": "vllm", "concurrency": 1, "output_throughput": 100.0,
          "request_throughput": 2.0, **base},
         {"target": "tera", "concurrency": 1, "output_throughput": 103.0,
-         "request_throughput": 2.06, **base, "p99_ttft_ms": 22.0},
+         "request_throughput": 2.06, **base, "p99_ttft_ms": 22.0, "mean_ttft_ms": 11.5},
     ]  # fmt: skip
+    rows[0]["mean_ttft_ms"] = 12.0
     (ratio,) = ratios(rows)
     assert ratio["output_throughput"] == pytest.approx(1.03)
     assert ratio["p99_ttft_ms"] == pytest.approx(2.0)
     assert ratio["p50_ttft_ms"] == 0
+    assert ratio["mean_ttft_ms"] == pytest.approx(-0.5)
 
 
 def test_the_control_server_gets_its_own_ratio_to_vllm() -> None:
