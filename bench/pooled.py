@@ -4,7 +4,8 @@ One ABBA run's Tera/vLLM ratio carries the host's drift during that run. On this
 2-CPU host vLLM's own two halves of one run (the same server, minutes apart) land a
 median 2-4 % apart (up to 12 %), so a ratio of 0.98 or 1.02 from one run says nothing about which
 server is faster. Read together, N runs give each concurrency's ratio as a median with
-a bootstrap confidence interval, the TTFT p50 difference likewise, and beside them
+a bootstrap confidence interval, the TTFT p50 and mean differences likewise (at 32 a
+median crosses prefill waves where a mean barely moves), and beside them
 vLLM's own half-to-half spread over the same runs: what two identical servers give.
 
     python -m bench.pooled bench/results/A bench/results/B ...   # markdown on stdout
@@ -56,6 +57,7 @@ def read_run(results: Path) -> list[RunFigures]:
 
 
 def _mean_ttft_ms(results: Path, target: str, concurrency: int) -> float:
+    """A target's mean first token (ms) over both halves' served requests."""
     halves = [
         json.loads((results / f"{target}-c{concurrency}-seed{s}.json").read_text()) for s in (0, 1)
     ]
@@ -64,7 +66,7 @@ def _mean_ttft_ms(results: Path, target: str, concurrency: int) -> float:
 
 
 def pool(figures: list[RunFigures]) -> list[dict]:
-    """Per concurrency: the ratio's and the TTFT difference's medians with 95 % bootstrap
+    """Per concurrency: the ratio's and the TTFT differences' medians with 95 % bootstrap
     intervals, how many runs met parity, and vLLM's own halves' spread."""
     rows = []
     for c in sorted({f.concurrency for f in figures}):

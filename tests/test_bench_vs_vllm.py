@@ -62,11 +62,10 @@ def test_ratios_are_tera_over_vllm_and_latency_deltas() -> None:
     base = {"p50_ttft_ms": 10.0, "p99_ttft_ms": 20.0, "p50_itl_ms": 5.0, "p99_itl_ms": 9.0}
     rows = [
         {"target": "vllm", "concurrency": 1, "output_throughput": 100.0,
-         "request_throughput": 2.0, **base},
+         "request_throughput": 2.0, **base, "mean_ttft_ms": 12.0},
         {"target": "tera", "concurrency": 1, "output_throughput": 103.0,
          "request_throughput": 2.06, **base, "p99_ttft_ms": 22.0, "mean_ttft_ms": 11.5},
     ]  # fmt: skip
-    rows[0]["mean_ttft_ms"] = 12.0
     (ratio,) = ratios(rows)
     assert ratio["output_throughput"] == pytest.approx(1.03)
     assert ratio["p99_ttft_ms"] == pytest.approx(2.0)
