@@ -35,7 +35,7 @@ class RunFigures:
 
 
 def read_run(results: Path) -> list[RunFigures]:
-    """A vs_vllm run's ratio rows (report.json) and vLLM's two halves (the per-half
+    """A vs_vllm run's ratio rows (report.json) and each target's two halves (the per-half
     `vllm bench serve` results beside it)."""
     report = json.loads((results / "report.json").read_text())
     out = []
@@ -43,24 +43,26 @@ def read_run(results: Path) -> list[RunFigures]:
         if row["target"] != "tera/vllm":
             continue
         c = row["concurrency"]
-        first, last = (
-            half_throughput(json.loads((results / f"vllm-c{c}-seed{s}.json").read_text()))
-            for s in (0, 1)
-        )
+        vllm, tera = (_halves(results, target, c) for target in ("vllm", "tera"))
+        first, last = (half_throughput(half) for half in vllm)
         if not first:  # its ratio is void too: the run failed, not the servers' noise
             raise ValueError(f"{results}: vLLM's first half at concurrency {c} served nothing")
-        mean_delta = _mean_ttft_ms(results, "tera", c) - _mean_ttft_ms(results, "vllm", c)
+        mean_delta = _mean_ttft_ms(tera) - _mean_ttft_ms(vllm)
         out.append(
             RunFigures(c, row["output_throughput"], row["p50_ttft_ms"], mean_delta, last / first)
         )
     return out
 
 
-def _mean_ttft_ms(results: Path, target: str, concurrency: int) -> float:
-    """A target's mean first token (ms) over both halves' served requests."""
-    halves = [
+def _halves(results: Path, target: str, concurrency: int) -> list[dict]:
+    """A target's two `vllm bench serve` results at one concurrency, in the order they ran."""
+    return [
         json.loads((results / f"{target}-c{concurrency}-seed{s}.json").read_text()) for s in (0, 1)
     ]
+
+
+def _mean_ttft_ms(halves: list[dict]) -> float:
+    """The mean first token (ms) over the halves' served requests."""
     ttfts = served_ttfts(halves)
     return statistics.fmean(ttfts) * 1000 if ttfts else float("nan")
 
