@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import median_ci, table
-from bench.vs_vllm import half_throughput, served_ttfts
+from bench.vs_vllm import half_path, half_throughput, served_ttfts
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,7 @@ def read_run(results: Path) -> list[RunFigures]:
 
 def _halves(results: Path, target: str, concurrency: int) -> list[dict]:
     """A target's two `vllm bench serve` results at one concurrency, in the order they ran."""
-    return [
-        json.loads((results / f"{target}-c{concurrency}-seed{s}.json").read_text()) for s in (0, 1)
-    ]
+    return [json.loads(half_path(results, target, concurrency, s).read_text()) for s in (0, 1)]
 
 
 def _mean_ttft_ms(halves: list[dict]) -> float:

@@ -288,11 +288,16 @@ def _concurrency(
 ) -> list[dict]:
     halves: dict[str, list[dict]] = {name: [] for name in targets}
     for name, seed in order:
-        out = results / f"{name}-c{concurrency}-seed{seed}.json"
+        out = half_path(results, name, concurrency, seed)
         halves[name].append(_bench(targets[name], model_dir, concurrency, seed, out))
     return [
         {"target": name, "concurrency": concurrency, **combine(halves[name])} for name in targets
     ]
+
+
+def half_path(results: Path, target: str, concurrency: int, seed: int) -> Path:
+    """Where one half's `vllm bench serve` result lies (bench.pooled reads it back)."""
+    return results / f"{target}-c{concurrency}-seed{seed}.json"
 
 
 def served_ttfts(halves: list[dict]) -> list[float]:
