@@ -64,12 +64,16 @@ async def generate(
 def engine_totals(addresses: Sequence[str]) -> list[int]:
     """Calls each engine has admitted so far (which replica served a call: the one whose
     count moved)."""
-    totals = []
+    return [load.total_requests for load in engine_loads(addresses)]
+
+
+def engine_loads(addresses: Sequence[str]) -> list[pb.LoadReport]:
+    """Each engine's load report, asked of it directly."""
+    loads = []
     for address in addresses:
         with grpc.insecure_channel(address) as channel:
             # A vLLM engine busy prefilling on a loaded 2-core host has answered GetLoad
             # after more than 5 s (test_vllm_priority's poll, in a CI run): the bound is
             # for a dead engine only.
-            load = pb_grpc.EngineStub(channel).GetLoad(pb.GetLoadRequest(), timeout=30)
-            totals.append(load.total_requests)
-    return totals
+            loads.append(pb_grpc.EngineStub(channel).GetLoad(pb.GetLoadRequest(), timeout=30))
+    return loads

@@ -14,7 +14,7 @@ import aiohttp
 import grpc
 import yaml
 
-from devstack.prefix_client import call_metadata, chat, engine_totals, generate
+from devstack.prefix_client import call_metadata, chat, engine_loads, engine_totals, generate
 from devstack.processes import ManagedProcess, free_port, wait_until
 from devstack.readiness import router_has_replicas
 from services.common import prefix_hash
@@ -363,11 +363,7 @@ def _until_routers_read_engine_loads(stack: RunningStack, routers_metrics: list[
     def rates(url: str) -> list[float]:
         return [scraped_metric(url, ARRIVALS, replica=engine) for engine in engines]
 
-    engine_rates = []
-    for engine in engines:
-        with grpc.insecure_channel(engine) as channel:
-            load = pb_grpc.EngineStub(channel).GetLoad(pb.GetLoadRequest(), timeout=30)
-            engine_rates.append(load.arrivals_per_s)
+    engine_rates = [load.arrivals_per_s for load in engine_loads(engines)]
     before = {url: rates(url) for url in routers_metrics}
 
     def read_since() -> bool:
