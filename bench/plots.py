@@ -6,7 +6,6 @@ shows them."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from bench.part_plots import PLOTS as PART_PLOTS
 from bench.part_plots import save as _save
+from bench.vs_vllm import read_halves, served_ttfts
 
 TARGETS = ("vllm", "tera", "vllm-b")  # vllm-b: the control server, when it ran
 
@@ -40,11 +40,7 @@ def write(results: Path, report: dict) -> list[str]:
 
 def _ttfts(results: Path, target: str, concurrency: int) -> list[float]:
     """Per-request TTFTs (ms) from the `vllm bench serve` detailed results of one cell."""
-    ttfts = []
-    for path in sorted(results.glob(f"{target}-c{concurrency}-seed*.json")):
-        run = json.loads(path.read_text())
-        ttfts += [t * 1000 for t, e in zip(run["ttfts"], run["errors"], strict=True) if not e]
-    return ttfts
+    return [t * 1000 for t in served_ttfts(read_halves(results, target, concurrency))]
 
 
 def _ttft_cdf(results: Path, report: dict) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import median_ci, table
-from bench.vs_vllm import half_path, half_throughput, served_ttfts
+from bench.vs_vllm import half_throughput, read_halves, served_ttfts
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,9 @@ def read_run(results: Path) -> list[RunFigures]:
         if row["target"] != "tera/vllm":
             continue
         c = row["concurrency"]
-        vllm, tera = (_halves(results, target, c) for target in ("vllm", "tera"))
+        vllm, tera = (read_halves(results, target, c) for target in ("vllm", "tera"))
+        if len(vllm) != 2 or len(tera) != 2:
+            raise ValueError(f"{results}: a half's result at concurrency {c} is missing")
         first, last = (half_throughput(half) for half in vllm)
         if not first:  # its ratio is void too: the run failed, not the servers' noise
             raise ValueError(f"{results}: vLLM's first half at concurrency {c} served nothing")
@@ -52,11 +54,6 @@ def read_run(results: Path) -> list[RunFigures]:
             RunFigures(c, row["output_throughput"], row["p50_ttft_ms"], mean_delta, last / first)
         )
     return out
-
-
-def _halves(results: Path, target: str, concurrency: int) -> list[dict]:
-    """A target's two `vllm bench serve` results at one concurrency, in the order they ran."""
-    return [json.loads(half_path(results, target, concurrency, s).read_text()) for s in (0, 1)]
 
 
 def _mean_ttft_ms(halves: list[dict]) -> float:

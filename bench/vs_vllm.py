@@ -300,6 +300,15 @@ def half_path(results: Path, target: str, concurrency: int, seed: int) -> Path:
     return results / f"{target}-c{concurrency}-seed{seed}.json"
 
 
+def read_halves(results: Path, target: str, concurrency: int) -> list[dict]:
+    """A target's `vllm bench serve` results at one concurrency, in the order they ran,
+    as `run` left them: what bench.pooled and the plots read back. A target that did not
+    run (the control, by default) has none."""
+    seeds = dict.fromkeys(seed for name, seed in CONTROL_ORDER if name == target)
+    paths = [half_path(results, target, concurrency, seed) for seed in seeds]
+    return [json.loads(path.read_text()) for path in paths if path.exists()]
+
+
 def served_ttfts(halves: list[dict]) -> list[float]:
     """The first-token times (s) of the requests that did not fail, over all halves."""
     return [t for h in halves for t, e in zip(h["ttfts"], h["errors"], strict=True) if not e]

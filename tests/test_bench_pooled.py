@@ -77,3 +77,10 @@ def test_a_run_whose_vllm_half_served_nothing_is_named_not_divided_by(tmp_path: 
     (run / "vllm-c8-seed0.json").write_text(json.dumps({"total_output_tokens": 0, "duration": 0}))
     with pytest.raises(ValueError, match="failed: vLLM's first half at concurrency 8 served"):
         read_run(run)
+
+
+def test_a_run_missing_a_halfs_result_is_named(tmp_path: Path) -> None:
+    run = _write_run(tmp_path / "partial", 1.0, 0.0, (100.0, 100.0))
+    (run / "tera-c8-seed1.json").unlink()
+    with pytest.raises(ValueError, match="partial: a half's result at concurrency 8 is missing"):
+        read_run(run)

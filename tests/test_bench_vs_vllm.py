@@ -4,6 +4,7 @@ the `vllm bench serve` it runs starts on this host."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.common import runnable_wait_seconds, total_cpu_seconds
-from bench.vs_vllm import ENGINE_CORE_NAME, Target, combine, ratios
+from bench.vs_vllm import ENGINE_CORE_NAME, Target, combine, half_path, ratios, read_halves
 from devstack.processes import group_members
 
 
@@ -30,6 +31,16 @@ def _half(ttfts: list[float], itls: list[list[float]], duration: float, tokens: 
         "num_prompts": len(ttfts),
         "total_output_tokens": tokens,
     }
+
+
+def test_halves_are_read_back_in_the_order_they_ran_and_a_target_that_did_not_run_has_none(
+    tmp_path: Path,
+) -> None:
+    for seed in (1, 0):  # written out of order: the reader orders them, not the folder
+        half_path(tmp_path, "tera", 8, seed).write_text(json.dumps({"seed": seed}))
+    assert [h["seed"] for h in read_halves(tmp_path, "tera", 8)] == [0, 1]
+    assert read_halves(tmp_path, "tera", 32) == []
+    assert read_halves(tmp_path, "vllm-b", 8) == []  # the control, not run by default
 
 
 def test_combine_pools_requests_and_time() -> None:
