@@ -49,7 +49,7 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
     rows = vs_vllm.run(model_dir, results, concurrencies, control=control, colocated=colocated)
     report["vs_vllm"] = rows
     columns = ["target", "concurrency", "output_throughput", "request_throughput"]
-    columns += [*vs_vllm.LATENCY_COLUMNS, *vs_vllm.CPU_COLUMNS]
+    columns += [*vs_vllm.LATENCY_COLUMNS, *vs_vllm.CPU_COLUMNS, *vs_vllm.ENGINE_COLUMNS]
     columns.append(vs_vllm.HALVES_APART)
     order = (
         f"vLLM, Tera, {vs_vllm.CONTROL} (a second vLLM server: the control), "
@@ -71,6 +71,13 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
         "one), on the serving processes' CPU: it waits for each step by spinning. "
         "serving_wait_ms_per_req: how long the serving processes' threads waited, "
         "runnable, for a CPU, per request (the scheduler's run delay). "
+        f"{vs_vllm.ENGINE_STEP}: the model worker's mean time per engine step, from the "
+        "batch's arrival to its last call's end (the same engine under both servers: a "
+        "ratio away from 1 is the engine's own draw, its start or the host's drift); "
+        f"{vs_vllm.ENGINE_IDLE}: the worker's mean idle time before a step, from its "
+        "previous call's end (the scheduler between steps, and between requests the "
+        "round trip through the serving side): what the server costs the engine's "
+        "cadence, a delta. "
         f"{vs_vllm.HALVES_APART}: a target's own two halves, the spread a ratio between two "
         "servers has to clear (`python -m bench.pooled` reads several runs together).\n",
         table(rows, columns),

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import CACHE_DIR, ROOT, runnable_wait_seconds, total_cpu_seconds, vllm_plan
+from bench.engine_steps import read_calls, steps_between, trace_env
 from devstack.cpu_layout import OMP_BIND, machine_cpus, plan_cpus
 from devstack.processes import ManagedProcess, free_port, group_members, wait_until
 from devstack.stack import Stack
@@ -33,6 +34,11 @@ CPU_COLUMNS = (
     "engine_core_cpus",
     "serving_wait_ms_per_req",
 )
+# The engine's pace (bench.engine_steps): its mean step, a ratio to vLLM's (the engine's
+# own draw: the same engine either way), and its idle time between steps, a delta (what
+# the serving side costs the engine's cadence).
+ENGINE_STEP, ENGINE_IDLE = "engine_step_ms", "engine_idle_ms_per_step"
+ENGINE_COLUMNS = (ENGINE_STEP, ENGINE_IDLE)
 HALVES_APART = "throughput_last_half_over_first"
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -91,6 +97,8 @@ class Target:
 
     base_url: str
     serving_pids: tuple[int, ...]
+    # Where its model workers time their calls (bench.engine_steps); None: not traced.
+    step_trace: Path | None = None
 
     def cpu_seconds(self) -> CpuReading:
         """CPU used so far. Each serving process leads a process group of its own
@@ -120,12 +128,16 @@ def _bench(target: Target, model_dir: Path, concurrency: int, seed: int, out: Pa
     two warm-up requests included, on both targets alike) and the wall time it took."""
     before, started = target.cpu_seconds(), time.monotonic()
     result = _vllm_bench_serve(target.base_url, model_dir, concurrency, seed, out)
-    after = target.cpu_seconds()
-    result["wall_s"] = time.monotonic() - started
+    after, ended = target.cpu_seconds(), time.monotonic()
+    result["wall_s"] = ended - started
     result["serving_cpu_s"] = after.serving - before.serving
     result["model_cpu_s"] = after.model - before.model
     result["engine_core_cpu_s"] = after.engine_core - before.engine_core
     result["serving_wait_s"] = after.serving_wait - before.serving_wait
+    if target.step_trace:
+        steps = steps_between(read_calls(target.step_trace), started, ended)
+        result |= {"engine_steps": steps.steps, "engine_busy_s": steps.busy_s}
+        result["engine_idle_s"] = steps.idle_s
     return result
 
 
@@ -257,18 +269,22 @@ def run(
     """Every server stays up (idle while another is measured) and each concurrency runs
     them back to back, so the machine's drift lands on all alike. `colocated`: Tera's
     edge and router in one process (services/gateway)."""
+    traces = {name: results / f"steps-{name}" for name in ("vllm", CONTROL, "tera")}
     with contextlib.ExitStack() as servers:
-        vllm, vllm_base = start_vllm_server(model_dir, results)
+        vllm, vllm_base = start_vllm_server(model_dir, results, env=trace_env(traces["vllm"]))
         servers.callback(vllm.stop)
-        targets = {"vllm": Target(vllm_base, (vllm.pid,))}
+        targets = {"vllm": Target(vllm_base, (vllm.pid,), traces["vllm"])}
         if control:
-            other, other_base = start_vllm_server(model_dir, results, log=f"{CONTROL}.log")
+            other, other_base = start_vllm_server(
+                model_dir, results, log=f"{CONTROL}.log", env=trace_env(traces[CONTROL])
+            )
             servers.callback(other.stop)
-            targets[CONTROL] = Target(other_base, (other.pid,))
-        stack = Stack(vllm_plan(model_dir, results, colocated=colocated)).start(timeout_s=600)
+            targets[CONTROL] = Target(other_base, (other.pid,), traces[CONTROL])
+        plan = vllm_plan(model_dir, results, colocated=colocated, env=trace_env(traces["tera"]))
+        stack = Stack(plan).start(timeout_s=600)
         servers.callback(stack.stop)
         serving = tuple(p.pid for p in stack.processes)  # engine front, router, edge
-        targets["tera"] = Target(stack.plan.base_url.removesuffix("/v1"), serving)
+        targets["tera"] = Target(stack.plan.base_url.removesuffix("/v1"), serving, traces["tera"])
         rows = [
             row
             for c in concurrencies
@@ -334,6 +350,7 @@ def combine(halves: list[dict]) -> dict:
         "failed": sum(h["num_prompts"] - h["completed"] for h in halves),
         **_halves_apart(halves),
         **_cpu_figures(halves, tokens),
+        **_engine_figures(halves),
     }
 
 
@@ -369,6 +386,18 @@ def _cpu_figures(halves: list[dict], tokens: int) -> dict:
     return figures
 
 
+def _engine_figures(halves: list[dict]) -> dict:
+    """The engine's mean step and its idle time between steps, in ms (bench.engine_steps;
+    absent from results whose workers were not traced)."""
+    steps = sum(h.get("engine_steps", 0) for h in halves)
+    if not steps or not all("engine_steps" in h for h in halves):
+        return {}
+    return {
+        ENGINE_STEP: sum(h["engine_busy_s"] for h in halves) / steps * 1000,
+        ENGINE_IDLE: sum(h["engine_idle_s"] for h in halves) / steps * 1000,
+    }
+
+
 def ratios(rows: list[dict]) -> list[dict]:
     """Each other target (Tera, the control) over vLLM, per concurrency (throughput and CPU
     per token as ratios, latency as a delta in ms)."""
@@ -383,8 +412,8 @@ def ratios(rows: list[dict]) -> list[dict]:
                 "concurrency": c,
                 "output_throughput": t["output_throughput"] / v["output_throughput"],
                 "request_throughput": t["request_throughput"] / v["request_throughput"],
-                **{k: t[k] - v[k] for k in LATENCY_COLUMNS if k in t and k in v},
-                **{k: t[k] / v[k] for k in CPU_COLUMNS if t.get(k) and v.get(k)},
+                **{k: t[k] - v[k] for k in (*LATENCY_COLUMNS, ENGINE_IDLE) if k in t and k in v},
+                **{k: t[k] / v[k] for k in (*CPU_COLUMNS, ENGINE_STEP) if t.get(k) and v.get(k)},
             }
         )
     return out

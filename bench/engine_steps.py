@@ -1,0 +1,73 @@
+"""The engine's own pace, read from its model workers: how long each step computed and
+how long the worker waited between steps. Both servers run the same engine, so a
+difference in the first is the engine's (its start, the host's drift), and a difference
+in the second is what the serving side costs the engine's cadence.
+
+Each worker's calls are timed by bench/step_trace/sitecustomize.py, which a server's
+processes load when `trace_env` is in their environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import ROOT
+
+TRACE_HOOK_DIR = ROOT / "bench" / "step_trace"
+TRACE_DIR_ENV = "TERA_BENCH_STEP_TRACE"
+# A step starts when the engine core sends the batch; the calls up to the next one (the
+# sampling, on vLLM versions that split it out) are the rest of that step.
+STEP_START = "execute_model"
+
+
+@dataclass(frozen=True)
+class EngineSteps:
+    """The steps that started in a time window: the workers' busy time for them and the
+    time they waited, idle, between one step's end and the next one's start."""
+
+    steps: int = 0
+    busy_s: float = 0.0
+    idle_s: float = 0.0
+
+
+def trace_env(trace_dir: Path) -> dict[str, str]:
+    """Environment for a server whose workers should time their calls into trace_dir."""
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join(p for p in (str(TRACE_HOOK_DIR), os.environ.get("PYTHONPATH")) if p)
+    return {TRACE_DIR_ENV: str(trace_dir), "PYTHONPATH": path}
+
+
+def read_calls(trace_dir: Path) -> list[list[tuple[str, float, float]]]:
+    """Each worker's timed calls (method, start, end), in order, one list per worker."""
+    workers = []
+    for path in sorted(trace_dir.glob("worker-*.txt")):
+        calls = []
+        for line in path.read_text().splitlines():
+            method, start, end = line.split()
+            calls.append((method, float(start), float(end)))
+        workers.append(calls)
+    return workers
+
+
+def steps_between(
+    workers: list[list[tuple[str, float, float]]], start: float, end: float
+) -> EngineSteps:
+    """The steps whose batch reached the first worker within [start, end] (each worker
+    runs every step), and the idle time before each, back to the worker's previous call
+    when that too fell within the window (not the pause between two halves)."""
+    if not workers:
+        return EngineSteps()
+    calls = workers[0]
+    starts = [i for i, (method, _, _) in enumerate(calls) if method == STEP_START]
+    steps, busy, idle = 0, 0.0, 0.0
+    for i, next_start in zip(starts, [*starts[1:], len(calls)], strict=True):
+        began = calls[i][1]
+        if not start <= began <= end:
+            continue
+        steps += 1
+        busy += calls[next_start - 1][2] - began
+        if i > 0 and calls[i - 1][2] >= start:
+            idle += began - calls[i - 1][2]
+    return EngineSteps(steps, busy, idle)
