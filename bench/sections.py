@@ -78,6 +78,8 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
         "previous call's end (the scheduler between steps, and between requests the "
         "round trip through the serving side): what the server costs the engine's "
         "cadence, a delta. "
+        f"{vs_vllm.PACE_ADJUSTED}: the throughput ratio times the engine-step ratio, "
+        "what is left of the ratio once the engine's own pace is taken out. "
         f"{vs_vllm.HALVES_APART}: a target's own two halves, the spread a ratio between two "
         "servers has to clear (`python -m bench.pooled` reads several runs together).\n",
         table(rows, columns),

@@ -38,7 +38,8 @@ CPU_COLUMNS = (
 # own draw: the same engine either way), and its idle time between steps, a delta (what
 # the serving side costs the engine's cadence).
 ENGINE_STEP, ENGINE_IDLE = "engine_step_ms", "engine_idle_ms_per_step"
-ENGINE_COLUMNS = (ENGINE_STEP, ENGINE_IDLE)
+PACE_ADJUSTED = "throughput_at_equal_engine_pace"
+ENGINE_COLUMNS = (ENGINE_STEP, ENGINE_IDLE, PACE_ADJUSTED)
 HALVES_APART = "throughput_last_half_over_first"
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -398,6 +399,16 @@ def _engine_figures(halves: list[dict]) -> dict:
     }
 
 
+def _pace_adjusted(target: dict, vllm: dict) -> dict:
+    """The throughput ratio with the engine's own pace taken out (times the ratio of
+    their engine steps): what the serving side leaves of it, the engine's draw at each
+    start (a few % between two starts of one server) aside."""
+    if not (target.get(ENGINE_STEP) and vllm.get(ENGINE_STEP)):
+        return {}
+    ratio = target["output_throughput"] / vllm["output_throughput"]
+    return {PACE_ADJUSTED: ratio * target[ENGINE_STEP] / vllm[ENGINE_STEP]}
+
+
 def ratios(rows: list[dict]) -> list[dict]:
     """Each other target (Tera, the control) over vLLM, per concurrency (throughput and CPU
     per token as ratios, latency as a delta in ms)."""
@@ -411,6 +422,7 @@ def ratios(rows: list[dict]) -> list[dict]:
                 "target": f"{name}/vllm",
                 "concurrency": c,
                 "output_throughput": t["output_throughput"] / v["output_throughput"],
+                **_pace_adjusted(t, v),
                 "request_throughput": t["request_throughput"] / v["request_throughput"],
                 **{k: t[k] - v[k] for k in (*LATENCY_COLUMNS, ENGINE_IDLE) if k in t and k in v},
                 **{k: t[k] / v[k] for k in (*CPU_COLUMNS, ENGINE_STEP) if t.get(k) and v.get(k)},

@@ -87,5 +87,7 @@ def test_the_engine_step_is_a_ratio_to_vllms_and_its_idle_time_a_delta() -> None
     )
     assert ratio["engine_step_ms"] == pytest.approx(42 / 40)
     assert ratio["engine_idle_ms_per_step"] == pytest.approx(0.1)
+    # Same throughput on a 5 % slower engine: the serving side gained 5 %.
+    assert ratio["throughput_at_equal_engine_pace"] == pytest.approx(1.05)
     untraced = {k: v for k, v in _half(1, 0.04, 0.0).items() if not k.startswith("engine_")}
     assert "engine_step_ms" not in combine([untraced])
