@@ -9,6 +9,7 @@ processes load when `trace_env` is in their environment.
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,3 +72,40 @@ def steps_between(
         if i > 0 and calls[i - 1][2] >= start:
             idle += began - calls[i - 1][2]
     return EngineSteps(steps, busy, idle)
+
+
+@dataclass(frozen=True)
+class FirstTokenSplit:
+    """Summed over requests, in seconds: the way in (the client's send to the worker's
+    first step for it), that step (the prefill), and the way out (the step's end to the
+    client's first token)."""
+
+    way_in_s: float = 0.0
+    first_step_s: float = 0.0
+    way_out_s: float = 0.0
+    requests: int = 0
+
+
+def first_token_split(
+    workers: list[list[tuple[str, float, float]]], requests: list[tuple[float, float]]
+) -> FirstTokenSplit:
+    """Requests sent one at a time (concurrency 1), each as (sent, first token) on the
+    workers' clock (CLOCK_MONOTONIC: `vllm bench serve`'s perf_counter): each one's first
+    step is the first the worker began after it was sent, as none other is running."""
+    if not workers:
+        return FirstTokenSplit()
+    calls = workers[0]
+    starts = [i for i, (method, _, _) in enumerate(calls) if method == STEP_START]
+    began = [calls[i][1] for i in starts]
+    way_in = step = way_out = 0.0
+    counted = 0
+    for sent, first_token in requests:
+        k = bisect.bisect_left(began, sent)
+        if k >= len(starts):
+            continue
+        last = starts[k + 1] - 1 if k + 1 < len(starts) else len(calls) - 1
+        way_in += began[k] - sent
+        step += calls[last][2] - began[k]
+        way_out += first_token - calls[last][2]
+        counted += 1
+    return FirstTokenSplit(way_in, step, way_out, counted)

@@ -50,6 +50,7 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
     report["vs_vllm"] = rows
     columns = ["target", "concurrency", "output_throughput", "request_throughput"]
     columns += [*vs_vllm.LATENCY_COLUMNS, *vs_vllm.CPU_COLUMNS, *vs_vllm.ENGINE_COLUMNS]
+    columns += vs_vllm.FIRST_TOKEN_COLUMNS
     columns.append(vs_vllm.HALVES_APART)
     order = (
         f"vLLM, Tera, {vs_vllm.CONTROL} (a second vLLM server: the control), "
@@ -80,6 +81,10 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
         "cadence, a delta. "
         f"{vs_vllm.PACE_ADJUSTED}: the throughput ratio times the engine-step ratio, "
         "what is left of the ratio once the engine's own pace is taken out. "
+        "first_token_in_ms, first_token_step_ms, first_token_out_ms (concurrency 1): "
+        "each first token's time split at the worker, from the client's send to the "
+        "worker's first step for it, that step (the prefill), and from its end to the "
+        "client's first token, means. "
         f"{vs_vllm.HALVES_APART}: a target's own two halves, the spread a ratio between two "
         "servers has to clear (`python -m bench.pooled` reads several runs together).\n",
         table(rows, columns),

@@ -5,6 +5,7 @@ streaming), one target at a time so they never compete for the CPU."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import CACHE_DIR, ROOT, runnable_wait_seconds, total_cpu_seconds, vllm_plan
-from bench.engine_steps import read_calls, steps_between, trace_env
+from bench.engine_steps import first_token_split, read_calls, steps_between, trace_env
 from devstack.cpu_layout import OMP_BIND, machine_cpus, plan_cpus
 from devstack.processes import ManagedProcess, free_port, group_members, wait_until
 from devstack.stack import Stack
@@ -40,6 +41,9 @@ CPU_COLUMNS = (
 ENGINE_STEP, ENGINE_IDLE = "engine_step_ms", "engine_idle_ms_per_step"
 PACE_ADJUSTED = "throughput_at_equal_engine_pace"
 ENGINE_COLUMNS = (ENGINE_STEP, ENGINE_IDLE, PACE_ADJUSTED)
+# At concurrency 1, each first token's time split at the worker (bench.engine_steps): the
+# request's way in, its first step (the prefill) and its way out, means in ms, as deltas.
+FIRST_TOKEN_COLUMNS = ("first_token_in_ms", "first_token_step_ms", "first_token_out_ms")
 HALVES_APART = "throughput_last_half_over_first"
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -136,10 +140,22 @@ def _bench(target: Target, model_dir: Path, concurrency: int, seed: int, out: Pa
     result["engine_core_cpu_s"] = after.engine_core - before.engine_core
     result["serving_wait_s"] = after.serving_wait - before.serving_wait
     if target.step_trace:
-        steps = steps_between(read_calls(target.step_trace), started, ended)
-        result |= {"engine_steps": steps.steps, "engine_busy_s": steps.busy_s}
-        result["engine_idle_s"] = steps.idle_s
+        result |= _engine_pace(target.step_trace, result, started, ended)
     return result
+
+
+def _engine_pace(trace: Path, result: dict, started: float, ended: float) -> dict:
+    """A half's engine steps, and at concurrency 1 its first tokens split at the worker."""
+    workers = read_calls(trace)
+    steps = steps_between(workers, started, ended)
+    pace = {"engine_steps": steps.steps, "engine_busy_s": steps.busy_s}
+    pace["engine_idle_s"] = steps.idle_s
+    if result["max_concurrency"] == 1:
+        served = zip(result["start_times"], result["ttfts"], result["errors"], strict=True)
+        requests = [(sent, sent + ttft) for sent, ttft, error in served if not error]
+        split = first_token_split(workers, requests)
+        pace["first_token_split"] = dataclasses.asdict(split)
+    return pace
 
 
 def _vllm_bench_serve(
@@ -393,10 +409,17 @@ def _engine_figures(halves: list[dict]) -> dict:
     steps = sum(h.get("engine_steps", 0) for h in halves)
     if not steps or not all("engine_steps" in h for h in halves):
         return {}
-    return {
+    figures = {
         ENGINE_STEP: sum(h["engine_busy_s"] for h in halves) / steps * 1000,
         ENGINE_IDLE: sum(h["engine_idle_s"] for h in halves) / steps * 1000,
     }
+    splits = [h["first_token_split"] for h in halves if "first_token_split" in h]
+    requests = sum(split["requests"] for split in splits)
+    if len(splits) == len(halves) and requests:
+        parts = ("way_in_s", "first_step_s", "way_out_s")
+        for part, column in zip(parts, FIRST_TOKEN_COLUMNS, strict=True):
+            figures[column] = sum(split[part] for split in splits) / requests * 1000
+    return figures
 
 
 def _pace_adjusted(target: dict, vllm: dict) -> dict:
@@ -424,7 +447,11 @@ def ratios(rows: list[dict]) -> list[dict]:
                 "output_throughput": t["output_throughput"] / v["output_throughput"],
                 **_pace_adjusted(t, v),
                 "request_throughput": t["request_throughput"] / v["request_throughput"],
-                **{k: t[k] - v[k] for k in (*LATENCY_COLUMNS, ENGINE_IDLE) if k in t and k in v},
+                **{
+                    k: t[k] - v[k]
+                    for k in (*LATENCY_COLUMNS, ENGINE_IDLE, *FIRST_TOKEN_COLUMNS)
+                    if k in t and k in v
+                },
                 **{k: t[k] / v[k] for k in (*CPU_COLUMNS, ENGINE_STEP) if t.get(k) and v.get(k)},
             }
         )

@@ -4,6 +4,7 @@ counted within a half's window only."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from bench.common import ROOT
-from bench.engine_steps import EngineSteps, read_calls, steps_between, trace_env
+from bench.engine_steps import (
+    EngineSteps,
+    FirstTokenSplit,
+    first_token_split,
+    read_calls,
+    steps_between,
+    trace_env,
+)
 from bench.vs_vllm import combine, ratios
 
 # A worker's calls: a warm-up long before the half, then two steps of two calls each.
@@ -41,6 +49,27 @@ def test_a_step_that_began_before_the_window_is_not_counted() -> None:
     assert steps_between([], 0.0, 1.0) == EngineSteps()
 
 
+# Two requests sent one at a time: each one's prefill step, then (the first's) a decode.
+ONE_AT_A_TIME = [
+    ("execute_model", 1.005, 1.080),
+    ("sample_tokens", 1.081, 1.085),
+    ("execute_model", 1.086, 1.120),
+    ("sample_tokens", 1.1205, 1.125),
+    ("execute_model", 2.006, 2.090),
+    ("sample_tokens", 2.091, 2.095),
+]
+
+
+def test_a_first_token_splits_into_the_way_in_the_first_step_and_the_way_out() -> None:
+    requests = [(1.000, 1.087), (2.000, 2.097), (3.000, 3.1)]  # the last: no step after it
+    split = first_token_split([ONE_AT_A_TIME], requests)
+    assert split.requests == 2
+    assert split.way_in_s == pytest.approx(0.005 + 0.006)
+    assert split.first_step_s == pytest.approx(0.080 + 0.089)
+    assert split.way_out_s == pytest.approx(0.002 + 0.002)
+    assert first_token_split([], requests) == FirstTokenSplit()
+
+
 def test_the_workers_calls_are_timed_by_the_hook_on_the_installed_vllm(tmp_path: Path) -> None:
     # One real WorkerProc call, run outside a worker: the hook must find vLLM's worker
     # module and method by the names it patches, and write what the bench reads back.
@@ -60,6 +89,25 @@ def test_the_workers_calls_are_timed_by_the_hook_on_the_installed_vllm(tmp_path:
     ((call,),) = read_calls(tmp_path / "steps")
     method, started, ended = call
     assert method == "ping" and 0 < started <= ended
+
+
+def test_first_token_splits_pool_per_request_and_are_deltas_against_vllm() -> None:
+    def half(way_in_s: float, step_s: float, way_out_s: float, requests: int) -> dict:
+        split = FirstTokenSplit(way_in_s, step_s, way_out_s, requests)
+        return _half(10, 0.4, 0.004) | {"first_token_split": dataclasses.asdict(split)}
+
+    vllm = combine([half(0.010, 0.170, 0.003, 2), half(0.015, 0.255, 0.0045, 3)])
+    tera = combine([half(0.025, 0.425, 0.0125, 5)])
+    assert vllm["first_token_in_ms"] == pytest.approx(5.0)
+    assert vllm["first_token_step_ms"] == pytest.approx(85.0)
+    assert vllm["first_token_out_ms"] == pytest.approx(1.5)
+    (ratio,) = ratios(
+        [{"target": "vllm", "concurrency": 1, **vllm}, {"target": "tera", "concurrency": 1, **tera}]
+    )
+    assert ratio["first_token_out_ms"] == pytest.approx(1.0)
+    assert ratio["first_token_in_ms"] == pytest.approx(0.0)
+    # A half that did not split its first tokens (not concurrency 1) leaves them out.
+    assert "first_token_in_ms" not in combine([half(0.01, 0.17, 0.003, 2), _half(1, 0.04, 0)])
 
 
 def _half(steps: int, busy_s: float, idle_s: float) -> dict:
