@@ -17,10 +17,13 @@ from pathlib import Path
 from bench.common import ROOT
 
 TRACE_HOOK_DIR = ROOT / "bench" / "step_trace"
-TRACE_DIR_ENV = "TERA_BENCH_STEP_TRACE"
+TRACE_DIR_ENV = "TERA_BENCH_STEP_TRACE"  # the hook keeps its own copy: it imports no Tera
 # A step starts when the engine core sends the batch; the calls up to the next one (the
 # sampling, on vLLM versions that split it out) are the rest of that step.
 STEP_START = "execute_model"
+
+# One worker's timed calls, in order: (method, start, end), CLOCK_MONOTONIC seconds.
+Calls = list[tuple[str, float, float]]
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,11 @@ def trace_env(trace_dir: Path) -> dict[str, str]:
     return {TRACE_DIR_ENV: str(trace_dir), "PYTHONPATH": path}
 
 
-def read_calls(trace_dir: Path) -> list[list[tuple[str, float, float]]]:
+def read_calls(trace_dir: Path) -> list[Calls]:
     """Each worker's timed calls (method, start, end), in order, one list per worker."""
     workers = []
     for path in sorted(trace_dir.glob("worker-*.txt")):
-        calls = []
+        calls: Calls = []
         for line in path.read_text().splitlines():
             method, start, end = line.split()
             calls.append((method, float(start), float(end)))
@@ -52,9 +55,7 @@ def read_calls(trace_dir: Path) -> list[list[tuple[str, float, float]]]:
     return workers
 
 
-def steps_between(
-    workers: list[list[tuple[str, float, float]]], start: float, end: float
-) -> EngineSteps:
+def steps_between(workers: list[Calls], start: float, end: float) -> EngineSteps:
     """The steps whose batch reached the first worker within [start, end] (each worker
     runs every step), and the idle time before each, back to the worker's previous call
     when that too fell within the window (not the pause between two halves)."""
@@ -85,10 +86,12 @@ class FirstTokenSplit:
     way_out_s: float = 0.0
     requests: int = 0
 
+    @property
+    def parts_s(self) -> tuple[float, float, float]:
+        return (self.way_in_s, self.first_step_s, self.way_out_s)
 
-def first_token_split(
-    workers: list[list[tuple[str, float, float]]], requests: list[tuple[float, float]]
-) -> FirstTokenSplit:
+
+def first_token_split(workers: list[Calls], requests: list[tuple[float, float]]) -> FirstTokenSplit:
     """Requests sent one at a time (concurrency 1), each as (sent, first token) on the
     workers' clock (CLOCK_MONOTONIC: `vllm bench serve`'s perf_counter): each one's first
     step is the first the worker began after it was sent, as none other is running."""

@@ -81,7 +81,7 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
         "cadence, a delta. "
         f"{vs_vllm.PACE_ADJUSTED}: the throughput ratio times the engine-step ratio, "
         "what is left of the ratio once the engine's own pace is taken out. "
-        "first_token_in_ms, first_token_step_ms, first_token_out_ms (concurrency 1): "
+        f"{', '.join(vs_vllm.FIRST_TOKEN_COLUMNS)} (concurrency 1): "
         "each first token's time split at the worker, from the client's send to the "
         "worker's first step for it, that step (the prefill), and from its end to the "
         "client's first token, means. "

@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import CACHE_DIR, ROOT, runnable_wait_seconds, total_cpu_seconds, vllm_plan
-from bench.engine_steps import first_token_split, read_calls, steps_between, trace_env
+from bench.engine_steps import (
+    FirstTokenSplit,
+    first_token_split,
+    read_calls,
+    steps_between,
+    trace_env,
+)
 from devstack.cpu_layout import OMP_BIND, machine_cpus, plan_cpus
 from devstack.processes import ManagedProcess, free_port, group_members, wait_until
 from devstack.stack import Stack
@@ -413,12 +419,12 @@ def _engine_figures(halves: list[dict]) -> dict:
         ENGINE_STEP: sum(h["engine_busy_s"] for h in halves) / steps * 1000,
         ENGINE_IDLE: sum(h["engine_idle_s"] for h in halves) / steps * 1000,
     }
-    splits = [h["first_token_split"] for h in halves if "first_token_split" in h]
-    requests = sum(split["requests"] for split in splits)
+    splits = [FirstTokenSplit(**h["first_token_split"]) for h in halves if "first_token_split" in h]
+    requests = sum(split.requests for split in splits)
     if len(splits) == len(halves) and requests:
-        parts = ("way_in_s", "first_step_s", "way_out_s")
-        for part, column in zip(parts, FIRST_TOKEN_COLUMNS, strict=True):
-            figures[column] = sum(split[part] for split in splits) / requests * 1000
+        totals = (sum(split.parts_s[i] for split in splits) for i in range(3))
+        for column, total in zip(FIRST_TOKEN_COLUMNS, totals, strict=True):
+            figures[column] = total / requests * 1000
     return figures
 
 
