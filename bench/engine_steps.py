@@ -55,6 +55,13 @@ def read_calls(trace_dir: Path) -> list[Calls]:
     return workers
 
 
+def _steps(calls: Calls) -> list[tuple[int, int]]:
+    """Each step's first and last call (indexes into calls): from its batch's arrival
+    to the call before the next step's."""
+    starts = [i for i, (method, _, _) in enumerate(calls) if method == STEP_START]
+    return [(i, after - 1) for i, after in zip(starts, [*starts[1:], len(calls)], strict=True)]
+
+
 def steps_between(workers: list[Calls], start: float, end: float) -> EngineSteps:
     """The steps whose batch reached the first worker within [start, end] (each worker
     runs every step), and the idle time before each, back to the worker's previous call
@@ -62,16 +69,15 @@ def steps_between(workers: list[Calls], start: float, end: float) -> EngineSteps
     if not workers:
         return EngineSteps()
     calls = workers[0]
-    starts = [i for i, (method, _, _) in enumerate(calls) if method == STEP_START]
     steps, busy, idle = 0, 0.0, 0.0
-    for i, next_start in zip(starts, [*starts[1:], len(calls)], strict=True):
-        began = calls[i][1]
+    for first, last in _steps(calls):
+        began = calls[first][1]
         if not start <= began <= end:
             continue
         steps += 1
-        busy += calls[next_start - 1][2] - began
-        if i > 0 and calls[i - 1][2] >= start:
-            idle += began - calls[i - 1][2]
+        busy += calls[last][2] - began
+        if first > 0 and calls[first - 1][2] >= start:
+            idle += began - calls[first - 1][2]
     return EngineSteps(steps, busy, idle)
 
 
@@ -98,17 +104,17 @@ def first_token_split(workers: list[Calls], requests: list[tuple[float, float]])
     if not workers:
         return FirstTokenSplit()
     calls = workers[0]
-    starts = [i for i, (method, _, _) in enumerate(calls) if method == STEP_START]
-    began = [calls[i][1] for i in starts]
+    steps = _steps(calls)
+    began = [calls[first][1] for first, _ in steps]
     way_in = step = way_out = 0.0
     counted = 0
     for sent, first_token in requests:
         k = bisect.bisect_left(began, sent)
-        if k >= len(starts):
+        if k >= len(steps):
             continue
-        last = starts[k + 1] - 1 if k + 1 < len(starts) else len(calls) - 1
+        ended = calls[steps[k][1]][2]
         way_in += began[k] - sent
-        step += calls[last][2] - began[k]
-        way_out += first_token - calls[last][2]
+        step += ended - began[k]
+        way_out += first_token - ended
         counted += 1
     return FirstTokenSplit(way_in, step, way_out, counted)
