@@ -4,13 +4,17 @@ difference in the first is the engine's (its start, the host's drift), and a dif
 in the second is what the serving side costs the engine's cadence.
 
 Each worker's calls are timed by bench/step_trace/sitecustomize.py, which a server's
-processes load when `trace_env` is in their environment.
+processes load when `trace_env` is in their environment; so is the moment the process
+hosting vLLM's AsyncLLM (vLLM's API server, Tera's engine) takes each batch of the
+engine core's outputs, where a first token's way out leaves the engine's code, the same
+in both servers, and enters the server's own.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +28,9 @@ STEP_START = "execute_model"
 
 # One worker's timed calls, in order: (method, start, end), CLOCK_MONOTONIC seconds.
 Calls = list[tuple[str, float, float]]
+# Each batch of the engine core's outputs: (stamped by the core, taken by the serving
+# process), CLOCK_MONOTONIC seconds, in the order of the first.
+Output = tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,17 @@ def read_calls(trace_dir: Path) -> list[Calls]:
             calls.append((method, float(start), float(end)))
         workers.append(calls)
     return workers
+
+
+def read_outputs(trace_dir: Path) -> list[Output]:
+    """When each batch of the engine core's outputs was stamped and when it was taken, over
+    the serving processes that traced them (vLLM's API server; Tera's engine)."""
+    outputs = []
+    for path in trace_dir.glob("outputs-*.txt"):
+        for line in path.read_text().splitlines():
+            _, stamped, taken = line.split()
+            outputs.append((float(stamped), float(taken)))
+    return sorted(outputs)
 
 
 def _steps(calls: Calls) -> list[tuple[int, int]]:
@@ -91,23 +109,32 @@ class FirstTokenSplit:
     first_step_s: float = 0.0
     way_out_s: float = 0.0
     requests: int = 0
+    # Of the way out, the server's own part: from its process taking the step's outputs
+    # from the engine core to the client's first token, over the requests whose outputs
+    # were traced (the rest, the engine core's, is the same code in both servers).
+    server_out_s: float = 0.0
+    server_out_requests: int = 0
 
     @property
     def parts_s(self) -> tuple[float, float, float]:
         return (self.way_in_s, self.first_step_s, self.way_out_s)
 
 
-def first_token_split(workers: list[Calls], requests: list[tuple[float, float]]) -> FirstTokenSplit:
+def first_token_split(
+    workers: list[Calls], requests: list[tuple[float, float]], outputs: Sequence[Output] = ()
+) -> FirstTokenSplit:
     """Requests sent one at a time (concurrency 1), each as (sent, first token) on the
     workers' clock (CLOCK_MONOTONIC: `vllm bench serve`'s perf_counter): each one's first
-    step is the first the worker began after it was sent, as none other is running."""
+    step is the first the worker began after it was sent, as none other is running, and
+    its outputs the first batch the engine core stamped after that step ended."""
     if not workers:
         return FirstTokenSplit()
     calls = workers[0]
     steps = _steps(calls)
     began = [calls[first][1] for first, _ in steps]
-    way_in = step = way_out = 0.0
-    counted = 0
+    stamped = [stamp for stamp, _ in outputs]
+    way_in = step = way_out = server_out = 0.0
+    counted = served = 0
     for sent, first_token in requests:
         k = bisect.bisect_left(began, sent)
         if k >= len(steps):
@@ -117,4 +144,8 @@ def first_token_split(workers: list[Calls], requests: list[tuple[float, float]])
         step += ended - began[k]
         way_out += first_token - ended
         counted += 1
-    return FirstTokenSplit(way_in, step, way_out, counted)
+        o = bisect.bisect_left(stamped, ended)
+        if o < len(outputs) and outputs[o][1] <= first_token:
+            server_out += first_token - outputs[o][1]
+            served += 1
+    return FirstTokenSplit(way_in, step, way_out, counted, server_out, served)

@@ -50,7 +50,7 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
     report["vs_vllm"] = rows
     columns = ["target", "concurrency", "output_throughput", "request_throughput"]
     columns += [*vs_vllm.LATENCY_COLUMNS, *vs_vllm.CPU_COLUMNS, *vs_vllm.ENGINE_COLUMNS]
-    columns += vs_vllm.FIRST_TOKEN_COLUMNS
+    columns += (*vs_vllm.FIRST_TOKEN_COLUMNS, vs_vllm.SERVER_OUT)
     columns.append(vs_vllm.HALVES_APART)
     order = (
         f"vLLM, Tera, {vs_vllm.CONTROL} (a second vLLM server: the control), "
@@ -84,7 +84,11 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
         f"{', '.join(vs_vllm.FIRST_TOKEN_COLUMNS)} (concurrency 1): "
         "each first token's time split at the worker, from the client's send to the "
         "worker's first step for it, that step (the prefill), and from its end to the "
-        "client's first token, means. "
+        "client's first token, means; "
+        f"{vs_vllm.SERVER_OUT}: of that way out, the server's own part, from its process "
+        "(vLLM's API server, Tera's engine) taking the step's outputs from the engine "
+        "core to the client's first token (before it, the engine core's own code, the "
+        "same in both). "
         f"{vs_vllm.HALVES_APART}: a target's own two halves, the spread a ratio between two "
         "servers has to clear (`python -m bench.pooled` reads several runs together).\n",
         table(rows, columns),

@@ -23,6 +23,7 @@ from bench.engine_steps import (
     FirstTokenSplit,
     first_token_split,
     read_calls,
+    read_outputs,
     steps_between,
     trace_env,
 )
@@ -48,8 +49,11 @@ ENGINE_STEP, ENGINE_IDLE = "engine_step_ms", "engine_idle_ms_per_step"
 PACE_ADJUSTED = "throughput_at_equal_engine_pace"
 ENGINE_COLUMNS = (ENGINE_STEP, ENGINE_IDLE, PACE_ADJUSTED)
 # At concurrency 1, each first token's time split at the worker (bench.engine_steps): the
-# request's way in, its first step (the prefill) and its way out, means in ms, as deltas.
+# request's way in, its first step (the prefill) and its way out, means in ms, as deltas;
+# and of the way out, the server's own part (from its process taking the engine core's
+# outputs).
 FIRST_TOKEN_COLUMNS = ("first_token_in_ms", "first_token_step_ms", "first_token_out_ms")
+SERVER_OUT = "first_token_out_server_ms"
 HALVES_APART = "throughput_last_half_over_first"
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -159,7 +163,7 @@ def _engine_pace(trace: Path, result: dict, started: float, ended: float) -> dic
     if result["max_concurrency"] == 1:
         served = zip(result["start_times"], result["ttfts"], result["errors"], strict=True)
         requests = [(sent, sent + ttft) for sent, ttft, error in served if not error]
-        split = first_token_split(workers, requests)
+        split = first_token_split(workers, requests, read_outputs(trace))
         pace["first_token_split"] = dataclasses.asdict(split)
     return pace
 
@@ -425,6 +429,8 @@ def _engine_figures(halves: list[dict]) -> dict:
         totals = (sum(split.parts_s[i] for split in splits) for i in range(3))
         for column, total in zip(FIRST_TOKEN_COLUMNS, totals, strict=True):
             figures[column] = total / requests * 1000
+        if sum(split.server_out_requests for split in splits) == requests:
+            figures[SERVER_OUT] = sum(split.server_out_s for split in splits) / requests * 1000
     return figures
 
 
@@ -455,7 +461,7 @@ def ratios(rows: list[dict]) -> list[dict]:
                 "request_throughput": t["request_throughput"] / v["request_throughput"],
                 **{
                     k: t[k] - v[k]
-                    for k in (*LATENCY_COLUMNS, ENGINE_IDLE, *FIRST_TOKEN_COLUMNS)
+                    for k in (*LATENCY_COLUMNS, ENGINE_IDLE, *FIRST_TOKEN_COLUMNS, SERVER_OUT)
                     if k in t and k in v
                 },
                 **{k: t[k] / v[k] for k in (*CPU_COLUMNS, ENGINE_STEP) if t.get(k) and v.get(k)},

@@ -18,6 +18,7 @@ from bench.engine_steps import (
     FirstTokenSplit,
     first_token_split,
     read_calls,
+    read_outputs,
     steps_between,
     trace_env,
 )
@@ -68,6 +69,25 @@ def test_a_first_token_splits_into_the_way_in_the_first_step_and_the_way_out() -
     assert split.first_step_s == pytest.approx(0.080 + 0.089)
     assert split.way_out_s == pytest.approx(0.002 + 0.002)
     assert first_token_split([], requests) == FirstTokenSplit()
+    assert split.server_out_requests == 0  # no outputs traced: the server's part unknown
+
+
+def test_the_way_out_splits_where_the_server_takes_the_steps_outputs() -> None:
+    requests = [(1.000, 1.087), (2.000, 2.097)]
+    outputs = [
+        (1.0400, 1.0410),  # an earlier step's, stamped before the prefill step ended
+        (1.0853, 1.0861),  # the prefill's: taken 0.9 ms before the first token
+        (2.0952, 2.0958),
+    ]
+    split = first_token_split([ONE_AT_A_TIME], requests, outputs)
+    assert split.requests == split.server_out_requests == 2
+    assert split.way_out_s == pytest.approx(0.002 + 0.002)
+    assert split.server_out_s == pytest.approx(0.0009 + 0.0012)
+    # A request whose step's outputs were not traced is not counted: the next batch, taken
+    # after its first token, is not the one that carried it.
+    partial = first_token_split([ONE_AT_A_TIME], requests, [*outputs[:2], (2.1200, 2.1205)])
+    assert partial.server_out_requests == 1
+    assert partial.server_out_s == pytest.approx(0.0009)
 
 
 def test_the_workers_calls_are_timed_by_the_hook_on_the_installed_vllm(tmp_path: Path) -> None:
@@ -91,21 +111,60 @@ def test_the_workers_calls_are_timed_by_the_hook_on_the_installed_vllm(tmp_path:
     assert method == "ping" and 0 < started <= ended
 
 
+def test_the_outputs_the_server_takes_are_timed_by_the_hook_on_the_installed_vllm(
+    tmp_path: Path,
+) -> None:
+    # vLLM's own AsyncMPClient.get_output_async on a stand-in client holding one batch of
+    # outputs, stamped by EngineCoreOutputs itself as the engine core does, and one of
+    # scheduler statistics alone, which is no step's output and is not written.
+    program = (
+        "import asyncio, types\n"
+        "from vllm.v1.engine import EngineCoreOutputs\n"
+        "from vllm.v1.engine.core_client import AsyncMPClient\n"
+        "async def main():\n"
+        "    queue = asyncio.Queue()\n"
+        "    queue.put_nowait(EngineCoreOutputs(outputs=[None]))\n"
+        "    queue.put_nowait(EngineCoreOutputs(outputs=[]))\n"
+        "    client = types.SimpleNamespace(_ensure_output_queue_task=lambda: None,\n"
+        "                                   outputs_queue=queue)\n"
+        "    for _ in range(2):\n"
+        "        print(len((await AsyncMPClient.get_output_async(client)).outputs))\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, **trace_env(tmp_path / "steps")}
+    out = subprocess.run(
+        [sys.executable, "-c", program], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "0"]  # both batches still reached the caller
+    ((stamped, taken),) = read_outputs(tmp_path / "steps")
+    assert 0 < stamped <= taken
+
+
 def test_first_token_splits_pool_per_request_and_are_deltas_against_vllm() -> None:
-    def half(way_in_s: float, step_s: float, way_out_s: float, requests: int) -> dict:
-        split = FirstTokenSplit(way_in_s, step_s, way_out_s, requests)
+    def half(
+        way_in_s: float, step_s: float, way_out_s: float, requests: int, server_s: float = 0.0
+    ) -> dict:
+        split = FirstTokenSplit(way_in_s, step_s, way_out_s, requests, server_s, requests)
         return _half(10, 0.4, 0.004) | {"first_token_split": dataclasses.asdict(split)}
 
-    vllm = combine([half(0.010, 0.170, 0.003, 2), half(0.015, 0.255, 0.0045, 3)])
-    tera = combine([half(0.025, 0.425, 0.0125, 5)])
+    vllm = combine([half(0.010, 0.170, 0.003, 2, 0.002), half(0.015, 0.255, 0.0045, 3, 0.003)])
+    tera = combine([half(0.025, 0.425, 0.0125, 5, 0.0075)])
     assert vllm["first_token_in_ms"] == pytest.approx(5.0)
     assert vllm["first_token_step_ms"] == pytest.approx(85.0)
     assert vllm["first_token_out_ms"] == pytest.approx(1.5)
+    assert vllm["first_token_out_server_ms"] == pytest.approx(1.0)
     (ratio,) = ratios(
         [{"target": "vllm", "concurrency": 1, **vllm}, {"target": "tera", "concurrency": 1, **tera}]
     )
     assert ratio["first_token_out_ms"] == pytest.approx(1.0)
     assert ratio["first_token_in_ms"] == pytest.approx(0.0)
+    assert ratio["first_token_out_server_ms"] == pytest.approx(0.5)
+    # Halves whose outputs were not traced (results from before the hook read them) give
+    # no server part rather than a mean over fewer requests.
+    untraced = half(0.010, 0.170, 0.003, 2)
+    untraced["first_token_split"]["server_out_requests"] = 0
+    assert "first_token_out_server_ms" not in combine([half(0.01, 0.17, 0.003, 2, 0.002), untraced])
     # A half that did not split its first tokens (not concurrency 1) leaves them out.
     assert "first_token_in_ms" not in combine([half(0.01, 0.17, 0.003, 2), _half(1, 0.04, 0)])
 
