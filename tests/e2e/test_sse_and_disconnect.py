@@ -88,7 +88,7 @@ async def test_disconnect_aborts_engine_request(vllm_stack: RunningStack) -> Non
             await response.content.readline()
         load = await asyncio.to_thread(vllm_stack.engine_load)
         assert load.in_flight == 1 and load.running == 1
-        # vLLM's per-step statistics, recorded after each step's streams, are live.
+        # vLLM's per-step statistics reach the load report while the stream runs.
         assert load.kv_cache_usage > 0
         response.close()  # drop the connection mid-stream
     deadline = time.monotonic() + 5

@@ -4,7 +4,6 @@ scheduler figures vLLM reports each step (for GetLoad)."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import uuid
 from typing import Any
 
@@ -91,31 +90,7 @@ async def load_engine(
     # Loading takes tens of seconds: off the event loop, so health checks and signals
     # are answered meanwhile.
     args = engine_args(config, kv_events_endpoint)
-    engine = await asyncio.to_thread(
-        AsyncLLM.from_engine_args, args, stat_loggers=[snapshot.factory]
-    )
-    record_after_streams(engine, asyncio.get_running_loop())
-    return engine
-
-
-def record_after_streams(engine: AsyncLLM, loop: asyncio.AbstractEventLoop) -> None:
-    """vLLM's output handler records each step's statistics (its Prometheus metrics and
-    the snapshot above: about a hundred metric calls) right after handing the step's
-    tokens to their requests, before those requests' streams can run. Queued behind the
-    streams the step woke instead, they no longer delay a stream's first message, which
-    its outbox writes at once (0.12 ms less from the engine core's outputs to the first
-    token's send, after a prefill's idle); later messages, written at the end of their
-    turn, still follow them. A failure to record is logged by the loop rather than
-    failing every stream."""
-    manager = engine.logger_manager
-    if manager is None:  # vLLM's statistics off (disable_log_stats)
-        return
-    record = manager.record
-
-    def record_soon(*args: Any, **kwargs: Any) -> None:
-        loop.call_soon(functools.partial(record, *args, **kwargs))
-
-    manager.record = record_soon  # type: ignore[method-assign]
+    return await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[snapshot.factory])
 
 
 async def warm_up(engine: AsyncLLM) -> None:
