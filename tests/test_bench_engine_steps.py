@@ -90,6 +90,16 @@ def test_the_way_out_splits_where_the_server_takes_the_steps_outputs() -> None:
     assert partial.server_out_s == pytest.approx(0.0009)
 
 
+def _run_hooked(program: str, trace_dir: Path) -> str:
+    """Runs `program` in a process that loads the step-trace hook; its standard output."""
+    env = {**os.environ, **trace_env(trace_dir)}
+    out = subprocess.run(
+        [sys.executable, "-c", program], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_the_workers_calls_are_timed_by_the_hook_on_the_installed_vllm(tmp_path: Path) -> None:
     # One real WorkerProc call, run outside a worker: the hook must find vLLM's worker
     # module and method by the names it patches, and write what the bench reads back.
@@ -100,12 +110,7 @@ def test_the_workers_calls_are_timed_by_the_hook_on_the_installed_vllm(tmp_path:
         "proc = types.SimpleNamespace(worker=worker, rank=0, handle_output=print)\n"
         "WorkerProc._execute_worker_rpc(proc, ('ping', (), {}, 0))\n"
     )
-    env = {**os.environ, **trace_env(tmp_path / "steps")}
-    out = subprocess.run(
-        [sys.executable, "-c", program], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    assert "pong" in out.stdout  # the call itself still ran
+    assert "pong" in _run_hooked(program, tmp_path / "steps")  # the call itself still ran
     ((call,),) = read_calls(tmp_path / "steps")
     method, started, ended = call
     assert method == "ping" and 0 < started <= ended
@@ -131,12 +136,8 @@ def test_the_outputs_the_server_takes_are_timed_by_the_hook_on_the_installed_vll
         "        print(len((await AsyncMPClient.get_output_async(client)).outputs))\n"
         "asyncio.run(main())\n"
     )
-    env = {**os.environ, **trace_env(tmp_path / "steps")}
-    out = subprocess.run(
-        [sys.executable, "-c", program], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["1", "0"]  # both batches still reached the caller
+    # Both batches still reached the caller.
+    assert _run_hooked(program, tmp_path / "steps").split() == ["1", "0"]
     ((stamped, taken),) = read_outputs(tmp_path / "steps")
     assert 0 < stamped <= taken
 
