@@ -28,8 +28,8 @@ STEP_START = "execute_model"
 
 # One worker's timed calls, in order: (method, start, end), CLOCK_MONOTONIC seconds.
 Calls = list[tuple[str, float, float]]
-# Each batch of the engine core's outputs: (stamped by the core, taken by the serving
-# process), CLOCK_MONOTONIC seconds, in the order of the first.
+# A batch of the engine core's outputs: (stamped by the core, taken by the serving
+# process), CLOCK_MONOTONIC seconds.
 Output = tuple[float, float]
 
 
@@ -64,7 +64,8 @@ def read_calls(trace_dir: Path) -> list[Calls]:
 
 def read_outputs(trace_dir: Path) -> list[Output]:
     """When each batch of the engine core's outputs was stamped and when it was taken, over
-    the serving processes that traced them (vLLM's API server; Tera's engine)."""
+    the serving processes that traced them (vLLM's API server; Tera's engine), in the
+    order they were stamped."""
     outputs = []
     for path in trace_dir.glob("outputs-*.txt"):
         for line in path.read_text().splitlines():
