@@ -70,8 +70,10 @@ class ImmediateWriter:
     unsent bytes or is closing; the caller then awaits `response.write`, which waits for
     a slow client and raises for a gone one.
 
-    Use it only after the response's first `write`: aiohttp holds the headers back until
-    then. Framing is aiohttp's: chunked (HTTP/1.1) or raw (HTTP/1.0), never compressed.
+    Use it only after the response's first `write`, which has the headers out whenever
+    aiohttp chooses to send them (3.14's StreamResponse at `prepare`; a writer that buffers
+    them, with the first write). Framing is aiohttp's: chunked (HTTP/1.1) or raw
+    (HTTP/1.0), never compressed.
     """
 
     def __init__(self, response: web.StreamResponse, writer: AbstractStreamWriter) -> None:
