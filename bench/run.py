@@ -9,6 +9,7 @@ import time
 
 from bench import plots, sections
 from bench.common import ROOT
+from devstack.processes import interrupt_on_sigterm
 
 # What a plain `make bench` runs, in this order.
 PARTS: dict[str, sections.Part] = {
@@ -43,6 +44,7 @@ EXTRA_PARTS: dict[str, sections.Part] = {
 
 def main() -> None:
     args = _parser().parse_args()
+    interrupt_on_sigterm()  # each part stops its servers in `finally`
     parts = args.parts.split(",")
     unknown = set(parts) - set(PARTS) - set(EXTRA_PARTS)
     if unknown:

@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 # Ports handed out are below the kernel's ephemeral range: bind(0) would pick from inside
@@ -176,6 +177,19 @@ class ManagedProcess:
         if self._log_path is None or not self._log_path.exists():
             return ""
         return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def interrupt_on_sigterm() -> None:
+    """Makes SIGTERM end this launcher as Ctrl-C does. By default SIGTERM (`timeout`, a CI
+    runner's cancel) ends it on the spot and its service processes, each in a group of its
+    own, run on; as a KeyboardInterrupt it unwinds, and the `finally` blocks and fixture
+    finalizers that stop them run. A second SIGTERM ends it on the spot."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def group_gone(pgid: int) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from devstack.engine_args import scripted_engine_args, vllm_engine_args
-from devstack.processes import free_port
+from devstack.processes import free_port, interrupt_on_sigterm
 from devstack.stack import Stack, StackPlan
 from services.common.tls import sync_channel
 from services.engine.model_prep import DEFAULT_MODEL_ID, default_model_dir, prepare_default_model
@@ -29,6 +29,10 @@ SCRIPTED_MODEL = "tera-test/scripted"
 # qwen3 reasoning parser: tests force their formats with structured outputs.
 PARSERS_MODEL = "tera-test/smollm2-hermes-qwen3"
 VARIANTS = [{"model_id": PARSERS_MODEL, "tool_call_parser": "hermes", "reasoning_parser": "qwen3"}]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    interrupt_on_sigterm()  # a killed run still stops the stacks its fixtures started
 
 
 @dataclass

@@ -1,10 +1,15 @@
 """ManagedProcess: a confined process runs, with every thread it starts, on its CPUs only;
-free_port hands out ports no outgoing connection can take before the child binds them."""
+free_port hands out ports no outgoing connection can take before the child binds them; a
+SIGTERMed test run still stops the service processes its fixtures started."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +102,47 @@ def test_a_service_is_its_own_process_group_inside_the_launchers_session(tmp_pat
     finally:
         service.stop(grace_s=0)
     assert group_gone(service.pid)
+
+
+HOLDS_A_SERVICE = """
+import time
+from pathlib import Path
+
+import pytest
+
+from devstack.processes import ManagedProcess
+
+
+@pytest.fixture
+def service():
+    process = ManagedProcess("sleeper", ["-c", "import time; time.sleep(120)"]).start()
+    yield process
+    process.stop(grace_s=0)
+
+
+def test_holds_it(service):
+    Path({pid_file!r}).write_text(str(service.pid))
+    time.sleep(120)
+"""
+
+
+def test_a_sigterm_to_pytest_still_stops_the_services_its_fixtures_started(tmp_path) -> None:
+    pid_file = tmp_path / "service.pid"
+    (tmp_path / "test_held.py").write_text(HOLDS_A_SERVICE.format(pid_file=str(pid_file)))
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "pytest", "-c", str(tmp_path / "pytest.ini")]
+    command += ["-p", "tests.conftest", "-p", "no:cacheprovider", str(tmp_path / "test_held.py")]
+    run = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    service = 0
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text() != "", timeout_s=60)
+        service = int(pid_file.read_text())
+        run.send_signal(signal.SIGTERM)
+        run.wait(60)
+        assert group_gone(service), "the fixture's service outlived the SIGTERMed run"
+    finally:
+        run.kill()
+        if service:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service, signal.SIGKILL)
