@@ -35,8 +35,8 @@ class RunFigures:
 
 
 def read_run(results: Path) -> list[RunFigures]:
-    """A vs_vllm run's ratio rows (report.json) and each target's two halves (the per-half
-    `vllm bench serve` results beside it)."""
+    """A vs_vllm run's ratio rows (report.json) and each target's halves, two a round (the
+    per-half `vllm bench serve` results beside it)."""
     report = json.loads((results / "report.json").read_text())
     out = []
     for row in report.get("vs_vllm", []):
@@ -44,9 +44,9 @@ def read_run(results: Path) -> list[RunFigures]:
             continue
         c = row["concurrency"]
         vllm, tera = (read_halves(results, target, c) for target in ("vllm", "tera"))
-        if len(vllm) != 2 or len(tera) != 2:
+        if len(vllm) != len(tera) or len(vllm) < 2 or len(vllm) % 2:
             raise ValueError(f"{results}: a half's result at concurrency {c} is missing")
-        first, last = (half_throughput(half) for half in vllm)
+        first, last = half_throughput(vllm[0]), half_throughput(vllm[-1])
         if not first:  # its ratio is void too: the run failed, not the servers' noise
             raise ValueError(f"{results}: vLLM's first half at concurrency {c} served nothing")
         mean_delta = _mean_ttft_ms(tera) - _mean_ttft_ms(vllm)

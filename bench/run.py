@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the edge's router_transport in the relay part",
     )
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="vs_vllm: ABBA rounds per concurrency (more, shorter rounds share the host's "
+        "drift out between the servers more evenly)",
+    )
+    p.add_argument(
         "--split",
         action="store_true",
         help="vs_vllm: Tera's edge and router as two processes (default: one, "

@@ -46,18 +46,22 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
     model_dir = prepare_default_model(default_model_dir(CACHE_DIR))
     concurrencies = tuple(map(int, args.concurrency.split(",")))
     colocated = not args.split
-    rows = vs_vllm.run(model_dir, results, concurrencies, control=control, colocated=colocated)
+    rows = vs_vllm.run(
+        model_dir, results, concurrencies, control=control, colocated=colocated, rounds=args.rounds
+    )
     report["vs_vllm"] = rows
     columns = ["target", "concurrency", "output_throughput", "request_throughput"]
     columns += [*vs_vllm.LATENCY_COLUMNS, *vs_vllm.CPU_COLUMNS, *vs_vllm.ENGINE_COLUMNS]
     columns += (*vs_vllm.FIRST_TOKEN_COLUMNS, vs_vllm.SERVER_OUT)
     columns.append(vs_vllm.HALVES_APART)
+    one_round = vs_vllm.order(1, control=control)
     order = (
-        f"vLLM, Tera, {vs_vllm.CONTROL} (a second vLLM server: the control), "
-        f"{vs_vllm.CONTROL}, Tera, vLLM with seeds 0, 0, 0, 1, 1, 1"
-        if control
-        else "vLLM, Tera, Tera, vLLM with seeds 0, 0, 1, 1"
-    ) + ("; Tera's edge and router as two processes (--split)" if args.split else "")
+        f"{args.rounds} round(s) of {', '.join(name for name, _ in one_round)}, "
+        f"seeds {', '.join(str(seed) for _, seed in one_round)} in the first and 2 more "
+        "in each next"
+        + (f" ({vs_vllm.CONTROL}: a second vLLM server, the control)" if control else "")
+        + ("; Tera's edge and router as two processes (--split)" if args.split else "")
+    )
     return [
         "## Tera vs vLLM's own server (vllm bench serve, openai-chat, random "
         f"{vs_vllm.INPUT_LEN} in / {vs_vllm.OUTPUT_LEN} out, streaming; per concurrency "
@@ -89,8 +93,9 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
         "(vLLM's API server, Tera's engine) taking the step's outputs from the engine "
         "core to the client's first token (before it, the engine core's own code, the "
         "same in both). "
-        f"{vs_vllm.HALVES_APART}: a target's own two halves, the spread a ratio between two "
-        "servers has to clear (`python -m bench.pooled` reads several runs together).\n",
+        f"{vs_vllm.HALVES_APART}: a target's own last half over its first, the spread a "
+        "ratio between two servers has to clear (`python -m bench.pooled` reads several "
+        "runs together).\n",
         table(rows, columns),
         "",
     ]

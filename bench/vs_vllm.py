@@ -64,24 +64,32 @@ ENGINE_ENV = {
 }
 
 
-def prompts_for(concurrency: int) -> int:
-    """Per target and concurrency, over its two halves. p99 needs samples: at c=1 a
-    request takes ~3 s here, so 32 is what time allows. At high concurrency each half
-    runs 4 waves of requests: with 1 or 2, the TTFT median falls between the first wave
-    (no queue) and the next (a whole wave's queue) and swings by a second."""
-    return max(32, 8 * concurrency)
-
-
-# Each concurrency runs vLLM, Tera, Tera, vLLM (a different seed per half), so a drift
-# of the shared machine during the pair weighs on both alike.
-ORDER = (("vllm", 0), ("tera", 0), ("tera", 1), ("vllm", 1))
-# With the control: a second vLLM server of the same settings, measured in the same
-# sitting and centred on the same moment. Its ratio to the first is what this measurement
-# says of two identical servers: the spread any target on Tera's ratios has to clear.
+# The control: a second vLLM server of the same settings (order).
 CONTROL = "vllm-b"
-CONTROL_ORDER = (
-    ("vllm", 0), ("tera", 0), (CONTROL, 0), (CONTROL, 1), ("tera", 1), ("vllm", 1)
-)  # fmt: skip
+C1_PROMPTS = 32  # per target at concurrency 1, over all its halves
+
+
+def prompts_per_half(concurrency: int, rounds: int) -> int:
+    """Per target, concurrency and half (two halves a round). p99 needs samples: at c=1 a
+    request takes ~3 s here, so 32 over all halves is what time allows. At higher
+    concurrency each half runs 4 waves of requests: with 1 or 2, the TTFT median falls
+    between the first wave (no queue) and the next (a whole wave's queue) and swings by a
+    second."""
+    return max(4 * concurrency, C1_PROMPTS // (2 * rounds))
+
+
+def order(rounds: int, *, control: bool = False) -> tuple[tuple[str, int], ...]:
+    """Each round runs vLLM, Tera, Tera, vLLM (a different seed per half, the same seeds
+    for both), so a drift of the shared machine during the round weighs on both alike;
+    more, shorter rounds share out a drift that an ABBA of two long halves does not (the
+    host's pace moves by 5-18 % within minutes). With the control: a second vLLM server of
+    the same settings, centred on the same moment. Its ratio to the first is what this
+    measurement says of two identical servers: the spread any target on Tera's ratios has
+    to clear."""
+    middle = ("tera", CONTROL) if control else ("tera",)
+    names = ("vllm", *middle, *reversed(middle), "vllm")
+    half = len(names) // 2
+    return tuple((name, 2 * r + i // half) for r in range(rounds) for i, name in enumerate(names))
 
 
 # vLLM names its engine-core process "VLLM::EngineCore"; /proc keeps 15 characters.
@@ -138,11 +146,11 @@ def process_name(pid: int) -> str:
         return ""
 
 
-def _bench(target: Target, model_dir: Path, concurrency: int, seed: int, out: Path) -> dict:
+def _bench(target: Target, model_dir: Path, concurrency: int, prompts: int, out: Path) -> dict:
     """One half: `vllm bench serve`'s result, plus the CPU the target used meanwhile (its
     two warm-up requests included, on both targets alike) and the wall time it took."""
     before, started = target.cpu_seconds(), time.monotonic()
-    result = _vllm_bench_serve(target.base_url, model_dir, concurrency, seed, out)
+    result = _vllm_bench_serve(target.base_url, model_dir, concurrency, prompts, out)
     after, ended = target.cpu_seconds(), time.monotonic()
     result["wall_s"] = ended - started
     result["serving_cpu_s"] = after.serving - before.serving
@@ -169,7 +177,7 @@ def _engine_pace(trace: Path, result: dict, started: float, ended: float) -> dic
 
 
 def _vllm_bench_serve(
-    base_url: str, model_dir: Path, concurrency: int, seed: int, out: Path
+    base_url: str, model_dir: Path, concurrency: int, prompts: int, out: Path
 ) -> dict:
     # Over 50 lines only because `vllm bench serve`'s arguments stand one per line.
     name = out.name
@@ -198,11 +206,11 @@ def _vllm_bench_serve(
             str(OUTPUT_LEN),
             "--ignore-eos",
             "--num-prompts",
-            str(prompts_for(concurrency) // 2),
+            str(prompts),
             "--max-concurrency",
             str(concurrency),
             "--seed",
-            str(seed),
+            str(half_seed(out)),
             "--num-warmups",
             "2",
             "--percentile-metrics",
@@ -292,10 +300,11 @@ def run(
     *,
     control: bool = False,
     colocated: bool = False,
+    rounds: int = 1,
 ) -> list[dict]:
     """Every server stays up (idle while another is measured) and each concurrency runs
-    them back to back, so the machine's drift lands on all alike. `colocated`: Tera's
-    edge and router in one process (services/gateway)."""
+    them back to back, in `rounds` ABBA rounds (order), so the machine's drift lands on
+    all alike. `colocated`: Tera's edge and router in one process (services/gateway)."""
     traces = {name: results / f"steps-{name}" for name in ("vllm", CONTROL, "tera")}
     with contextlib.ExitStack() as servers:
         vllm, vllm_base = start_vllm_server(model_dir, results, env=trace_env(traces["vllm"]))
@@ -315,9 +324,7 @@ def run(
         rows = [
             row
             for c in concurrencies
-            for row in _concurrency(
-                targets, model_dir, results, c, CONTROL_ORDER if control else ORDER
-            )
+            for row in _concurrency(targets, model_dir, results, c, rounds, control=control)
         ]
     return rows + ratios(rows)
 
@@ -327,29 +334,36 @@ def _concurrency(
     model_dir: Path,
     results: Path,
     concurrency: int,
-    order: tuple[tuple[str, int], ...],
+    rounds: int,
+    *,
+    control: bool,
 ) -> list[dict]:
     halves: dict[str, list[dict]] = {name: [] for name in targets}
-    for name, seed in order:
+    prompts = prompts_per_half(concurrency, rounds)
+    for name, seed in order(rounds, control=control):
         out = half_path(results, name, concurrency, seed)
-        halves[name].append(_bench(targets[name], model_dir, concurrency, seed, out))
+        halves[name].append(_bench(targets[name], model_dir, concurrency, prompts, out))
     return [
         {"target": name, "concurrency": concurrency, **combine(halves[name])} for name in targets
     ]
 
 
-def half_path(results: Path, target: str, concurrency: int, seed: int) -> Path:
+def half_path(results: Path, target: str, concurrency: int, seed: int | str) -> Path:
     """Where one half's `vllm bench serve` result lies (bench.pooled reads it back)."""
     return results / f"{target}-c{concurrency}-seed{seed}.json"
+
+
+def half_seed(path: Path) -> int:
+    """The seed a half ran with, from its path (half_path)."""
+    return int(path.stem.rpartition("-seed")[2])
 
 
 def read_halves(results: Path, target: str, concurrency: int) -> list[dict]:
     """A target's `vllm bench serve` results at one concurrency, in the order they ran,
     as `run` left them: what bench.pooled and the plots read back. A target that did not
     run (the control, by default) has none."""
-    seeds = dict.fromkeys(seed for name, seed in CONTROL_ORDER if name == target)
-    paths = [half_path(results, target, concurrency, seed) for seed in seeds]
-    return [json.loads(path.read_text()) for path in paths if path.exists()]
+    paths = sorted(results.glob(half_path(Path(), target, concurrency, "*").name), key=half_seed)
+    return [json.loads(path.read_text()) for path in paths]
 
 
 def served_ttfts(halves: list[dict]) -> list[float]:

@@ -15,11 +15,11 @@ def _write_run(
     folder: Path,
     ratio: float,
     ttft_delta_ms: float,
-    vllm_rates: tuple[float, float],
+    vllm_rates: tuple[float, ...],
     ttft_mean_delta_ms: float = 0.0,
 ) -> Path:
     """A run at concurrency 8 as bench/vs_vllm.py leaves it: report.json's rows and one
-    `vllm bench serve` result per target and half (seed 0 ran first, seed 1 last). Tera's
+    `vllm bench serve` result per target and half (seed 0 ran first, the last seed last). Tera's
     halves each hold a failed request too, whose zero first-token time must not count."""
     folder.mkdir()
     shift = ttft_mean_delta_ms / 1000
@@ -41,7 +41,7 @@ def test_runs_read_together_give_medians_parity_count_and_vllms_own_spread(
     runs = [
         _write_run(tmp_path / "a", 0.98, 4.0, (100.0, 90.0), 5.0),  # vLLM's last half 10 % slower
         _write_run(tmp_path / "b", 1.03, -2.0, (100.0, 104.0), -3.0),
-        _write_run(tmp_path / "c", 1.01, 1.0, (100.0, 101.0), 2.0),
+        _write_run(tmp_path / "c", 1.01, 1.0, (100.0, 120.0, 80.0, 101.0), 2.0),  # two rounds
     ]
     [row] = pool([f for run in runs for f in read_run(run)])
     assert row["concurrency"] == 8 and row["runs"] == 3
@@ -79,8 +79,9 @@ def test_a_run_whose_vllm_half_served_nothing_is_named_not_divided_by(tmp_path: 
         read_run(run)
 
 
-def test_a_run_missing_a_halfs_result_is_named(tmp_path: Path) -> None:
-    run = _write_run(tmp_path / "partial", 1.0, 0.0, (100.0, 100.0))
+@pytest.mark.parametrize("rates", [(100.0, 100.0), (100.0,) * 4])
+def test_a_run_missing_a_halfs_result_is_named(tmp_path: Path, rates: tuple[float, ...]) -> None:
+    run = _write_run(tmp_path / "partial", 1.0, 0.0, rates)
     (run / "tera-c8-seed1.json").unlink()
     with pytest.raises(ValueError, match="partial: a half's result at concurrency 8 is missing"):
         read_run(run)

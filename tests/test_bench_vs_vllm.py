@@ -17,7 +17,16 @@ from pathlib import Path
 import pytest
 
 from bench.common import runnable_wait_seconds, total_cpu_seconds
-from bench.vs_vllm import ENGINE_CORE_NAME, Target, combine, half_path, ratios, read_halves
+from bench.vs_vllm import (
+    ENGINE_CORE_NAME,
+    Target,
+    combine,
+    half_path,
+    order,
+    prompts_per_half,
+    ratios,
+    read_halves,
+)
 from devstack.processes import group_members
 
 
@@ -33,12 +42,28 @@ def _half(ttfts: list[float], itls: list[list[float]], duration: float, tokens: 
     }
 
 
+def test_each_round_is_abba_with_fresh_seeds_shared_by_both_servers() -> None:
+    assert order(2) == (
+        ("vllm", 0), ("tera", 0), ("tera", 1), ("vllm", 1),
+        ("vllm", 2), ("tera", 2), ("tera", 3), ("vllm", 3),
+    )  # fmt: skip
+    assert order(1, control=True) == (
+        ("vllm", 0), ("tera", 0), ("vllm-b", 0), ("vllm-b", 1), ("tera", 1), ("vllm", 1)
+    )  # fmt: skip
+
+
+def test_more_rounds_split_concurrency_1_but_keep_four_waves_a_half_above_it() -> None:
+    assert [prompts_per_half(1, rounds) for rounds in (1, 2)] == [16, 8]
+    assert [prompts_per_half(32, rounds) for rounds in (1, 2)] == [128, 128]
+
+
 def test_halves_are_read_back_in_the_order_they_ran_and_a_target_that_did_not_run_has_none(
     tmp_path: Path,
 ) -> None:
-    for seed in (1, 0):  # written out of order: the reader orders them, not the folder
+    for seed in (1, 10, 0, 2):  # written out of order: the reader orders them, not the folder
         half_path(tmp_path, "tera", 8, seed).write_text(json.dumps({"seed": seed}))
-    assert [h["seed"] for h in read_halves(tmp_path, "tera", 8)] == [0, 1]
+    half_path(tmp_path, "tera", 1, 0).write_text("{}")  # another concurrency: not read
+    assert [h["seed"] for h in read_halves(tmp_path, "tera", 8)] == [0, 1, 2, 10]
     assert read_halves(tmp_path, "tera", 32) == []
     assert read_halves(tmp_path, "vllm-b", 8) == []  # the control, not run by default
 
