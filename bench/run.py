@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
         "drift out between the servers more evenly)",
     )
     p.add_argument(
+        "--client-anywhere",
+        action="store_true",
+        help="vs_vllm: `vllm bench serve` wherever the OS puts it (default: on the serving "
+        "processes' CPU, off the engine's, for both servers)",
+    )
+    p.add_argument(
         "--split",
         action="store_true",
         help="vs_vllm: Tera's edge and router as two processes (default: one, "

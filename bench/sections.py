@@ -47,7 +47,13 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
     concurrencies = tuple(map(int, args.concurrency.split(",")))
     colocated = not args.split
     rows = vs_vllm.run(
-        model_dir, results, concurrencies, control=control, colocated=colocated, rounds=args.rounds
+        model_dir,
+        results,
+        concurrencies,
+        control=control,
+        colocated=colocated,
+        rounds=args.rounds,
+        pin_client=not args.client_anywhere,
     )
     report["vs_vllm"] = rows
     columns = ["target", "concurrency", "output_throughput", "request_throughput"]
@@ -61,6 +67,7 @@ def _vs_vllm(args: argparse.Namespace, results: Path, report: dict, *, control: 
         "in each next"
         + (f" ({vs_vllm.CONTROL}: a second vLLM server, the control)" if control else "")
         + ("; Tera's edge and router as two processes (--split)" if args.split else "")
+        + ("; the client on any CPU (--client-anywhere)" if args.client_anywhere else "")
     )
     return [
         "## Tera vs vLLM's own server (vllm bench serve, openai-chat, random "

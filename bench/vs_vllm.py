@@ -146,11 +146,27 @@ def process_name(pid: int) -> str:
         return ""
 
 
-def _bench(target: Target, model_dir: Path, concurrency: int, prompts: int, out: Path) -> dict:
+@dataclass(frozen=True)
+class Load:
+    """What one half's `vllm bench serve` sends, and where it runs."""
+
+    model_dir: Path  # the tokenizer's
+    concurrency: int
+    prompts: int
+    # None: wherever the OS puts it, the engine's cores included, where each of its wake-ups
+    # stalls a decode step.
+    client_cpus: frozenset[int] | None
+
+    def pin_client(self) -> None:
+        """Run in the client's process before it starts."""
+        os.sched_setaffinity(0, self.client_cpus or ())
+
+
+def _bench(target: Target, load: Load, out: Path) -> dict:
     """One half: `vllm bench serve`'s result, plus the CPU the target used meanwhile (its
     two warm-up requests included, on both targets alike) and the wall time it took."""
     before, started = target.cpu_seconds(), time.monotonic()
-    result = _vllm_bench_serve(target.base_url, model_dir, concurrency, prompts, out)
+    result = _vllm_bench_serve(target.base_url, load, out)
     after, ended = target.cpu_seconds(), time.monotonic()
     result["wall_s"] = ended - started
     result["serving_cpu_s"] = after.serving - before.serving
@@ -176,9 +192,7 @@ def _engine_pace(trace: Path, result: dict, started: float, ended: float) -> dic
     return pace
 
 
-def _vllm_bench_serve(
-    base_url: str, model_dir: Path, concurrency: int, prompts: int, out: Path
-) -> dict:
+def _vllm_bench_serve(base_url: str, load: Load, out: Path) -> dict:
     # Over 50 lines only because `vllm bench serve`'s arguments stand one per line.
     name = out.name
     subprocess.run(
@@ -197,7 +211,7 @@ def _vllm_bench_serve(
             "--model",
             DEFAULT_MODEL_ID,
             "--tokenizer",
-            str(model_dir),
+            str(load.model_dir),
             "--dataset-name",
             "random",
             "--random-input-len",
@@ -206,9 +220,9 @@ def _vllm_bench_serve(
             str(OUTPUT_LEN),
             "--ignore-eos",
             "--num-prompts",
-            str(prompts),
+            str(load.prompts),
             "--max-concurrency",
-            str(concurrency),
+            str(load.concurrency),
             "--seed",
             str(half_seed(out)),
             "--num-warmups",
@@ -230,6 +244,7 @@ def _vllm_bench_serve(
         env={**os.environ, **ENGINE_ENV},
         capture_output=True,
         text=True,
+        preexec_fn=load.pin_client if load.client_cpus else None,
     )
     return json.loads(out.read_text())
 
@@ -301,10 +316,16 @@ def run(
     control: bool = False,
     colocated: bool = False,
     rounds: int = 1,
+    pin_client: bool = True,
 ) -> list[dict]:
     """Every server stays up (idle while another is measured) and each concurrency runs
     them back to back, in `rounds` ABBA rounds (order), so the machine's drift lands on
-    all alike. `colocated`: Tera's edge and router in one process (services/gateway)."""
+    all alike. `colocated`: Tera's edge and router in one process (services/gateway).
+    `pin_client`: the load generator on the serving processes' CPU (both servers'), off
+    the engine's, as a remote client would be. Left to the OS, it lands on the engine's
+    CPU the more often the busier the serving CPU is, and stalls that server's decode
+    steps: Tera's, whose serving side is two processes to vLLM's one (README)."""
+    client_cpus = plan_cpus(machine_cpus(), 1).relay if pin_client else None
     traces = {name: results / f"steps-{name}" for name in ("vllm", CONTROL, "tera")}
     with contextlib.ExitStack() as servers:
         vllm, vllm_base = start_vllm_server(model_dir, results, env=trace_env(traces["vllm"]))
@@ -324,28 +345,27 @@ def run(
         rows = [
             row
             for c in concurrencies
-            for row in _concurrency(targets, model_dir, results, c, rounds, control=control)
+            for row in _concurrency(
+                targets, results, Load(model_dir, c, 0, client_cpus), rounds, control=control
+            )
         ]
     return rows + ratios(rows)
 
 
 def _concurrency(
     targets: dict[str, Target],
-    model_dir: Path,
     results: Path,
-    concurrency: int,
+    load: Load,
     rounds: int,
     *,
     control: bool,
 ) -> list[dict]:
+    c = load.concurrency
+    load = dataclasses.replace(load, prompts=prompts_per_half(c, rounds))
     halves: dict[str, list[dict]] = {name: [] for name in targets}
-    prompts = prompts_per_half(concurrency, rounds)
     for name, seed in order(rounds, control=control):
-        out = half_path(results, name, concurrency, seed)
-        halves[name].append(_bench(targets[name], model_dir, concurrency, prompts, out))
-    return [
-        {"target": name, "concurrency": concurrency, **combine(halves[name])} for name in targets
-    ]
+        halves[name].append(_bench(targets[name], load, half_path(results, name, c, seed)))
+    return [{"target": name, "concurrency": c, **combine(halves[name])} for name in targets]
 
 
 def half_path(results: Path, target: str, concurrency: int, seed: int | str) -> Path:

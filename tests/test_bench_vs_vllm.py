@@ -19,6 +19,7 @@ import pytest
 from bench.common import runnable_wait_seconds, total_cpu_seconds
 from bench.vs_vllm import (
     ENGINE_CORE_NAME,
+    Load,
     Target,
     combine,
     half_path,
@@ -55,6 +56,20 @@ def test_each_round_is_abba_with_fresh_seeds_shared_by_both_servers() -> None:
 def test_more_rounds_split_concurrency_1_but_keep_four_waves_a_half_above_it() -> None:
     assert [prompts_per_half(1, rounds) for rounds in (1, 2)] == [16, 8]
     assert [prompts_per_half(32, rounds) for rounds in (1, 2)] == [128, 128]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: nothing to confine to")
+def test_a_pinned_client_runs_only_on_the_cpus_it_is_given() -> None:
+    last = max(os.sched_getaffinity(0))
+    load = Load(Path(), 1, 8, frozenset({last}))
+    shown = subprocess.run(
+        [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+        preexec_fn=load.pin_client,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.strip() == f"[{last}]"
 
 
 def test_halves_are_read_back_in_the_order_they_ran_and_a_target_that_did_not_run_has_none(
