@@ -1,12 +1,14 @@
 """Several vs_vllm runs read together: what no single run can say.
 
 One ABBA run's Tera/vLLM ratio carries the host's drift during that run. On this
-2-CPU host vLLM's own two halves of one run (the same server, minutes apart) land a
-median 2-4 % apart (up to 12 %), so a ratio of 0.98 or 1.02 from one run says nothing about which
-server is faster. Read together, N runs give each concurrency's ratio as a median with
-a bootstrap confidence interval, the TTFT p50 and mean differences likewise (at 32 a
-median crosses prefill waves where a mean barely moves), and beside them
-vLLM's own half-to-half spread over the same runs: what two identical servers give.
+2-CPU host vLLM's own first and last halves of one run (the same server, minutes apart)
+land a median 2-8 % apart (up to 20 %), so a ratio of 0.98 or 1.02 from one run says
+nothing about which server is faster. Read together, N runs give each concurrency's
+ratio as a median with a bootstrap confidence interval, the same at equal engine pace
+(the ratio with the engine's own pace under each server taken out), the TTFT p50 and
+mean differences likewise (at 32 a median crosses prefill waves where a mean barely
+moves), and beside them vLLM's own half-to-half spread over the same runs: what two
+identical servers give.
 
     python -m bench.pooled bench/results/A bench/results/B ...   # markdown on stdout
 """
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import median_ci, table
-from bench.vs_vllm import half_throughput, read_halves, served_ttfts
+from bench.vs_vllm import PACE_ADJUSTED, half_throughput, read_halves, served_ttfts
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class RunFigures:
     ttft_p50_delta_ms: float  # Tera minus vLLM
     ttft_mean_delta_ms: float  # Tera minus vLLM, from the halves' own first-token times
     vllm_halves: float  # vLLM's last half's output throughput over its first
+    at_equal_pace: float | None = None  # the ratio times the engine-step ratio (if traced)
 
 
 def read_run(results: Path) -> list[RunFigures]:
@@ -50,9 +53,9 @@ def read_run(results: Path) -> list[RunFigures]:
         if not first:  # its ratio is void too: the run failed, not the servers' noise
             raise ValueError(f"{results}: vLLM's first half at concurrency {c} served nothing")
         mean_delta = _mean_ttft_ms(tera) - _mean_ttft_ms(vllm)
-        out.append(
-            RunFigures(c, row["output_throughput"], row["p50_ttft_ms"], mean_delta, last / first)
-        )
+        ratio, delta = row["output_throughput"], row["p50_ttft_ms"]
+        pace = row.get(PACE_ADJUSTED)
+        out.append(RunFigures(c, ratio, delta, mean_delta, last / first, pace))
     return out
 
 
@@ -73,6 +76,7 @@ def pool(figures: list[RunFigures]) -> list[dict]:
         mean_deltas = [f.ttft_mean_delta_ms for f in at]
         spreads = [abs(f.vllm_halves - 1) * 100 for f in at]
         ratio_ci, delta_ci, mean_ci = median_ci(ratios), median_ci(deltas), median_ci(mean_deltas)
+        paced = [f.at_equal_pace for f in at if f.at_equal_pace is not None]
         rows.append(
             {
                 "concurrency": c,
@@ -80,6 +84,7 @@ def pool(figures: list[RunFigures]) -> list[dict]:
                 "throughput_ratio_median": statistics.median(ratios),
                 "throughput_ratio_ci95": f"{ratio_ci[0]:.3f} - {ratio_ci[1]:.3f}",
                 "runs_at_or_above_1": sum(r >= 1 for r in ratios),
+                **_pace_figures(paced),
                 "ttft_p50_delta_ms_median": statistics.median(deltas),
                 "ttft_p50_delta_ms_ci95": f"{delta_ci[0]:.1f} - {delta_ci[1]:.1f}",
                 "ttft_mean_delta_ms_median": statistics.median(mean_deltas),
@@ -91,12 +96,24 @@ def pool(figures: list[RunFigures]) -> list[dict]:
     return rows
 
 
+def _pace_figures(paced: list[float]) -> dict:
+    """The ratios at equal engine pace: their median and range (none if untraced)."""
+    if not paced:
+        return {}
+    return {
+        "at_equal_pace_median": statistics.median(paced),
+        "at_equal_pace_range": f"{min(paced):.3f} - {max(paced):.3f}",
+    }
+
+
 COLUMNS = [
     "concurrency",
     "runs",
     "throughput_ratio_median",
     "throughput_ratio_ci95",
     "runs_at_or_above_1",
+    "at_equal_pace_median",
+    "at_equal_pace_range",
     "ttft_p50_delta_ms_median",
     "ttft_p50_delta_ms_ci95",
     "ttft_mean_delta_ms_median",
@@ -118,8 +135,10 @@ def main() -> None:
     print(f"## Tera vs vLLM, {len(args.runs)} runs read together ({names})\n")
     print(
         "Throughput Tera/vLLM and TTFT p50 and mean Tera - vLLM (ms): medians over the runs with "
-        "95 % bootstrap intervals; vllm_halves_apart: how far vLLM's own two halves of a "
-        "run land apart (%), what two identical servers give on this host.\n"
+        "95 % bootstrap intervals; at_equal_pace: the ratio times the engine-step ratio, "
+        "the engine's own pace under each server taken out (median and range); "
+        "vllm_halves_apart: how far vLLM's own first and last halves of a run land apart "
+        "(%), what two identical servers give on this host.\n"
     )
     print(table(pool(figures), COLUMNS))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.pooled import pool, read_run
-from bench.vs_vllm import HALVES_APART, combine
+from bench.vs_vllm import HALVES_APART, PACE_ADJUSTED, combine
 
 
 def _write_run(
@@ -17,6 +17,7 @@ def _write_run(
     ttft_delta_ms: float,
     vllm_rates: tuple[float, ...],
     ttft_mean_delta_ms: float = 0.0,
+    at_equal_pace: float | None = None,
 ) -> Path:
     """A run at concurrency 8 as bench/vs_vllm.py leaves it: report.json's rows and one
     `vllm bench serve` result per target and half (seed 0 ran first, the last seed last). Tera's
@@ -30,6 +31,8 @@ def _write_run(
         (folder / f"vllm-c8-seed{seed}.json").write_text(json.dumps(vllm))
         (folder / f"tera-c8-seed{seed}.json").write_text(json.dumps(tera))
     row = {"concurrency": 8, "output_throughput": ratio, "p50_ttft_ms": ttft_delta_ms}
+    if at_equal_pace is not None:
+        row[PACE_ADJUSTED] = at_equal_pace
     report = {"vs_vllm": [{"target": "vllm", "concurrency": 8}, {"target": "tera/vllm", **row}]}
     (folder / "report.json").write_text(json.dumps(report))
     return folder
@@ -54,6 +57,21 @@ def test_runs_read_together_give_medians_parity_count_and_vllms_own_spread(
     # |last / first - 1| per run: 10, 4 and 1 %, read in the order the halves ran.
     assert row["vllm_halves_apart_pct_median"] == pytest.approx(4.0)
     assert row["vllm_halves_apart_pct_max"] == pytest.approx(10.0)
+
+
+def test_the_ratio_at_equal_engine_pace_is_pooled_where_the_runs_traced_the_engine(
+    tmp_path: Path,
+) -> None:
+    runs = [
+        _write_run(tmp_path / "a", 0.90, 0.0, (100.0, 100.0), at_equal_pace=1.01),
+        _write_run(tmp_path / "b", 1.05, 0.0, (100.0, 100.0), at_equal_pace=0.99),
+        _write_run(tmp_path / "c", 1.00, 0.0, (100.0, 100.0), at_equal_pace=1.00),
+    ]
+    [row] = pool([f for run in runs for f in read_run(run)])
+    assert row["at_equal_pace_median"] == pytest.approx(1.00)
+    assert row["at_equal_pace_range"] == "0.990 - 1.010"
+    [untraced] = pool(read_run(_write_run(tmp_path / "d", 1.0, 0.0, (100.0, 100.0))))
+    assert "at_equal_pace_median" not in untraced
 
 
 def test_a_targets_row_says_how_far_its_own_two_halves_land_apart() -> None:
