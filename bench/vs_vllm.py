@@ -315,7 +315,7 @@ def run(
     *,
     control: bool = False,
     colocated: bool = False,
-    rounds: int = 1,
+    rounds: int = 2,
     pin_client: bool = True,
 ) -> list[dict]:
     """Every server stays up (idle while another is measured) and each concurrency runs
@@ -346,7 +346,10 @@ def run(
             row
             for c in concurrencies
             for row in _concurrency(
-                targets, results, Load(model_dir, c, 0, client_cpus), rounds, control=control
+                targets,
+                results,
+                Load(model_dir, c, prompts_per_half(c, rounds), client_cpus),
+                order(rounds, control=control),
             )
         ]
     return rows + ratios(rows)
@@ -356,14 +359,11 @@ def _concurrency(
     targets: dict[str, Target],
     results: Path,
     load: Load,
-    rounds: int,
-    *,
-    control: bool,
+    halves_order: tuple[tuple[str, int], ...],
 ) -> list[dict]:
     c = load.concurrency
-    load = dataclasses.replace(load, prompts=prompts_per_half(c, rounds))
     halves: dict[str, list[dict]] = {name: [] for name in targets}
-    for name, seed in order(rounds, control=control):
+    for name, seed in halves_order:
         halves[name].append(_bench(targets[name], load, half_path(results, name, c, seed)))
     return [{"target": name, "concurrency": c, **combine(halves[name])} for name in targets]
 
