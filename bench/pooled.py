@@ -2,8 +2,9 @@
 
 One ABBA run's Tera/vLLM ratio carries the host's drift during that run. On this
 2-CPU host vLLM's own first and last halves of one run (the same server, minutes apart)
-land a median 2-8 % apart (up to 20 %), so a ratio of 0.98 or 1.02 from one run says
-nothing about which server is faster. Read together, N runs give each concurrency's
+land a median of several per cent apart and up to 22 % (the vllm_halves_apart columns
+give it for the runs read), so a ratio of 0.98 or 1.02 from one run says nothing about
+which server is faster. Read together, N runs give each concurrency's
 ratio as a median with a bootstrap confidence interval, the same at equal engine pace
 (the ratio with the engine's own pace under each server taken out), the TTFT p50 and
 mean differences likewise (at 32 a median crosses prefill waves where a mean barely
