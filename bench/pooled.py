@@ -1,18 +1,18 @@
 """Several vs_vllm runs read together: what no single run can say.
 
-One ABBA run's Tera/vLLM ratio carries the host's drift during that run. On this
-2-CPU host vLLM's own first and last halves of one run (the same server, minutes apart)
-land a median of several per cent apart and up to 22 % (the vllm_halves_apart columns
-give it for the runs read), so a ratio of 0.98 or 1.02 from one run says nothing about
-which server is faster. Read together, N runs give each concurrency's
-ratio as a median with a bootstrap confidence interval, the same at equal engine pace
-(the ratio with the engine's own pace under each server taken out), the TTFT p50 and
-mean differences likewise (at 32 a median crosses prefill waves where a mean barely
-moves), and beside them vLLM's own half-to-half spread over the same runs: what two
-identical servers give. Runs made with the control (`--parts vs_vllm_control`) give the
-same rows for it, a second vLLM server over the first, and for each run and target
-whether issue 22's goal held (goal_rows): the control's tally is how often two identical
-servers meet it on this host.
+One ABBA run's Tera/vLLM ratio carries the host's drift during that run. On this 2-CPU
+host vLLM's own first and last halves of one run (the same server, minutes apart) land a
+median of several per cent apart and up to 22 % (the vllm_halves_apart columns give it
+for the runs read), so a ratio of 0.98 or 1.02 from one run says nothing about which
+server is faster. Read together, N runs give each concurrency's ratio as a median with a
+bootstrap confidence interval, the same at equal engine pace (the ratio with the
+engine's own pace under each server taken out), the TTFT p50 and mean differences
+likewise (at 32 a median crosses prefill waves where a mean barely moves), and beside
+them vLLM's own half-to-half spread over the same runs: what two identical servers give.
+Runs made with the control (`--parts vs_vllm_control`) give the same rows for it, a
+second vLLM server over the first, and for each run and target whether issue 22's goal
+held (goal_rows): the control's tally is how often two identical servers meet it on this
+host.
 
     python -m bench.pooled bench/results/A bench/results/B ...   # markdown on stdout
 """

@@ -79,13 +79,13 @@ def prompts_per_half(concurrency: int, rounds: int) -> int:
 
 
 def order(rounds: int, *, control: bool = False) -> tuple[tuple[str, int], ...]:
-    """Each round runs vLLM, Tera, Tera, vLLM (a different seed per half, the same seeds
-    for both), so a drift of the shared machine during the round weighs on both alike;
-    more, shorter rounds share out a drift that an ABBA of two long halves does not (the
-    host's pace moves by up to 30 % within minutes). With the control: a second vLLM server of
-    the same settings, centred on the same moment. Its ratio to the first is what this
-    measurement says of two identical servers: the spread any target on Tera's ratios has
-    to clear."""
+    """Each round runs vLLM, Tera, Tera, vLLM (a different seed per half, the same seeds for
+    both), so a drift of the shared machine during the round weighs on both alike; more,
+    shorter rounds share out a drift that an ABBA of two long halves does not (the
+    host's pace moves by up to 30 % within minutes). With the control: a second vLLM
+    server of the same settings, centred on the same moment. Its ratio to the first is
+    what this measurement says of two identical servers: the spread any target on Tera's
+    ratios has to clear."""
     middle = ("tera", CONTROL) if control else ("tera",)
     names = ("vllm", *middle, *reversed(middle), "vllm")
     half = len(names) // 2
