@@ -213,14 +213,18 @@ def main() -> None:
     names = ", ".join(r.name for r in args.runs)
     print(f"## Tera vs vLLM, {len(args.runs)} runs read together ({names})\n")
     print(
-        "Throughput Tera/vLLM and TTFT p50 and mean Tera - vLLM (ms): medians over the runs with "
+        "Throughput over vLLM's and TTFT p50 and mean minus vLLM's (ms), for Tera and, where "
+        "the runs had it, the control: medians over the runs with "
         "95 % bootstrap intervals; at_equal_pace: the ratio times the engine-step ratio, "
         "the engine's own pace under each server taken out (median and range); "
         "vllm_halves_apart: how far vLLM's own first and last halves of a run land apart "
         "(%), what two identical servers give on this host.\n"
     )
     print(table(pool(figures), COLUMNS))
-    goals = goal_rows(runs)
+    _print_goal(goal_rows(runs))
+
+
+def _print_goal(goals: list[dict]) -> None:
     print(
         f"\n## Issue 22's goal, run by run\n\nThroughput at or above vLLM's at every "
         f"concurrency; at 1 TTFT p50 within +{GOAL_C1_P50_MS:g} ms and p99 within "
