@@ -62,13 +62,13 @@ def read_run(results: Path) -> list[RunFigures]:
     rows = report.get("vs_vllm", [])
     vllm_rows = {r["concurrency"]: r for r in rows if r["target"] == "vllm"}
     return [
-        _figures(results, row, vllm_rows[row["concurrency"]])
+        _read_figures(results, row, vllm_rows[row["concurrency"]])
         for row in rows
         if row["target"].endswith("/vllm")
     ]
 
 
-def _figures(results: Path, row: dict, vllm_row: dict) -> RunFigures:
+def _read_figures(results: Path, row: dict, vllm_row: dict) -> RunFigures:
     """One ratio row with its target's and vLLM's halves read back."""
     c, target = row["concurrency"], row["target"].removesuffix("/vllm")
     vllm, other = (read_halves(results, name, c) for name in ("vllm", target))

@@ -128,7 +128,7 @@ def test_a_control_runs_ratios_are_pooled_as_their_own_rows_after_teras(tmp_path
     ]
 
 
-def _figures(
+def _cell(
     c: int,
     ratio: float = 1.01,
     p50_ms: float = 1.0,
@@ -136,25 +136,26 @@ def _figures(
     share: float = 0.01,
     target: str = "tera",
 ) -> RunFigures:
+    """One target's figures at one concurrency, inside every bound of the goal by default."""
     return RunFigures(target, c, ratio, p50_ms, p99_ms, share, p50_ms, 1.0)
 
 
 def _run(target: str = "tera", **at_32: float) -> list[RunFigures]:
     """A run at concurrency 1, 8 and 32 that meets issue 22's goal unless told otherwise."""
     return [
-        _figures(1, target=target),
-        _figures(8, target=target),
-        _figures(32, target=target, **at_32),
+        _cell(1, target=target),
+        _cell(8, target=target),
+        _cell(32, target=target, **at_32),
     ]
 
 
 @pytest.mark.parametrize(
     ("figures", "failed_part"),
     [
-        ([_figures(1), _figures(8, ratio=0.999), _figures(32)], "throughput_all_at_or_above_1"),
-        ([_figures(1, p50_ms=2.1), _figures(8), _figures(32)], "c1_ttft_p50_and_p99"),
-        ([_figures(1, p99_ms=5.1), _figures(8), _figures(32)], "c1_ttft_p50_and_p99"),
-        ([_figures(1), _figures(8), _figures(32, share=-0.021)], "c32_ttft_p50_within_2pct"),
+        ([_cell(1), _cell(8, ratio=0.999), _cell(32)], "throughput_all_at_or_above_1"),
+        ([_cell(1, p50_ms=2.1), _cell(8), _cell(32)], "c1_ttft_p50_and_p99"),
+        ([_cell(1, p99_ms=5.1), _cell(8), _cell(32)], "c1_ttft_p50_and_p99"),
+        ([_cell(1), _cell(8), _cell(32, share=-0.021)], "c32_ttft_p50_within_2pct"),
     ],
 )
 def test_each_part_of_the_goal_fails_a_run_on_its_own(
@@ -168,7 +169,7 @@ def test_each_part_of_the_goal_fails_a_run_on_its_own(
 
 
 def test_a_run_without_every_concurrency_cannot_meet_the_goal() -> None:
-    [row] = goal_rows({"c1 only": [_figures(1)]})
+    [row] = goal_rows({"c1 only": [_cell(1)]})
     assert row["c1_ttft_p50_and_p99"] is True
     assert row["throughput_all_at_or_above_1"] == NOT_RUN
     assert row["c32_ttft_p50_within_2pct"] == NOT_RUN
